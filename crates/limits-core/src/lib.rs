@@ -1,0 +1,29 @@
+//! The limits decision engine: rolling-window counters, budgets, request and
+//! token rate limits, concurrency leases and the enforcement decision.
+//!
+//! Everything here is pure and synchronous. Time comes in as a parameter
+//! ([`Nanos`]) and state comes in as `&mut` [`SubjectState`]s that a store
+//! loaded; nothing here reads a clock, touches a file or a socket, or knows
+//! about protobuf.
+
+#![forbid(unsafe_code)]
+
+pub mod enforcement;
+pub mod engine;
+pub mod headers;
+pub mod limits;
+pub mod money;
+pub mod state;
+pub mod time;
+pub mod window;
+
+pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
+pub use engine::{
+    AcquireOutcome, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest, acquire,
+    check, record, release, usage,
+};
+pub use limits::{Dimension, LimitKind, LimitStatus, LimitTable, Resource, Subject, SubjectLimits};
+pub use money::{MoneyError, NanoUsd};
+pub use state::{Hold, LeaseSlot, SubjectState};
+pub use time::Nanos;
+pub use window::{BUCKETS, RollingWindow};

@@ -1,0 +1,350 @@
+//! Subjects, the kinds of limit, and the table that resolves a subject's
+//! limits from explicit entries or a per-dimension default.
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use crate::time::Nanos;
+
+/// What kind of identity a subject is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dimension {
+    ApiKey = 0,
+    User = 1,
+    Team = 2,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 3] = [Dimension::ApiKey, Dimension::User, Dimension::Team];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Dimension::ApiKey => "api_key",
+            Dimension::User => "user",
+            Dimension::Team => "team",
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One identity whose limits apply to a request.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subject {
+    pub dimension: Dimension,
+    pub id: String,
+}
+
+impl Subject {
+    pub fn new(dimension: Dimension, id: impl Into<String>) -> Subject {
+        Subject {
+            dimension,
+            id: id.into(),
+        }
+    }
+}
+
+/// What a windowed limit counts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// Nano-dollars of spend.
+    Cost,
+    /// Requests admitted.
+    Requests,
+    /// Tokens consumed.
+    Tokens,
+    /// Leases held (concurrency).
+    Leases,
+}
+
+/// Every limit a subject can have. The first eight are rolling windows; the
+/// last is the concurrency limit.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitKind {
+    BudgetHourly = 0,
+    BudgetDaily = 1,
+    BudgetMonthly = 2,
+    RequestsPerSecond = 3,
+    RequestsPerMinute = 4,
+    RequestsPerHour = 5,
+    TokensPerMinute = 6,
+    TokensPerHour = 7,
+    MaxConcurrent = 8,
+}
+
+/// The number of windowed limit kinds.
+pub const WINDOW_KINDS: usize = 8;
+
+impl LimitKind {
+    pub const WINDOWED: [LimitKind; WINDOW_KINDS] = [
+        LimitKind::BudgetHourly,
+        LimitKind::BudgetDaily,
+        LimitKind::BudgetMonthly,
+        LimitKind::RequestsPerSecond,
+        LimitKind::RequestsPerMinute,
+        LimitKind::RequestsPerHour,
+        LimitKind::TokensPerMinute,
+        LimitKind::TokensPerHour,
+    ];
+
+    pub const fn resource(self) -> Resource {
+        match self {
+            LimitKind::BudgetHourly | LimitKind::BudgetDaily | LimitKind::BudgetMonthly => {
+                Resource::Cost
+            }
+            LimitKind::RequestsPerSecond
+            | LimitKind::RequestsPerMinute
+            | LimitKind::RequestsPerHour => Resource::Requests,
+            LimitKind::TokensPerMinute | LimitKind::TokensPerHour => Resource::Tokens,
+            LimitKind::MaxConcurrent => Resource::Leases,
+        }
+    }
+
+    /// The rolling window's length; `None` for the concurrency limit.
+    pub const fn window(self) -> Option<Nanos> {
+        Some(match self {
+            LimitKind::RequestsPerSecond => Nanos::SECOND,
+            LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => Nanos::MINUTE,
+            LimitKind::BudgetHourly | LimitKind::RequestsPerHour | LimitKind::TokensPerHour => {
+                Nanos::HOUR
+            }
+            LimitKind::BudgetDaily => Nanos::DAY,
+            LimitKind::BudgetMonthly => Nanos(30 * Nanos::DAY.0),
+            LimitKind::MaxConcurrent => return None,
+        })
+    }
+
+    /// The config key that sets this limit, also used in reasons and labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LimitKind::BudgetHourly => "hourly",
+            LimitKind::BudgetDaily => "daily",
+            LimitKind::BudgetMonthly => "monthly",
+            LimitKind::RequestsPerSecond => "requests_per_second",
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::RequestsPerHour => "requests_per_hour",
+            LimitKind::TokensPerMinute => "tokens_per_minute",
+            LimitKind::TokensPerHour => "tokens_per_hour",
+            LimitKind::MaxConcurrent => "max_concurrent",
+        }
+    }
+
+    /// A phrase for human-readable reasons, e.g. "daily budget".
+    pub const fn describe(self) -> &'static str {
+        match self {
+            LimitKind::BudgetHourly => "hourly budget",
+            LimitKind::BudgetDaily => "daily budget",
+            LimitKind::BudgetMonthly => "monthly budget",
+            LimitKind::RequestsPerSecond => "requests per second limit",
+            LimitKind::RequestsPerMinute => "requests per minute limit",
+            LimitKind::RequestsPerHour => "requests per hour limit",
+            LimitKind::TokensPerMinute => "tokens per minute limit",
+            LimitKind::TokensPerHour => "tokens per hour limit",
+            LimitKind::MaxConcurrent => "concurrency limit",
+        }
+    }
+
+    pub const fn is_budget(self) -> bool {
+        matches!(self.resource(), Resource::Cost)
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The limits of one subject. Budgets are in nano-dollars; the rest are
+/// counts. A `None` is no limit of that kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubjectLimits {
+    windows: [Option<NonZeroU64>; WINDOW_KINDS],
+    max_concurrent: Option<NonZeroU32>,
+    /// A name to show for the subject in reasons and metrics instead of its id
+    /// (API keys are secrets).
+    alias: Option<Arc<str>>,
+}
+
+impl SubjectLimits {
+    /// No limits at all.
+    pub const UNLIMITED: SubjectLimits = SubjectLimits {
+        windows: [None; WINDOW_KINDS],
+        max_concurrent: None,
+        alias: None,
+    };
+
+    /// Sets a windowed limit. Panics if `kind` is the concurrency limit; use
+    /// [`with_max_concurrent`](Self::with_max_concurrent) for that.
+    pub fn with(mut self, kind: LimitKind, limit: NonZeroU64) -> SubjectLimits {
+        assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
+        self.windows[kind.index()] = Some(limit);
+        self
+    }
+
+    pub fn set(&mut self, kind: LimitKind, limit: Option<NonZeroU64>) {
+        assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
+        self.windows[kind.index()] = limit;
+    }
+
+    pub fn with_max_concurrent(mut self, limit: NonZeroU32) -> SubjectLimits {
+        self.max_concurrent = Some(limit);
+        self
+    }
+
+    pub fn set_max_concurrent(&mut self, limit: Option<NonZeroU32>) {
+        self.max_concurrent = limit;
+    }
+
+    pub fn with_alias(mut self, alias: impl Into<Arc<str>>) -> SubjectLimits {
+        self.alias = Some(alias.into());
+        self
+    }
+
+    pub fn set_alias(&mut self, alias: Option<Arc<str>>) {
+        self.alias = alias;
+    }
+
+    pub fn alias(&self) -> Option<&str> {
+        self.alias.as_deref()
+    }
+
+    /// The limit of a kind, as a plain number (0 is never returned).
+    pub fn get(&self, kind: LimitKind) -> Option<u64> {
+        match kind {
+            LimitKind::MaxConcurrent => self.max_concurrent.map(|n| u64::from(n.get())),
+            k => self.windows[k.index()].map(NonZeroU64::get),
+        }
+    }
+
+    /// The windowed limits this subject has, in kind order.
+    pub fn windowed(&self) -> impl Iterator<Item = (LimitKind, u64)> + '_ {
+        LimitKind::WINDOWED
+            .iter()
+            .filter_map(|&k| self.windows[k.index()].map(|l| (k, l.get())))
+    }
+
+    /// Every limit this subject has, in kind order.
+    pub fn all(&self) -> impl Iterator<Item = (LimitKind, u64)> + '_ {
+        self.windowed().chain(
+            self.max_concurrent
+                .map(|n| (LimitKind::MaxConcurrent, u64::from(n.get()))),
+        )
+    }
+
+    pub fn has_budget(&self) -> bool {
+        self.windowed().any(|(k, _)| k.is_budget())
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.windows.iter().all(Option::is_none) && self.max_concurrent.is_none()
+    }
+}
+
+/// The limits of every subject: explicit entries per dimension, and an
+/// optional default per dimension for ids that are not listed. An id with no
+/// entry and no default is unlimited.
+#[derive(Clone, Debug, Default)]
+pub struct LimitTable {
+    explicit: [AHashMap<Box<str>, SubjectLimits>; 3],
+    defaults: [Option<SubjectLimits>; 3],
+}
+
+impl LimitTable {
+    pub fn new() -> LimitTable {
+        LimitTable::default()
+    }
+
+    pub fn insert(&mut self, dimension: Dimension, id: impl Into<Box<str>>, limits: SubjectLimits) {
+        self.explicit[dimension.index()].insert(id.into(), limits);
+    }
+
+    pub fn set_default(&mut self, dimension: Dimension, limits: Option<SubjectLimits>) {
+        self.defaults[dimension.index()] = limits;
+    }
+
+    /// The limits that apply to a subject.
+    pub fn resolve(&self, dimension: Dimension, id: &str) -> &SubjectLimits {
+        let d = dimension.index();
+        self.explicit[d]
+            .get(id)
+            .or(self.defaults[d].as_ref())
+            .unwrap_or(&SubjectLimits::UNLIMITED)
+    }
+
+    /// Whether the id has an entry of its own (not the default).
+    pub fn is_listed(&self, dimension: Dimension, id: &str) -> bool {
+        self.explicit[dimension.index()].contains_key(id)
+    }
+
+    /// The explicit entries of a dimension.
+    pub fn entries(&self, dimension: Dimension) -> impl Iterator<Item = (&str, &SubjectLimits)> {
+        self.explicit[dimension.index()]
+            .iter()
+            .map(|(k, v)| (&**k, v))
+    }
+
+    pub fn default_for(&self, dimension: Dimension) -> Option<&SubjectLimits> {
+        self.defaults[dimension.index()].as_ref()
+    }
+}
+
+/// The state of one limit of one subject, after a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Index of the subject in the request.
+    pub subject: usize,
+    pub kind: LimitKind,
+    /// The limit, in nano-dollars for budgets, otherwise a count.
+    pub limit: u64,
+    /// What the window holds now, including held reservations.
+    pub used: u64,
+    /// When the oldest amount (or lease) expires; `None` when empty.
+    pub reset_at: Option<Nanos>,
+    /// Whether this limit stopped the request.
+    pub exceeded: bool,
+}
+
+impl LimitStatus {
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u64) -> NonZeroU64 {
+        NonZeroU64::new(n).unwrap()
+    }
+
+    #[test]
+    fn resolves_explicit_then_default_then_unlimited() {
+        let mut t = LimitTable::new();
+        t.insert(
+            Dimension::ApiKey,
+            "k1",
+            SubjectLimits::default().with(LimitKind::RequestsPerSecond, nz(10)),
+        );
+        t.set_default(
+            Dimension::ApiKey,
+            Some(SubjectLimits::default().with(LimitKind::RequestsPerSecond, nz(1))),
+        );
+        assert_eq!(
+            t.resolve(Dimension::ApiKey, "k1")
+                .get(LimitKind::RequestsPerSecond),
+            Some(10)
+        );
+        assert_eq!(
+            t.resolve(Dimension::ApiKey, "k2")
+                .get(LimitKind::RequestsPerSecond),
+            Some(1)
+        );
+        assert!(t.resolve(Dimension::User, "alice").is_unlimited());
+        assert!(t.is_listed(Dimension::ApiKey, "k1"));
+        assert!(!t.is_listed(Dimension::ApiKey, "k2"));
+    }
+}

@@ -1,0 +1,17 @@
+//! limitsd: the limits API served over gRPC on top of limits-core and
+//! limits-store.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+/// The generated protobuf types and gRPC stubs. Nothing outside the service
+/// module and its conversions sees these.
+pub mod pb {
+    #![allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
+    tonic::include_proto!("mercator.limits.v1");
+
+    /// The encoded file descriptor set, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/limits_descriptor.bin"));
+}
