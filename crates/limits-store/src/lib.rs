@@ -1,1 +1,207 @@
-//! Store.
+//! Where the engine's state lives. The [`Store`] trait is one narrow atomic
+//! operation over the state of the 1–3 subjects of a request — load their
+//! state, apply the engine's pure decision, write back all or nothing — plus
+//! what reservations, leases, expiry and introspection need.
+//!
+//! The operation is described as data ([`Op`]), not as a closure, so that a
+//! backend that cannot run Rust next to its data (a Redis script) can
+//! implement it too; the embedded backends run limits-core's functions under
+//! their locks.
+
+#![forbid(unsafe_code)]
+
+mod ids;
+pub mod memory;
+mod shards;
+
+use std::future::Future;
+
+use limits_core::engine::{AcquireOutcome, CheckOutcome, RecordOutcome};
+use limits_core::{Attempt, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd, Nanos, Policy};
+use limits_core::{Subject, SubjectLimits};
+
+pub use ids::{IdGen, Issued};
+pub use memory::MemoryStore;
+
+/// What one store call does to the subjects of a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// Decide a request; with `reserve_ttl`, hold its estimate that long.
+    Check {
+        attempts: &'a [Attempt],
+        reserve_ttl: Option<Nanos>,
+        policy: &'a Policy,
+    },
+    /// Charge actual usage, settling a reservation if one is named.
+    Record {
+        reservation: Option<u64>,
+        cost: NanoUsd,
+        tokens: u64,
+        policy: &'a Policy,
+    },
+    /// Take a concurrency slot on every limited subject for `ttl`.
+    Acquire { ttl: Nanos },
+}
+
+/// The result of an [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Check(CheckOutcome),
+    Record(RecordOutcome),
+    /// With the lease id and its expiry when acquired.
+    Acquire(AcquireOutcome, Option<(u64, Nanos)>),
+}
+
+/// One subject as an operator sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageView {
+    pub statuses: Vec<LimitStatus>,
+    /// Open (unsettled, unexpired) reservations.
+    pub holds: Vec<Hold>,
+    /// Live leases.
+    pub leases: Vec<LeaseSlot>,
+}
+
+/// What a sweep found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Subjects kept after the sweep.
+    pub subjects: usize,
+    /// Idle subjects dropped.
+    pub dropped: usize,
+    /// Open reservations (counted per subject holding them).
+    pub open_reservations: usize,
+    /// Live leases (counted once per lease).
+    pub live_leases: usize,
+}
+
+/// Why a store call failed. Each says whether retrying can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The reservation id was never issued by this store.
+    #[error("unknown reservation id")]
+    UnknownReservation,
+    /// The lease id was never issued by this store.
+    #[error("unknown lease id")]
+    UnknownLease,
+    /// Keeping another subject would exceed `max_entries`; nothing is dropped
+    /// to make room, because dropping a subject would forget its spend.
+    #[error("the store already holds its maximum of {0} subjects")]
+    Full(usize),
+    /// The backend cannot take writes or reads right now (I/O error, full
+    /// disk, unreachable server). Transient: a retry may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
+    }
+}
+
+/// The engine's state, behind one narrow atomic operation.
+///
+/// Every method takes `now` from the caller (a backend with its own clock may
+/// substitute it). Implementations must apply an [`Op`] to all its subjects
+/// or to none, and must return only once the change is as durable as the
+/// backend promises.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `op` to the subjects (at most one per dimension) atomically.
+    fn apply(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        now: Nanos,
+    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+
+    /// Gives back a lease's slots. `Ok(false)` when the lease was issued here
+    /// but already released or expired; `UnknownLease` when it never was.
+    fn release(
+        &self,
+        lease_id: u64,
+        now: Nanos,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether a reservation id was issued by this store (it may have been
+    /// settled or expired since).
+    fn reservation_issued(&self, id: u64) -> bool;
+
+    /// One subject's windows, open reservations and live leases.
+    fn usage(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> impl Future<Output = Result<UsageView, StoreError>> + Send;
+
+    /// Expires what has expired and drops idle subjects. Expiry is also
+    /// applied lazily by every operation, so a sweep only reclaims memory and
+    /// refreshes counts; it never changes a decision.
+    fn sweep(
+        &self,
+        table: &LimitTable,
+        now: Nanos,
+    ) -> impl Future<Output = Result<SweepStats, StoreError>> + Send;
+
+    /// Makes everything acknowledged so far durable (a no-op where nothing is).
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The backend chosen at start-up. The server is written against [`Store`];
+/// this enum lets it pick a backend from config without dynamic dispatch.
+#[derive(Debug)]
+pub enum AnyStore {
+    Memory(MemoryStore),
+}
+
+impl Store for AnyStore {
+    async fn apply(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        now: Nanos,
+    ) -> Result<Outcome, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.apply(subjects, limits, op, now).await,
+        }
+    }
+
+    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.release(lease_id, now).await,
+        }
+    }
+
+    fn reservation_issued(&self, id: u64) -> bool {
+        match self {
+            AnyStore::Memory(s) => s.reservation_issued(id),
+        }
+    }
+
+    async fn usage(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.usage(subject, limits, now).await,
+        }
+    }
+
+    async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.sweep(table, now).await,
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.flush().await,
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The in-memory state table shared by the embedded backends: subjects
+//! spread over many independently locked shards, so concurrent operations on
+//! different subjects rarely meet on the same lock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ahash::AHashMap;
+use limits_core::{Dimension, LimitTable, Nanos, Subject, SubjectLimits, SubjectState};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::StoreError;
+
+/// One shard: a map per dimension, so the subjects of one request (at most
+/// one per dimension) never need two entries of the same map at once.
+#[derive(Debug, Default)]
+pub(crate) struct Shard {
+    maps: [AHashMap<Box<str>, SubjectState>; 3],
+}
+
+/// What an operation over one shard's subjects saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardSweep {
+    pub kept: usize,
+    pub dropped: usize,
+    pub open_reservations: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shards {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: ahash::RandomState,
+    entries: AtomicUsize,
+    max_entries: usize,
+}
+
+/// One subject's state as an operation left it, shown to the `then` hook of
+/// [`Shards::with_states_then`] before it is written back.
+#[derive(Debug)]
+pub(crate) struct After<'a> {
+    pub subject: &'a Subject,
+    pub state: &'a SubjectState,
+    /// Whether the table held the subject before the operation; a subject
+    /// that was not held and is idle after it was never written anywhere.
+    pub was_stored: bool,
+}
+
+/// A subject's state taken out of its map for the length of an operation,
+/// with the key it was stored under (kept to reinsert without allocating).
+type Taken = (Option<Box<str>>, SubjectState);
+
+impl Shards {
+    pub fn new(shards: usize, max_entries: usize) -> Shards {
+        Shards {
+            shards: (0..shards.max(1)).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: ahash::RandomState::new(),
+            entries: AtomicUsize::new(0),
+            max_entries,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    fn shard_of(&self, s: &Subject) -> usize {
+        let h = self.hasher.hash_one((s.dimension as u8, s.id.as_str()));
+        (h % self.shards.len() as u64) as usize
+    }
+
+    /// Runs `f` over the states of `subjects` (at most one per dimension)
+    /// with their shards locked, then writes back every state that still
+    /// holds something and drops the ones that are idle. `f` sees an empty
+    /// state for a subject the table does not hold; a subject is only added
+    /// if it ends up holding something, and only within `max_entries`.
+    ///
+    /// Between the two, with the locks still held, `then` sees the result and
+    /// every subject's state as `f` left it. A durable backend writes those
+    /// states there, so that the writes of one subject reach its log in the
+    /// order the operations were applied.
+    pub fn with_states_then<R, T>(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        f: impl FnOnce(&mut [&mut SubjectState]) -> R,
+        then: impl FnOnce(&R, &[After<'_>]) -> T,
+    ) -> Result<(R, T), StoreError> {
+        let n = subjects.len();
+        assert!((1..=3).contains(&n), "1 to 3 subjects");
+        debug_assert!(
+            (0..n).all(|i| (i + 1..n).all(|j| subjects[i].dimension != subjects[j].dimension)),
+            "at most one subject per dimension"
+        );
+
+        // Lock the shards in ascending order so that two operations can never
+        // wait on each other.
+        let mut index = [0usize; 3];
+        for (i, s) in subjects.iter().enumerate() {
+            index[i] = self.shard_of(s);
+        }
+        let mut sorted = index;
+        sorted[..n].sort_unstable();
+        let mut order = [usize::MAX; 3];
+        let mut guards: [Option<MutexGuard<'_, Shard>>; 3] = [None, None, None];
+        let mut locked = 0;
+        for &s in &sorted[..n] {
+            if locked == 0 || order[locked - 1] != s {
+                guards[locked] = Some(self.shards[s].lock());
+                order[locked] = s;
+                locked += 1;
+            }
+        }
+        let slot_of = |shard: usize| order[..locked].iter().position(|&s| s == shard).unwrap();
+
+        let mut taken: [Taken; 3] = Default::default();
+        for (i, s) in subjects.iter().enumerate() {
+            let guard = guards[slot_of(index[i])].as_mut().unwrap();
+            if let Some((k, v)) = guard.maps[s.dimension.index()].remove_entry(s.id.as_str()) {
+                taken[i] = (Some(k), v);
+            }
+        }
+
+        let new = (0..n)
+            .filter(|&i| taken[i].0.is_none() && !limits[i].is_unlimited())
+            .count();
+        if new > 0 && self.len() + new > self.max_entries {
+            self.put_back(subjects, &index, &mut guards, &slot_of, &mut taken);
+            return Err(StoreError::Full(self.max_entries));
+        }
+
+        let out = {
+            let [t0, t1, t2] = &mut taken;
+            match n {
+                1 => f(&mut [&mut t0.1]),
+                2 => f(&mut [&mut t0.1, &mut t1.1]),
+                _ => f(&mut [&mut t0.1, &mut t1.1, &mut t2.1]),
+            }
+        };
+        let after = {
+            let at = |i: usize| After {
+                subject: &subjects[i],
+                state: &taken[i].1,
+                was_stored: taken[i].0.is_some(),
+            };
+            match n {
+                1 => then(&out, &[at(0)]),
+                2 => then(&out, &[at(0), at(1)]),
+                _ => then(&out, &[at(0), at(1), at(2)]),
+            }
+        };
+        self.put_back(subjects, &index, &mut guards, &slot_of, &mut taken);
+        Ok((out, after))
+    }
+
+    fn put_back(
+        &self,
+        subjects: &[Subject],
+        index: &[usize; 3],
+        guards: &mut [Option<MutexGuard<'_, Shard>>; 3],
+        slot_of: &impl Fn(usize) -> usize,
+        taken: &mut [Taken; 3],
+    ) {
+        for (i, s) in subjects.iter().enumerate() {
+            let (key, state) = std::mem::take(&mut taken[i]);
+            let map = &mut guards[slot_of(index[i])].as_mut().unwrap().maps[s.dimension.index()];
+            match (key, state.is_idle()) {
+                (Some(key), false) => {
+                    map.insert(key, state);
+                }
+                (None, false) => {
+                    map.insert(s.id.as_str().into(), state);
+                    self.entries.fetch_add(1, Ordering::Relaxed);
+                }
+                (Some(_), true) => {
+                    self.entries.fetch_sub(1, Ordering::Relaxed);
+                }
+                (None, true) => {}
+            }
+        }
+    }
+
+    /// Reads (and expires) one subject's state.
+    pub fn peek<R>(&self, subject: &Subject, f: impl FnOnce(&mut SubjectState) -> R) -> R {
+        let mut shard = self.shards[self.shard_of(subject)].lock();
+        match shard.maps[subject.dimension.index()].get_mut(subject.id.as_str()) {
+            Some(state) => f(state),
+            None => f(&mut SubjectState::new()),
+        }
+    }
+
+    /// Expires every subject and drops the idle ones, one shard at a time so
+    /// that no lock is held for long. `dropped` is called for each subject
+    /// dropped, with its shard still locked, so that a durable backend's
+    /// delete cannot overtake a later write of the same subject.
+    pub fn sweep(
+        &self,
+        table: &LimitTable,
+        now: Nanos,
+        mut dropped: impl FnMut(Dimension, &str),
+    ) -> ShardSweep {
+        let mut total = ShardSweep::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for d in Dimension::ALL {
+                let map = &mut shard.maps[d.index()];
+                map.retain(|id, state| {
+                    state.expire(table.resolve(d, id), now);
+                    if state.is_idle() {
+                        total.dropped += 1;
+                        dropped(d, id);
+                        false
+                    } else {
+                        total.kept += 1;
+                        total.open_reservations +=
+                            state.holds().iter().filter(|h| h.is_open(now)).count();
+                        true
+                    }
+                });
+            }
+        }
+        self.entries.fetch_sub(total.dropped, Ordering::Relaxed);
+        total
+    }
+
+    // Kept for tests and future snapshotting; the durable backend writes
+    // per operation instead.
+    #[allow(dead_code)]
+    /// Calls `f` for every stored subject (for persistence snapshots and
+    /// tests), one shard locked at a time.
+    pub fn for_each(&self, mut f: impl FnMut(Dimension, &str, &SubjectState)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for d in Dimension::ALL {
+                for (id, state) in &shard.maps[d.index()] {
+                    f(d, id, state);
+                }
+            }
+        }
+    }
+
+    /// Puts a decoded state in place (start-up recovery), counting it.
+    pub fn insert(&self, subject: &Subject, state: SubjectState) {
+        if state.is_idle() {
+            return;
+        }
+        let mut shard = self.shards[self.shard_of(subject)].lock();
+        let prev = shard.maps[subject.dimension.index()].insert(subject.id.as_str().into(), state);
+        if prev.is_none() {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
