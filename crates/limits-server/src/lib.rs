@@ -4,6 +4,15 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod queue;
+pub mod reload;
+pub mod server;
+pub mod service;
+pub mod signal;
+pub mod telemetry;
+pub mod validate;
 
 /// The generated protobuf types and gRPC stubs. Nothing outside the service
 /// module and its conversions sees these.

@@ -1,0 +1,133 @@
+//! Hot reload of limits: when the config file changes (including a
+//! Kubernetes ConfigMap update, which swaps a `..data` symlink instead of
+//! writing the file) or on SIGHUP, the file is loaded and validated again and
+//! swapped in whole. Counters, reservations and leases live in the store and
+//! are untouched; a subject's new limits apply from its next check. A bad
+//! new file is rejected with a log line and a failure metric, and the old
+//! limits stay in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use limits_store::AnyStore;
+
+use crate::config::{self, Config, Overrides};
+use crate::metrics as m;
+use crate::service::Shared;
+
+/// What the watcher compares: the file's bytes, read through any symlinks,
+/// so a swapped ConfigMap symlink counts as a change even when timestamps
+/// do not move.
+fn fingerprint(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&bytes))
+}
+
+/// Settings that only take effect at start-up.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.storage != new.storage {
+        changed.push("limits.storage");
+    }
+    if old.server != new.server {
+        changed.push("limits.server");
+    }
+    if old.logging != new.logging {
+        changed.push("limits.logging");
+    }
+    if old.metrics != new.metrics {
+        changed.push("limits.metrics");
+    }
+    changed
+}
+
+/// Loads the file again and swaps it in, or keeps the old config.
+pub fn reload(shared: &Shared<AnyStore>, path: &Path, overrides: &Overrides, why: &str) -> bool {
+    match config::load_from_env(Some(path), overrides) {
+        Ok(new) => {
+            let old = shared.config.load_full();
+            for key in restart_only_changes(&old, &new) {
+                tracing::warn!(
+                    key,
+                    "config change needs a restart to take effect; keeping the running value"
+                );
+            }
+            // Keep the start-up-only sections as they run.
+            let new = Config {
+                storage: old.storage.clone(),
+                server: old.server.clone(),
+                logging: old.logging.clone(),
+                metrics: old.metrics.clone(),
+                ..new
+            };
+            shared.config.store(Arc::new(new));
+            metrics::counter!(m::CONFIG_RELOADS, "result" => "success").increment(1);
+            tracing::info!(path = %path.display(), trigger = why, "config reloaded");
+            // New limits may admit what is queued.
+            shared.queues.wake_all();
+            true
+        }
+        Err(e) => {
+            metrics::counter!(m::CONFIG_RELOADS, "result" => "failure").increment(1);
+            tracing::error!(
+                path = %path.display(),
+                trigger = why,
+                error = %e,
+                "config reload rejected; the previous limits stay in force"
+            );
+            false
+        }
+    }
+}
+
+/// Watches `path` (polling every `interval`; zero turns polling off) and
+/// SIGHUP, reloading on either.
+pub async fn watch(
+    shared: Arc<Shared<AnyStore>>,
+    path: PathBuf,
+    overrides: Overrides,
+    interval: Duration,
+) {
+    let mut last = fingerprint(&path);
+    #[cfg(unix)]
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload on file change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(if interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        interval
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            () = hangup => {
+                last = fingerprint(&path);
+                reload(&shared, &path, &overrides, "SIGHUP");
+            }
+            _ = tick.tick(), if !interval.is_zero() => {
+                let now = fingerprint(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    reload(&shared, &path, &overrides, "file change");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Assembles limitsd: opens the store, binds the gRPC and metrics listeners,
+//! runs the background sweep and the config watcher, and serves until
+//! shutdown: health goes NOT_SERVING, queued calls are answered, in-flight
+//! calls drain within the grace period, and the store is flushed last.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use limits_store::{AnyStore, MemoryStore, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::{Config, Overrides, Storage};
+use crate::metrics::{self as m, Labels};
+use crate::pb::limits_service_server::LimitsServiceServer;
+use crate::queue::Queues;
+use crate::service::{LimitsSvc, Shared, now};
+
+/// How often the config file is compared with the running one.
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Opens the configured store.
+pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
+    match &config.storage {
+        Storage::Memory { max_entries, .. } => Ok(AnyStore::Memory(MemoryStore::new(*max_entries))),
+        Storage::Sled { path, .. } => {
+            anyhow::bail!(
+                "storage backend sled at {} is not available in this build",
+                path.display()
+            )
+        }
+    }
+}
+
+/// How often expired reservations, leases and idle subjects are swept.
+fn sweep_interval(config: &Config) -> Duration {
+    match &config.storage {
+        Storage::Memory {
+            cleanup_interval, ..
+        } => *cleanup_interval,
+        Storage::Sled { .. } => Duration::from_secs(60),
+    }
+}
+
+/// Where the config came from, so it can be reloaded.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+    /// How often to poll the file; zero leaves only SIGHUP.
+    pub poll: Duration,
+}
+
+/// A bound, not yet serving, limitsd.
+#[derive(Debug)]
+pub struct Bound {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    shared: Arc<Shared<AnyStore>>,
+    source: Source,
+}
+
+/// Opens the store and binds both ports (0 picks a free one). Fails before
+/// anything is served if any of them cannot be had.
+pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
+    let store = open_store(&config)?;
+    let listener = TcpListener::bind(config.server.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.server.grpc_addr))?;
+    let metrics_listener = TcpListener::bind(config.server.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", config.server.metrics_addr))?;
+    let grpc_addr = listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let labels = Labels::new(&config.metrics);
+    let shared = Arc::new(Shared {
+        store,
+        config: ArcSwap::from_pointee(config),
+        queues: Queues::new(),
+        labels,
+    });
+    Ok(Bound {
+        grpc_addr,
+        metrics_addr,
+        listener,
+        metrics_listener,
+        shared,
+        source,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<()> {
+        let Bound {
+            listener,
+            metrics_listener,
+            shared,
+            source,
+            ..
+        } = self;
+        let grace = shared.config.load().server.shutdown_grace;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+
+        let mut background = Vec::new();
+        background.push(tokio::spawn(sweep_loop(shared.clone())));
+        if let Some(handle) = metrics {
+            background.push(tokio::spawn(m::serve(metrics_listener, handle)));
+        }
+        if let Some(path) = source.path.clone() {
+            background.push(tokio::spawn(crate::reload::watch(
+                shared.clone(),
+                path,
+                source.overrides,
+                source.poll,
+            )));
+        }
+
+        // The store is open and the config loaded: ready.
+        health
+            .set_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
+            .await;
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal_shared = shared.clone();
+        let signal_health = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // Readiness fails first, queued calls are answered, then the
+            // listener stops accepting and in-flight calls drain.
+            signal_health
+                .set_not_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
+                .await;
+            signal_health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            signal_shared.queues.close();
+            let _ = stop_tx.send(());
+        });
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(LimitsServiceServer::new(LimitsSvc::new(shared.clone())))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(serve);
+
+        // Serve until the shutdown begins, then give in-flight calls the
+        // grace period.
+        let result = tokio::select! {
+            r = &mut serve => r.context("serving gRPC"),
+            () = shared.queues.closed() => {
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(r) => r.context("serving gRPC"),
+                    Err(_) => {
+                        tracing::warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        for task in background {
+            task.abort();
+        }
+        shared.store.flush().await.context("flushing the store")?;
+        tracing::info!("limitsd stopped");
+        result
+    }
+}
+
+/// Sweeps expired holds, leases and idle subjects. Expiry is also applied
+/// by every operation, so this only reclaims memory, refreshes gauges and
+/// wakes queued requests whose capacity came back by expiry.
+async fn sweep_loop(shared: Arc<Shared<AnyStore>>) {
+    let mut every = tokio::time::interval(sweep_interval(&shared.config.load()));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let config = shared.config.load_full();
+        match shared.store.sweep(&config.table, now()).await {
+            Ok(stats) => {
+                metrics::gauge!(m::RESERVATIONS_OPEN).set(stats.open_reservations as f64);
+                metrics::gauge!(m::SUBJECTS).set(stats.subjects as f64);
+                tracing::debug!(
+                    subjects = stats.subjects,
+                    dropped = stats.dropped,
+                    open_reservations = stats.open_reservations,
+                    live_leases = stats.live_leases,
+                    "swept expired state"
+                );
+            }
+            Err(e) => {
+                metrics::counter!(m::STORE_ERRORS, "operation" => "sweep").increment(1);
+                tracing::warn!(error = %e, "sweep failed");
+            }
+        }
+        shared.queues.wake_all();
+    }
+}

@@ -1,0 +1,719 @@
+//! The `LimitsService` gRPC handlers: validate, resolve limits, ask the
+//! store, and turn the engine's decision into a response with its headers.
+//! A denial is an `OK` answer; only bad input and store failures are errors.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use limits_core::engine::CheckOutcome;
+use limits_core::headers::{budget_summary, headers};
+use limits_core::{
+    Action, Dimension, EnforcementMode, LimitKind, LimitStatus, LimitTable, NanoUsd, Nanos,
+    Subject, SubjectLimits, queue_wait,
+};
+use limits_store::{Op, Outcome, Store, StoreError};
+use tokio::time::Instant;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::identity;
+use crate::metrics::{self as m, Labels};
+use crate::pb;
+use crate::queue::Queues;
+use crate::validate;
+
+/// The wall clock, read once per request at the boundary; the engine below
+/// only ever sees this value.
+pub fn now() -> Nanos {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(Nanos::from)
+        .unwrap_or(Nanos::ZERO)
+}
+
+/// Maps store failures onto gRPC codes. What a client does with each:
+/// - `NOT_FOUND`: the id is wrong (never issued here); fix the caller, do not
+///   retry.
+/// - `RESOURCE_EXHAUSTED`: the store is at `max_entries`; back off, and an
+///   operator should raise the bound.
+/// - `UNAVAILABLE`: the store could not decide or persist; retry with
+///   backoff, or apply the gateway's failure policy. Never treated as allow.
+pub fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::UnknownReservation => {
+            Status::not_found("reservation_id: unknown reservation (never issued by this service)")
+        }
+        StoreError::UnknownLease => {
+            Status::not_found("lease_id: unknown lease (never issued by this service)")
+        }
+        StoreError::Full(_) => Status::resource_exhausted(e.to_string()),
+        StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Counts and logs a store failure of `operation`, then maps it.
+fn store_failed(operation: &'static str, e: StoreError) -> Status {
+    if matches!(e, StoreError::Unavailable(_) | StoreError::Full(_)) {
+        metrics::counter!(m::STORE_ERRORS, "operation" => operation).increment(1);
+        tracing::warn!(operation, error = %e, "store operation failed");
+    }
+    store_status(e)
+}
+
+/// Records how long an operation took.
+fn observe(operation: &'static str, started: std::time::Instant) {
+    metrics::histogram!(m::CHECK_DURATION, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Shared<S> {
+    pub store: S,
+    /// The running config; swapped whole on reload, so a request sees one
+    /// consistent version.
+    pub config: ArcSwap<Config>,
+    pub queues: Queues,
+    /// Bounded, secret-free metric labels.
+    pub labels: Labels,
+}
+
+/// The gRPC service.
+#[derive(Debug)]
+pub struct LimitsSvc<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> LimitsSvc<S> {
+    pub fn new(shared: Arc<Shared<S>>) -> LimitsSvc<S> {
+        LimitsSvc { shared }
+    }
+}
+
+/// The limits of each subject, in request order.
+fn resolve<'a>(table: &'a LimitTable, subjects: &[Subject]) -> Vec<&'a SubjectLimits> {
+    subjects
+        .iter()
+        .map(|s| table.resolve(s.dimension, &s.id))
+        .collect()
+}
+
+fn pb_dimension(d: Dimension) -> pb::Dimension {
+    match d {
+        Dimension::ApiKey => pb::Dimension::ApiKey,
+        Dimension::User => pb::Dimension::User,
+        Dimension::Team => pb::Dimension::Team,
+    }
+}
+
+fn pb_subject(s: &Subject) -> pb::Subject {
+    pb::Subject {
+        dimension: pb_dimension(s.dimension) as i32,
+        id: s.id.clone(),
+    }
+}
+
+fn pb_kind(k: LimitKind) -> pb::LimitKind {
+    match k {
+        LimitKind::BudgetHourly => pb::LimitKind::BudgetHourly,
+        LimitKind::BudgetDaily => pb::LimitKind::BudgetDaily,
+        LimitKind::BudgetMonthly => pb::LimitKind::BudgetMonthly,
+        LimitKind::RequestsPerSecond => pb::LimitKind::RequestsPerSecond,
+        LimitKind::RequestsPerMinute => pb::LimitKind::RequestsPerMinute,
+        LimitKind::RequestsPerHour => pb::LimitKind::RequestsPerHour,
+        LimitKind::TokensPerMinute => pb::LimitKind::TokensPerMinute,
+        LimitKind::TokensPerHour => pb::LimitKind::TokensPerHour,
+        LimitKind::MaxConcurrent => pb::LimitKind::MaxConcurrent,
+    }
+}
+
+fn pb_action(a: Action) -> pb::Action {
+    match a {
+        Action::Allow => pb::Action::Allow,
+        Action::Block => pb::Action::Block,
+        Action::Queue => pb::Action::Queue,
+        Action::Downgrade => pb::Action::Downgrade,
+        Action::Alert => pb::Action::Alert,
+    }
+}
+
+fn pb_duration(n: Nanos) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (n.0 / 1_000_000_000) as i64,
+        nanos: (n.0 % 1_000_000_000) as i32,
+    }
+}
+
+fn pb_timestamp(n: Nanos) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (n.0 / 1_000_000_000) as i64,
+        nanos: (n.0 % 1_000_000_000) as i32,
+    }
+}
+
+/// A limit amount in its wire unit: USD for budgets, a count otherwise.
+fn amount(kind: LimitKind, v: u64) -> f64 {
+    if kind.is_budget() {
+        NanoUsd(v).as_usd()
+    } else {
+        v as f64
+    }
+}
+
+fn pb_status(s: &LimitStatus, subjects: &[Subject]) -> pb::LimitStatus {
+    pb::LimitStatus {
+        subject: Some(pb_subject(&subjects[s.subject])),
+        kind: pb_kind(s.kind) as i32,
+        window: s.kind.window().map(pb_duration),
+        limit: amount(s.kind, s.limit),
+        used: amount(s.kind, s.used),
+        remaining: amount(s.kind, s.remaining()),
+        reset_at: s.reset_at.map(pb_timestamp),
+        exceeded: s.exceeded,
+    }
+}
+
+fn pb_budget(statuses: &[LimitStatus], subjects: &[Subject]) -> Option<pb::BudgetSummary> {
+    budget_summary(statuses).map(|b| pb::BudgetSummary {
+        subject: Some(pb_subject(&subjects[b.subject])),
+        kind: pb_kind(b.kind) as i32,
+        limit_usd: NanoUsd(b.limit).as_usd(),
+        used_usd: NanoUsd(b.used).as_usd(),
+        remaining_usd: NanoUsd(b.remaining()).as_usd(),
+        percentage: b.used as f64 / b.limit as f64,
+        reset_at: b.reset_at.map(pb_timestamp),
+    })
+}
+
+/// The metadata key of a header the engine computes (metadata keys are
+/// lower-case).
+fn metadata_key(name: &'static str) -> MetadataKey<tonic::metadata::Ascii> {
+    MetadataKey::from_static(match name {
+        "X-RateLimit-Limit" => "x-ratelimit-limit",
+        "X-RateLimit-Remaining" => "x-ratelimit-remaining",
+        "X-RateLimit-Reset" => "x-ratelimit-reset",
+        "Retry-After" => "retry-after",
+        "X-Budget-Limit" => "x-budget-limit",
+        "X-Budget-Used" => "x-budget-used",
+        "X-Budget-Remaining" => "x-budget-remaining",
+        "X-Budget-Reset" => "x-budget-reset",
+        other => unreachable!("unknown header {other}"),
+    })
+}
+
+/// Puts the headers both in the message and in the response metadata, so a
+/// proxy can copy them without parsing the message.
+fn with_headers<T>(
+    message: T,
+    hdrs: Vec<(&'static str, String)>,
+    set: impl FnOnce(&mut T, std::collections::HashMap<String, String>),
+) -> Response<T> {
+    let mut metadata = MetadataMap::with_capacity(hdrs.len());
+    let mut map = std::collections::HashMap::with_capacity(hdrs.len());
+    for (name, value) in hdrs {
+        if let Ok(v) = MetadataValue::try_from(value.as_str()) {
+            metadata.insert(metadata_key(name), v);
+        }
+        map.insert(name.to_owned(), value);
+    }
+    let mut message = message;
+    set(&mut message, map);
+    let mut response = Response::new(message);
+    *response.metadata_mut() = metadata;
+    response
+}
+
+/// The caller's deadline, from the `grpc-timeout` header.
+fn caller_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    // Answer a little before the deadline so the answer reaches the caller
+    // in time.
+    let margin = (d / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    Some(Instant::now() + d.saturating_sub(margin))
+}
+
+/// How the queue ended for a check in queue mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// Not queued: allowed at once, or not in queue mode.
+    No,
+    /// Waited, then admitted.
+    Admitted,
+    /// Could never fit within the queue timeout: denied at once.
+    WontFit,
+    /// The subject's line already held `queue_depth` requests.
+    Full(usize),
+    /// The queue timeout or the caller's deadline came first.
+    TimedOut,
+    /// The service is shutting down.
+    Closed,
+}
+
+impl<S: Store> Shared<S> {
+    async fn check_once(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+    ) -> Result<CheckOutcome, Status> {
+        match self.store.apply(subjects, limits, op, now()).await {
+            Ok(Outcome::Check(c)) => Ok(c),
+            Ok(other) => Err(Status::internal(format!(
+                "unexpected store outcome {other:?}"
+            ))),
+            Err(e) => Err(store_failed("check", e)),
+        }
+    }
+
+    /// A check, waiting in the subject's queue when denied in queue mode.
+    async fn check(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        config: &Config,
+        deadline: Option<Instant>,
+    ) -> Result<(CheckOutcome, Queued), Status> {
+        let first = self.check_once(subjects, limits, op).await?;
+        if first.allowed || config.policy.mode != EnforcementMode::Queue {
+            return Ok((first, Queued::No));
+        }
+        let start = Instant::now();
+        let give_up = match deadline {
+            Some(d) => d.min(start + config.queue_timeout),
+            None => start + config.queue_timeout,
+        };
+        let left = |now: Instant| Nanos::from(give_up.saturating_duration_since(now));
+        if queue_wait(first.retry_after, left(start)).is_none() {
+            return Ok((first, Queued::WontFit));
+        }
+        if self.queues.is_closed() {
+            return Ok((first, Queued::Closed));
+        }
+        let line = first.denial.map_or(0, |d| d.subject);
+        let place = match self.queues.join(&subjects[line], config.queue_depth) {
+            Ok(place) => place,
+            Err(full) => return Ok((first, Queued::Full(full.depth))),
+        };
+        let mut last = first;
+        loop {
+            tokio::select! {
+                () = self.queues.closed() => return Ok((last, Queued::Closed)),
+                r = tokio::time::timeout_at(give_up, place.head()) => {
+                    if r.is_err() {
+                        return Ok((last, Queued::TimedOut));
+                    }
+                }
+            }
+            let out = self.check_once(subjects, limits, op).await?;
+            if out.allowed {
+                return Ok((out, Queued::Admitted));
+            }
+            let Some(wait) = queue_wait(out.retry_after, left(Instant::now())) else {
+                return Ok((out, Queued::TimedOut));
+            };
+            tokio::select! {
+                () = self.queues.closed() => return Ok((out, Queued::Closed)),
+                r = tokio::time::timeout_at(give_up, place.changed_or(wait.as_duration())) => {
+                    if r.is_err() {
+                        return Ok((out, Queued::TimedOut));
+                    }
+                }
+            }
+            last = out;
+        }
+    }
+}
+
+/// How a subject is named in a reason: never a raw API key, and user or
+/// team ids only where the config shows them.
+fn shown(config: &Config, subject: &Subject, limits: &SubjectLimits) -> String {
+    let hide = match subject.dimension {
+        Dimension::ApiKey => false,
+        Dimension::User => !config.metrics.show_user_ids,
+        Dimension::Team => !config.metrics.show_team_ids,
+    };
+    identity::display(subject, limits, hide)
+}
+
+/// The human-readable reason for a decision.
+fn reason(
+    outcome: &CheckOutcome,
+    queued: Queued,
+    who: impl Fn(usize) -> String,
+    model: &str,
+    downgrade_to: &str,
+) -> String {
+    let exceeded = outcome
+        .denial
+        .map(|d| format!("{} exceeded for {}", d.kind.describe(), who(d.subject)));
+    let never = outcome.denial.is_some_and(|d| d.retry_after.is_none());
+    match (outcome.allowed, queued) {
+        (false, Queued::Full(depth)) => format!(
+            "queue full: {depth} requests already waiting; {}",
+            exceeded.unwrap_or_default()
+        ),
+        (false, Queued::Closed) => {
+            format!(
+                "queue closed: the service is shutting down; {}",
+                exceeded.unwrap_or_default()
+            )
+        }
+        (false, Queued::TimedOut) => {
+            format!("queue timeout: {}", exceeded.unwrap_or_default())
+        }
+        (false, Queued::WontFit) => format!(
+            "{}; the request cannot fit within the queue timeout",
+            exceeded.unwrap_or_default()
+        ),
+        (false, _) => {
+            let mut r = exceeded.unwrap_or_else(|| "denied".to_owned());
+            if outcome.attempt > 0 {
+                r.push_str("; no model in the downgrade chain fits");
+            } else if never {
+                r.push_str("; the request alone is larger than the limit");
+            }
+            r
+        }
+        (true, _) => match outcome.action {
+            Action::Downgrade => format!(
+                "downgraded from {model} to {downgrade_to}: {} for {model}",
+                exceeded.unwrap_or_else(|| "a limit is exceeded".to_owned())
+            ),
+            Action::Alert if outcome.denial.is_some() => {
+                format!("{} (alert only: allowed)", exceeded.unwrap_or_default())
+            }
+            _ if outcome.alert => {
+                let b = budget_summary(&outcome.statuses);
+                match b {
+                    Some(b) => format!(
+                        "{} of {} at {:.1}% (alert threshold reached)",
+                        b.kind.describe(),
+                        who(b.subject),
+                        b.used as f64 * 100.0 / b.limit as f64
+                    ),
+                    None => "alert threshold reached".to_owned(),
+                }
+            }
+            _ => String::new(),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
+    #[tracing::instrument(
+        name = "CheckLimits",
+        skip_all,
+        fields(subjects, model, reserve, allowed, action, alert)
+    )]
+    async fn check_limits(
+        &self,
+        request: Request<pb::CheckLimitsRequest>,
+    ) -> Result<Response<pb::CheckLimitsResponse>, Status> {
+        let started = std::time::Instant::now();
+        let deadline = caller_deadline(request.metadata());
+        let req = request.into_inner();
+        let config = self.shared.config.load_full();
+        let subjects = validate::subjects(req.subjects)?;
+        validate::model("model", &req.model)?;
+        let cost = req
+            .estimated_cost_usd
+            .map(|c| validate::usd("estimated_cost_usd", c))
+            .transpose()?;
+        let reserve_ttl = if req.reserve {
+            Some(validate::ttl(
+                "reservation_ttl",
+                req.reservation_ttl,
+                config.reservation_ttl,
+            )?)
+        } else {
+            None
+        };
+        let limits = resolve(&config.table, &subjects);
+        let span = tracing::Span::current();
+        span.record("subjects", subjects.len());
+        span.record("model", req.model.as_str());
+        span.record("reserve", req.reserve);
+        let attempts = config
+            .policy
+            .attempts(&req.model, req.estimated_tokens, cost);
+        let op = Op::Check {
+            attempts: &attempts,
+            reserve_ttl,
+            policy: &config.policy,
+        };
+        let (outcome, queued) = self
+            .shared
+            .check(&subjects, &limits, op, &config, deadline)
+            .await?;
+
+        let attempt = &attempts[outcome.attempt];
+        let downgrade_to = if outcome.allowed && outcome.attempt > 0 {
+            attempt.model.as_str()
+        } else {
+            ""
+        };
+        let action = match queued {
+            Queued::Admitted | Queued::Full(_) | Queued::TimedOut | Queued::Closed => Action::Queue,
+            Queued::No | Queued::WontFit => outcome.action,
+        };
+        let who = |i: usize| shown(&config, &subjects[i], limits[i]);
+        let reason = reason(&outcome, queued, who, &req.model, downgrade_to);
+        let hdrs = headers(&outcome.statuses, outcome.retry_after, now());
+        span.record("allowed", outcome.allowed);
+        span.record("action", action.as_str());
+        span.record("alert", outcome.alert);
+        m::record_statuses(
+            &self.shared.labels,
+            &subjects,
+            &limits,
+            &outcome.statuses,
+            true,
+        );
+        if action != Action::Allow {
+            let who = outcome.denial.map_or(0, |d| d.subject);
+            let id = self.shared.labels.identifier(&subjects[who], limits[who]);
+            metrics::counter!(m::ENFORCEMENT_ACTIONS, "identifier" => id.to_string(), "action" => action.as_str())
+                .increment(1);
+        }
+        let message = pb::CheckLimitsResponse {
+            allowed: outcome.allowed,
+            action: pb_action(action) as i32,
+            reason,
+            downgrade_to: downgrade_to.to_owned(),
+            retry_after: outcome.retry_after.map(pb_duration),
+            reservation_id: outcome
+                .reservation
+                .map(validate::reservation_id)
+                .unwrap_or_default(),
+            statuses: outcome
+                .statuses
+                .iter()
+                .map(|s| pb_status(s, &subjects))
+                .collect(),
+            budget: pb_budget(&outcome.statuses, &subjects),
+            headers: Default::default(),
+            alert: outcome.alert,
+            estimated_cost_usd: attempt.cost.as_usd(),
+        };
+        let response = with_headers(message, hdrs, |m, h| m.headers = h);
+        observe("check", started);
+        Ok(response)
+    }
+
+    #[tracing::instrument(name = "RecordUsage", skip_all, fields(subjects, duplicate))]
+    async fn record_usage(
+        &self,
+        request: Request<pb::RecordUsageRequest>,
+    ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        let started = std::time::Instant::now();
+        let req = request.into_inner();
+        let config = self.shared.config.load_full();
+        let subjects = validate::subjects(req.subjects)?;
+        validate::model("model", &req.model)?;
+        let reservation = if req.reservation_id.is_empty() {
+            None
+        } else {
+            Some(validate::parse_reservation_id(&req.reservation_id)?)
+        };
+        let tokens =
+            validate::total_tokens(req.request_tokens, req.response_tokens, req.total_tokens)?;
+        let cost = match req.cost_usd {
+            Some(c) => validate::usd("cost_usd", c)?,
+            None => config
+                .policy
+                .pricing
+                .cost(&req.model, req.request_tokens, req.response_tokens)
+                .unwrap_or(NanoUsd::ZERO),
+        };
+        let limits = resolve(&config.table, &subjects);
+        let op = Op::Record {
+            reservation,
+            cost,
+            tokens,
+            policy: &config.policy,
+        };
+        let outcome = match self.shared.store.apply(&subjects, &limits, op, now()).await {
+            Ok(Outcome::Record(r)) => r,
+            Ok(other) => {
+                return Err(Status::internal(format!(
+                    "unexpected store outcome {other:?}"
+                )));
+            }
+            Err(e) => return Err(store_failed("record", e)),
+        };
+        // A settled reservation may have freed room for queued requests.
+        self.shared.queues.wake(&subjects);
+        let span = tracing::Span::current();
+        span.record("subjects", subjects.len());
+        span.record("duplicate", outcome.duplicate);
+        m::record_statuses(
+            &self.shared.labels,
+            &subjects,
+            &limits,
+            &outcome.statuses,
+            false,
+        );
+        observe("record", started);
+        Ok(Response::new(pb::RecordUsageResponse {
+            cost_usd: cost.as_usd(),
+            total_tokens: tokens,
+            statuses: outcome
+                .statuses
+                .iter()
+                .map(|s| pb_status(s, &subjects))
+                .collect(),
+            budget: pb_budget(&outcome.statuses, &subjects),
+            alert: outcome.alert,
+            duplicate: outcome.duplicate,
+        }))
+    }
+
+    #[tracing::instrument(name = "AcquireConcurrent", skip_all, fields(subjects, acquired))]
+    async fn acquire_concurrent(
+        &self,
+        request: Request<pb::AcquireConcurrentRequest>,
+    ) -> Result<Response<pb::AcquireConcurrentResponse>, Status> {
+        let started = std::time::Instant::now();
+        let req = request.into_inner();
+        let config = self.shared.config.load_full();
+        let subjects = validate::subjects(req.subjects)?;
+        let ttl = validate::ttl("ttl", req.ttl, config.lease_ttl)?;
+        let limits = resolve(&config.table, &subjects);
+        let (outcome, lease) = match self
+            .shared
+            .store
+            .apply(&subjects, &limits, Op::Acquire { ttl }, now())
+            .await
+        {
+            Ok(Outcome::Acquire(a, lease)) => (a, lease),
+            Ok(other) => {
+                return Err(Status::internal(format!(
+                    "unexpected store outcome {other:?}"
+                )));
+            }
+            Err(e) => return Err(store_failed("acquire", e)),
+        };
+        let reason = outcome
+            .denial
+            .map(|d| {
+                let who = shown(&config, &subjects[d.subject], limits[d.subject]);
+                let max = limits[d.subject].get(LimitKind::MaxConcurrent).unwrap_or(0);
+                format!("concurrency limit of {max} reached for {who}")
+            })
+            .unwrap_or_default();
+        let span = tracing::Span::current();
+        span.record("subjects", subjects.len());
+        span.record("acquired", outcome.acquired);
+        for s in &outcome.statuses {
+            let id = self
+                .shared
+                .labels
+                .identifier(&subjects[s.subject], limits[s.subject]);
+            metrics::gauge!(m::CONCURRENT_REQUESTS, "identifier" => id.to_string())
+                .set(s.used as f64);
+            if s.exceeded {
+                metrics::counter!(m::RATE_LIMIT_HITS, "identifier" => id.to_string(), "limit_type" => s.kind.name())
+                    .increment(1);
+            }
+        }
+        observe("acquire", started);
+        Ok(Response::new(pb::AcquireConcurrentResponse {
+            acquired: outcome.acquired,
+            lease_id: lease
+                .map(|(id, _)| validate::lease_id(id))
+                .unwrap_or_default(),
+            expires_at: lease.map(|(_, at)| pb_timestamp(at)),
+            retry_after: outcome.denial.and_then(|d| d.retry_after).map(pb_duration),
+            reason,
+            statuses: outcome
+                .statuses
+                .iter()
+                .map(|s| pb_status(s, &subjects))
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "ReleaseConcurrent", skip_all, fields(released))]
+    async fn release_concurrent(
+        &self,
+        request: Request<pb::ReleaseConcurrentRequest>,
+    ) -> Result<Response<pb::ReleaseConcurrentResponse>, Status> {
+        let started = std::time::Instant::now();
+        let req = request.into_inner();
+        if req.lease_id.is_empty() {
+            return Err(validate::invalid("lease_id", "is required"));
+        }
+        let id = validate::parse_lease_id(&req.lease_id)?;
+        let released = self
+            .shared
+            .store
+            .release(id, now())
+            .await
+            .map_err(|e| store_failed("release", e))?;
+        tracing::Span::current().record("released", released);
+        observe("release", started);
+        Ok(Response::new(pb::ReleaseConcurrentResponse { released }))
+    }
+
+    #[tracing::instrument(name = "GetUsage", skip_all)]
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let req = request.into_inner();
+        let raw = req
+            .subject
+            .ok_or_else(|| validate::invalid("subject", "is required"))?;
+        let subject = validate::subject("subject", raw)?;
+        let config = self.shared.config.load_full();
+        let limits = config.table.resolve(subject.dimension, &subject.id);
+        let view = self
+            .shared
+            .store
+            .usage(&subject, limits, now())
+            .await
+            .map_err(|e| store_failed("usage", e))?;
+        let subjects = std::slice::from_ref(&subject);
+        Ok(Response::new(pb::GetUsageResponse {
+            subject: Some(pb_subject(&subject)),
+            statuses: view
+                .statuses
+                .iter()
+                .map(|s| pb_status(s, subjects))
+                .collect(),
+            reservations: view
+                .holds
+                .iter()
+                .map(|h| pb::Reservation {
+                    reservation_id: validate::reservation_id(h.id),
+                    held_cost_usd: NanoUsd(h.cost).as_usd(),
+                    held_tokens: h.tokens,
+                    expires_at: Some(pb_timestamp(h.expires_at)),
+                })
+                .collect(),
+            leases: view
+                .leases
+                .iter()
+                .map(|l| pb::Lease {
+                    lease_id: validate::lease_id(l.id),
+                    expires_at: Some(pb_timestamp(l.expires_at)),
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,233 @@
+//! Shared helpers for the end-to-end tests: start the real `limitsd` binary
+//! on 127.0.0.1:0 with a config written to a temp dir, and talk gRPC to it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use limits_server::pb;
+use limits_server::pb::limits_service_client::LimitsServiceClient;
+use tonic::transport::Channel;
+
+/// How long a test waits for a condition before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `limitsd` child process, killed on drop.
+pub struct Limitsd {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    /// Lines the process printed on stdout after the listening line.
+    pub stdout: mpsc::Receiver<String>,
+}
+
+impl Limitsd {
+    /// Starts limitsd with `yaml` as its config file.
+    pub fn start(yaml: &str) -> Limitsd {
+        Limitsd::start_with(yaml, &[])
+    }
+
+    /// Starts limitsd with extra environment variables.
+    pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Limitsd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("limits.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        Limitsd::spawn(dir, &config, env)
+    }
+
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Limitsd {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_limitsd"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("--grpc-addr")
+            .arg("127.0.0.1:0")
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn limitsd");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let (addr, metrics_addr) = loop {
+            let left = DEADLINE
+                .checked_sub(start.elapsed())
+                .expect("limitsd did not start in time");
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if line.starts_with("limitsd listening ") {
+                        let token = |name: &str| -> SocketAddr {
+                            line.split_whitespace()
+                                .find_map(|t| t.strip_prefix(name))
+                                .and_then(|a| a.parse().ok())
+                                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                        };
+                        break (token("grpc="), token("metrics="));
+                    }
+                }
+                Err(_) => {
+                    let status = child.try_wait().ok().flatten();
+                    panic!("limitsd did not print its address (exit status {status:?})");
+                }
+            }
+        };
+        Limitsd {
+            child,
+            addr,
+            metrics_addr,
+            dir,
+            stdout: rx,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Sends a signal to the process (`TERM`, `HUP`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, returning its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "limitsd did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The text of `GET /metrics`.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics_addr).expect("connect to metrics");
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read metrics");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    }
+
+    pub async fn client(&self) -> LimitsServiceClient<Channel> {
+        let endpoint = format!("http://{}", self.addr);
+        LimitsServiceClient::connect(endpoint)
+            .await
+            .expect("connect to limitsd")
+    }
+}
+
+impl Drop for Limitsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn key(id: &str) -> pb::Subject {
+    pb::Subject {
+        dimension: pb::Dimension::ApiKey as i32,
+        id: id.into(),
+    }
+}
+
+pub fn user(id: &str) -> pb::Subject {
+    pb::Subject {
+        dimension: pb::Dimension::User as i32,
+        id: id.into(),
+    }
+}
+
+pub fn team(id: &str) -> pb::Subject {
+    pb::Subject {
+        dimension: pb::Dimension::Team as i32,
+        id: id.into(),
+    }
+}
+
+pub fn check(subjects: Vec<pb::Subject>, cost: f64) -> pb::CheckLimitsRequest {
+    pb::CheckLimitsRequest {
+        subjects,
+        model: "gpt-4".into(),
+        estimated_tokens: 0,
+        estimated_cost_usd: Some(cost),
+        reserve: false,
+        reservation_ttl: None,
+    }
+}
+
+pub fn record(subjects: Vec<pb::Subject>, cost: f64) -> pb::RecordUsageRequest {
+    pb::RecordUsageRequest {
+        subjects,
+        reservation_id: String::new(),
+        request_tokens: 10,
+        response_tokens: 5,
+        total_tokens: 0,
+        cost_usd: Some(cost),
+        provider: "openai".into(),
+        model: "gpt-4".into(),
+    }
+}
+
+pub fn usage_req(s: pb::Subject) -> pb::GetUsageRequest {
+    pb::GetUsageRequest { subject: Some(s) }
+}
+
+/// The used amount of one limit kind in a GetUsage answer.
+pub fn used(resp: &pb::GetUsageResponse, kind: pb::LimitKind) -> f64 {
+    resp.statuses
+        .iter()
+        .find(|s| s.kind == kind as i32)
+        .map(|s| s.used)
+        .unwrap_or_else(|| panic!("no {kind:?} status in {resp:?}"))
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
