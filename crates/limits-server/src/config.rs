@@ -42,9 +42,9 @@
 //!
 //! # Per-id limits
 //!
-//! `budgets`, `rate_limits` and the combined top-level maps each have
-//! `by_api_key`, `by_user` and `by_team`: a map from the id a gateway sends to
-//! that id's limits. The entry whose id is exactly `default` applies to every
+//! `budgets.by_api_key`, `budgets.by_user` and `budgets.by_team` (and the same
+//! under `rate_limits`, and the combined `limits.by_*` maps below) map the id
+//! a gateway sends to that id's limits. The entry whose id is exactly `default` applies to every
 //! id of that dimension that has no entry of its own (so an id literally named
 //! `default` *is* the default). An id with no entry and no default is
 //! unlimited in that dimension.
@@ -116,6 +116,8 @@ pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::U
 /// Default `server.metrics_addr`.
 pub const DEFAULT_METRICS_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
+/// Default `server.reload_interval`.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `server.shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default `logging.level`.
@@ -199,12 +201,15 @@ impl Default for Storage {
 }
 
 /// Listening addresses and shutdown behaviour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     /// How long in-flight calls may run after SIGTERM before the server stops.
     pub shutdown_grace: Duration,
+    /// How often the config file is compared with the running config; zero
+    /// leaves reloads to SIGHUP alone.
+    pub reload_interval: Duration,
 }
 
 impl Default for ServerSettings {
@@ -213,6 +218,7 @@ impl Default for ServerSettings {
             grpc_addr: DEFAULT_GRPC_ADDR,
             metrics_addr: DEFAULT_METRICS_ADDR,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
         }
     }
 }
@@ -245,7 +251,7 @@ impl Default for LoggingSettings {
 }
 
 /// Bounds on the `identifier` label of the Prometheus metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsSettings {
     /// At most this many distinct identifiers are labelled; the rest share
     /// one overflow label, so a flood of ids cannot blow up cardinality.
@@ -348,13 +354,23 @@ fn load_sources(
     overrides: &Overrides,
 ) -> Result<Config> {
     let env = env_source(env)?;
+    let flags = flag_source(overrides);
+    // Keys set by the later sources, latest first, to say where a value that
+    // fails validation came from (the file needs no mention: it is the rest).
+    let origins: Vec<(String, String)> =
+        flags.origins.iter().chain(&env.origins).cloned().collect();
     let mut figment = Figment::new();
     if let Some(file) = file {
         figment = figment.merge(file);
     }
-    let figment = figment.merge(env).merge(flag_source(overrides));
+    let figment = figment.merge(env).merge(flags);
     let raw: RawDocument = figment.extract().map_err(from_figment)?;
-    validate(raw.limits)
+    validate(raw.limits).map_err(|mut e| {
+        if let Some((_, origin)) = origins.iter().find(|(key, _)| *key == e.key) {
+            e.reason.push_str(&format!(" (from {origin})"));
+        }
+        e
+    })
 }
 
 /// Names of the sources, as figment metadata; errors use them to say where a
@@ -369,6 +385,9 @@ const SOURCE_FLAGS: &str = "command-line flags";
 struct SourceDict {
     metadata: Metadata,
     dict: Dict,
+    /// `(full key, where it came from)` for each value of an environment or
+    /// flag source.
+    origins: Vec<(String, String)>,
 }
 
 impl Provider for SourceDict {
@@ -405,17 +424,17 @@ fn parse_yaml(text: &str, metadata: Metadata, origin: &str) -> Result<SourceDict
             ));
         }
     };
-    let limits = match top.remove("limits") {
+    let mut limits = match top.remove("limits") {
         Some(Value::Empty(..)) => Value::from(Dict::new()),
         Some(limits) => limits,
         // The guide's fragments: the whole document is the limits section.
         None => Value::from(top),
     };
-    let mut limits = limits;
     strip_nulls(&mut limits);
     Ok(SourceDict {
         metadata,
         dict: Dict::from([("limits".to_owned(), limits)]),
+        origins: Vec::new(),
     })
 }
 
@@ -433,8 +452,9 @@ fn strip_nulls(value: &mut Value) {
 
 /// A YAML document as a figment value. figment's own YAML provider needs
 /// string keys, which would reject unquoted numeric ids such as a team `42:`;
-/// this keeps every scalar key as its text and rejects duplicate keys, which
-/// YAML forbids and which would otherwise silently keep one of two limits.
+/// this keeps every scalar key as its text. Duplicate keys, which YAML forbids
+/// and which would silently keep one of two limits, are rejected here as well
+/// as by the YAML parser, so the guarantee does not hang on parser details.
 struct YamlNode(Value);
 
 impl<'de> Deserialize<'de> for YamlNode {
@@ -587,6 +607,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("server.grpc_addr", EnvKind::Text),
     ("server.metrics_addr", EnvKind::Text),
     ("server.shutdown_grace", EnvKind::Text),
+    ("server.reload_interval", EnvKind::Text),
     ("logging.format", EnvKind::Text),
     ("logging.level", EnvKind::Text),
     ("metrics.identifier_cap", EnvKind::Number),
@@ -604,6 +625,7 @@ fn env_name(key: &str) -> String {
 /// `alert_threshold` contain underscores themselves.
 fn env_source(env: impl IntoIterator<Item = (String, String)>) -> Result<SourceDict> {
     let mut limits = Dict::new();
+    let mut origins = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -621,10 +643,15 @@ fn env_source(env: impl IntoIterator<Item = (String, String)>) -> Result<SourceD
             return Err(ConfigError::new(&name, unknown_env_reason(&name)));
         };
         insert_path(&mut limits, key, env_value(&raw, kind));
+        origins.push((
+            format!("limits.{key}"),
+            format!("environment variable {name}"),
+        ));
     }
     Ok(SourceDict {
         metadata: Metadata::named(SOURCE_ENV),
         dict: Dict::from([("limits".to_owned(), Value::from(limits))]),
+        origins,
     })
 }
 
@@ -713,23 +740,25 @@ fn insert_path(dict: &mut Dict, dotted: &str, value: Value) {
 
 fn flag_source(overrides: &Overrides) -> SourceDict {
     let mut limits = Dict::new();
-    if let Some(addr) = overrides.grpc_addr {
-        insert_path(
-            &mut limits,
-            "server.grpc_addr",
-            Value::from(addr.to_string()),
-        );
-    }
-    if let Some(addr) = overrides.metrics_addr {
-        insert_path(
-            &mut limits,
+    let mut origins = Vec::new();
+    let flags = [
+        ("server.grpc_addr", "--grpc-addr", overrides.grpc_addr),
+        (
             "server.metrics_addr",
-            Value::from(addr.to_string()),
-        );
+            "--metrics-addr",
+            overrides.metrics_addr,
+        ),
+    ];
+    for (key, flag, addr) in flags {
+        if let Some(addr) = addr {
+            insert_path(&mut limits, key, Value::from(addr.to_string()));
+            origins.push((format!("limits.{key}"), format!("the {flag} flag")));
+        }
     }
     SourceDict {
         metadata: Metadata::named(SOURCE_FLAGS),
         dict: Dict::from([("limits".to_owned(), Value::from(limits))]),
+        origins,
     }
 }
 
@@ -780,7 +809,8 @@ fn from_figment(error: figment::Error) -> ConfigError {
 /// Serde's Rust type names, in words.
 fn friendly(expected: &str) -> &str {
     match expected {
-        "u64" | "u32" | "usize" => "a whole number",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "u32" => "a whole number from 0 to 4294967295",
         "f64" => "a number",
         "a boolean" => "true or false",
         other => other,
@@ -874,7 +904,7 @@ struct RawRateLimits {
     enabled: Option<bool>,
     /// duration, default 10m. A concurrency lease not released by then is
     /// freed, so a caller that dies holding a slot cannot leak it.
-    lease_ttl: Option<String>,
+    lease_ttl: Option<DurationText>,
     /// id -> rate-limit entry.
     by_api_key: BTreeMap<String, RawRate>,
     by_user: BTreeMap<String, RawRate>,
@@ -925,13 +955,13 @@ struct RawEnforcement {
     /// mode.
     queue_depth: Option<u64>,
     /// duration > 0, default 30s: the longest a queued request waits.
-    queue_timeout: Option<String>,
+    queue_timeout: Option<DurationText>,
     /// model -> cheaper model, walked in downgrade mode. No cycles, no
     /// self-maps, at most 16 steps.
     model_downgrades: BTreeMap<String, String>,
     /// duration > 0, default 10m: an unsettled reservation is released after
     /// this.
-    reservation_ttl: Option<String>,
+    reservation_ttl: Option<DurationText>,
 }
 
 /// `limits.pricing.<model>`. Both prices are required; USD, >= 0, <= 1e9.
@@ -974,7 +1004,7 @@ struct RawMemory {
     /// positive integer, default 100000: subjects kept at most.
     max_entries: Option<u64>,
     /// duration > 0, default 1m: how often idle subjects are dropped.
-    cleanup_interval: Option<String>,
+    cleanup_interval: Option<DurationText>,
 }
 
 /// `limits.storage.sled` and `limits.storage.sqlite`.
@@ -989,7 +1019,7 @@ struct RawFileStore {
     path: Option<String>,
     /// duration > 0, default 10ms: the longest a write waits for its group
     /// flush.
-    snapshot_interval: Option<String>,
+    snapshot_interval: Option<DurationText>,
 }
 
 /// `limits.server`.
@@ -1006,7 +1036,10 @@ struct RawServer {
     metrics_addr: Option<String>,
     /// duration, default 10s: how long in-flight calls may finish after
     /// SIGTERM.
-    shutdown_grace: Option<String>,
+    shutdown_grace: Option<DurationText>,
+    /// duration, default 1s: how often the config file is checked for
+    /// changes; 0 turns polling off (SIGHUP still reloads).
+    reload_interval: Option<DurationText>,
 }
 
 /// `limits.logging`.
@@ -1039,6 +1072,38 @@ struct RawMetrics {
     show_team_ids: Option<bool>,
 }
 
+/// A duration as written, e.g. `"30s"`; parsed during validation. Its own
+/// type so that a bare number (`30`, which has no unit) is reported as "expected
+/// a duration" rather than "expected a string".
+#[derive(Debug)]
+struct DurationText(String);
+
+impl DurationText {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<DurationText, D::Error> {
+        d.deserialize_str(DurationVisitor)
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = DurationText;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration with a unit, such as \"30s\", \"5m\" or \"100ms\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+        Ok(DurationText(v.to_owned()))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Validation: raw -> Config.
 // ---------------------------------------------------------------------------
@@ -1056,7 +1121,7 @@ fn validate(raw: RawLimits) -> Result<Config> {
         .transpose()?;
     let lease_ttl = duration(
         "limits.rate_limits.lease_ttl",
-        raw.rate_limits.lease_ttl.as_deref(),
+        raw.rate_limits.lease_ttl.as_ref().map(DurationText::as_str),
         DEFAULT_LEASE_TTL,
         Zero::Reject,
     )?;
@@ -1080,13 +1145,13 @@ fn validate(raw: RawLimits) -> Result<Config> {
     )?;
     let queue_timeout = duration(
         "limits.enforcement.queue_timeout",
-        enf.queue_timeout.as_deref(),
+        enf.queue_timeout.as_ref().map(DurationText::as_str),
         DEFAULT_QUEUE_TIMEOUT,
         Zero::Reject,
     )?;
     let reservation_ttl = duration(
         "limits.enforcement.reservation_ttl",
-        enf.reservation_ttl.as_deref(),
+        enf.reservation_ttl.as_ref().map(DurationText::as_str),
         DEFAULT_RESERVATION_TTL,
         Zero::Reject,
     )?;
@@ -1471,7 +1536,10 @@ fn build_storage(raw: &RawStorage, warnings: &mut Vec<String>) -> Result<Storage
         )?,
         cleanup_interval: duration(
             "limits.storage.memory.cleanup_interval",
-            raw.memory.cleanup_interval.as_deref(),
+            raw.memory
+                .cleanup_interval
+                .as_ref()
+                .map(DurationText::as_str),
             DEFAULT_CLEANUP_INTERVAL,
             Zero::Reject,
         )?,
@@ -1521,7 +1589,7 @@ fn file_store(section: &str, raw: &RawFileStore) -> Result<(Option<PathBuf>, Dur
     };
     let interval = duration(
         &format!("{section}.snapshot_interval"),
-        raw.snapshot_interval.as_deref(),
+        raw.snapshot_interval.as_ref().map(DurationText::as_str),
         DEFAULT_SNAPSHOT_INTERVAL,
         Zero::Reject,
     )?;
@@ -1549,14 +1617,21 @@ fn build_server(raw: &RawServer) -> Result<ServerSettings> {
     }
     let shutdown_grace = duration(
         "limits.server.shutdown_grace",
-        raw.shutdown_grace.as_deref(),
+        raw.shutdown_grace.as_ref().map(DurationText::as_str),
         DEFAULT_SHUTDOWN_GRACE,
+        Zero::Allow,
+    )?;
+    let reload_interval = duration(
+        "limits.server.reload_interval",
+        raw.reload_interval.as_ref().map(DurationText::as_str),
+        DEFAULT_RELOAD_INTERVAL,
         Zero::Allow,
     )?;
     Ok(ServerSettings {
         grpc_addr,
         metrics_addr,
         shutdown_grace,
+        reload_interval,
     })
 }
 

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let source = Source {
         path: args.config,
         overrides,
-        poll: server::RELOAD_POLL,
+        poll: config.server.reload_interval,
     };
     match runtime.block_on(run(config, source)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,9 +23,6 @@ use crate::pb::limits_service_server::LimitsServiceServer;
 use crate::queue::Queues;
 use crate::service::{LimitsSvc, Shared, now};
 
-/// How often the config file is compared with the running one.
-pub const RELOAD_POLL: Duration = Duration::from_secs(1);
-
 /// Opens the configured store.
 pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
     match &config.storage {

@@ -792,6 +792,7 @@ fn every_environment_variable_sets_its_key() {
         ("limits.server.grpc_addr", "127.0.0.1:7000"),
         ("limits.server.metrics_addr", "127.0.0.1:7001"),
         ("limits.server.shutdown_grace", "3s"),
+        ("limits.server.reload_interval", "5s"),
         ("limits.logging.format", "json"),
         ("limits.logging.level", "debug"),
         ("limits.metrics.identifier_cap", "12"),
@@ -900,7 +901,41 @@ fn a_bad_environment_value_names_the_key_and_the_variable() {
         let e = load(None, env(&[(name, value)]), &Overrides::default())
             .expect_err(&format!("{name}={value} is invalid"));
         assert_eq!(e.key, key, "{name}={value}: {e}");
+        // Type errors and validation errors alike say which variable it was.
+        assert!(
+            e.reason
+                .contains(&format!("(from environment variable {name})")),
+            "{e}"
+        );
     }
+}
+
+#[test]
+fn a_bad_value_in_the_file_does_not_blame_the_environment() {
+    let file = write_temp("limits:\n  enforcement:\n    action: deny\n");
+    let e = load(
+        Some(file.path()),
+        env(&[("MERCATOR_LIMITS_STORAGE_BACKEND", "memory")]),
+        &Overrides::default(),
+    )
+    .expect_err("deny is not an action");
+    check_error(&e, "limits.enforcement.action", "unknown value \"deny\"");
+    assert!(!e.reason.contains("environment"), "{e}");
+}
+
+#[test]
+fn a_flag_that_clashes_with_the_file_names_the_flag() {
+    let file = write_temp("limits:\n  server:\n    grpc_addr: 127.0.0.1:7000\n");
+    let flags = Overrides {
+        grpc_addr: None,
+        metrics_addr: Some("127.0.0.1:7000".parse().unwrap()),
+    };
+    let e = load(Some(file.path()), no_env(), &flags).expect_err("same port twice");
+    check_error(
+        &e,
+        "limits.server.metrics_addr",
+        "(from the --metrics-addr flag)",
+    );
 }
 
 #[test]
@@ -1068,7 +1103,7 @@ fn bad_rate_limits_are_rejected() {
     assert_rejects(
         &rate("max_concurrent", "5000000000"),
         "limits.rate_limits.by_user.bob.max_concurrent",
-        "invalid value",
+        "from 0 to 4294967295",
     );
     assert_rejects(
         "rate_limits:\n  lease_ttl: 0s\n",
@@ -1102,7 +1137,7 @@ fn bad_enforcement_is_rejected() {
     assert_rejects(
         "enforcement:\n  queue_timeout: 30\n",
         "limits.enforcement.queue_timeout",
-        "expected a string",
+        "expected a duration with a unit, such as \"30s\"",
     );
     assert_rejects(
         "enforcement:\n  reservation_ttl: 5 parsecs\n",

@@ -325,10 +325,21 @@ async fn reload_follows_a_configmap_symlink_swap() {
 
 #[tokio::test]
 async fn reload_on_sighup() {
-    let d = Limitsd::start(&rps_config(2));
+    // Polling off: only the signal can make this reload happen.
+    let config = rps_config(2).replacen(
+        "limits:\n",
+        "limits:\n  server:\n    reload_interval: 0s\n",
+        1,
+    );
+    let d = Limitsd::start(&config);
     let path = d.dir.path().join("limits.yaml");
     let before = reloads(&d.scrape(), "success");
-    std::fs::write(&path, rps_config(9)).unwrap();
+    let updated = rps_config(9).replacen(
+        "limits:\n",
+        "limits:\n  server:\n    reload_interval: 0s\n",
+        1,
+    );
+    std::fs::write(&path, updated).unwrap();
     d.signal("HUP");
     eventually("SIGHUP to reload", || async {
         (rps_limit(&d).await == Some(9.0)).then_some(())
@@ -409,9 +420,12 @@ async fn sigterm_answers_in_flight_calls_flips_health_and_exits_zero() {
 }
 
 /// A minimal OTLP trace collector that keeps the spans it receives.
+/// A received span: its name and its attributes as `key=value` strings.
+type Span = (String, Vec<String>);
+
 #[derive(Default, Clone)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    spans: Arc<Mutex<Vec<Span>>>,
     services: Arc<Mutex<Vec<String>>>,
 }
 
