@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use limits_store::{AnyStore, MemoryStore, Store};
+use limits_store::{AnyStore, MemoryStore, SledOptions, SledStore, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -23,15 +23,34 @@ use crate::pb::limits_service_server::LimitsServiceServer;
 use crate::queue::Queues;
 use crate::service::{LimitsSvc, Shared, now};
 
-/// Opens the configured store.
+/// The longest a durable write waits for its group flush, whatever the
+/// config says: the usage guide's `snapshot_interval: 5m` was a snapshot
+/// period, and nobody wants a RecordUsage held for minutes.
+pub const MAX_GROUP_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens the configured store. The sled store is loaded from disk here,
+/// dropping what expired while the service was down.
 pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
     match &config.storage {
         Storage::Memory { max_entries, .. } => Ok(AnyStore::Memory(MemoryStore::new(*max_entries))),
-        Storage::Sled { path, .. } => {
-            anyhow::bail!(
-                "storage backend sled at {} is not available in this build",
-                path.display()
-            )
+        Storage::Sled {
+            path,
+            snapshot_interval,
+        } => {
+            if *snapshot_interval > MAX_GROUP_WAIT {
+                tracing::warn!(
+                    configured = ?snapshot_interval,
+                    used = ?MAX_GROUP_WAIT,
+                    "storage snapshot_interval is the longest a write waits for its group flush; capped"
+                );
+            }
+            let options = SledOptions {
+                snapshot_interval: (*snapshot_interval).min(MAX_GROUP_WAIT),
+                ..SledOptions::default()
+            };
+            let store = SledStore::open(path, options, now())?;
+            tracing::info!(path = %path.display(), subjects = store.len(), "opened the sled store");
+            Ok(AnyStore::Sled(store))
         }
     }
 }
@@ -45,6 +64,10 @@ fn sweep_interval(config: &Config) -> Duration {
         Storage::Sled { .. } => Duration::from_secs(60),
     }
 }
+
+/// After the last in-flight call returns at shutdown, how long the
+/// connections get to write its answer before the process stops.
+const FLUSH_ANSWERS: Duration = Duration::from_millis(200);
 
 /// Where the config came from, so it can be reloaded.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +107,7 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
         config: ArcSwap::from_pointee(config),
         queues: Queues::new(),
         labels,
+        in_flight: Default::default(),
     });
     Ok(Bound {
         grpc_addr,
@@ -169,10 +193,30 @@ impl Bound {
         let result = tokio::select! {
             r = &mut serve => r.context("serving gRPC"),
             () = shared.queues.closed() => {
-                match tokio::time::timeout(grace, &mut serve).await {
-                    Ok(r) => r.context("serving gRPC"),
+                // Done when the server has drained every connection, or when
+                // no call is in progress (idle client connections must not
+                // hold the process), or when the grace period is over.
+                let drained = async {
+                    tokio::select! {
+                        r = &mut serve => r.context("serving gRPC"),
+                        () = shared.in_flight.idle() => {
+                            // The last answers are handed to the connections
+                            // but may not be written yet: give them a moment.
+                            match tokio::time::timeout(FLUSH_ANSWERS, &mut serve).await {
+                                Ok(r) => r.context("serving gRPC"),
+                                Err(_) => Ok(()),
+                            }
+                        }
+                    }
+                };
+                match tokio::time::timeout(grace, drained).await {
+                    Ok(r) => r,
                     Err(_) => {
-                        tracing::warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period");
+                        tracing::warn!(
+                            grace = ?grace,
+                            in_flight = shared.in_flight.count(),
+                            "calls still in flight at the end of the shutdown grace period"
+                        );
                         Ok(())
                     }
                 }

@@ -78,6 +78,57 @@ pub struct Shared<S> {
     pub queues: Queues,
     /// Bounded, secret-free metric labels.
     pub labels: Labels,
+    /// Calls being handled now; shutdown waits for these, not for idle
+    /// client connections (which a gateway may hold open indefinitely).
+    pub in_flight: InFlight,
+}
+
+/// Counts calls in progress and wakes a waiter when none are left.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held for the length of one call.
+#[derive(Debug)]
+pub struct CallGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    pub fn enter(&self) -> CallGuard<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CallGuard(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once no call is in progress.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// The gRPC service.
@@ -424,6 +475,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         &self,
         request: Request<pb::CheckLimitsRequest>,
     ) -> Result<Response<pb::CheckLimitsResponse>, Status> {
+        let _call = self.shared.in_flight.enter();
         let started = std::time::Instant::now();
         let deadline = caller_deadline(request.metadata());
         let req = request.into_inner();
@@ -520,6 +572,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         &self,
         request: Request<pb::RecordUsageRequest>,
     ) -> Result<Response<pb::RecordUsageResponse>, Status> {
+        let _call = self.shared.in_flight.enter();
         let started = std::time::Instant::now();
         let req = request.into_inner();
         let config = self.shared.config.load_full();
@@ -588,6 +641,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         &self,
         request: Request<pb::AcquireConcurrentRequest>,
     ) -> Result<Response<pb::AcquireConcurrentResponse>, Status> {
+        let _call = self.shared.in_flight.enter();
         let started = std::time::Instant::now();
         let req = request.into_inner();
         let config = self.shared.config.load_full();
@@ -653,6 +707,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         &self,
         request: Request<pb::ReleaseConcurrentRequest>,
     ) -> Result<Response<pb::ReleaseConcurrentResponse>, Status> {
+        let _call = self.shared.in_flight.enter();
         let started = std::time::Instant::now();
         let req = request.into_inner();
         if req.lease_id.is_empty() {
@@ -675,6 +730,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         &self,
         request: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let _call = self.shared.in_flight.enter();
         let req = request.into_inner();
         let raw = req
             .subject

@@ -29,7 +29,10 @@ impl IdGen {
 
     /// A generator that continues from a persisted prefix and sequence.
     pub fn with_prefix(prefix: u64, next: u64) -> IdGen {
-        IdGen { prefix: prefix & 0xffff_ffff, next: AtomicU64::new(next.max(1)) }
+        IdGen {
+            prefix: prefix & 0xffff_ffff,
+            next: AtomicU64::new(next.max(1)),
+        }
     }
 
     pub fn prefix(&self) -> u64 {

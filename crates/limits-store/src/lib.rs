@@ -10,9 +10,12 @@
 
 #![forbid(unsafe_code)]
 
+mod codec;
+mod embedded;
 mod ids;
 pub mod memory;
 mod shards;
+pub mod sled;
 
 use std::future::Future;
 
@@ -20,6 +23,7 @@ use limits_core::engine::{AcquireOutcome, CheckOutcome, RecordOutcome};
 use limits_core::{Attempt, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd, Nanos, Policy};
 use limits_core::{Subject, SubjectLimits};
 
+pub use self::sled::{OpenError, SledOptions, SledStore};
 pub use ids::{IdGen, Issued};
 pub use memory::MemoryStore;
 
@@ -155,6 +159,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum AnyStore {
     Memory(MemoryStore),
+    Sled(SledStore),
 }
 
 impl Store for AnyStore {
@@ -167,18 +172,21 @@ impl Store for AnyStore {
     ) -> Result<Outcome, StoreError> {
         match self {
             AnyStore::Memory(s) => s.apply(subjects, limits, op, now).await,
+            AnyStore::Sled(s) => s.apply(subjects, limits, op, now).await,
         }
     }
 
     async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
         match self {
             AnyStore::Memory(s) => s.release(lease_id, now).await,
+            AnyStore::Sled(s) => s.release(lease_id, now).await,
         }
     }
 
     fn reservation_issued(&self, id: u64) -> bool {
         match self {
             AnyStore::Memory(s) => s.reservation_issued(id),
+            AnyStore::Sled(s) => s.reservation_issued(id),
         }
     }
 
@@ -190,18 +198,21 @@ impl Store for AnyStore {
     ) -> Result<UsageView, StoreError> {
         match self {
             AnyStore::Memory(s) => s.usage(subject, limits, now).await,
+            AnyStore::Sled(s) => s.usage(subject, limits, now).await,
         }
     }
 
     async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
         match self {
             AnyStore::Memory(s) => s.sweep(table, now).await,
+            AnyStore::Sled(s) => s.sweep(table, now).await,
         }
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.flush().await,
+            AnyStore::Sled(s) => s.flush().await,
         }
     }
 }

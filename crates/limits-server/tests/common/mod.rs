@@ -45,6 +45,22 @@ impl Limitsd {
         config: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Limitsd {
+        let workdir = dir.path().to_owned();
+        Limitsd::spawn_at(dir, &workdir, config, env)
+    }
+
+    /// Starts limitsd in `workdir`, which outlives it (restart tests).
+    pub fn start_in(workdir: &std::path::Path, config: &std::path::Path) -> Limitsd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Limitsd::spawn_at(dir, workdir, config, &[])
+    }
+
+    fn spawn_at(
+        dir: tempfile::TempDir,
+        workdir: &std::path::Path,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Limitsd {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_limitsd"));
         cmd.arg("--config")
             .arg(config)
@@ -52,7 +68,7 @@ impl Limitsd {
             .arg("127.0.0.1:0")
             .arg("--metrics-addr")
             .arg("127.0.0.1:0")
-            .current_dir(dir.path())
+            .current_dir(workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -214,6 +230,46 @@ pub fn used(resp: &pb::GetUsageResponse, kind: pb::LimitKind) -> f64 {
         .find(|s| s.kind == kind as i32)
         .map(|s| s.used)
         .unwrap_or_else(|| panic!("no {kind:?} status in {resp:?}"))
+}
+
+/// Runs limitsd to completion (it is expected to fail at start-up) and
+/// returns its exit status and stderr.
+pub fn run_to_exit(
+    workdir: &std::path::Path,
+    config: &std::path::Path,
+) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_limitsd"))
+        .arg("--config")
+        .arg(config)
+        .arg("--grpc-addr")
+        .arg("127.0.0.1:0")
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn limitsd");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status, err);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("limitsd kept running; it was expected to fail at start-up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Polls `f` until it returns `Some`, or panics after [`DEADLINE`].

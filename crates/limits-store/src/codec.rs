@@ -1,0 +1,442 @@
+//! The on-disk encoding of the durable backend: keys and versioned binary
+//! values, hand-rolled (LEB128 varints and fixed little-endian words) so the
+//! format is small, explicit and owned by this crate rather than by a
+//! serialisation library's defaults.
+//!
+//! Keys carry their own format version in a prefix:
+//!
+//! | key                              | value                                  |
+//! |----------------------------------|----------------------------------------|
+//! | `format`                         | `[FORMAT]`: the whole store's version  |
+//! | `s1/<dimension byte><id bytes>`  | a subject's durable state              |
+//! | `l1/<lease id, u64 big-endian>`  | a lease index entry                    |
+//! | `m1/ids/r`, `m1/ids/l`           | an id generator's prefix and high-water |
+//!
+//! Every value starts with its format version byte ([`VERSION`]); a reader
+//! rejects a version it does not know instead of guessing.
+//!
+//! A subject's value, after the version byte:
+//! windows (`varint count`, then per window `kind byte`, `varint buckets`,
+//! the first bucket's `varint index` and `varint amount`, then each later
+//! bucket as `varint index delta (>= 1)` and `varint amount`), holds (`varint
+//! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
+//! expires_at`, `settled byte`) and leases (`varint count`, then per lease
+//! `u64 id`, `u64 expires_at`). Ids and instants are fixed-width because they
+//! are large; counts and amounts are varints because they are mostly small.
+
+use limits_core::SubjectState;
+use limits_core::{Dimension, Hold, LeaseSlot, LimitKind, Nanos, RollingWindow, Subject};
+
+/// The version of the store as a whole, kept under [`FORMAT_KEY`].
+pub(crate) const FORMAT: u8 = 1;
+/// The version byte every value starts with.
+pub(crate) const VERSION: u8 = 1;
+
+pub(crate) const FORMAT_KEY: &[u8] = b"format";
+pub(crate) const SUBJECT_PREFIX: &[u8] = b"s1/";
+pub(crate) const LEASE_PREFIX: &[u8] = b"l1/";
+pub(crate) const RESERVATION_IDS_KEY: &[u8] = b"m1/ids/r";
+pub(crate) const LEASE_IDS_KEY: &[u8] = b"m1/ids/l";
+
+/// Why a key or value could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("format version {0} is not one this build reads")]
+    UnknownVersion(u8),
+    #[error("value ends early")]
+    Truncated,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Whether a window is kept on disk. Request counts over a second or a minute
+/// are not: after a restart they start again from zero, which can admit at
+/// most one extra window's worth of requests — and rewriting them on every
+/// check would put a disk write on the hot path. The hourly request count is
+/// kept, like budgets and token windows.
+pub(crate) fn is_durable(kind: LimitKind) -> bool {
+    !matches!(
+        kind,
+        LimitKind::RequestsPerSecond | LimitKind::RequestsPerMinute
+    )
+}
+
+pub(crate) fn subject_key(dimension: Dimension, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(SUBJECT_PREFIX.len() + 1 + id.len());
+    key.extend_from_slice(SUBJECT_PREFIX);
+    key.push(dimension as u8);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The subject named by a key that starts with [`SUBJECT_PREFIX`].
+pub(crate) fn decode_subject_key(key: &[u8]) -> Result<Subject, DecodeError> {
+    let rest = key
+        .strip_prefix(SUBJECT_PREFIX)
+        .ok_or(DecodeError::Invalid("not a subject key"))?;
+    let (&d, id) = rest.split_first().ok_or(DecodeError::Truncated)?;
+    let id =
+        std::str::from_utf8(id).map_err(|_| DecodeError::Invalid("subject id is not UTF-8"))?;
+    Ok(Subject::new(dimension(d)?, id))
+}
+
+pub(crate) fn lease_key(id: u64) -> [u8; 11] {
+    let mut key = [0u8; 11];
+    key[..3].copy_from_slice(LEASE_PREFIX);
+    key[3..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub(crate) fn decode_lease_key(key: &[u8]) -> Result<u64, DecodeError> {
+    let rest = key
+        .strip_prefix(LEASE_PREFIX)
+        .ok_or(DecodeError::Invalid("not a lease key"))?;
+    let bytes: [u8; 8] = rest
+        .try_into()
+        .map_err(|_| DecodeError::Invalid("lease key has the wrong length"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn dimension(b: u8) -> Result<Dimension, DecodeError> {
+    Dimension::ALL
+        .get(usize::from(b))
+        .copied()
+        .ok_or(DecodeError::Invalid("unknown dimension"))
+}
+
+fn window_kind(b: u8) -> Result<LimitKind, DecodeError> {
+    LimitKind::WINDOWED
+        .get(usize::from(b))
+        .copied()
+        .ok_or(DecodeError::Invalid("unknown window kind"))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Encodes the durable part of a subject's state into `out` (cleared first).
+/// Returns false when nothing in it is durable, i.e. when the subject's key
+/// should be deleted rather than written.
+pub(crate) fn encode_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    out.push(VERSION);
+    let windows = || {
+        state
+            .windows()
+            .iter()
+            .filter(|(k, w)| is_durable(*k) && !w.is_empty())
+    };
+    let count = windows().count();
+    if count == 0 && state.holds().is_empty() && state.leases().is_empty() {
+        return false;
+    }
+    put_varint(out, count as u64);
+    for (kind, w) in windows() {
+        out.push(kind.index() as u8);
+        let buckets = w.buckets();
+        put_varint(out, buckets.len() as u64);
+        let mut prev = None;
+        for &(index, amount) in buckets {
+            put_varint(out, prev.map_or(index, |p| index - p));
+            put_varint(out, amount);
+            prev = Some(index);
+        }
+    }
+    put_varint(out, state.holds().len() as u64);
+    for h in state.holds() {
+        put_u64(out, h.id);
+        put_varint(out, h.cost);
+        put_varint(out, h.tokens);
+        put_u64(out, h.expires_at.0);
+        out.push(u8::from(h.settled));
+    }
+    put_varint(out, state.leases().len() as u64);
+    for l in state.leases() {
+        put_u64(out, l.id);
+        put_u64(out, l.expires_at.0);
+    }
+    true
+}
+
+pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
+    let mut r = Reader::versioned(bytes)?;
+    let count = r.len()?;
+    let mut windows = Vec::with_capacity(count);
+    for _ in 0..count {
+        let kind = window_kind(r.byte()?)?;
+        let n = r.len()?;
+        let mut buckets = Vec::with_capacity(n);
+        let mut prev: Option<u64> = None;
+        for _ in 0..n {
+            let raw = r.varint()?;
+            let index = match prev {
+                None => raw,
+                Some(_) if raw == 0 => return Err(DecodeError::Invalid("buckets out of order")),
+                Some(p) => p
+                    .checked_add(raw)
+                    .ok_or(DecodeError::Invalid("bucket index overflows"))?,
+            };
+            let amount = r.varint()?;
+            if amount == 0 {
+                return Err(DecodeError::Invalid("empty bucket"));
+            }
+            buckets.push((index, amount));
+            prev = Some(index);
+        }
+        windows.push((kind, RollingWindow::from_buckets(buckets)));
+    }
+    let count = r.len()?;
+    let mut holds = Vec::with_capacity(count);
+    for _ in 0..count {
+        holds.push(Hold {
+            id: r.u64()?,
+            cost: r.varint()?,
+            tokens: r.varint()?,
+            expires_at: Nanos(r.u64()?),
+            settled: r.flag()?,
+        });
+    }
+    let count = r.len()?;
+    let mut leases = Vec::with_capacity(count);
+    for _ in 0..count {
+        leases.push(LeaseSlot {
+            id: r.u64()?,
+            expires_at: Nanos(r.u64()?),
+        });
+    }
+    r.finish()?;
+    Ok(SubjectState::from_parts(windows, holds, leases))
+}
+
+/// A lease index entry: its expiry, then its subjects (`varint count`, then
+/// per subject `dimension byte`, `varint length`, id bytes).
+pub(crate) fn encode_lease(subjects: &[Subject], expires_at: Nanos) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + subjects.iter().map(|s| s.id.len() + 2).sum::<usize>());
+    out.push(VERSION);
+    put_u64(&mut out, expires_at.0);
+    put_varint(&mut out, subjects.len() as u64);
+    for s in subjects {
+        out.push(s.dimension as u8);
+        put_varint(&mut out, s.id.len() as u64);
+        out.extend_from_slice(s.id.as_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_lease(bytes: &[u8]) -> Result<(Box<[Subject]>, Nanos), DecodeError> {
+    let mut r = Reader::versioned(bytes)?;
+    let expires_at = Nanos(r.u64()?);
+    let count = r.len()?;
+    if !(1..=3).contains(&count) {
+        return Err(DecodeError::Invalid("a lease names 1 to 3 subjects"));
+    }
+    let mut subjects = Vec::with_capacity(count);
+    for _ in 0..count {
+        let d = dimension(r.byte()?)?;
+        let len = r.len()?;
+        let id = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| DecodeError::Invalid("subject id is not UTF-8"))?;
+        subjects.push(Subject::new(d, id));
+    }
+    r.finish()?;
+    Ok((subjects.into(), expires_at))
+}
+
+/// An id generator's persisted state: its prefix and a sequence number that
+/// no id handed out so far has reached.
+pub(crate) fn encode_ids(prefix: u64, high_water: u64) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    out[0] = VERSION;
+    out[1..9].copy_from_slice(&prefix.to_le_bytes());
+    out[9..].copy_from_slice(&high_water.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_ids(bytes: &[u8]) -> Result<(u64, u64), DecodeError> {
+    let mut r = Reader::versioned(bytes)?;
+    let ids = (r.u64()?, r.u64()?);
+    r.finish()?;
+    Ok(ids)
+}
+
+/// A cursor over a value.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// Checks the version byte and positions after it.
+    fn versioned(bytes: &'a [u8]) -> Result<Reader<'a>, DecodeError> {
+        let mut r = Reader { bytes };
+        match r.byte()? {
+            VERSION => Ok(r),
+            v => Err(DecodeError::UnknownVersion(v)),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid("flag is neither 0 nor 1")),
+        }
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let bytes: [u8; 8] = self.take(8)?.try_into().expect("eight bytes");
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(DecodeError::Invalid("varint overflows"));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Invalid("varint too long"))
+    }
+
+    /// A count of things that follow; bounded by the bytes left, so a corrupt
+    /// count cannot make a reader allocate without limit.
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        if n > self.bytes.len() as u64 {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n as usize)
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid("trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SubjectState {
+        SubjectState::from_parts(
+            vec![
+                (
+                    LimitKind::BudgetDaily,
+                    RollingWindow::from_buckets(vec![(10, 5), (12, 300), (1 << 40, u64::MAX)]),
+                ),
+                (
+                    LimitKind::TokensPerMinute,
+                    RollingWindow::from_buckets(vec![(7, 1)]),
+                ),
+            ],
+            vec![Hold {
+                id: 7 << 32 | 3,
+                cost: 1_000_000,
+                tokens: 10,
+                expires_at: Nanos(1 << 60),
+                settled: false,
+            }],
+            vec![LeaseSlot {
+                id: 9 << 32 | 1,
+                expires_at: Nanos(42),
+            }],
+        )
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut buf = Vec::new();
+        assert!(encode_state(&sample(), &mut buf));
+        assert_eq!(decode_state(&buf).unwrap(), sample());
+    }
+
+    #[test]
+    fn short_request_windows_are_not_kept() {
+        let state = SubjectState::from_parts(
+            vec![(
+                LimitKind::RequestsPerSecond,
+                RollingWindow::from_buckets(vec![(1, 1)]),
+            )],
+            vec![],
+            vec![],
+        );
+        let mut buf = Vec::new();
+        assert!(!encode_state(&state, &mut buf), "nothing durable to write");
+    }
+
+    #[test]
+    fn every_truncation_and_unknown_version_is_rejected() {
+        let mut buf = Vec::new();
+        encode_state(&sample(), &mut buf);
+        for n in 0..buf.len() {
+            assert!(decode_state(&buf[..n]).is_err(), "prefix of {n} bytes");
+        }
+        buf[0] = 9;
+        assert_eq!(decode_state(&buf), Err(DecodeError::UnknownVersion(9)));
+    }
+
+    #[test]
+    fn leases_ids_and_keys_round_trip() {
+        let subjects = [
+            Subject::new(Dimension::Team, "t"),
+            Subject::new(Dimension::User, "ü"),
+        ];
+        let v = encode_lease(&subjects, Nanos(5));
+        assert_eq!(
+            decode_lease(&v).unwrap(),
+            (subjects.to_vec().into(), Nanos(5))
+        );
+        assert_eq!(decode_ids(&encode_ids(3, 2048)).unwrap(), (3, 2048));
+        assert_eq!(
+            decode_lease_key(&lease_key(u64::MAX - 1)).unwrap(),
+            u64::MAX - 1
+        );
+        let key = subject_key(Dimension::ApiKey, "k-1");
+        assert_eq!(
+            decode_subject_key(&key).unwrap(),
+            Subject::new(Dimension::ApiKey, "k-1")
+        );
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for v in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut r = Reader { bytes: &out };
+            assert_eq!(r.varint().unwrap(), v);
+            r.finish().unwrap();
+        }
+    }
+}

@@ -1,0 +1,772 @@
+//! The durable backend: state hot in memory, every acknowledged change in a
+//! sled log on disk before the caller hears of it.
+//!
+//! # Shape
+//!
+//! Decisions run exactly as in the memory backend — the same `Shards`
+//! table and lease index (the shared `Embedded` body) — and sled is the
+//! durable log beside it. Whenever an operation changes a subject, its
+//! durable state is encoded (the private `codec` module documents keys and
+//! values) and written to the sled tree *while the subject's shard lock is
+//! still held*, so the writes of one subject reach the log in the order the
+//! operations were applied. The writes of one operation go in one sled batch
+//! (several subjects, plus the lease index entry for an acquire or release),
+//! which sled recovers all or nothing. Reads never touch sled.
+//!
+//! # What is durable
+//!
+//! - Budget windows, token windows and the hourly request window; open and
+//!   settled reservations (holds); concurrency leases and the lease index
+//!   (lease id → subjects, expiry).
+//! - Each id generator's prefix and a high-water mark of its sequence,
+//!   reserved [`ID_BLOCK`] ids at a time, so that ids issued before a restart
+//!   are still recognised as issued (a retried RecordUsage or
+//!   ReleaseConcurrent gets "already settled" / `Ok(false)`, never
+//!   "unknown").
+//! - Not the per-second and per-minute request windows: after a restart they
+//!   begin again at zero, which can let through at most one extra short
+//!   window's worth of requests, and keeping them would put a disk write on
+//!   every check.
+//!
+//! # Durability contract and group commit
+//!
+//! RecordUsage, a reserved check that was allowed, an acquire that succeeded
+//! and a release return only after a flush (`fsync`) that began after their
+//! write. An unreserved check is never made to wait: if it moved the hourly
+//! request window it writes the subject without waiting, and that write goes
+//! to disk with the next flush. Denials write nothing (expiry is re-applied
+//! at load anyway).
+//!
+//! One background thread does every flush, so concurrent writers share one.
+//! A writer enqueues a completion channel (after its write) and the flusher
+//! takes the whole queue as one group, flushes, and completes the group. A
+//! group closes and its flush starts as soon as one of these holds:
+//!
+//! - the store has not flushed within the last `snapshot_interval`, so an
+//!   idle store adds no delay;
+//! - as many writers wait as joined the previous group: the concurrent
+//!   writers have all come, and lingering would only add latency (a lone
+//!   serial writer is never held back);
+//! - `snapshot_interval` has passed since the previous flush began.
+//!
+//! `snapshot_interval` is thus the longest a write waits for its group to
+//! close, and under load the groups grow to the number of concurrent
+//! writers. Writes that nobody waits for (the hourly request window, sweep
+//! deletes) are flushed at most once per interval. `db.flush()` blocks, so
+//! it runs on that dedicated thread, never on an async worker and never
+//! under a lock; the waiters only await a `tokio::sync::oneshot`.
+//!
+//! A failed flush completes its whole group with [`StoreError::Unavailable`]
+//! and is counted in [`SledStore::write_errors`]; so is a failed write. The
+//! change has then already been applied in memory, so memory may be ahead of
+//! disk: the caller was told the call failed, and for budgets counting spend
+//! that may not be on disk only errs towards denying.
+//!
+//! # Start-up
+//!
+//! [`SledStore::open`] creates the directory if needed, takes sled's
+//! exclusive file lock (a second process gets [`OpenError::Locked`]), checks
+//! the store's format version and loads every subject and lease into memory,
+//! dropping what has expired by the `now` it is given: windows keep rolling
+//! across a restart, so spend that aged out while the service was down is
+//! gone. A value it cannot read fails the open, naming the path — it never
+//! starts empty over data it does not understand. Subjects are loaded even
+//! beyond `max_entries` (forgetting spend would be worse); new subjects are
+//! then refused until a sweep makes room.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::sled::{Batch, Db, Tree};
+use limits_core::{Dimension, LimitKind, LimitTable, Nanos, Subject, SubjectLimits};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
+
+use crate::codec::{self, DecodeError};
+use crate::embedded::{Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange};
+use crate::ids::IdGen;
+use crate::{Op, Outcome, Store, StoreError, SweepStats, UsageView};
+
+/// Ids reserved per write of an id generator's high-water mark.
+pub const ID_BLOCK: u64 = 1024;
+
+/// The sled tree the state lives in; a later format can use another tree.
+const TREE: &str = "limits";
+
+/// sled's page cache. State is read from disk only at start-up (it is kept
+/// in the shards), so the cache need not hold the working set.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How the durable store is run.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// The most subjects kept (see [`StoreError::Full`]).
+    pub max_entries: usize,
+    /// The longest a durable write waits for its group to close before the
+    /// flush starts, and the shortest time between two flushes.
+    pub snapshot_interval: Duration,
+}
+
+impl Default for SledOptions {
+    fn default() -> SledOptions {
+        SledOptions {
+            max_entries: 1_000_000,
+            snapshot_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Why the durable store could not be opened. Each names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("store at {} is locked by another process", path.display())]
+    Locked { path: PathBuf },
+    #[error("cannot create the store directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store at {} is corrupt or unreadable: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "store at {} has format version {found}, this build reads version {supported}",
+        path.display()
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u8,
+        supported: u8,
+    },
+    #[error("cannot open the store at {}: {source}", path.display())]
+    Sled {
+        path: PathBuf,
+        #[source]
+        source: ::sled::Error,
+    },
+}
+
+impl OpenError {
+    fn from_sled(path: &Path, e: ::sled::Error) -> OpenError {
+        let path = path.to_owned();
+        match e {
+            // sled reports a held lock only as an `Other` I/O error with
+            // this text (its fs2 `try_lock_exclusive` failed).
+            ::sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                OpenError::Locked { path }
+            }
+            ::sled::Error::Corruption { at, .. } => OpenError::Corrupt {
+                path,
+                reason: format!("sled found corrupt data in its log at {at:?}"),
+            },
+            ::sled::Error::ReportableBug(reason) => OpenError::Corrupt { path, reason },
+            source => OpenError::Sled { path, source },
+        }
+    }
+
+    fn decode(path: &Path, key: &[u8], e: DecodeError) -> OpenError {
+        match e {
+            DecodeError::UnknownVersion(found) => OpenError::UnsupportedVersion {
+                path: path.to_owned(),
+                found,
+                supported: codec::VERSION,
+            },
+            e => OpenError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("{}: {e}", describe_key(key)),
+            },
+        }
+    }
+}
+
+/// Names a key for an error message without its subject id: ids include API
+/// keys, and an open error ends up in a log line.
+fn describe_key(key: &[u8]) -> String {
+    if let Some(rest) = key.strip_prefix(codec::SUBJECT_PREFIX) {
+        let dimension = rest
+            .first()
+            .and_then(|&d| Dimension::ALL.get(usize::from(d)));
+        match dimension {
+            Some(d) => format!("the state of a {} subject", d.as_str()),
+            None => "a subject key".into(),
+        }
+    } else if let Ok(id) = codec::decode_lease_key(key) {
+        format!("lease {id:#x}")
+    } else if key.len() <= 16 {
+        format!("key {:?}", String::from_utf8_lossy(key))
+    } else {
+        let head = String::from_utf8_lossy(&key[..3]);
+        format!("key {head:?}… ({} bytes)", key.len())
+    }
+}
+
+/// The durable store.
+#[derive(Debug)]
+pub struct SledStore {
+    inner: Embedded<SledJournal>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path` and loads its state, expiring
+    /// what has expired by `now`.
+    pub fn open(path: &Path, options: SledOptions, now: Nanos) -> Result<SledStore, OpenError> {
+        std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })?;
+        // sled silently starts empty over a log it finds truncated to
+        // nothing; a store that was there before must still have its format
+        // marker afterwards.
+        let existed = path.join("db").exists();
+        let sled_err = |e| OpenError::from_sled(path, e);
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            // Flushes are ours (group commit); sled's own timer would only
+            // add fsyncs.
+            .flush_every_ms(None)
+            .open()
+            .map_err(sled_err)?;
+        let tree = db.open_tree(TREE).map_err(sled_err)?;
+
+        match tree.get(codec::FORMAT_KEY).map_err(sled_err)? {
+            Some(v) if v.as_ref() == [codec::FORMAT] => {}
+            Some(v) if v.len() == 1 => {
+                return Err(OpenError::UnsupportedVersion {
+                    path: path.to_owned(),
+                    found: v[0],
+                    supported: codec::FORMAT,
+                });
+            }
+            Some(_) => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason: "the format marker is not one byte".into(),
+                });
+            }
+            None if existed || !tree.is_empty() => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason: "it has no limitsd format marker (lost or truncated data, or not \
+                             a limitsd store; if the very first start was interrupted, remove \
+                             the directory)"
+                        .into(),
+                });
+            }
+            None => {
+                tree.insert(codec::FORMAT_KEY, &[codec::FORMAT])
+                    .map_err(sled_err)?;
+            }
+        }
+
+        let ids = |key: &[u8]| -> Result<IdGen, OpenError> {
+            match tree.get(key).map_err(sled_err)? {
+                Some(v) => {
+                    let (prefix, high_water) =
+                        codec::decode_ids(&v).map_err(|e| OpenError::decode(path, key, e))?;
+                    Ok(IdGen::with_prefix(prefix, high_water))
+                }
+                None => Ok(IdGen::new()),
+            }
+        };
+        let reservations = ids(codec::RESERVATION_IDS_KEY)?;
+        let lease_ids = ids(codec::LEASE_IDS_KEY)?;
+        // Persist where each generator starts (below, once everything has
+        // loaded), so that a fresh store keeps its random prefixes from the
+        // first id on.
+        let starts = [
+            (
+                codec::RESERVATION_IDS_KEY,
+                reservations.prefix(),
+                reservations.next_sequence(),
+            ),
+            (
+                codec::LEASE_IDS_KEY,
+                lease_ids.prefix(),
+                lease_ids.next_sequence(),
+            ),
+        ];
+
+        let group = Arc::new(Group::new(options.snapshot_interval));
+        let journal = SledJournal {
+            path: path.to_owned(),
+            high_water: [
+                AtomicU64::new(reservations.next_sequence()),
+                AtomicU64::new(lease_ids.next_sequence()),
+            ],
+            bump: Mutex::new(()),
+            tree: tree.clone(),
+            group: Arc::clone(&group),
+        };
+        let inner = Embedded::new(options.max_entries, reservations, lease_ids, journal);
+
+        let mut stale = Vec::new();
+        for item in tree.iter() {
+            let (key, value) = item.map_err(sled_err)?;
+            let decode_err = |e| OpenError::decode(path, &key, e);
+            if key.starts_with(codec::SUBJECT_PREFIX) {
+                let subject = codec::decode_subject_key(&key).map_err(decode_err)?;
+                let mut state = codec::decode_state(&value).map_err(decode_err)?;
+                // The limits are not known here; with none, expiry keeps
+                // every window that still holds something.
+                state.expire(&SubjectLimits::UNLIMITED, now);
+                if state.is_idle() {
+                    stale.push(key);
+                } else {
+                    inner.restore_subject(&subject, state);
+                }
+            } else if key.starts_with(codec::LEASE_PREFIX) {
+                let id = codec::decode_lease_key(&key).map_err(decode_err)?;
+                let (subjects, expires_at) = codec::decode_lease(&value).map_err(decode_err)?;
+                if expires_at > now {
+                    inner.restore_lease(id, subjects, expires_at);
+                } else {
+                    stale.push(key);
+                }
+            } else if ![
+                codec::FORMAT_KEY,
+                codec::RESERVATION_IDS_KEY,
+                codec::LEASE_IDS_KEY,
+            ]
+            .contains(&key.as_ref())
+            {
+                return Err(OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("unexpected {}", describe_key(&key)),
+                });
+            }
+        }
+        for key in stale {
+            tree.remove(key).map_err(sled_err)?;
+        }
+        for (key, prefix, next) in starts {
+            tree.insert(key, &codec::encode_ids(prefix, next))
+                .map_err(sled_err)?;
+        }
+        db.flush().map_err(sled_err)?;
+
+        let flusher = std::thread::Builder::new()
+            .name("limits-store-flush".into())
+            .spawn({
+                let path = path.to_owned();
+                move || group.run(&db, &path)
+            })
+            .map_err(|e| OpenError::Sled {
+                path: path.to_owned(),
+                source: e.into(),
+            })?;
+        Ok(SledStore {
+            inner,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.inner.journal().path
+    }
+
+    /// Subjects currently held.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Flushes done (or attempted) since open.
+    pub fn flushes(&self) -> u64 {
+        self.inner.journal().group.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Writes and flushes that failed since open; each failed a call with
+    /// [`StoreError::Unavailable`].
+    pub fn write_errors(&self) -> u64 {
+        self.inner
+            .journal()
+            .group
+            .write_errors
+            .load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SledStore {
+    /// Flushes what is still pending and stops the flusher, so that a store
+    /// reopened in the same process finds everything and sled's lock free.
+    fn drop(&mut self) {
+        self.inner.journal().group.close();
+        if let Some(flusher) = self.flusher.take() {
+            // A panicked flusher has nothing left to hand back.
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl Store for SledStore {
+    async fn apply(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        now: Nanos,
+    ) -> Result<Outcome, StoreError> {
+        self.inner.apply(subjects, limits, op, now).await
+    }
+
+    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        self.inner.release(lease_id, now).await
+    }
+
+    fn reservation_issued(&self, id: u64) -> bool {
+        self.inner.reservation_issued(id)
+    }
+
+    async fn usage(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        Ok(self.inner.usage(subject, limits, now))
+    }
+
+    async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+        self.inner.sweep(table, now)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+}
+
+/// The journal: writes to the sled tree and hands durability to the group.
+struct SledJournal {
+    path: PathBuf,
+    tree: Tree,
+    group: Arc<Group>,
+    /// Per [`IdKind`]: a sequence number no issued id has reached, as
+    /// persisted.
+    high_water: [AtomicU64; 2],
+    /// Serialises high-water writes so they reach the log in rising order.
+    bump: Mutex<()>,
+}
+
+// By hand: sled's `Debug` for a tree walks and prints all of it, keys (API
+// keys among them) included.
+impl std::fmt::Debug for SledJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledJournal")
+            .field("path", &self.path)
+            .field("high_water", &self.high_water)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledJournal {
+    fn failed(&self, e: ::sled::Error) -> StoreError {
+        self.group.write_errors.fetch_add(1, Ordering::Relaxed);
+        StoreError::Unavailable(format!(
+            "writing to the store at {}: {e}",
+            self.path.display()
+        ))
+    }
+
+    /// Writes one operation's keys, in one atomic batch if there are several.
+    fn put(&self, mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let result = match writes.len() {
+            0 => Ok(()),
+            1 => {
+                let (key, value) = writes.pop().expect("one write");
+                match value {
+                    Some(v) => self.tree.insert(key, v).map(drop),
+                    None => self.tree.remove(key).map(drop),
+                }
+            }
+            _ => {
+                let mut batch = Batch::default();
+                for (key, value) in writes {
+                    match value {
+                        Some(v) => batch.insert(key, v),
+                        None => batch.remove(key),
+                    }
+                }
+                self.tree.apply_batch(batch)
+            }
+        };
+        result.map_err(|e| self.failed(e))
+    }
+}
+
+impl Journal for SledJournal {
+    fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<(), StoreError> {
+        let next = ids.next_sequence();
+        let high_water = &self.high_water[kind as usize];
+        if next <= high_water.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _bump = self.bump.lock();
+        if next <= high_water.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let new = next.saturating_add(ID_BLOCK);
+        let key = match kind {
+            IdKind::Reservation => codec::RESERVATION_IDS_KEY,
+            IdKind::Lease => codec::LEASE_IDS_KEY,
+        };
+        // This write precedes the operation's own in the log, so the flush
+        // that acknowledges the operation covers it too.
+        self.tree
+            .insert(key, &codec::encode_ids(ids.prefix(), new))
+            .map_err(|e| self.failed(e))?;
+        high_water.store(new, Ordering::Release);
+        // Usually the operation's own write follows and is waited for; a
+        // denied reserved check writes nothing else, so make sure this goes
+        // to disk all the same.
+        self.group.mark_dirty();
+        Ok(())
+    }
+
+    fn write(&self, change: &Change<'_>) -> Result<bool, StoreError> {
+        let mut buf = Vec::new();
+        match change.kind {
+            ChangeKind::Counters => {
+                // Only request counters moved, and only the hourly one is
+                // kept: write those subjects, and let the next flush take
+                // them to disk without making this check wait.
+                let mut wrote = false;
+                for a in change.subjects {
+                    if a.state.window(LimitKind::RequestsPerHour).is_none() {
+                        continue;
+                    }
+                    if codec::encode_state(a.state, &mut buf) {
+                        let key = codec::subject_key(a.subject.dimension, &a.subject.id);
+                        self.tree
+                            .insert(key, buf.as_slice())
+                            .map_err(|e| self.failed(e))?;
+                        wrote = true;
+                    }
+                }
+                if wrote {
+                    self.group.mark_dirty();
+                }
+                Ok(false)
+            }
+            ChangeKind::Durable => {
+                let mut writes = Vec::with_capacity(change.subjects.len() + 1);
+                for a in change.subjects {
+                    if !a.was_stored && a.state.is_idle() {
+                        // Never held, still nothing to hold: nothing on disk.
+                        continue;
+                    }
+                    let key = codec::subject_key(a.subject.dimension, &a.subject.id);
+                    let value = codec::encode_state(a.state, &mut buf).then(|| buf.clone());
+                    writes.push((key, value));
+                }
+                match change.lease {
+                    LeaseChange::None => {}
+                    LeaseChange::Added {
+                        id,
+                        subjects,
+                        expires_at,
+                    } => writes.push((
+                        codec::lease_key(id).to_vec(),
+                        Some(codec::encode_lease(subjects, expires_at)),
+                    )),
+                    LeaseChange::Removed(id) => writes.push((codec::lease_key(id).to_vec(), None)),
+                }
+                // Nothing written means no subject was held or is now: the
+                // outcome depended on no state, so there is nothing to wait
+                // for.
+                let wait = !writes.is_empty();
+                self.put(writes)?;
+                Ok(wait)
+            }
+        }
+    }
+
+    fn durable(
+        &self,
+        urgent: bool,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        // Enqueue now, not when first polled: the write this waits for has
+        // already happened, and the sooner the flusher knows the better.
+        let rx = self.group.enqueue(urgent);
+        async move {
+            match rx {
+                Ok(rx) => rx.await.unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the store's flusher has stopped".into(),
+                    ))
+                }),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    fn dropped(&self, dimension: Dimension, id: &str) -> Result<(), StoreError> {
+        self.tree
+            .remove(codec::subject_key(dimension, id))
+            .map_err(|e| self.failed(e))?;
+        // A lost delete is harmless (the load drops idle state), so it waits
+        // for the next flush rather than forcing one.
+        self.group.mark_dirty();
+        Ok(())
+    }
+
+    fn lease_expired(&self, id: u64) -> Result<(), StoreError> {
+        self.tree
+            .remove(codec::lease_key(id))
+            .map_err(|e| self.failed(e))?;
+        self.group.mark_dirty();
+        Ok(())
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// Group commit: writers wait here for the flush that covers their write.
+#[derive(Debug)]
+struct Group {
+    state: Mutex<GroupState>,
+    wake: Condvar,
+    /// Written without anyone waiting (see [`ChangeKind::Counters`]); outside
+    /// the mutex so a check only takes the lock the first time.
+    dirty: AtomicBool,
+    interval: Duration,
+    flushes: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    waiters: Vec<Waiter>,
+    /// How many writers joined the last group: a group that has as many
+    /// closes at once instead of lingering.
+    expected: usize,
+    /// Someone asked to flush now ([`Store::flush`]).
+    urgent: bool,
+    closed: bool,
+}
+
+impl Group {
+    fn new(interval: Duration) -> Group {
+        Group {
+            state: Mutex::new(GroupState {
+                waiters: Vec::new(),
+                expected: 1,
+                urgent: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            dirty: AtomicBool::new(false),
+            interval,
+            flushes: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn enqueue(
+        &self,
+        urgent: bool,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        state.waiters.push(tx);
+        state.urgent |= urgent;
+        // Wake the flusher when a group opens, when it reaches the expected
+        // size, or when asked to hurry; otherwise it is lingering and wakes
+        // by itself at its deadline.
+        let waiting = state.waiters.len();
+        if waiting == 1 || waiting == state.expected || urgent {
+            self.wake.notify_one();
+        }
+        Ok(rx)
+    }
+
+    fn mark_dirty(&self) {
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            // Take the lock so the wake-up cannot fall between the flusher's
+            // check and its wait.
+            let _state = self.state.lock();
+            self.wake.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// The flusher thread's loop; returns after a last flush once closed.
+    fn run(&self, db: &Db, path: &Path) {
+        // However this thread ends, even by a panic in sled, nobody may be
+        // left waiting for it: close the group and drop every waiter.
+        struct Stopped<'a>(&'a Group);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.state.lock();
+                state.closed = true;
+                state.waiters.clear();
+            }
+        }
+        let _stopped = Stopped(self);
+
+        let mut last_start: Option<Instant> = None;
+        let mut state = self.state.lock();
+        loop {
+            let waiting = state.waiters.len();
+            if waiting == 0 && !self.dirty.load(Ordering::Acquire) {
+                if state.closed {
+                    // Everything written has been flushed: each write either
+                    // had a waiter or marked the store dirty.
+                    break;
+                }
+                self.wake.wait(&mut state);
+                continue;
+            }
+            let gap_over = last_start.map(|t| t + self.interval);
+            let ready = state.urgent
+                || state.closed
+                || gap_over.is_none_or(|t| Instant::now() >= t)
+                // The writers that are coming have come; waiting longer
+                // would only add latency.
+                || (waiting > 0 && waiting >= state.expected);
+            if !ready {
+                if let Some(deadline) = gap_over {
+                    self.wake.wait_until(&mut state, deadline);
+                }
+                continue;
+            }
+            let group = std::mem::take(&mut state.waiters);
+            if !group.is_empty() {
+                state.expected = group.len();
+            }
+            state.urgent = false;
+            self.dirty.store(false, Ordering::Release);
+            last_start = Some(Instant::now());
+            let result = parking_lot::MutexGuard::unlocked(&mut state, || self.flush(db, path));
+            for waiter in group {
+                // A waiter that went away (its call was cancelled) needs no
+                // answer.
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    fn flush(&self, db: &Db, path: &Path) -> Result<(), StoreError> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        db.flush().map(drop).map_err(|e| {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+            StoreError::Unavailable(format!("flushing the store at {}: {e}", path.display()))
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! One behaviour suite for every store backend: each test is a generic async
+//! function over `Store`, instantiated once per backend by
+//! `for_every_backend!`, so a backend proves itself by passing all of them.
+//! Time is a fake `now` moved forward by hand; nothing sleeps.
+
+mod common;
+
+use limits_core::{Dimension, Hold, LeaseSlot, LimitKind, LimitTable, Nanos, SubjectLimits};
+use limits_store::{Store, StoreError, SweepStats};
+
+use common::{Req, T0, at, key, limits, team, usd, used, user};
+
+/// Room for every subject a test makes, unless it tests the bound.
+const ROOMY: usize = 1_000;
+
+/// One `#[tokio::test]` per backend per behaviour. Each behaviour takes a
+/// constructor of a fresh, empty store with the given `max_entries`.
+macro_rules! for_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(limits_store::MemoryStore::new).await;
+                }
+            )*
+        }
+        mod sled {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().expect("a temporary directory");
+                    super::$name(|max| super::common::open_sled(dir.path(), max, super::T0)).await;
+                }
+            )*
+        }
+    };
+}
+
+for_every_backend!(
+    request_rate_limits_allow_then_deny,
+    budgets_allow_then_deny,
+    token_limits_allow_then_deny,
+    several_subjects_move_all_or_nothing,
+    reservations_hold_settle_and_expire,
+    leases_acquire_release_and_expire,
+    usage_shows_windows_holds_and_leases,
+    sweep_drops_idle_subjects_and_keeps_live_ones,
+    max_entries_refuses_new_subjects_and_changes_nothing,
+);
+
+/// When an amount added at `start` leaves a window of `kind`: the end of its
+/// bucket plus the window's length.
+fn rolled(kind: LimitKind, start: Nanos) -> Nanos {
+    let length = kind.window().expect("a windowed kind");
+    let width = length.0 / limits_core::BUCKETS;
+    Nanos((start.0 / width + 1) * width + length.0)
+}
+
+async fn request_rate_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    for kind in [
+        LimitKind::RequestsPerSecond,
+        LimitKind::RequestsPerMinute,
+        LimitKind::RequestsPerHour,
+    ] {
+        let l = limits(&[(kind, 2)]);
+        let r = Req::new(&[(key(kind.name()), &l)]);
+        for _ in 0..2 {
+            assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+        }
+        let denied = r.check(&store, 0, 0, None, T0).await.unwrap();
+        assert!(
+            !denied.allowed,
+            "{kind:?}: the third request is over the limit"
+        );
+        assert_eq!(denied.denial.unwrap().kind, kind);
+        assert_eq!(denied.reservation, None);
+        let retry = denied.retry_after.expect("a rate limit clears with time");
+        assert_eq!(T0.saturating_add(retry), rolled(kind, T0));
+        let later = r.check(&store, 0, 0, None, rolled(kind, T0)).await.unwrap();
+        assert!(
+            later.allowed,
+            "{kind:?}: allowed again once the window rolled"
+        );
+    }
+}
+
+async fn budgets_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    for kind in [
+        LimitKind::BudgetHourly,
+        LimitKind::BudgetDaily,
+        LimitKind::BudgetMonthly,
+    ] {
+        let l = limits(&[(kind, usd(10))]);
+        let s = key(kind.name());
+        let r = Req::new(&[(s.clone(), &l)]);
+        // An unreserved check holds nothing.
+        assert!(r.check(&store, usd(4), 0, None, T0).await.unwrap().allowed);
+        assert_eq!(used(&store, &s, &l, kind, T0).await, 0);
+        r.record(&store, None, usd(8), 0, T0).await.unwrap();
+        assert_eq!(used(&store, &s, &l, kind, T0).await, usd(8));
+
+        let denied = r.check(&store, usd(3), 0, None, T0).await.unwrap();
+        assert!(!denied.allowed, "{kind:?}: 8 + 3 > 10");
+        assert_eq!(denied.denial.unwrap().kind, kind);
+        assert_eq!(
+            T0.saturating_add(denied.retry_after.unwrap()),
+            rolled(kind, T0)
+        );
+        assert!(r.check(&store, usd(2), 0, None, T0).await.unwrap().allowed);
+        let never = r.check(&store, usd(11), 0, None, T0).await.unwrap();
+        assert!(!never.allowed);
+        assert_eq!(never.retry_after, None, "more than the limit never fits");
+
+        let later = rolled(kind, T0);
+        assert!(
+            r.check(&store, usd(3), 0, None, later)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert_eq!(used(&store, &s, &l, kind, later).await, 0);
+    }
+}
+
+async fn token_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    for kind in [LimitKind::TokensPerMinute, LimitKind::TokensPerHour] {
+        let l = limits(&[(kind, 100)]);
+        let s = user(kind.name());
+        let r = Req::new(&[(s.clone(), &l)]);
+        r.record(&store, None, 0, 90, T0).await.unwrap();
+        assert_eq!(used(&store, &s, &l, kind, T0).await, 90);
+        let denied = r.check(&store, 0, 20, None, T0).await.unwrap();
+        assert!(!denied.allowed);
+        assert_eq!(denied.denial.unwrap().kind, kind);
+        assert!(r.check(&store, 0, 10, None, T0).await.unwrap().allowed);
+        assert!(
+            r.check(&store, 0, 20, None, rolled(kind, T0))
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+}
+
+async fn several_subjects_move_all_or_nothing<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let kl = limits(&[(LimitKind::RequestsPerMinute, 10)]);
+    let ul = limits(&[(LimitKind::RequestsPerMinute, 1)]);
+    let tl = limits(&[(LimitKind::BudgetDaily, usd(5))]);
+    let (k, u, t) = (key("k"), user("u"), team("t"));
+    let r = Req::new(&[(k.clone(), &kl), (u.clone(), &ul), (t.clone(), &tl)]);
+
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    let denied = r.check(&store, 0, 0, None, T0).await.unwrap();
+    assert!(!denied.allowed);
+    let d = denied.denial.unwrap();
+    assert_eq!((d.subject, d.kind), (1, LimitKind::RequestsPerMinute));
+    let rpm = LimitKind::RequestsPerMinute;
+    assert_eq!(
+        used(&store, &k, &kl, rpm, T0).await,
+        1,
+        "the key moved once"
+    );
+
+    // Spend lands on every subject of the record.
+    r.record(&store, None, usd(5), 0, T0).await.unwrap();
+    assert_eq!(
+        used(&store, &t, &tl, LimitKind::BudgetDaily, T0).await,
+        usd(5)
+    );
+    // The team's spent budget stops a request of another key with the team.
+    let k2l = limits(&[(LimitKind::RequestsPerMinute, 10)]);
+    let r2 = Req::new(&[(key("k2"), &k2l), (t.clone(), &tl)]);
+    let denied = r2.check(&store, usd(1), 0, None, T0).await.unwrap();
+    assert_eq!(denied.denial.unwrap().subject, 1);
+    assert_eq!(used(&store, &key("k2"), &k2l, rpm, T0).await, 0);
+
+    // Concurrency too: a full user blocks the key's slot.
+    let kc = limits(&[(LimitKind::MaxConcurrent, 2)]);
+    let uc = limits(&[(LimitKind::MaxConcurrent, 1)]);
+    let rc = Req::new(&[(key("kc"), &kc), (user("uc"), &uc)]);
+    assert!(
+        rc.acquire(&store, Nanos::MINUTE, T0)
+            .await
+            .unwrap()
+            .0
+            .acquired
+    );
+    let (out, lease) = rc.acquire(&store, Nanos::MINUTE, T0).await.unwrap();
+    assert!(!out.acquired && lease.is_none());
+    assert_eq!(out.denial.unwrap().subject, 1);
+    let mc = LimitKind::MaxConcurrent;
+    assert_eq!(used(&store, &key("kc"), &kc, mc, T0).await, 1);
+}
+
+async fn reservations_hold_settle_and_expire<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let l = limits(&[
+        (LimitKind::BudgetDaily, usd(10)),
+        (LimitKind::TokensPerMinute, 1_000),
+    ]);
+    let s = key("r");
+    let r = Req::new(&[(s.clone(), &l)]);
+    let daily = LimitKind::BudgetDaily;
+    let ttl = Some(Nanos::MINUTE);
+
+    let c1 = r.check(&store, usd(6), 100, ttl, T0).await.unwrap();
+    assert!(c1.allowed);
+    let id1 = c1.reservation.expect("a reservation id");
+    assert!(store.reservation_issued(id1));
+    assert_eq!(used(&store, &s, &l, daily, T0).await, usd(6), "held");
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::TokensPerMinute, T0).await,
+        100
+    );
+    // Held estimates count against concurrent requests.
+    let c2 = r.check(&store, usd(6), 0, ttl, T0).await.unwrap();
+    assert!(!c2.allowed);
+    assert_eq!(c2.reservation, None);
+
+    // Settling smaller: the actual replaces the estimate.
+    let rec = r.record(&store, Some(id1), usd(2), 50, T0).await.unwrap();
+    assert!(!rec.duplicate);
+    assert_eq!(used(&store, &s, &l, daily, T0).await, usd(2));
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::TokensPerMinute, T0).await,
+        50
+    );
+    // Settling again charges nothing.
+    let again = r.record(&store, Some(id1), usd(2), 50, T0).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(used(&store, &s, &l, daily, T0).await, usd(2));
+
+    // Settling larger.
+    let id3 = r
+        .check(&store, usd(1), 0, ttl, T0)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    r.record(&store, Some(id3), usd(5), 0, T0).await.unwrap();
+    assert_eq!(used(&store, &s, &l, daily, T0).await, usd(7));
+
+    // An id this store never issued.
+    let bogus = 0xdead_beef;
+    assert!(!store.reservation_issued(bogus));
+    assert_eq!(
+        r.record(&store, Some(bogus), usd(1), 0, T0).await,
+        Err(StoreError::UnknownReservation)
+    );
+    assert_eq!(used(&store, &s, &l, daily, T0).await, usd(7));
+
+    // An unsettled hold is released after its TTL.
+    let c4 = r
+        .check(&store, usd(3), 0, Some(Nanos::from_secs(10)), at(1))
+        .await
+        .unwrap();
+    assert!(c4.allowed, "7 + 3 fits in 10");
+    let id4 = c4.reservation.unwrap();
+    let view = store.usage(&s, &l, at(2)).await.unwrap();
+    assert_eq!(view.holds.iter().map(|h| h.id).collect::<Vec<_>>(), [id4]);
+    assert_eq!(used(&store, &s, &l, daily, at(2)).await, usd(10));
+    assert_eq!(used(&store, &s, &l, daily, at(12)).await, usd(7));
+    assert!(store.usage(&s, &l, at(12)).await.unwrap().holds.is_empty());
+    // Settling a hold that expired still charges, once.
+    let late = r
+        .record(&store, Some(id4), usd(1), 0, at(13))
+        .await
+        .unwrap();
+    assert!(!late.duplicate);
+    assert_eq!(used(&store, &s, &l, daily, at(13)).await, usd(8));
+}
+
+async fn leases_acquire_release_and_expire<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let l = limits(&[(LimitKind::MaxConcurrent, 2)]);
+    let s = key("c");
+    let r = Req::new(&[(s.clone(), &l)]);
+    let ttl = Nanos::from_secs(30);
+
+    let (a1, lease1) = r.acquire(&store, ttl, T0).await.unwrap();
+    assert!(a1.acquired);
+    let (id1, expires1) = lease1.unwrap();
+    assert_eq!(expires1, at(30));
+    let (_, lease2) = r.acquire(&store, ttl, T0).await.unwrap();
+    let (id2, _) = lease2.unwrap();
+    let (full, none) = r.acquire(&store, ttl, T0).await.unwrap();
+    assert!(!full.acquired && none.is_none(), "max + 1 is denied");
+    let d = full.denial.unwrap();
+    assert_eq!(d.kind, LimitKind::MaxConcurrent);
+    assert_eq!(d.retry_after, Some(ttl), "the oldest lease's expiry");
+
+    assert_eq!(store.release(id1, at(1)).await, Ok(true));
+    let (a3, lease3) = r.acquire(&store, ttl, at(1)).await.unwrap();
+    assert!(a3.acquired, "a release frees its slot");
+    assert_eq!(
+        store.release(id1, at(1)).await,
+        Ok(false),
+        "twice is harmless"
+    );
+    assert_eq!(
+        store.release(0x1234, at(1)).await,
+        Err(StoreError::UnknownLease)
+    );
+    let leases = store.usage(&s, &l, at(2)).await.unwrap().leases;
+    let mut ids: Vec<_> = leases.iter().map(|l| l.id).collect();
+    ids.sort_unstable();
+    let mut want = vec![id2, lease3.unwrap().0];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // Leases expire: a caller that died holding a slot leaks it only until
+    // its TTL.
+    let after = at(31);
+    assert!(r.acquire(&store, ttl, after).await.unwrap().0.acquired);
+    assert!(r.acquire(&store, ttl, after).await.unwrap().0.acquired);
+    assert!(!r.acquire(&store, ttl, after).await.unwrap().0.acquired);
+    assert_eq!(
+        store.release(id2, after).await,
+        Ok(false),
+        "an expired lease"
+    );
+}
+
+async fn usage_shows_windows_holds_and_leases<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let l = limits(&[
+        (LimitKind::BudgetDaily, usd(10)),
+        (LimitKind::RequestsPerMinute, 5),
+        (LimitKind::MaxConcurrent, 3),
+    ]);
+    let s = team("v");
+    let r = Req::new(&[(s.clone(), &l)]);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    r.record(&store, None, usd(2), 0, T0).await.unwrap();
+    let hold = r
+        .check(&store, usd(1), 0, Some(Nanos::MINUTE), T0)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    let (lease, _) = r
+        .acquire(&store, Nanos::MINUTE, T0)
+        .await
+        .unwrap()
+        .1
+        .unwrap();
+
+    let view = store.usage(&s, &l, at(1)).await.unwrap();
+    let daily = common::status(&view.statuses, LimitKind::BudgetDaily);
+    assert_eq!((daily.limit, daily.used), (usd(10), usd(3)));
+    assert_eq!(daily.remaining(), usd(7));
+    assert_eq!(daily.reset_at, Some(rolled(LimitKind::BudgetDaily, T0)));
+    let rpm = common::status(&view.statuses, LimitKind::RequestsPerMinute);
+    assert_eq!(rpm.used, 2, "two allowed checks");
+    let mc = common::status(&view.statuses, LimitKind::MaxConcurrent);
+    assert_eq!((mc.used, mc.reset_at), (1, Some(at(60))));
+    assert_eq!(
+        view.holds,
+        [Hold {
+            id: hold,
+            cost: usd(1),
+            tokens: 0,
+            expires_at: at(60),
+            settled: false,
+        }]
+    );
+    assert_eq!(
+        view.leases,
+        [LeaseSlot {
+            id: lease,
+            expires_at: at(60),
+        }]
+    );
+
+    let unknown = store.usage(&team("nobody"), &l, at(1)).await.unwrap();
+    assert!(unknown.statuses.iter().all(|s| s.used == 0));
+    assert!(unknown.holds.is_empty() && unknown.leases.is_empty());
+}
+
+async fn sweep_drops_idle_subjects_and_keeps_live_ones<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let spend = limits(&[(LimitKind::BudgetDaily, usd(10))]);
+    let short = limits(&[(LimitKind::RequestsPerSecond, 5)]);
+    let conc = limits(&[(LimitKind::MaxConcurrent, 1)]);
+    let held = limits(&[(LimitKind::BudgetHourly, usd(10))]);
+    let mut table = LimitTable::new();
+    table.insert(Dimension::ApiKey, "spend", spend.clone());
+    table.insert(Dimension::ApiKey, "short", short.clone());
+    table.insert(Dimension::User, "leased", conc.clone());
+    table.insert(Dimension::Team, "held", held.clone());
+
+    Req::new(&[(key("spend"), &spend)])
+        .record(&store, None, usd(1), 0, T0)
+        .await
+        .unwrap();
+    assert!(
+        Req::new(&[(key("short"), &short)])
+            .check(&store, 0, 0, None, T0)
+            .await
+            .unwrap()
+            .allowed
+    );
+    Req::new(&[(user("leased"), &conc)])
+        .acquire(&store, Nanos::from_secs(10), T0)
+        .await
+        .unwrap();
+    Req::new(&[(team("held"), &held)])
+        .check(&store, usd(1), 0, Some(Nanos::from_secs(20)), T0)
+        .await
+        .unwrap();
+
+    let sweep = store.sweep(&table, at(5)).await.unwrap();
+    assert_eq!(
+        sweep,
+        SweepStats {
+            subjects: 3,
+            dropped: 1,
+            open_reservations: 1,
+            live_leases: 1,
+        },
+        "only the request window has emptied"
+    );
+    let sweep = store.sweep(&table, at(25)).await.unwrap();
+    assert_eq!(
+        (sweep.subjects, sweep.dropped, sweep.live_leases),
+        (1, 2, 0)
+    );
+    let sweep = store
+        .sweep(&table, rolled(LimitKind::BudgetDaily, T0))
+        .await
+        .unwrap();
+    assert_eq!((sweep.subjects, sweep.dropped), (0, 1));
+
+    // A dropped subject starts afresh.
+    let now = rolled(LimitKind::BudgetDaily, T0);
+    let daily = LimitKind::BudgetDaily;
+    assert_eq!(used(&store, &key("spend"), &spend, daily, now).await, 0);
+    Req::new(&[(key("spend"), &spend)])
+        .record(&store, None, usd(2), 0, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        used(&store, &key("spend"), &spend, daily, now).await,
+        usd(2)
+    );
+}
+
+async fn max_entries_refuses_new_subjects_and_changes_nothing<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(2);
+    let l = limits(&[
+        (LimitKind::BudgetDaily, usd(10)),
+        (LimitKind::MaxConcurrent, 5),
+    ]);
+    let daily = LimitKind::BudgetDaily;
+    for id in ["a", "b"] {
+        Req::new(&[(key(id), &l)])
+            .record(&store, None, usd(1), 0, T0)
+            .await
+            .unwrap();
+    }
+    let c = Req::new(&[(key("c"), &l)]);
+    assert_eq!(
+        c.record(&store, None, usd(1), 0, T0).await,
+        Err(StoreError::Full(2))
+    );
+    assert_eq!(
+        c.check(&store, usd(1), 0, None, T0).await,
+        Err(StoreError::Full(2))
+    );
+    assert_eq!(
+        c.acquire(&store, Nanos::MINUTE, T0).await,
+        Err(StoreError::Full(2))
+    );
+    // With one known subject and one new one, the known one does not move.
+    let both = Req::new(&[(key("a"), &l), (user("new"), &l)]);
+    assert_eq!(
+        both.record(&store, None, usd(1), 0, T0).await,
+        Err(StoreError::Full(2))
+    );
+    assert_eq!(used(&store, &key("a"), &l, daily, T0).await, usd(1));
+    assert!(StoreError::Full(2).is_transient());
+
+    // An unlimited subject is never kept, so it takes no room.
+    let free = Req::new(&[(key("a"), &l), (user("free"), &SubjectLimits::UNLIMITED)]);
+    free.record(&store, None, usd(1), 0, T0).await.unwrap();
+    assert_eq!(used(&store, &key("a"), &l, daily, T0).await, usd(2));
+
+    // Once the sweep has dropped idle subjects there is room again.
+    let mut table = LimitTable::new();
+    table.set_default(Dimension::ApiKey, Some(l.clone()));
+    let later = rolled(daily, T0);
+    assert_eq!(store.sweep(&table, later).await.unwrap().dropped, 2);
+    c.record(&store, None, usd(1), 0, later).await.unwrap();
+}

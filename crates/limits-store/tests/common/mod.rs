@@ -1,0 +1,162 @@
+//! Shared fixtures for the store tests: limits, subjects, a fixed start
+//! instant and thin wrappers over the `Store` trait's calls.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::Path;
+use std::time::Duration;
+
+use limits_core::{
+    AcquireOutcome, Attempt, CheckOutcome, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos,
+    Policy, RecordOutcome, Subject, SubjectLimits,
+};
+use limits_store::{Op, Outcome, SledOptions, SledStore, Store, StoreError};
+
+/// A start instant that is a whole number of 30-day windows since the epoch,
+/// so every window's buckets start exactly here.
+pub const T0: Nanos = Nanos(656 * 30 * 86_400 * 1_000_000_000);
+
+pub fn at(secs: u64) -> Nanos {
+    T0.saturating_add(Nanos::from_secs(secs))
+}
+
+/// Whole dollars in nano-dollars.
+pub fn usd(dollars: u64) -> u64 {
+    dollars * 1_000_000_000
+}
+
+/// Limits from `(kind, limit)` pairs; budgets are in nano-dollars.
+pub fn limits(pairs: &[(LimitKind, u64)]) -> SubjectLimits {
+    let mut l = SubjectLimits::default();
+    for &(kind, limit) in pairs {
+        if kind == LimitKind::MaxConcurrent {
+            let n = u32::try_from(limit).expect("a small concurrency limit");
+            l.set_max_concurrent(Some(NonZeroU32::new(n).expect("non-zero")));
+        } else {
+            l.set(kind, Some(NonZeroU64::new(limit).expect("non-zero")));
+        }
+    }
+    l
+}
+
+pub fn key(id: &str) -> Subject {
+    Subject::new(Dimension::ApiKey, id)
+}
+
+pub fn user(id: &str) -> Subject {
+    Subject::new(Dimension::User, id)
+}
+
+pub fn team(id: &str) -> Subject {
+    Subject::new(Dimension::Team, id)
+}
+
+pub fn policy() -> Policy {
+    Policy::default()
+}
+
+/// A sled store in `dir` with a short group interval, so suites run fast.
+pub fn open_sled(dir: &Path, max_entries: usize, now: Nanos) -> SledStore {
+    let options = SledOptions {
+        max_entries,
+        snapshot_interval: Duration::from_millis(1),
+    };
+    SledStore::open(&dir.join("store"), options, now).expect("the store opens")
+}
+
+/// One request's subjects and their limits, with the trait's calls wrapped.
+pub struct Req<'a> {
+    pub subjects: Vec<Subject>,
+    pub limits: Vec<&'a SubjectLimits>,
+}
+
+impl<'a> Req<'a> {
+    pub fn new(pairs: &[(Subject, &'a SubjectLimits)]) -> Req<'a> {
+        Req {
+            subjects: pairs.iter().map(|(s, _)| s.clone()).collect(),
+            limits: pairs.iter().map(|(_, l)| *l).collect(),
+        }
+    }
+
+    pub async fn check<S: Store>(
+        &self,
+        store: &S,
+        cost: u64,
+        tokens: u64,
+        reserve_ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<CheckOutcome, StoreError> {
+        let attempts = [Attempt {
+            model: "gpt-4".into(),
+            cost: NanoUsd(cost),
+            tokens,
+        }];
+        let policy = policy();
+        let op = Op::Check {
+            attempts: &attempts,
+            reserve_ttl,
+            policy: &policy,
+        };
+        match store.apply(&self.subjects, &self.limits, op, now).await? {
+            Outcome::Check(out) => Ok(out),
+            other => panic!("a check answered {other:?}"),
+        }
+    }
+
+    pub async fn record<S: Store>(
+        &self,
+        store: &S,
+        reservation: Option<u64>,
+        cost: u64,
+        tokens: u64,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
+        let policy = policy();
+        let op = Op::Record {
+            reservation,
+            cost: NanoUsd(cost),
+            tokens,
+            policy: &policy,
+        };
+        match store.apply(&self.subjects, &self.limits, op, now).await? {
+            Outcome::Record(out) => Ok(out),
+            other => panic!("a record answered {other:?}"),
+        }
+    }
+
+    pub async fn acquire<S: Store>(
+        &self,
+        store: &S,
+        ttl: Nanos,
+        now: Nanos,
+    ) -> Result<(AcquireOutcome, Option<(u64, Nanos)>), StoreError> {
+        match store
+            .apply(&self.subjects, &self.limits, Op::Acquire { ttl }, now)
+            .await?
+        {
+            Outcome::Acquire(out, lease) => Ok((out, lease)),
+            other => panic!("an acquire answered {other:?}"),
+        }
+    }
+}
+
+/// What one subject's window holds now, via the usage view.
+pub async fn used<S: Store>(
+    store: &S,
+    subject: &Subject,
+    limits: &SubjectLimits,
+    kind: LimitKind,
+    now: Nanos,
+) -> u64 {
+    let view = store.usage(subject, limits, now).await.expect("usage");
+    status(&view.statuses, kind).used
+}
+
+pub fn status(statuses: &[LimitStatus], kind: LimitKind) -> &LimitStatus {
+    statuses
+        .iter()
+        .find(|s| s.kind == kind)
+        .unwrap_or_else(|| panic!("no status for {kind:?} in {statuses:?}"))
+}
