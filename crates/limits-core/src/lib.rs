@@ -11,6 +11,7 @@
 pub mod enforcement;
 pub mod engine;
 pub mod headers;
+pub mod hit;
 pub mod limits;
 pub mod money;
 pub mod state;

@@ -328,6 +328,33 @@ impl<J: Journal> Embedded<J> {
                 }
                 Ok((Outcome::Acquire(out, lease), wait))
             }
+            Op::Hit { charges } => {
+                let tokens = charges.iter().any(|c| c.tokens > 0);
+                let (out, wait) = self.shards.with_states_then(
+                    subjects,
+                    limits,
+                    |states| limits_core::hit::hit(states, limits, charges, now),
+                    |out, after| {
+                        // Tokens are usage and always charged: like a
+                        // RecordUsage, the caller hears of them once durable.
+                        // Requests alone are counters, like an unreserved
+                        // check.
+                        let kind = if tokens {
+                            ChangeKind::Durable
+                        } else if out.allowed {
+                            ChangeKind::Counters
+                        } else {
+                            return Ok(false);
+                        };
+                        journal.write(&Change {
+                            subjects: after,
+                            lease: LeaseChange::None,
+                            kind,
+                        })
+                    },
+                )?;
+                Ok((Outcome::Hit(out), wait?))
+            }
         }
     }
 
@@ -340,7 +367,7 @@ impl<J: Journal> Embedded<J> {
             };
         };
         self.live_leases.fetch_sub(1, Ordering::Relaxed);
-        let unlimited = [&SubjectLimits::UNLIMITED; 3];
+        let unlimited = [&SubjectLimits::UNLIMITED; crate::MAX_SUBJECTS];
         let (released, wait) = self.shards.with_states_then(
             &entry.subjects,
             &unlimited[..entry.subjects.len()],

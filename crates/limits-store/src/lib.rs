@@ -20,12 +20,14 @@ pub mod sled;
 use std::future::Future;
 
 use limits_core::engine::{AcquireOutcome, CheckOutcome, RecordOutcome};
+use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{Attempt, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd, Nanos, Policy};
 use limits_core::{Subject, SubjectLimits};
 
 pub use self::sled::{OpenError, SledOptions, SledStore};
 pub use ids::{IdGen, Issued};
 pub use memory::MemoryStore;
+pub use shards::MAX_SUBJECTS;
 
 /// What one store call does to the subjects of a request.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,9 @@ pub enum Op<'a> {
     },
     /// Take a concurrency slot on every limited subject for `ttl`.
     Acquire { ttl: Nanos },
+    /// Charge each subject requests (all or nothing) and tokens (always), one
+    /// charge per subject in order: the rate limit service path.
+    Hit { charges: &'a [Charge] },
 }
 
 /// The result of an [`Op`].
@@ -54,6 +59,7 @@ pub enum Outcome {
     Record(RecordOutcome),
     /// With the lease id and its expiry when acquired.
     Acquire(AcquireOutcome, Option<(u64, Nanos)>),
+    Hit(HitOutcome),
 }
 
 /// One subject as an operator sees it.
@@ -112,7 +118,8 @@ impl StoreError {
 /// or to none, and must return only once the change is as durable as the
 /// backend promises.
 pub trait Store: Send + Sync + 'static {
-    /// Applies `op` to the subjects (at most one per dimension) atomically.
+    /// Applies `op` to the subjects (1 to [`MAX_SUBJECTS`], all distinct)
+    /// atomically.
     fn apply(
         &self,
         subjects: &[Subject],

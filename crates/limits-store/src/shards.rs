@@ -10,8 +10,12 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::StoreError;
 
-/// One shard: a map per dimension, so the subjects of one request (at most
-/// one per dimension) never need two entries of the same map at once.
+/// The most subjects one operation may name: a gateway's request names at
+/// most three (one per dimension); a rate limit service call may name more.
+pub const MAX_SUBJECTS: usize = 8;
+
+/// One shard: a map per dimension. An operation takes its subjects' states
+/// out of the maps for its duration, so several may come from one map.
 #[derive(Debug, Default)]
 pub(crate) struct Shard {
     maps: [AHashMap<Box<str>, SubjectState>; 3],
@@ -98,22 +102,26 @@ impl Shards {
         then: impl FnOnce(&R, &[After<'_>]) -> T,
     ) -> Result<(R, T), StoreError> {
         let n = subjects.len();
-        assert!((1..=3).contains(&n), "1 to 3 subjects");
+        assert!(
+            (1..=MAX_SUBJECTS).contains(&n),
+            "1 to {MAX_SUBJECTS} subjects"
+        );
         debug_assert!(
-            (0..n).all(|i| (i + 1..n).all(|j| subjects[i].dimension != subjects[j].dimension)),
-            "at most one subject per dimension"
+            (0..n).all(|i| (i + 1..n).all(|j| subjects[i] != subjects[j])),
+            "subjects must be distinct"
         );
 
         // Lock the shards in ascending order so that two operations can never
         // wait on each other.
-        let mut index = [0usize; 3];
+        let mut index = [0usize; MAX_SUBJECTS];
         for (i, s) in subjects.iter().enumerate() {
             index[i] = self.shard_of(s);
         }
         let mut sorted = index;
         sorted[..n].sort_unstable();
-        let mut order = [usize::MAX; 3];
-        let mut guards: [Option<MutexGuard<'_, Shard>>; 3] = [None, None, None];
+        let mut order = [usize::MAX; MAX_SUBJECTS];
+        let mut guards: [Option<MutexGuard<'_, Shard>>; MAX_SUBJECTS] =
+            std::array::from_fn(|_| None);
         let mut locked = 0;
         for &s in &sorted[..n] {
             if locked == 0 || order[locked - 1] != s {
@@ -124,7 +132,7 @@ impl Shards {
         }
         let slot_of = |shard: usize| order[..locked].iter().position(|&s| s == shard).unwrap();
 
-        let mut taken: [Taken; 3] = Default::default();
+        let mut taken: [Taken; MAX_SUBJECTS] = Default::default();
         for (i, s) in subjects.iter().enumerate() {
             let guard = guards[slot_of(index[i])].as_mut().unwrap();
             if let Some((k, v)) = guard.maps[s.dimension.index()].remove_entry(s.id.as_str()) {
@@ -140,12 +148,20 @@ impl Shards {
             return Err(StoreError::Full(self.max_entries));
         }
 
+        // The common requests name one to three subjects: pass them without
+        // allocating. Rate limit service calls with more descriptors pay for
+        // a small vector.
         let out = {
-            let [t0, t1, t2] = &mut taken;
+            let [t0, t1, t2, rest @ ..] = &mut taken;
             match n {
                 1 => f(&mut [&mut t0.1]),
                 2 => f(&mut [&mut t0.1, &mut t1.1]),
-                _ => f(&mut [&mut t0.1, &mut t1.1, &mut t2.1]),
+                3 => f(&mut [&mut t0.1, &mut t1.1, &mut t2.1]),
+                _ => {
+                    let mut all: Vec<&mut SubjectState> = vec![&mut t0.1, &mut t1.1, &mut t2.1];
+                    all.extend(rest.iter_mut().take(n - 3).map(|t| &mut t.1));
+                    f(&mut all)
+                }
             }
         };
         let after = {
@@ -157,7 +173,8 @@ impl Shards {
             match n {
                 1 => then(&out, &[at(0)]),
                 2 => then(&out, &[at(0), at(1)]),
-                _ => then(&out, &[at(0), at(1), at(2)]),
+                3 => then(&out, &[at(0), at(1), at(2)]),
+                _ => then(&out, &(0..n).map(at).collect::<Vec<_>>()),
             }
         };
         self.put_back(subjects, &index, &mut guards, &slot_of, &mut taken);
@@ -167,10 +184,10 @@ impl Shards {
     fn put_back(
         &self,
         subjects: &[Subject],
-        index: &[usize; 3],
-        guards: &mut [Option<MutexGuard<'_, Shard>>; 3],
+        index: &[usize; MAX_SUBJECTS],
+        guards: &mut [Option<MutexGuard<'_, Shard>>; MAX_SUBJECTS],
         slot_of: &impl Fn(usize) -> usize,
-        taken: &mut [Taken; 3],
+        taken: &mut [Taken; MAX_SUBJECTS],
     ) {
         for (i, s) in subjects.iter().enumerate() {
             let (key, state) = std::mem::take(&mut taken[i]);

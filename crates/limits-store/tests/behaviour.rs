@@ -47,6 +47,7 @@ for_every_backend!(
     usage_shows_windows_holds_and_leases,
     sweep_drops_idle_subjects_and_keeps_live_ones,
     max_entries_refuses_new_subjects_and_changes_nothing,
+    hits_charge_many_subjects_all_or_nothing,
 );
 
 /// When an amount added at `start` leaves a window of `kind`: the end of its
@@ -496,4 +497,45 @@ async fn max_entries_refuses_new_subjects_and_changes_nothing<S: Store>(make: im
     let later = rolled(daily, T0);
     assert_eq!(store.sweep(&table, later).await.unwrap().dropped, 2);
     c.record(&store, None, usd(1), 0, later).await.unwrap();
+}
+
+/// The rate limit service path: several subjects, some of one dimension,
+/// charged requests all or nothing and tokens always.
+async fn hits_charge_many_subjects_all_or_nothing<S: Store>(make: impl Fn(usize) -> S) {
+    use limits_core::hit::Charge;
+    let store = make(ROOMY);
+    let roomy = limits(&[(LimitKind::RequestsPerMinute, 100)]);
+    let tight = limits(&[(LimitKind::RequestsPerMinute, 2)]);
+    let tokens = limits(&[(LimitKind::TokensPerMinute, 1_000)]);
+    let names = ["d1", "d2", "d3", "d4", "d5"];
+    let mut pairs: Vec<_> = names[..4].iter().map(|n| (key(n), &roomy)).collect();
+    pairs.push((key(names[4]), &tight));
+    let req = Req::new(&pairs);
+    let one = [Charge {
+        requests: 1,
+        tokens: 0,
+    }; 5];
+    for _ in 0..2 {
+        assert!(req.hit(&store, &one, T0).await.unwrap().allowed);
+    }
+    let denied = req.hit(&store, &one, T0).await.unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.denial.unwrap().subject, 4);
+    for n in &names[..4] {
+        let u = used(&store, &key(n), &roomy, LimitKind::RequestsPerMinute, T0).await;
+        assert_eq!(u, 2, "a denied hit charged {n}");
+    }
+
+    let t = Req::new(&[(user("u"), &tokens)]);
+    let usage = [Charge {
+        requests: 0,
+        tokens: 1_500,
+    }];
+    let over = t.hit(&store, &usage, T0).await.unwrap();
+    assert!(!over.allowed);
+    assert_eq!(
+        used(&store, &user("u"), &tokens, LimitKind::TokensPerMinute, T0).await,
+        1_500,
+        "token usage is recorded even past the limit"
+    );
 }

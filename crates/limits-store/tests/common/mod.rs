@@ -126,6 +126,21 @@ impl<'a> Req<'a> {
         }
     }
 
+    pub async fn hit<S: Store>(
+        &self,
+        store: &S,
+        charges: &[limits_core::hit::Charge],
+        now: Nanos,
+    ) -> Result<limits_core::hit::HitOutcome, StoreError> {
+        match store
+            .apply(&self.subjects, &self.limits, Op::Hit { charges }, now)
+            .await?
+        {
+            Outcome::Hit(out) => Ok(out),
+            other => panic!("a hit answered {other:?}"),
+        }
+    }
+
     pub async fn acquire<S: Store>(
         &self,
         store: &S,
