@@ -52,6 +52,15 @@ pub fn subject(field: &str, s: pb::Subject) -> Result<Subject, Status> {
             format!("must be at most {MAX_ID_BYTES} bytes, got {}", s.id.len()),
         ));
     }
+    // Control characters have no place in an id, and keeping them out
+    // leaves the service a namespace of its own for internal counters (rate
+    // limit service descriptors).
+    if s.id.chars().any(char::is_control) {
+        return Err(invalid(
+            &format!("{field}.id"),
+            "must not contain control characters",
+        ));
+    }
     Ok(Subject {
         dimension,
         id: s.id,
@@ -207,6 +216,8 @@ mod tests {
         assert!(e.message().starts_with("subjects[0].id:"));
         let e = subjects(vec![s(pb::Dimension::Unspecified, "k")]).unwrap_err();
         assert!(e.message().starts_with("subjects[0].dimension:"));
+        let e = subjects(vec![s(pb::Dimension::Team, "a\u{1}b")]).unwrap_err();
+        assert!(e.message().contains("control characters"));
         let e = subjects(vec![pb::Subject {
             dimension: 42,
             id: "k".into(),
