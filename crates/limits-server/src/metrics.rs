@@ -51,6 +51,14 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
+    // Error counters exist from the start at zero, so an alert on their
+    // increase sees the very first error.
+    for operation in ["check", "record", "acquire", "release", "usage", "sweep"] {
+        counter!(STORE_ERRORS, "operation" => operation).absolute(0);
+    }
+    for result in ["success", "failure"] {
+        counter!(CONFIG_RELOADS, "result" => result).absolute(0);
+    }
     Ok(handle)
 }
 
