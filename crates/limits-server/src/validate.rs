@@ -30,36 +30,36 @@ pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     )
 }
 
-fn dimension(field: &str, raw: i32) -> Result<Dimension, Status> {
+fn dimension(raw: i32) -> Result<Dimension, String> {
     match pb::Dimension::try_from(raw) {
         Ok(pb::Dimension::ApiKey) => Ok(Dimension::ApiKey),
         Ok(pb::Dimension::User) => Ok(Dimension::User),
         Ok(pb::Dimension::Team) => Ok(Dimension::Team),
-        Ok(pb::Dimension::Unspecified) => Err(invalid(field, "dimension must be set")),
-        Err(_) => Err(invalid(field, format!("unknown dimension {raw}"))),
+        Ok(pb::Dimension::Unspecified) => Err("dimension must be set".to_owned()),
+        Err(_) => Err(format!("unknown dimension {raw}")),
     }
 }
 
-/// One subject, named `field` in errors.
-pub fn subject(field: &str, s: pb::Subject) -> Result<Subject, Status> {
-    let dimension = dimension(&format!("{field}.dimension"), s.dimension)?;
+/// One subject, named `field` in errors. The field name is only formatted
+/// when there is an error to report: this runs on every request.
+pub fn subject(field: impl std::fmt::Display, s: pb::Subject) -> Result<Subject, Status> {
+    let dimension =
+        dimension(s.dimension).map_err(|reason| invalid(&format!("{field}.dimension"), reason))?;
+    let bad_id = |reason: String| invalid(&format!("{field}.id"), reason);
     if s.id.is_empty() {
-        return Err(invalid(&format!("{field}.id"), "must not be empty"));
+        return Err(bad_id("must not be empty".to_owned()));
     }
     if s.id.len() > MAX_ID_BYTES {
-        return Err(invalid(
-            &format!("{field}.id"),
-            format!("must be at most {MAX_ID_BYTES} bytes, got {}", s.id.len()),
-        ));
+        return Err(bad_id(format!(
+            "must be at most {MAX_ID_BYTES} bytes, got {}",
+            s.id.len()
+        )));
     }
     // Control characters have no place in an id, and keeping them out
     // leaves the service a namespace of its own for internal counters (rate
     // limit service descriptors).
     if s.id.chars().any(char::is_control) {
-        return Err(invalid(
-            &format!("{field}.id"),
-            "must not contain control characters",
-        ));
+        return Err(bad_id("must not contain control characters".to_owned()));
     }
     Ok(Subject {
         dimension,
@@ -83,7 +83,7 @@ pub fn subjects(raw: Vec<pb::Subject>) -> Result<Vec<Subject>, Status> {
     }
     let mut out: Vec<Subject> = Vec::with_capacity(raw.len());
     for (i, s) in raw.into_iter().enumerate() {
-        let s = subject(&format!("subjects[{i}]"), s)?;
+        let s = subject(format_args!("subjects[{i}]"), s)?;
         if out.iter().any(|o| o.dimension == s.dimension) {
             return Err(invalid(
                 &format!("subjects[{i}]"),
