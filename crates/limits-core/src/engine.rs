@@ -10,6 +10,7 @@ use crate::limits::{LimitKind, LimitStatus, Resource, SubjectLimits};
 use crate::money::NanoUsd;
 use crate::state::{Hold, LeaseSlot, SubjectState};
 use crate::time::Nanos;
+use crate::window::RollingWindow;
 
 /// The limit that stopped (or, in alert mode, would have stopped) a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,9 +120,11 @@ fn test_limit(
     limit: u64,
     amount: u64,
     now: Nanos,
+    window: Option<&RollingWindow>,
+    held: (u64, u64),
 ) -> Result<(), Option<Nanos>> {
     let amount = amount.max(1);
-    let used = state.used(kind, now);
+    let used = state.used_with(kind, window, held, now);
     if used.saturating_add(amount) <= limit {
         return Ok(());
     }
@@ -142,9 +145,12 @@ fn evaluate(
     let mut worst = None;
     let mut exceeded = Vec::new();
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
+        let held = state.held(now);
+        let windows = state.windows_by_kind();
         for (kind, limit) in lim.windowed() {
             let amount = amount_for(kind.resource(), attempt);
-            if let Err(retry_after) = test_limit(state, kind, limit, amount, now) {
+            let window = windows[kind.index()];
+            if let Err(retry_after) = test_limit(state, kind, limit, amount, now, window, held) {
                 worst = Some(worse(
                     worst,
                     Denial {
@@ -197,13 +203,18 @@ pub fn statuses(
     let count = limits.iter().map(|l| l.all().count()).sum();
     let mut out = Vec::with_capacity(count);
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
+        // Sum the holds and index the windows once per subject, not once
+        // per limit: this loop runs on every check and record.
+        let held = state.held(now);
+        let windows = state.windows_by_kind();
         for (kind, limit) in lim.all() {
+            let window = windows.get(kind.index()).copied().flatten();
             out.push(LimitStatus {
                 subject: i,
                 kind,
                 limit,
-                used: state.used(kind, now),
-                reset_at: state.reset_at(kind),
+                used: state.used_with(kind, window, held, now),
+                reset_at: state.reset_at_with(kind, window),
                 exceeded: exceeded.contains(&(i, kind)),
             });
         }
@@ -360,14 +371,22 @@ pub fn acquire(
     let mut worst = None;
     let mut exceeded = Vec::new();
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
+        let live = state.live_leases(now) as u64;
         if let Some(max) = lim.get(LimitKind::MaxConcurrent)
-            && state.live_leases(now) as u64 >= max
+            && live >= max
         {
-            // A full subject frees a slot when its oldest lease expires, or
-            // sooner if one is released.
-            let retry_after = state
-                .reset_at(LimitKind::MaxConcurrent)
-                .map(|t| t.saturating_sub(now));
+            // A full subject frees a slot once `live - max + 1` leases have
+            // expired (one, unless a reload lowered the limit below the
+            // leases out), or sooner if leases are released.
+            let excess = usize::try_from(live - max).unwrap_or(usize::MAX);
+            let mut expiries: Vec<Nanos> = state
+                .leases()
+                .iter()
+                .map(|l| l.expires_at)
+                .filter(|&t| t > now)
+                .collect();
+            expiries.sort_unstable();
+            let retry_after = expiries.get(excess).map(|t| t.saturating_sub(now));
             let kind = LimitKind::MaxConcurrent;
             worst = Some(worse(
                 worst,
@@ -416,4 +435,195 @@ pub fn release(states: &mut [&mut SubjectState], lease_id: u64, now: Nanos) -> b
 pub fn usage(state: &mut SubjectState, limits: &SubjectLimits, now: Nanos) -> Vec<LimitStatus> {
     state.expire(limits, now);
     statuses(&[state], &[limits], &[], now)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU64;
+
+    use super::*;
+
+    /// A whole number of hours, so bucket boundaries fall on `T`.
+    const T: Nanos = Nanos(280_000 * 3_600 * 1_000_000_000);
+
+    fn nz(n: u64) -> NonZeroU64 {
+        NonZeroU64::new(n).unwrap()
+    }
+
+    fn denial(subject: usize, retry_after: Option<u64>) -> Denial {
+        Denial {
+            subject,
+            kind: LimitKind::BudgetDaily,
+            retry_after: retry_after.map(Nanos),
+        }
+    }
+
+    fn attempt(cost: u64, tokens: u64) -> Attempt {
+        Attempt {
+            model: "m".into(),
+            cost: NanoUsd(cost),
+            tokens,
+        }
+    }
+
+    #[test]
+    fn worse_keeps_a_denial_that_never_clears_then_the_longest_wait() {
+        assert_eq!(worse(None, denial(0, Some(5))), denial(0, Some(5)));
+        assert_eq!(
+            worse(Some(denial(0, Some(5))), denial(1, Some(9))),
+            denial(1, Some(9))
+        );
+        assert_eq!(
+            worse(Some(denial(0, Some(9))), denial(1, Some(5))),
+            denial(0, Some(9))
+        );
+        assert_eq!(
+            worse(Some(denial(0, None)), denial(1, Some(9))),
+            denial(0, None)
+        );
+        assert_eq!(
+            worse(Some(denial(0, Some(9))), denial(1, None)),
+            denial(1, None)
+        );
+        // On a tie the first one found stays, so subject order decides.
+        assert_eq!(
+            worse(Some(denial(0, Some(5))), denial(1, Some(5))),
+            denial(0, Some(5))
+        );
+    }
+
+    #[test]
+    fn test_limit_needs_room_for_at_least_one_unit() {
+        let mut s = SubjectState::new();
+        let lim = SubjectLimits::default().with(LimitKind::BudgetDaily, nz(10));
+        s.charge(&lim, Resource::Cost, T, 9);
+        assert_eq!(
+            test_limit(
+                &s,
+                LimitKind::BudgetDaily,
+                10,
+                0,
+                T,
+                s.window(LimitKind::BudgetDaily),
+                (0, 0)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            test_limit(
+                &s,
+                LimitKind::BudgetDaily,
+                10,
+                1,
+                T,
+                s.window(LimitKind::BudgetDaily),
+                (0, 0)
+            ),
+            Ok(())
+        );
+        s.charge(&lim, Resource::Cost, T, 1);
+        // A request of nothing is refused by a full window...
+        assert!(
+            test_limit(
+                &s,
+                LimitKind::BudgetDaily,
+                10,
+                0,
+                T,
+                s.window(LimitKind::BudgetDaily),
+                (0, 0)
+            )
+            .is_err()
+        );
+        // ...and one larger than the limit can never fit.
+        assert_eq!(
+            test_limit(
+                &s,
+                LimitKind::BudgetDaily,
+                10,
+                11,
+                T,
+                s.window(LimitKind::BudgetDaily),
+                (0, 0)
+            ),
+            Err(None)
+        );
+    }
+
+    #[test]
+    fn evaluate_marks_every_exceeded_limit_and_keeps_the_worst() {
+        let lim = SubjectLimits::default()
+            .with(LimitKind::RequestsPerSecond, nz(1))
+            .with(LimitKind::RequestsPerMinute, nz(1))
+            .with(LimitKind::BudgetDaily, nz(1_000));
+        let mut a = SubjectState::new();
+        let mut b = SubjectState::new();
+        a.charge(&lim, Resource::Requests, T, 1);
+        b.charge(&lim, Resource::Requests, T, 1);
+        let states = [&mut a, &mut b];
+        let (worst, exceeded) = evaluate(&states, &[&lim, &lim], &attempt(5, 0), T);
+        assert_eq!(
+            exceeded,
+            [
+                (0, LimitKind::RequestsPerSecond),
+                (0, LimitKind::RequestsPerMinute),
+                (1, LimitKind::RequestsPerSecond),
+                (1, LimitKind::RequestsPerMinute),
+            ]
+        );
+        let worst = worst.unwrap();
+        assert_eq!(
+            (worst.subject, worst.kind),
+            (0, LimitKind::RequestsPerMinute)
+        );
+        // Nothing exceeded: no denial and no allocation of the list. The
+        // engine expires state before evaluating, so this does too.
+        let later = T
+            .saturating_add(Nanos::MINUTE)
+            .saturating_add(Nanos::SECOND);
+        let mut states = states;
+        for s in states.iter_mut() {
+            s.expire(&lim, later);
+        }
+        let (worst, exceeded) = evaluate(&states, &[&lim, &lim], &attempt(5, 0), later);
+        assert_eq!(worst, None);
+        assert_eq!(exceeded.capacity(), 0);
+    }
+
+    #[test]
+    fn statuses_cover_every_limit_in_kind_order_with_concurrency_last() {
+        let lim = SubjectLimits::default()
+            .with(LimitKind::TokensPerHour, nz(100))
+            .with(LimitKind::BudgetHourly, nz(100))
+            .with_max_concurrent(std::num::NonZeroU32::new(2).unwrap());
+        let mut s = SubjectState::new();
+        s.push_lease(LeaseSlot {
+            id: 1,
+            expires_at: T.saturating_add(Nanos::SECOND),
+        });
+        let out = statuses(&[&mut s], &[&lim], &[(0, LimitKind::TokensPerHour)], T);
+        let kinds: Vec<_> = out.iter().map(|s| (s.kind, s.used, s.exceeded)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (LimitKind::BudgetHourly, 0, false),
+                (LimitKind::TokensPerHour, 0, true),
+                (LimitKind::MaxConcurrent, 1, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_check_over_no_subjects_allows_and_reports_nothing() {
+        let policy = Policy::default();
+        let attempts = [attempt(1, 1)];
+        let req = CheckRequest {
+            attempts: &attempts,
+            reserve: None,
+            policy: &policy,
+        };
+        let out = check(&mut [], &[], &req, T);
+        assert!(out.allowed);
+        assert!(out.statuses.is_empty());
+    }
 }

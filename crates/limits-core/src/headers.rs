@@ -21,10 +21,10 @@ fn tighter(a: &LimitStatus, b: &LimitStatus) -> bool {
 }
 
 /// The most restrictive status among those of a resource kind.
-pub fn most_restrictive<'a>(
-    statuses: &'a [LimitStatus],
+pub fn most_restrictive(
+    statuses: &[LimitStatus],
     pick: impl Fn(&LimitStatus) -> bool,
-) -> Option<&'a LimitStatus> {
+) -> Option<&LimitStatus> {
     statuses
         .iter()
         .filter(|s| pick(s))

@@ -86,6 +86,10 @@ impl SubjectState {
         let pos = match self.windows.binary_search_by_key(&kind, |(k, _)| *k) {
             Ok(pos) => pos,
             Err(pos) => {
+                // A subject gains a window once per limit kind: growing the
+                // list one slot at a time keeps it exact (a doubling `Vec`
+                // would hold 8 slots of 40 bytes for 5 windows).
+                self.windows.reserve_exact(1);
                 self.windows.insert(pos, (kind, RollingWindow::new()));
                 pos
             }
@@ -119,10 +123,33 @@ impl SubjectState {
 
     /// What a window holds, including open holds for cost and token windows.
     pub fn used(&self, kind: LimitKind, now: Nanos) -> u64 {
-        let counted = self.window(kind).map_or(0, RollingWindow::total);
+        self.used_with(kind, self.window(kind), self.held(now), now)
+    }
+
+    /// The windows indexed by kind, so that a caller reading every limit
+    /// finds each window without searching the list again.
+    pub(crate) fn windows_by_kind(&self) -> [Option<&RollingWindow>; WINDOW_KINDS] {
+        let mut out = [None; WINDOW_KINDS];
+        for (kind, w) in &self.windows {
+            out[kind.index()] = Some(w);
+        }
+        out
+    }
+
+    /// [`used`](Self::used) given the kind's window (from
+    /// [`windows_by_kind`](Self::windows_by_kind)) and the open holds
+    /// (`held(now)`), which a caller reading every limit looks up once.
+    pub(crate) fn used_with(
+        &self,
+        kind: LimitKind,
+        window: Option<&RollingWindow>,
+        held: (u64, u64),
+        now: Nanos,
+    ) -> u64 {
+        let counted = window.map_or(0, RollingWindow::total);
         let held = match kind.resource() {
-            Resource::Cost => self.held(now).0,
-            Resource::Tokens => self.held(now).1,
+            Resource::Cost => held.0,
+            Resource::Tokens => held.1,
             Resource::Requests => 0,
             Resource::Leases => return self.live_leases(now) as u64,
         };
@@ -145,8 +172,17 @@ impl SubjectState {
 
     /// When the oldest amount of a window expires (or the oldest lease).
     pub fn reset_at(&self, kind: LimitKind) -> Option<Nanos> {
+        self.reset_at_with(kind, self.window(kind))
+    }
+
+    /// [`reset_at`](Self::reset_at) given the kind's window.
+    pub(crate) fn reset_at_with(
+        &self,
+        kind: LimitKind,
+        window: Option<&RollingWindow>,
+    ) -> Option<Nanos> {
         match kind.window() {
-            Some(length) => self.window(kind).and_then(|w| w.reset_at(length)),
+            Some(length) => window.and_then(|w| w.reset_at(length)),
             None => self.leases.iter().map(|l| l.expires_at).min(),
         }
     }
@@ -196,14 +232,15 @@ impl SubjectState {
         if amount == 0 {
             return;
         }
-        for kind in LimitKind::WINDOWED {
-            if kind.resource() != resource {
-                continue;
-            }
-            let counted = limits.get(kind).is_some() || self.window(kind).is_some();
-            if counted {
-                let length = kind.window().expect("windowed kind");
-                self.window_mut(kind).add(length, now, amount);
+        for &kind in kinds_counting(resource) {
+            let length = kind.window().expect("windowed kind");
+            // One search finds the window or where a newly limited one goes.
+            match self.windows.binary_search_by_key(&kind, |(k, _)| *k) {
+                Ok(pos) => self.windows[pos].1.add(length, now, amount),
+                Err(_) if limits.get(kind).is_some() => {
+                    self.window_mut(kind).add(length, now, amount);
+                }
+                Err(_) => {}
             }
         }
     }
@@ -244,3 +281,219 @@ impl SubjectState {
 
 // Keep the per-kind array size and the window list in step.
 const _: () = assert!(WINDOW_KINDS == LimitKind::WINDOWED.len());
+
+/// The windowed kinds that count a resource, so that charging one resource
+/// does not walk every kind (it showed in profiles of check).
+fn kinds_counting(resource: Resource) -> &'static [LimitKind] {
+    match resource {
+        Resource::Cost => &[
+            LimitKind::BudgetHourly,
+            LimitKind::BudgetDaily,
+            LimitKind::BudgetMonthly,
+        ],
+        Resource::Requests => &[
+            LimitKind::RequestsPerSecond,
+            LimitKind::RequestsPerMinute,
+            LimitKind::RequestsPerHour,
+        ],
+        Resource::Tokens => &[LimitKind::TokensPerMinute, LimitKind::TokensPerHour],
+        Resource::Leases => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU64;
+
+    use super::*;
+
+    /// A whole number of hours, so bucket boundaries fall on `T`.
+    const T: Nanos = Nanos(280_000 * 3_600 * 1_000_000_000);
+
+    fn nz(n: u64) -> NonZeroU64 {
+        NonZeroU64::new(n).unwrap()
+    }
+
+    fn hold(id: u64, cost: u64, tokens: u64, expires_at: Nanos) -> Hold {
+        Hold {
+            id,
+            cost,
+            tokens,
+            expires_at,
+            settled: false,
+        }
+    }
+
+    #[test]
+    fn an_empty_state_is_idle_and_costs_only_its_inline_size() {
+        let s = SubjectState::new();
+        assert!(s.is_idle());
+        assert_eq!(s.memory_bytes(), std::mem::size_of::<SubjectState>());
+    }
+
+    #[test]
+    fn charge_counts_only_limited_or_already_counting_windows() {
+        let lim = SubjectLimits::default().with(LimitKind::TokensPerMinute, nz(100));
+        let mut s = SubjectState::new();
+        s.charge(&lim, Resource::Tokens, T, 7);
+        s.charge(&lim, Resource::Cost, T, 7);
+        let kinds: Vec<_> = s.windows().iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [LimitKind::TokensPerMinute]);
+        // A window whose limit was removed keeps counting until it empties,
+        // so a limit put back by a reload sees the recent usage.
+        let unlimited = SubjectLimits::default();
+        s.charge(&unlimited, Resource::Tokens, T, 3);
+        assert_eq!(s.used(LimitKind::TokensPerMinute, T), 10);
+    }
+
+    #[test]
+    fn expire_drops_empty_windows_only_when_no_longer_limited() {
+        let lim = SubjectLimits::default()
+            .with(LimitKind::RequestsPerSecond, nz(5))
+            .with(LimitKind::RequestsPerHour, nz(5));
+        let mut s = SubjectState::new();
+        s.charge(&lim, Resource::Requests, T, 1);
+        let later = T.saturating_add(Nanos::from_secs(2));
+        s.expire(&lim, later);
+        // The per-second window is empty but still limited: it stays.
+        assert_eq!(s.windows().len(), 2);
+        s.expire(&SubjectLimits::default(), later);
+        let kinds: Vec<_> = s.windows().iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [LimitKind::RequestsPerHour]);
+        s.expire(
+            &SubjectLimits::default(),
+            T.saturating_add(Nanos::from_secs(7_200)),
+        );
+        assert!(s.windows().is_empty() && s.is_idle());
+    }
+
+    #[test]
+    fn used_counts_open_holds_on_cost_and_token_windows_only() {
+        let lim = SubjectLimits::default()
+            .with(LimitKind::BudgetDaily, nz(1_000))
+            .with(LimitKind::TokensPerMinute, nz(1_000))
+            .with(LimitKind::RequestsPerMinute, nz(1_000));
+        let mut s = SubjectState::new();
+        s.charge(&lim, Resource::Cost, T, 10);
+        s.push_hold(hold(1, 100, 50, T.saturating_add(Nanos::SECOND)));
+        let mut settled = hold(2, 1_000, 1_000, T.saturating_add(Nanos::SECOND));
+        settled.settled = true;
+        s.push_hold(settled);
+        assert_eq!(s.used(LimitKind::BudgetDaily, T), 110);
+        assert_eq!(s.used(LimitKind::TokensPerMinute, T), 50);
+        assert_eq!(s.used(LimitKind::RequestsPerMinute, T), 0);
+        // At its expiry instant a hold no longer counts.
+        let at = T.saturating_add(Nanos::SECOND);
+        assert_eq!(s.used(LimitKind::BudgetDaily, at), 10);
+        assert_eq!(s.held(at), (0, 0));
+    }
+
+    #[test]
+    fn time_until_freed_merges_bucket_and_hold_expiries() {
+        let kind = LimitKind::BudgetHourly;
+        let lim = SubjectLimits::default().with(kind, nz(1_000));
+        let mut s = SubjectState::new();
+        // T is a whole number of minutes, so this bucket expires at T + 61 min.
+        s.charge(&lim, Resource::Cost, T, 40);
+        s.push_hold(hold(1, 30, 0, T.saturating_add(Nanos::from_secs(600))));
+        s.push_hold(hold(2, 20, 0, T.saturating_add(Nanos::from_secs(7_200))));
+        assert_eq!(s.time_until_freed(kind, T, 30), Some(Nanos::from_secs(600)));
+        assert_eq!(
+            s.time_until_freed(kind, T, 31),
+            Some(Nanos::from_secs(3_660))
+        );
+        assert_eq!(
+            s.time_until_freed(kind, T, 90),
+            Some(Nanos::from_secs(7_200))
+        );
+        assert_eq!(s.time_until_freed(kind, T, 91), None);
+        // Request windows ignore holds.
+        assert_eq!(s.time_until_freed(LimitKind::RequestsPerHour, T, 1), None);
+        assert_eq!(s.time_until_freed(LimitKind::MaxConcurrent, T, 1), None);
+    }
+
+    #[test]
+    fn from_parts_sorts_and_deduplicates_windows() {
+        let w = |a| RollingWindow::from_buckets(vec![(1, a)]);
+        let s = SubjectState::from_parts(
+            vec![
+                (LimitKind::TokensPerHour, w(1)),
+                (LimitKind::BudgetHourly, w(2)),
+                (LimitKind::TokensPerHour, w(3)),
+            ],
+            Vec::new(),
+            Vec::new(),
+        );
+        let kinds: Vec<_> = s.windows().iter().map(|(k, w)| (*k, w.total())).collect();
+        assert_eq!(
+            kinds,
+            [(LimitKind::BudgetHourly, 2), (LimitKind::TokensPerHour, 1)]
+        );
+    }
+
+    #[test]
+    fn memory_stays_small_as_windows_fill_and_empty() {
+        let lim = SubjectLimits::default()
+            .with(LimitKind::BudgetDaily, nz(u64::MAX))
+            .with(LimitKind::BudgetMonthly, nz(u64::MAX))
+            .with(LimitKind::RequestsPerSecond, nz(u64::MAX))
+            .with(LimitKind::RequestsPerMinute, nz(u64::MAX))
+            .with(LimitKind::TokensPerMinute, nz(u64::MAX));
+        let mut s = SubjectState::new();
+        s.charge(&lim, Resource::Requests, T, 1);
+        s.charge(&lim, Resource::Cost, T, 1);
+        s.charge(&lim, Resource::Tokens, T, 1);
+        assert_eq!(s.windows().len(), 5);
+        let entry = std::mem::size_of::<(LimitKind, RollingWindow)>();
+        let small = 4 * std::mem::size_of::<(u64, u64)>();
+        // The window list holds exactly five entries, each window one small
+        // buffer.
+        let fresh = std::mem::size_of::<SubjectState>() + 5 * entry + 5 * small;
+        assert!(s.memory_bytes() <= fresh, "{} > {fresh}", s.memory_bytes());
+
+        // A burst grows the per-minute windows to 60 buckets; once it has
+        // expired, each keeps only a small buffer, not the burst's.
+        for i in 0..60 {
+            let t = T.saturating_add(Nanos::from_secs(i));
+            s.charge(&lim, Resource::Requests, t, 1);
+            s.charge(&lim, Resource::Tokens, t, 1);
+        }
+        assert!(s.memory_bytes() > fresh);
+        s.expire(&lim, T.saturating_add(Nanos(31 * Nanos::DAY.0)));
+        assert!(s.windows().iter().all(|(_, w)| w.is_empty()));
+        assert!(s.memory_bytes() <= fresh, "{} > {fresh}", s.memory_bytes());
+    }
+
+    #[test]
+    fn kinds_counting_a_resource_agree_with_each_kinds_resource() {
+        for resource in [
+            Resource::Cost,
+            Resource::Requests,
+            Resource::Tokens,
+            Resource::Leases,
+        ] {
+            let expected: Vec<_> = LimitKind::WINDOWED
+                .into_iter()
+                .filter(|k| k.resource() == resource)
+                .collect();
+            assert_eq!(kinds_counting(resource), expected.as_slice());
+        }
+    }
+
+    #[test]
+    fn remove_lease_reports_only_a_live_lease() {
+        let mut s = SubjectState::new();
+        s.push_lease(LeaseSlot {
+            id: 1,
+            expires_at: T,
+        });
+        s.push_lease(LeaseSlot {
+            id: 2,
+            expires_at: T.saturating_add(Nanos::SECOND),
+        });
+        assert!(!s.remove_lease(1, T), "an expired lease is not live");
+        assert!(s.remove_lease(2, T));
+        assert!(!s.remove_lease(2, T));
+        assert!(s.leases().is_empty());
+    }
+}
