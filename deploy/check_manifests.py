@@ -11,13 +11,17 @@ choices that a schema cannot see and that are easy to lose in an edit:
   securityContext (uid 65532);
 - the config mounted as a whole ConfigMap directory (no subPath: hot reload);
 - the store at /var/lib/limitsd: an emptyDir (sidecar) or a PVC (standalone);
+  none in the redis overlay, whose environment switches the store to Redis;
 - terminationGracePeriodSeconds 30 and the prometheus.io scrape annotations;
 - the ConfigMap's limits.yaml: sled at /var/lib/limitsd/limits.sled, gRPC on
   0.0.0.0:50051, metrics on 0.0.0.0:9090;
-- standalone: one replica, Recreate, a Service with grpc and metrics ports.
+- standalone: one replica, Recreate, a Service with grpc and metrics ports;
+- redis: several replicas, no local store, storage.backend and the Redis URL
+  from the environment, a Redis Deployment and Service beside limitsd's.
 
 --extract-config writes the ConfigMap's limits.yaml to a file so that
-`limitsd --check-config` can validate it. Exit status 1 lists every problem.
+`limitsd --check-config` can validate it; --extract-env writes the limitsd
+container's literal environment (NAME=VALUE lines) to check it with. Exit status 1 lists every problem.
 """
 
 from __future__ import annotations
@@ -118,8 +122,17 @@ def check_deployment(ck: Checker, dep: dict, overlay: str) -> None:
         if m["mountPath"] != CONFIG_DIR and "subPath" in m and volumes.get(m["name"], {}).get("configMap"):
             ck.problems.append(f"{cw}: ConfigMap volume {m['name']} is mounted with subPath")
     store = mounts.get(STORE_DIR)
-    ck.expect(store is not None, f"{cw}: the store must be mounted at {STORE_DIR}")
-    if store:
+    if overlay == "redis":
+        env = {e["name"]: e.get("value") for e in c.get("env", []) or []}
+        ck.expect(env.get("MERCATOR_LIMITS_STORAGE_BACKEND") == "redis",
+                  f"{cw}: the redis overlay must set MERCATOR_LIMITS_STORAGE_BACKEND=redis")
+        ck.expect(str(env.get("MERCATOR_LIMITS_STORAGE_REDIS_URL", "")).startswith("redis"),
+                  f"{cw}: the redis overlay must set MERCATOR_LIMITS_STORAGE_REDIS_URL")
+        ck.expect(store is None, f"{cw}: no local store in the redis overlay (the counters live in Redis)")
+        ck.expect((spec.get("replicas") or 1) >= 2, f"{where}: the redis overlay runs several replicas")
+    else:
+        ck.expect(store is not None, f"{cw}: the store must be mounted at {STORE_DIR}")
+    if store and overlay != "redis":
         vol = volumes.get(store["name"], {})
         want = "emptyDir" if overlay == "sidecar" else "persistentVolumeClaim"
         ck.expect(want in vol, f"{cw}: the store volume must be a{'n' if want[0] == 'e' else ''} {want} "
@@ -156,8 +169,9 @@ def check_config_map(ck: Checker, cm: dict) -> str | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rendered", type=Path)
-    ap.add_argument("--overlay", choices=["sidecar", "standalone"], required=True)
+    ap.add_argument("--overlay", choices=["sidecar", "standalone", "redis"], required=True)
     ap.add_argument("--extract-config", type=Path, metavar="OUT")
+    ap.add_argument("--extract-env", type=Path, metavar="OUT")
     args = ap.parse_args()
 
     docs = [d for d in yaml.safe_load_all(args.rendered.read_text()) if d]
@@ -166,18 +180,31 @@ def main() -> int:
     for d in docs:
         by_kind.setdefault(d.get("kind", "?"), []).append(d)
 
-    deps = by_kind.get("Deployment", [])
-    ck.expect(len(deps) == 1, f"expected one Deployment, got {len(deps)}")
+    all_deps = by_kind.get("Deployment", [])
+    deps = [d for d in all_deps if limitsd_container(d["spec"]["template"]["spec"])[0] is not None]
+    ck.expect(len(deps) == 1, f"expected one Deployment running limitsd, got {len(deps)}")
+    others = len(all_deps) - len(deps)
+    ck.expect(others == (1 if args.overlay == "redis" else 0),
+              f"{args.overlay}: unexpected number of other Deployments ({others})")
     for dep in deps:
         check_deployment(ck, dep, args.overlay)
+    if args.extract_env and deps:
+        c, _ = limitsd_container(deps[0]["spec"]["template"]["spec"])
+        lines = [f"{e['name']}={e['value']}" for e in (c.get("env") or []) if "value" in e]
+        args.extract_env.write_text("".join(line + "\n" for line in lines))
     cms = [c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"] == "limitsd-config"]
     ck.expect(len(cms) == 1, "expected one ConfigMap named limitsd-config (without a hash suffix)")
     config = check_config_map(ck, cms[0]) if cms else None
 
-    if args.overlay == "standalone":
-        ck.expect(len(by_kind.get("PersistentVolumeClaim", [])) == 1, "standalone: expected one PersistentVolumeClaim")
+    if args.overlay in ("standalone", "redis"):
+        ck.expect(len(by_kind.get("PersistentVolumeClaim", [])) == 1,
+                  f"{args.overlay}: expected one PersistentVolumeClaim")
         svcs = by_kind.get("Service", [])
-        ck.expect(len(svcs) == 1, "standalone: expected one Service")
+        if args.overlay == "redis":
+            names = sorted(s["metadata"]["name"] for s in svcs)
+            ck.expect(names == ["limitsd", "limitsd-redis"], f"redis: expected Services limitsd and limitsd-redis (got {names})")
+            svcs = [s for s in svcs if s["metadata"]["name"] == "limitsd"]
+        ck.expect(len(svcs) == 1, f"{args.overlay}: expected one Service for limitsd")
         for s in svcs:
             ports = {p.get("name"): p.get("port") for p in s["spec"].get("ports", [])}
             ck.expect(ports.get("grpc") == 50051 and ports.get("metrics") == 9090,

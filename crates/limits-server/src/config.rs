@@ -10,7 +10,8 @@
 //! 2. environment variables named `MERCATOR_LIMITS_<SECTION>_<KEY>`, e.g.
 //!    `MERCATOR_LIMITS_BUDGETS_ALERT_THRESHOLD=0.8` (see [`env_vars`] for the
 //!    full list);
-//! 3. the `--grpc-addr` / `--metrics-addr` flags ([`Overrides`]).
+//! 3. the `--grpc-addr` / `--metrics-addr` flags ([`Overrides`]), and
+//!    `--rls-config` files, added to `limits.rls.config_files`.
 //!
 //! With no file and no environment every default applies: no limits at all,
 //! the in-memory store, gRPC on `0.0.0.0:50051` and metrics on
@@ -30,6 +31,7 @@
 //!   server: { ... }
 //!   logging: { ... }
 //!   metrics: { ... }
+//!   rls: { ... }      # Envoy's rate limit service API, see crate::rls_config
 //! ```
 //!
 //! Other top-level keys are ignored, so the `limits:` section can sit in a
@@ -111,6 +113,16 @@ pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Default `storage.sled.snapshot_interval` (and `storage.sqlite.snapshot_interval`).
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(10);
+/// Default `storage.redis.url`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default `storage.redis.key_prefix`.
+pub const DEFAULT_REDIS_PREFIX: &str = "limits";
+/// Default `storage.redis.connect_timeout`.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `storage.redis.command_timeout`.
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default `storage.redis.max_entries`.
+pub const DEFAULT_REDIS_MAX_ENTRIES: usize = 10_000_000;
 /// Default `server.grpc_addr`.
 pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 50051);
 /// Default `server.metrics_addr`.
@@ -149,6 +161,9 @@ pub struct Config {
     pub server: ServerSettings,
     pub logging: LoggingSettings,
     pub metrics: MetricsSettings,
+    /// Envoy's rate limit service API (`limits.rls`): domain mappings and
+    /// envoyproxy/ratelimit-format rules.
+    pub rls: crate::rls_config::RlsConfig,
     /// Things the server should log at start-up, e.g. that `sqlite` is served
     /// by the sled store.
     pub warnings: Vec<String>,
@@ -168,6 +183,7 @@ impl Default for Config {
             server: ServerSettings::default(),
             logging: LoggingSettings::default(),
             metrics: MetricsSettings::default(),
+            rls: crate::rls_config::RlsConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -189,6 +205,61 @@ pub enum Storage {
         /// The longest a write waits before its group is flushed to disk.
         snapshot_interval: Duration,
     },
+    /// Redis (or Valkey, or Redis Cluster), shared by several replicas.
+    Redis(RedisSettings),
+}
+
+/// `storage.redis`: where the shared counters live and what to do when
+/// they cannot be reached.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL (any node, for a cluster).
+    pub url: String,
+    /// Further cluster seed nodes.
+    pub nodes: Vec<String>,
+    pub cluster: bool,
+    /// Used when the URL carries none (`MERCATOR_LIMITS_STORAGE_REDIS_PASSWORD`).
+    pub password: Option<String>,
+    /// The hash tag of every key: separate prefixes are separate counters.
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub max_entries: usize,
+    /// Allow (logged and counted) instead of answering UNAVAILABLE when
+    /// Redis cannot be reached.
+    pub fail_open: bool,
+}
+
+// By hand: the password, in the field or in the URL, must not reach logs.
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("cluster", &self.cluster)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("max_entries", &self.max_entries)
+            .field("fail_open", &self.fail_open)
+            .finish()
+    }
+}
+
+/// A Redis URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:<redacted>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Default for Storage {
@@ -273,10 +344,13 @@ impl Default for MetricsSettings {
 }
 
 /// Values from command-line flags; they override the file and environment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     pub grpc_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--rls-config FILE` (repeatable): envoyproxy/ratelimit-format files
+    /// loaded after those in `limits.rls.config_files`.
+    pub rls_config: Vec<PathBuf>,
 }
 
 /// A configuration value that cannot be used, naming its key.
@@ -365,7 +439,7 @@ fn load_sources(
     }
     let figment = figment.merge(env).merge(flags);
     let raw: RawDocument = figment.extract().map_err(from_figment)?;
-    validate(raw.limits).map_err(|mut e| {
+    validate(raw.limits, &overrides.rls_config).map_err(|mut e| {
         if let Some((_, origin)) = origins.iter().find(|(key, _)| *key == e.key) {
             e.reason.push_str(&format!(" (from {origin})"));
         }
@@ -604,6 +678,14 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("storage.sled.snapshot_interval", EnvKind::Text),
     ("storage.sqlite.path", EnvKind::Text),
     ("storage.sqlite.snapshot_interval", EnvKind::Text),
+    ("storage.redis.url", EnvKind::Text),
+    ("storage.redis.cluster", EnvKind::Bool),
+    ("storage.redis.password", EnvKind::Text),
+    ("storage.redis.key_prefix", EnvKind::Text),
+    ("storage.redis.connect_timeout", EnvKind::Text),
+    ("storage.redis.command_timeout", EnvKind::Text),
+    ("storage.redis.max_entries", EnvKind::Number),
+    ("storage.redis.fail_open", EnvKind::Bool),
     ("server.grpc_addr", EnvKind::Text),
     ("server.metrics_addr", EnvKind::Text),
     ("server.shutdown_grace", EnvKind::Text),
@@ -855,6 +937,8 @@ struct RawLimits {
     server: RawServer,
     logging: RawLogging,
     metrics: RawMetrics,
+    /// Envoy's rate limit service API; see [`crate::rls_config`].
+    rls: crate::rls_config::RawRls,
 }
 
 /// `limits.budgets`.
@@ -985,12 +1069,42 @@ struct RawPrice {
     expecting = "a mapping of storage settings"
 )]
 struct RawStorage {
-    /// memory | sled | sqlite, default memory. `sqlite` is served by the sled
-    /// store at `sqlite.path`.
+    /// memory | sled | sqlite | redis, default memory. `sqlite` is served by
+    /// the sled store at `sqlite.path`.
     backend: Option<String>,
     memory: RawMemory,
     sled: RawFileStore,
     sqlite: RawFileStore,
+    redis: RawRedis,
+}
+
+/// `limits.storage.redis`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping of Redis settings"
+)]
+struct RawRedis {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS),
+    /// default redis://127.0.0.1:6379.
+    url: Option<String>,
+    /// bool, default false: talk to a Redis Cluster (`url` is a seed node).
+    cluster: Option<bool>,
+    /// Further cluster seed nodes (URLs).
+    nodes: Vec<String>,
+    /// Used when the URL has none; better set from the environment.
+    password: Option<String>,
+    /// default `limits`: the hash tag of every key.
+    key_prefix: Option<String>,
+    /// duration > 0, default 1s.
+    connect_timeout: Option<DurationText>,
+    /// duration > 0, default 250ms: the longest one decision may take.
+    command_timeout: Option<DurationText>,
+    /// positive integer, default 10000000: subjects kept at most.
+    max_entries: Option<u64>,
+    /// bool, default false: allow when Redis cannot be reached.
+    fail_open: Option<bool>,
 }
 
 /// `limits.storage.memory`.
@@ -1108,7 +1222,7 @@ impl Visitor<'_> for DurationVisitor {
 // Validation: raw -> Config.
 // ---------------------------------------------------------------------------
 
-fn validate(raw: RawLimits) -> Result<Config> {
+fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
     let mut warnings = Vec::new();
 
     let budgets_enabled = raw.budgets.enabled.unwrap_or(true);
@@ -1187,6 +1301,7 @@ fn validate(raw: RawLimits) -> Result<Config> {
         show_user_ids: raw.metrics.show_user_ids.unwrap_or(true),
         show_team_ids: raw.metrics.show_team_ids.unwrap_or(true),
     };
+    let rls = crate::rls_config::build(&raw.rls, rls_files, &mut warnings)?;
 
     Ok(Config {
         table,
@@ -1199,6 +1314,7 @@ fn validate(raw: RawLimits) -> Result<Config> {
         server,
         logging,
         metrics,
+        rls,
         warnings,
     })
 }
@@ -1513,6 +1629,7 @@ enum Backend {
     Memory,
     Sled,
     Sqlite,
+    Redis,
 }
 
 fn build_storage(raw: &RawStorage, warnings: &mut Vec<String>) -> Result<Storage> {
@@ -1524,6 +1641,7 @@ fn build_storage(raw: &RawStorage, warnings: &mut Vec<String>) -> Result<Storage
             ("memory", Backend::Memory),
             ("sled", Backend::Sled),
             ("sqlite", Backend::Sqlite),
+            ("redis", Backend::Redis),
         ],
     )?;
     // Every section is checked, selected or not, so switching the backend
@@ -1546,8 +1664,10 @@ fn build_storage(raw: &RawStorage, warnings: &mut Vec<String>) -> Result<Storage
     };
     let sled = file_store("limits.storage.sled", &raw.sled)?;
     let sqlite = file_store("limits.storage.sqlite", &raw.sqlite)?;
+    let redis = redis_settings(&raw.redis)?;
     let (section, (path, snapshot_interval)) = match backend {
         Backend::Memory => return Ok(memory),
+        Backend::Redis => return Ok(Storage::Redis(redis)),
         Backend::Sled => ("limits.storage.sled", sled),
         Backend::Sqlite => ("limits.storage.sqlite", sqlite),
     };
@@ -1573,6 +1693,65 @@ fn build_storage(raw: &RawStorage, warnings: &mut Vec<String>) -> Result<Storage
     Ok(Storage::Sled {
         path,
         snapshot_interval,
+    })
+}
+
+fn redis_settings(raw: &RawRedis) -> Result<RedisSettings> {
+    let url = |key: &str, v: &str| -> Result<String> {
+        let v = v.trim();
+        if !(v.starts_with("redis://") || v.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "must be a redis:// or rediss:// URL, got {:?}",
+                    redact_url(v)
+                ),
+            ));
+        }
+        Ok(v.to_owned())
+    };
+    let key_prefix = raw
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
+        return Err(ConfigError::new(
+            "limits.storage.redis.key_prefix",
+            "must be non-empty and without braces (it is used as the hash tag)",
+        ));
+    }
+    Ok(RedisSettings {
+        url: url(
+            "limits.storage.redis.url",
+            raw.url.as_deref().unwrap_or(DEFAULT_REDIS_URL),
+        )?,
+        nodes: raw
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| url(&format!("limits.storage.redis.nodes.{i}"), n))
+            .collect::<Result<_>>()?,
+        cluster: raw.cluster.unwrap_or(false),
+        password: raw.password.clone().filter(|p| !p.is_empty()),
+        key_prefix,
+        connect_timeout: duration(
+            "limits.storage.redis.connect_timeout",
+            raw.connect_timeout.as_ref().map(DurationText::as_str),
+            DEFAULT_REDIS_CONNECT_TIMEOUT,
+            Zero::Reject,
+        )?,
+        command_timeout: duration(
+            "limits.storage.redis.command_timeout",
+            raw.command_timeout.as_ref().map(DurationText::as_str),
+            DEFAULT_REDIS_COMMAND_TIMEOUT,
+            Zero::Reject,
+        )?,
+        max_entries: positive(
+            "limits.storage.redis.max_entries",
+            raw.max_entries,
+            DEFAULT_REDIS_MAX_ENTRIES,
+        )?,
+        fail_open: raw.fail_open.unwrap_or(false),
     })
 }
 

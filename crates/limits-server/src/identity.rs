@@ -21,8 +21,17 @@ pub fn short_hash(id: &str) -> String {
 }
 
 /// `dimension:alias`, else `api_key:<hash>` for keys, else `dimension:id`
-/// (user and team ids are not secrets, unless `hide_ids` says so).
+/// (user and team ids are not secrets, unless `hide_ids` says so). The rate
+/// limit service's internal descriptor counters are `descriptor:<rule name>`
+/// or `descriptor:<hash>`: their ids hold descriptor values, which may be
+/// secrets, and are never shown.
 pub fn display(subject: &Subject, limits: &SubjectLimits, hide_ids: bool) -> String {
+    if crate::rls_config::is_internal(&subject.id) {
+        return match limits.alias() {
+            Some(name) => format!("descriptor:{name}"),
+            None => format!("descriptor:{}", short_hash(&subject.id)),
+        };
+    }
     let dim = subject.dimension.as_str();
     if let Some(alias) = limits.alias() {
         return format!("{dim}:{alias}");
@@ -47,6 +56,17 @@ mod tests {
         assert_eq!(display(&key, &aliased, false), "api_key:prod");
         let team = Subject::new(Dimension::Team, "eng");
         assert_eq!(display(&team, &SubjectLimits::UNLIMITED, false), "team:eng");
+    }
+
+    #[test]
+    fn descriptor_counters_are_never_shown_raw() {
+        let id = crate::rls_config::counter_id("d", [("api_key", "sk-secret-123")]);
+        let counter = Subject::new(Dimension::ApiKey, id.as_str());
+        let shown = display(&counter, &SubjectLimits::UNLIMITED, false);
+        assert_eq!(shown, format!("descriptor:{}", short_hash(&id)));
+        assert!(!shown.contains("sk-secret"));
+        let named = SubjectLimits::default().with_alias("per-key");
+        assert_eq!(display(&counter, &named, false), "descriptor:per-key");
     }
 
     #[test]

@@ -8,19 +8,91 @@ pub mod identity;
 pub mod metrics;
 pub mod queue;
 pub mod reload;
+pub mod rls;
+pub mod rls_config;
 pub mod server;
 pub mod service;
 pub mod signal;
 pub mod telemetry;
 pub mod validate;
 
-/// The generated protobuf types and gRPC stubs. Nothing outside the service
-/// module and its conversions sees these.
+/// The generated protobuf types and gRPC stubs, one module per protobuf
+/// package (generated code refers to other packages through `super::`, so
+/// the tree mirrors the package paths). Our own API,
+/// `mercator.limits.v1`, is also re-exported at the root (`pb::CheckLimitsRequest`).
+/// Nothing outside the service modules and their conversions sees these.
 pub mod pb {
     #![allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
-    tonic::include_proto!("mercator.limits.v1");
 
-    /// The encoded file descriptor set, for gRPC reflection.
+    pub mod mercator {
+        pub mod limits {
+            pub mod v1 {
+                tonic::include_proto!("mercator.limits.v1");
+            }
+        }
+    }
+    pub use mercator::limits::v1::*;
+
+    /// The Envoy API (vendored under proto/vendor): the rate limit service
+    /// and what it imports.
+    pub mod envoy {
+        pub mod service {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.ratelimit.v3");
+                }
+            }
+        }
+        pub mod extensions {
+            pub mod common {
+                pub mod ratelimit {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                    }
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+
+    /// cncf/xds annotations and types the Envoy API imports.
+    pub mod xds {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("xds.core.v3");
+            }
+        }
+        pub mod annotations {
+            pub mod v3 {
+                tonic::include_proto!("xds.annotations.v3");
+            }
+        }
+    }
+
+    pub mod udpa {
+        pub mod annotations {
+            tonic::include_proto!("udpa.annotations");
+        }
+    }
+
+    /// protoc-gen-validate's rule messages (annotations only).
+    pub mod validate {
+        tonic::include_proto!("validate");
+    }
+
+    /// The encoded file descriptor set of every proto above (and the
+    /// well-known types they import), for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/limits_descriptor.bin"));
 }

@@ -26,6 +26,11 @@ struct Args {
     /// The Prometheus metrics listen address; port 0 picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<SocketAddr>,
+    /// An envoyproxy/ratelimit-format rule file for the Envoy rate limit
+    /// service API, loaded after those in limits.rls.config_files.
+    /// Repeatable.
+    #[arg(long = "rls-config", value_name = "FILE")]
+    rls_config: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         grpc_addr: args.grpc_addr,
         metrics_addr: args.metrics_addr,
+        rls_config: args.rls_config.clone(),
     };
 
     if let Some(path) = &args.check_config {

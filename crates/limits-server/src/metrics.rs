@@ -6,6 +6,8 @@
 //! `user:<id>` / `team:<id>` (or their hashes, if configured). At most
 //! `metrics.identifier_cap` distinct identifiers are labelled; the rest are
 //! folded into `other`, so a flood of new keys cannot blow up cardinality.
+//! The rate limit service's descriptor counters are labelled
+//! `descriptor:<rule name>` or `descriptor:<hash>` (see [`identity`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,9 @@ pub const QUEUE_DEPTH: &str = "mercator_limits_queue_depth";
 pub const STORE_ERRORS: &str = "mercator_limits_store_errors_total";
 pub const RESERVATIONS_OPEN: &str = "mercator_limits_reservations_open";
 pub const SUBJECTS: &str = "mercator_limits_subjects";
+pub const FAIL_OPEN: &str = "mercator_limits_fail_open_total";
+/// Recorded by the Redis store itself, per script round trip.
+pub const REDIS_DURATION: &str = limits_store::redis::DURATION_METRIC;
 
 /// Histogram buckets for check durations: fine below a millisecond, where
 /// checks are expected to be.
@@ -49,11 +54,20 @@ pub const OTHER: &str = "other";
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(REDIS_DURATION.to_owned()), DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
     // Error counters exist from the start at zero, so an alert on their
     // increase sees the very first error.
-    for operation in ["check", "record", "acquire", "release", "usage", "sweep"] {
+    for operation in [
+        "check",
+        "record",
+        "acquire",
+        "release",
+        "usage",
+        "sweep",
+        crate::rls::OPERATION,
+    ] {
         counter!(STORE_ERRORS, "operation" => operation).absolute(0);
     }
     for result in ["success", "failure"] {
@@ -105,6 +119,14 @@ fn describe() {
         "Open reservations (as of the last sweep)."
     );
     describe_gauge!(SUBJECTS, "Subjects holding state (as of the last sweep).");
+    describe_counter!(
+        FAIL_OPEN,
+        "Calls allowed without a decision because the store was unavailable (storage.redis.fail_open)."
+    );
+    describe_histogram!(
+        REDIS_DURATION,
+        "Redis round trips of the decision script, by operation, in seconds."
+    );
 }
 
 /// Turns subjects into bounded, secret-free label values.

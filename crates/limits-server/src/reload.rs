@@ -1,7 +1,8 @@
 //! Hot reload of limits: when the config file changes (including a
 //! Kubernetes ConfigMap update, which swaps a `..data` symlink instead of
 //! writing the file) or on SIGHUP, the file is loaded and validated again and
-//! swapped in whole. Counters, reservations and leases live in the store and
+//! swapped in whole (with the rate limit rule files it names, whose
+//! changes are watched too). Counters, reservations and leases live in the store and
 //! are untouched; a subject's new limits apply from its next check. A bad
 //! new file is rejected with a log line and a failure metric, and the old
 //! limits stay in force.
@@ -22,6 +23,21 @@ use crate::service::Shared;
 fn fingerprint(path: &Path) -> Option<u64> {
     let bytes = std::fs::read(path).ok()?;
     Some(ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&bytes))
+}
+
+/// The config file's fingerprint combined with those of the rate limit
+/// rule files the running config loaded, so an edit to a rule file reloads
+/// too. `None` while the config file itself cannot be read.
+fn fingerprint_all(shared: &Shared<AnyStore>, path: &Path) -> Option<u64> {
+    let main = fingerprint(path)?;
+    let config = shared.config.load();
+    let rules: Vec<Option<u64>> = config
+        .rls
+        .config_files
+        .iter()
+        .map(|f| fingerprint(f))
+        .collect();
+    Some(ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one((main, rules)))
 }
 
 /// Settings that only take effect at start-up.
@@ -89,7 +105,7 @@ pub async fn watch(
     overrides: Overrides,
     interval: Duration,
 ) {
-    let mut last = fingerprint(&path);
+    let mut last = fingerprint_all(&shared, &path);
     #[cfg(unix)]
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -118,11 +134,13 @@ pub async fn watch(
         let hangup = std::future::pending::<()>();
         tokio::select! {
             () = hangup => {
-                last = fingerprint(&path);
+                last = fingerprint_all(&shared, &path);
                 reload(&shared, &path, &overrides, "SIGHUP");
             }
             _ = tick.tick(), if !interval.is_zero() => {
-                let now = fingerprint(&path);
+                // A reload that names other rule files changes the
+                // fingerprint once more: one extra, harmless reload.
+                let now = fingerprint_all(&shared, &path);
                 if now.is_some() && now != last {
                     last = now;
                     reload(&shared, &path, &overrides, "file change");

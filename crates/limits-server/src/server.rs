@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use limits_store::{AnyStore, MemoryStore, SledOptions, SledStore, Store};
+use limits_store::{
+    AnyStore, MemoryStore, RedisOptions, RedisStore, SledOptions, SledStore, Store,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -19,8 +21,10 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, Overrides, Storage};
 use crate::metrics::{self as m, Labels};
+use crate::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::limits_service_server::LimitsServiceServer;
 use crate::queue::Queues;
+use crate::rls::RlsSvc;
 use crate::service::{LimitsSvc, Shared, now};
 
 /// The longest a durable write waits for its group flush, whatever the
@@ -52,6 +56,42 @@ pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
             tracing::info!(path = %path.display(), subjects = store.len(), "opened the sled store");
             Ok(AnyStore::Sled(store))
         }
+        Storage::Redis(r) => {
+            let options = RedisOptions {
+                url: r.url.clone(),
+                nodes: r.nodes.clone(),
+                cluster: r.cluster,
+                password: r.password.clone(),
+                key_prefix: r.key_prefix.clone(),
+                connect_timeout: r.connect_timeout,
+                command_timeout: r.command_timeout,
+                max_entries: r.max_entries,
+            };
+            let store = RedisStore::open(&options)?;
+            tracing::info!(
+                url = %crate::config::redact_url(&r.url),
+                cluster = r.cluster,
+                key_prefix = %r.key_prefix,
+                fail_open = r.fail_open,
+                "using the Redis store"
+            );
+            Ok(AnyStore::Redis(store))
+        }
+    }
+}
+
+/// Checks once that Redis answers, without holding up start-up: limitsd
+/// serves (UNAVAILABLE, or fail-open) while Redis is down and recovers by
+/// itself when it comes back.
+async fn probe_store(store: &AnyStore) {
+    if let AnyStore::Redis(r) = store {
+        match r.ping().await {
+            Ok(()) => tracing::info!("Redis answers; the decision script is loaded"),
+            Err(e) => {
+                metrics::counter!(m::STORE_ERRORS, "operation" => "connect").increment(1);
+                tracing::warn!(error = %e, "Redis does not answer yet; calls fail until it does");
+            }
+        }
     }
 }
 
@@ -61,7 +101,7 @@ fn sweep_interval(config: &Config) -> Duration {
         Storage::Memory {
             cleanup_interval, ..
         } => *cleanup_interval,
-        Storage::Sled { .. } => Duration::from_secs(60),
+        Storage::Sled { .. } | Storage::Redis(_) => Duration::from_secs(60),
     }
 }
 
@@ -93,6 +133,7 @@ pub struct Bound {
 /// anything is served if any of them cannot be had.
 pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
     let store = open_store(&config)?;
+    probe_store(&store).await;
     let listener = TcpListener::bind(config.server.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", config.server.grpc_addr))?;
@@ -160,6 +201,9 @@ impl Bound {
         health
             .set_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
             .await;
+        health
+            .set_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
+            .await;
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_shared = shared.clone();
@@ -170,6 +214,9 @@ impl Bound {
             // listener stops accepting and in-flight calls drain.
             signal_health
                 .set_not_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
+                .await;
+            signal_health
+                .set_not_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
                 .await;
             signal_health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -183,6 +230,8 @@ impl Bound {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(LimitsServiceServer::new(LimitsSvc::new(shared.clone())))
+            // Envoy's rate limit service API, on the same port and store.
+            .add_service(RateLimitServiceServer::new(RlsSvc::new(shared.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });

@@ -62,6 +62,24 @@ fn store_failed(operation: &'static str, e: StoreError) -> Status {
     store_status(e)
 }
 
+/// Whether the config says to allow when the store cannot be reached.
+fn fail_open(config: &Config) -> bool {
+    matches!(&config.storage, crate::config::Storage::Redis(r) if r.fail_open)
+}
+
+/// Counts and logs a call allowed because the store was unavailable.
+fn failed_open(operation: &'static str, status: &Status) {
+    metrics::counter!(m::FAIL_OPEN, "operation" => operation).increment(1);
+    tracing::warn!(
+        operation,
+        error = status.message(),
+        "store unavailable: allowed (fail-open)"
+    );
+}
+
+/// The reason given with a fail-open answer.
+pub const FAIL_OPEN_REASON: &str = "store unavailable: fail-open";
+
 /// Records how long an operation took.
 fn observe(operation: &'static str, started: std::time::Instant) {
     metrics::histogram!(m::CHECK_DURATION, "operation" => operation)
@@ -508,10 +526,28 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             reserve_ttl,
             policy: &config.policy,
         };
-        let (outcome, queued) = self
+        let (outcome, queued) = match self
             .shared
             .check(&subjects, &limits, op, &config, deadline)
-            .await?;
+            .await
+        {
+            Ok(v) => v,
+            // Only a store failure answers UNAVAILABLE here.
+            Err(status) if status.code() == tonic::Code::Unavailable && fail_open(&config) => {
+                failed_open("check", &status);
+                span.record("allowed", true);
+                span.record("action", Action::Allow.as_str());
+                observe("check", started);
+                return Ok(Response::new(pb::CheckLimitsResponse {
+                    allowed: true,
+                    action: pb::Action::Allow as i32,
+                    reason: FAIL_OPEN_REASON.to_owned(),
+                    estimated_cost_usd: attempts[0].cost.as_usd(),
+                    ..Default::default()
+                }));
+            }
+            Err(status) => return Err(status),
+        };
 
         let attempt = &attempts[outcome.attempt];
         let downgrade_to = if outcome.allowed && outcome.attempt > 0 {
@@ -659,6 +695,17 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 return Err(Status::internal(format!(
                     "unexpected store outcome {other:?}"
                 )));
+            }
+            Err(e @ StoreError::Unavailable(_)) if fail_open(&config) => {
+                let status = store_failed("acquire", e);
+                failed_open("acquire", &status);
+                observe("acquire", started);
+                // No lease is held, so there is nothing to release.
+                return Ok(Response::new(pb::AcquireConcurrentResponse {
+                    acquired: true,
+                    reason: FAIL_OPEN_REASON.to_owned(),
+                    ..Default::default()
+                }));
             }
             Err(e) => return Err(store_failed("acquire", e)),
         };

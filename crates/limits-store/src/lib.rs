@@ -14,6 +14,7 @@ mod codec;
 mod embedded;
 mod ids;
 pub mod memory;
+pub mod redis;
 mod shards;
 pub mod sled;
 
@@ -24,6 +25,7 @@ use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{Attempt, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd, Nanos, Policy};
 use limits_core::{Subject, SubjectLimits};
 
+pub use self::redis::{RedisOpenError, RedisOptions, RedisStore};
 pub use self::sled::{OpenError, SledOptions, SledStore};
 pub use ids::{IdGen, Issued};
 pub use memory::MemoryStore;
@@ -167,6 +169,7 @@ pub trait Store: Send + Sync + 'static {
 pub enum AnyStore {
     Memory(MemoryStore),
     Sled(SledStore),
+    Redis(RedisStore),
 }
 
 impl Store for AnyStore {
@@ -180,6 +183,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.apply(subjects, limits, op, now).await,
             AnyStore::Sled(s) => s.apply(subjects, limits, op, now).await,
+            AnyStore::Redis(s) => s.apply(subjects, limits, op, now).await,
         }
     }
 
@@ -187,6 +191,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.release(lease_id, now).await,
             AnyStore::Sled(s) => s.release(lease_id, now).await,
+            AnyStore::Redis(s) => s.release(lease_id, now).await,
         }
     }
 
@@ -194,6 +199,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.reservation_issued(id),
             AnyStore::Sled(s) => s.reservation_issued(id),
+            AnyStore::Redis(s) => s.reservation_issued(id),
         }
     }
 
@@ -206,6 +212,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.usage(subject, limits, now).await,
             AnyStore::Sled(s) => s.usage(subject, limits, now).await,
+            AnyStore::Redis(s) => s.usage(subject, limits, now).await,
         }
     }
 
@@ -213,6 +220,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.sweep(table, now).await,
             AnyStore::Sled(s) => s.sweep(table, now).await,
+            AnyStore::Redis(s) => s.sweep(table, now).await,
         }
     }
 
@@ -220,6 +228,7 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.flush().await,
             AnyStore::Sled(s) => s.flush().await,
+            AnyStore::Redis(s) => s.flush().await,
         }
     }
 }

@@ -34,6 +34,18 @@ macro_rules! for_every_backend {
                 }
             )*
         }
+        // Redis decides with its own clock; these stores use the suite's
+        // fake `now` instead (`with_fake_clock`), each on a fresh key prefix
+        // of a server of the test's own.
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let server = super::common::RedisServer::start();
+                    super::$name(|max| server.store(max)).await;
+                }
+            )*
+        }
     };
 }
 

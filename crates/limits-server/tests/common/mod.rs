@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use limits_server::pb;
+use limits_server::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use limits_server::pb::limits_service_client::LimitsServiceClient;
 use tonic::transport::Channel;
 
@@ -61,7 +62,33 @@ impl Limitsd {
         config: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Limitsd {
+        Limitsd::spawn_with_args(dir, workdir, config, env, &[])
+    }
+
+    /// Starts limitsd with `yaml` as its config file and extra command-line
+    /// arguments, in a temp dir that is also its working directory (so
+    /// relative paths in `args` and `yaml` resolve there). `files` are
+    /// written to that directory first.
+    pub fn start_args(yaml: &str, files: &[(&str, &str)], args: &[&str]) -> Limitsd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write file");
+        }
+        let config = dir.path().join("limits.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let workdir = dir.path().to_owned();
+        Limitsd::spawn_with_args(dir, &workdir, &config, &[], args)
+    }
+
+    fn spawn_with_args(
+        dir: tempfile::TempDir,
+        workdir: &std::path::Path,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Limitsd {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_limitsd"));
+        cmd.args(args);
         cmd.arg("--config")
             .arg(config)
             .arg("--grpc-addr")
@@ -159,6 +186,12 @@ impl Limitsd {
         out
     }
 
+    /// A client of Envoy's rate limit service API, generated from the
+    /// vendored protos.
+    pub async fn rls_client(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::new(self.channel().await)
+    }
+
     pub async fn client(&self) -> LimitsServiceClient<Channel> {
         let endpoint = format!("http://{}", self.addr);
         LimitsServiceClient::connect(endpoint)
@@ -238,7 +271,17 @@ pub fn run_to_exit(
     workdir: &std::path::Path,
     config: &std::path::Path,
 ) -> (std::process::ExitStatus, String) {
+    run_to_exit_with_args(workdir, config, &[])
+}
+
+/// [`run_to_exit`] with extra command-line arguments.
+pub fn run_to_exit_with_args(
+    workdir: &std::path::Path,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_limitsd"))
+        .args(args)
         .arg("--config")
         .arg(config)
         .arg("--grpc-addr")

@@ -175,3 +175,131 @@ pub fn status(statuses: &[LimitStatus], kind: LimitKind) -> &LimitStatus {
         .find(|s| s.kind == kind)
         .unwrap_or_else(|| panic!("no status for {kind:?} in {statuses:?}"))
 }
+
+/// A `redis-server` of the test's own on a free loopback port, killed on
+/// drop. A missing `redis-server` fails the test: the Redis backend is
+/// never silently left untested.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        RedisServer::start_on(port)
+    }
+
+    /// Starts a server on `port` (a restart after [`stop`](Self::stop)).
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.path().to_str().expect("a UTF-8 path")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect(
+                "redis-server must be installed for the Redis tests \
+                 (apt-get install redis-server; .ci/run does this)",
+            );
+        let mut server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Polls PING until the server answers, or fails after a deadline.
+    fn wait_ready(&mut self) {
+        use std::io::{Read, Write};
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("redis-server exited at start-up: {status}");
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer PING in time"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the server and waits for it to be gone.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh store on this server with its own key prefix, deciding by
+    /// the caller's `now` (the suite's fake clock).
+    pub fn store(&self, max_entries: usize) -> limits_store::RedisStore {
+        self.store_with_clock(max_entries, true)
+    }
+
+    pub fn store_with_clock(&self, max_entries: usize, fake: bool) -> limits_store::RedisStore {
+        self.store_on_prefix(&unique_prefix(), max_entries, fake)
+    }
+
+    pub fn store_on_prefix(
+        &self,
+        prefix: &str,
+        max_entries: usize,
+        fake: bool,
+    ) -> limits_store::RedisStore {
+        let options = limits_store::RedisOptions {
+            url: self.url(),
+            key_prefix: prefix.to_owned(),
+            max_entries,
+            command_timeout: Duration::from_secs(5),
+            ..limits_store::RedisOptions::default()
+        };
+        let store = limits_store::RedisStore::open(&options).expect("a valid Redis config");
+        if fake { store.with_fake_clock() } else { store }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago: bind 127.0.0.1:0 and let it go.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A key prefix no other store of this process uses.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,998 @@
+//! The Redis backend: several limitsd replicas sharing one exact set of
+//! counters. Every [`Op`] over the subjects of a request is one call of one
+//! Lua script (`redis/limits.lua`, sent as EVALSHA and loaded again on
+//! NOSCRIPT), which Redis runs atomically: the whole decision — expiry,
+//! every window of every subject, all-or-nothing commit — happens inside
+//! it, so two replicas can never both admit the last unit of a limit.
+//!
+//! # What runs where
+//!
+//! The script is a port of limits-core's window, state, engine and hit
+//! logic: the sparse 60-bucket windows with conservative expiry,
+//! `retry_after`, reservation holds with settled tombstones, leases. It
+//! returns compact integer arrays; this module turns them back into the
+//! core's outcome types, and does the parts of a decision that only read
+//! the result (picking the worst denial, the alert flag, the action) with
+//! the same rules as the engine, so the server cannot tell the backends
+//! apart.
+//!
+//! # Time
+//!
+//! Decisions use Redis's clock (`TIME` inside the script), not the `now`
+//! the caller passes: replicas whose own clocks disagree by minutes still
+//! agree on every window, because there is only one clock. The one
+//! exception is [`RedisStore::with_fake_clock`], which makes the script use
+//! the caller's `now` instead, so the behaviour suite can drive time by
+//! hand; it is meant for tests.
+//!
+//! # Exactness
+//!
+//! Lua numbers are doubles. Amounts travel and are stored as two integer
+//! limbs (`hi * 1e9 + lo`), so a budget of $1e9 (1e18 nano-dollars) and any
+//! sum of small costs stay exact; instants are (seconds, nanoseconds)
+//! pairs, and the script never forms an absolute nanosecond count (see the
+//! script's header). Durations handed to the script (TTLs) are capped at
+//! 2^52 ns, about 52 days.
+//!
+//! # Keys
+//!
+//! Every key starts with the configured prefix as a hash tag,
+//! `{prefix}:...`:
+//!
+//! - `{p}:s:<dimension>:<id>` — one subject's state (msgpack), with a
+//!   `PEXPIRE` a little past its last content, so a dead replica's holds
+//!   and leases free themselves;
+//! - `{p}:idx` — sorted set of subject keys by the instant they become
+//!   idle: the sweep's work list and the `max_entries` count;
+//! - `{p}:ids` — the id counter (`INCR`): reservation and lease ids are
+//!   its values, so every replica recognises every replica's ids;
+//! - `{p}:leases` / `{p}:lease` — lease expiries (sorted set) and lease id
+//!   -> subjects (hash), for `release` by id.
+//!
+//! # Redis Cluster
+//!
+//! Because every key carries the same hash tag, all of limitsd's keys live
+//! in one slot, so on Redis Cluster every operation is exactly as atomic as
+//! on a single node: all-or-nothing across the request's subjects, with no
+//! compensation step that a crash could interrupt. The price is that one
+//! shard (a primary and its replicas) holds all of one prefix's state; the
+//! cluster gives failover, not write scaling. Deployments that need more
+//! can run several limitsd fleets with different prefixes (different
+//! slots), each of which is exact within itself.
+//!
+//! # Failures
+//!
+//! Any Redis error — refused connection, timeout, `LOADING`, a failover in
+//! progress — is [`StoreError::Unavailable`]; nothing is guessed. The
+//! connection manager reconnects in the background, so service resumes
+//! when Redis does, without a restart. Redis's own persistence settings
+//! (AOF, replicas) decide how durable an acknowledged `RecordUsage` is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use limits_core::engine::{AcquireOutcome, CheckOutcome, Denial, RecordOutcome};
+use limits_core::hit::HitOutcome;
+use limits_core::{
+    Action, BUCKETS, EnforcementMode, Hold, LeaseSlot, LimitKind, LimitStatus, LimitTable, Nanos,
+    Policy, Resource, Subject, SubjectLimits,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
+use tokio::sync::OnceCell;
+
+use crate::{Op, Outcome, Store, StoreError, SweepStats, UsageView};
+
+/// The histogram of script round trips, by operation.
+pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
+
+/// The longest TTL handed to the script, so that `now + ttl` stays exact
+/// in a double (about 52 days).
+const MAX_TTL: u64 = 1 << 52;
+
+/// Subjects or lease entries a sweep call handles at once, so that no
+/// single script call blocks Redis for long.
+const SWEEP_BATCH: usize = 500;
+
+/// Above this many subjects the sweep does not count open reservations (a
+/// gauge): counting reads every subject's state, and every replica sweeps.
+pub const COUNT_LIMIT: usize = 100_000;
+
+const NANOS: u64 = 1_000_000_000;
+
+/// How to reach Redis and how to use it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS
+    /// (rustls with the system's roots; `rediss://host:port/#insecure` skips
+    /// certificate checks, for tests only). For a cluster, any node.
+    pub url: String,
+    /// Further cluster nodes to start from (with `cluster`).
+    pub nodes: Vec<String>,
+    /// Talk to a Redis Cluster rather than one server.
+    pub cluster: bool,
+    /// A password used when the URL gives none.
+    pub password: Option<String>,
+    /// The hash tag every key starts with; different prefixes are separate
+    /// sets of counters.
+    pub key_prefix: String,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// How long one call (a script round trip) may take.
+    pub command_timeout: Duration,
+    /// The most subjects kept (see [`StoreError::Full`]).
+    pub max_entries: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> RedisOptions {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            nodes: Vec::new(),
+            cluster: false,
+            password: None,
+            key_prefix: "limits".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(500),
+            max_entries: 10_000_000,
+        }
+    }
+}
+
+/// Why the store could not be set up (a bad URL or prefix; an unreachable
+/// server is not an error here, see [`RedisStore::open`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisOpenError {
+    #[error("storage.redis.url: {0}")]
+    Url(String),
+    #[error("storage.redis.key_prefix: {0}")]
+    Prefix(&'static str),
+}
+
+/// One server or a cluster.
+enum Conn {
+    Single(ConnectionManager),
+    /// Connected on first use, so start-up does not need the cluster up.
+    Cluster(Box<Cluster>),
+}
+
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// The key names of one prefix.
+#[derive(Debug)]
+struct Keys {
+    index: String,
+    ids: String,
+    lease_expiries: String,
+    lease_index: String,
+    subject_prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            index: format!("{{{prefix}}}:idx"),
+            ids: format!("{{{prefix}}}:ids"),
+            lease_expiries: format!("{{{prefix}}}:leases"),
+            lease_index: format!("{{{prefix}}}:lease"),
+            subject_prefix: format!("{{{prefix}}}:s:"),
+        }
+    }
+
+    fn subject(&self, s: &Subject) -> String {
+        format!("{}{}:{}", self.subject_prefix, s.dimension.index(), s.id)
+    }
+}
+
+/// The Redis store. Cheap to share: calls multiplex over one connection.
+pub struct RedisStore {
+    conn: Conn,
+    script: Script,
+    keys: Keys,
+    max_entries: usize,
+    command_timeout: Duration,
+    fake_clock: bool,
+    /// The highest id this instance has seen issued, for the advisory
+    /// [`Store::reservation_issued`]; the script's own check is
+    /// authoritative.
+    highest_id: AtomicU64,
+}
+
+// By hand: the connection types are not Debug, and nothing here is secret
+// except the URL's password, which is not kept.
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("keys", &self.keys)
+            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
+            .field("max_entries", &self.max_entries)
+            .field("fake_clock", &self.fake_clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The script, with the window constants of limits-core prepended so that
+/// the two can never disagree about bucket widths.
+fn script_source() -> String {
+    let mut s = String::from("local K = {\n");
+    for (i, kind) in LimitKind::WINDOWED.iter().enumerate() {
+        assert_eq!(kind.index(), i, "windowed kinds are 0..8 in order");
+        let length = kind.window().expect("a windowed kind").0;
+        let width = (length / BUCKETS).max(1);
+        assert!(length < 1 << 53 && width < 1 << 53);
+        if width.is_multiple_of(NANOS) {
+            s.push_str(&format!(
+                "  {{ L = {length}, w = {width}, k = {} }},\n",
+                width / NANOS
+            ));
+        } else {
+            // The bucket of now = S * 1e9 + N is found as a * S + the
+            // bucket of b * S + N, which must stay below 2^53 for any S
+            // below 2^34 (the year 2514).
+            assert!(width < NANOS);
+            let (a, b) = (NANOS / width, NANOS % width);
+            assert!(b < 1 << 19, "a bucket width the script cannot use exactly");
+            s.push_str(&format!(
+                "  {{ L = {length}, w = {width}, a = {a}, b = {b} }},\n"
+            ));
+        }
+    }
+    s.push_str("}\n");
+    s.push_str(include_str!("redis/limits.lua"));
+    s
+}
+
+/// When the amounts of bucket `index` leave a window of `kind`, as
+/// `RollingWindow` computes it.
+fn bucket_expiry(kind: LimitKind, index: u64) -> Nanos {
+    let length = kind.window().expect("a windowed kind").0;
+    let width = (length / BUCKETS).max(1);
+    Nanos(
+        index
+            .saturating_add(1)
+            .saturating_mul(width)
+            .saturating_add(length),
+    )
+}
+
+fn hi(v: u64) -> u64 {
+    v / NANOS
+}
+
+fn lo(v: u64) -> u64 {
+    v % NANOS
+}
+
+fn join(hi: i64, lo: i64) -> u64 {
+    let v = u128::from(hi.max(0) as u64) * u128::from(NANOS) + u128::from(lo.max(0) as u64);
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// Reads a script reply item by item.
+struct Reply {
+    items: std::vec::IntoIter<Value>,
+}
+
+impl Reply {
+    fn new(v: Value) -> Result<Reply, StoreError> {
+        match v {
+            Value::Array(items) => Ok(Reply {
+                items: items.into_iter(),
+            }),
+            other => Err(unavailable(format!("unexpected script reply {other:?}"))),
+        }
+    }
+
+    fn int(&mut self) -> Result<i64, StoreError> {
+        match self.items.next() {
+            Some(Value::Int(n)) => Ok(n),
+            other => Err(unavailable(format!(
+                "unexpected script reply item {other:?}"
+            ))),
+        }
+    }
+
+    fn uint(&mut self) -> Result<u64, StoreError> {
+        Ok(self.int()?.max(0) as u64)
+    }
+
+    fn amount(&mut self) -> Result<u64, StoreError> {
+        let h = self.int()?;
+        let l = self.int()?;
+        Ok(join(h, l))
+    }
+
+    fn instant(&mut self) -> Result<Nanos, StoreError> {
+        let s = self.uint()?;
+        let n = self.uint()?;
+        Ok(Nanos(s.saturating_mul(NANOS).saturating_add(n)))
+    }
+
+    /// A retry in ns, or `None` for never (-1).
+    fn retry(&mut self) -> Result<Option<Nanos>, StoreError> {
+        let r = self.int()?;
+        Ok((r >= 0).then_some(Nanos(r as u64)))
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        match self.items.next() {
+            Some(Value::BulkString(b)) => String::from_utf8(b).map_err(unavailable),
+            Some(Value::SimpleString(s)) => Ok(s),
+            other => Err(unavailable(format!(
+                "unexpected script reply item {other:?}"
+            ))),
+        }
+    }
+
+    /// The status of every limit of every subject, in the order the limits
+    /// were sent.
+    fn statuses(
+        &mut self,
+        limits: &[&SubjectLimits],
+        exceeded: &[(usize, LimitKind)],
+    ) -> Result<Vec<LimitStatus>, StoreError> {
+        let mut out = Vec::with_capacity(limits.iter().map(|l| l.all().count()).sum());
+        for (i, lim) in limits.iter().enumerate() {
+            for (kind, limit) in lim.all() {
+                let used = self.amount()?;
+                let r1 = self.int()?;
+                let r2 = self.int()?;
+                let reset_at = if r1 < 0 {
+                    None
+                } else if kind == LimitKind::MaxConcurrent {
+                    Some(Nanos(
+                        (r1 as u64)
+                            .saturating_mul(NANOS)
+                            .saturating_add(r2.max(0) as u64),
+                    ))
+                } else {
+                    Some(bucket_expiry(kind, r1 as u64))
+                };
+                out.push(LimitStatus {
+                    subject: i,
+                    kind,
+                    limit,
+                    used,
+                    reset_at,
+                    exceeded: exceeded.contains(&(i, kind)),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// engine's `worse`: the denial that takes longest to clear, one that never
+/// clears winning; on a tie the first stays.
+fn worse(a: Option<Denial>, b: Denial) -> Denial {
+    match a {
+        None => b,
+        Some(a) => match (a.retry_after, b.retry_after) {
+            (None, _) => a,
+            (_, None) => b,
+            (Some(x), Some(y)) => {
+                if y > x {
+                    b
+                } else {
+                    a
+                }
+            }
+        },
+    }
+}
+
+/// engine's `alert_flag`.
+fn alert_flag(policy: &Policy, statuses: &[LimitStatus], pending_cost: u64) -> bool {
+    statuses
+        .iter()
+        .filter(|s| s.kind.is_budget())
+        .any(|s| policy.crosses_alert(s.used.saturating_add(pending_cost), s.limit))
+}
+
+fn status_code(reply: &mut Reply) -> Result<i64, StoreError> {
+    reply.int()
+}
+
+impl RedisStore {
+    /// Sets up the store. The connection is made lazily and re-made after
+    /// failures, so limitsd starts (and answers `UNAVAILABLE`) while Redis
+    /// is down and recovers by itself; call [`ping`](Self::ping) to find
+    /// out at start-up whether Redis is there.
+    pub fn open(options: &RedisOptions) -> Result<RedisStore, RedisOpenError> {
+        if options.key_prefix.is_empty() {
+            return Err(RedisOpenError::Prefix("must not be empty"));
+        }
+        if options.key_prefix.contains(['{', '}']) {
+            return Err(RedisOpenError::Prefix(
+                "must not contain braces (it is used as the hash tag)",
+            ));
+        }
+        // rediss:// needs a process-wide rustls crypto provider; ring is the
+        // one this crate builds with. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let info = |url: &str| -> Result<redis::ConnectionInfo, RedisOpenError> {
+            let info = url
+                .into_connection_info()
+                .map_err(|e| RedisOpenError::Url(e.to_string()))?;
+            Ok(match &options.password {
+                Some(p) if info.redis_settings().password().is_none() => {
+                    let settings = info.redis_settings().clone().set_password(p);
+                    info.set_redis_settings(settings)
+                }
+                _ => info,
+            })
+        };
+        let conn = if options.cluster {
+            let mut nodes = vec![info(&options.url)?];
+            for n in &options.nodes {
+                nodes.push(info(n)?);
+            }
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.command_timeout)
+                .retries(2)
+                .build()
+                .map_err(|e| RedisOpenError::Url(e.to_string()))?;
+            Conn::Cluster(Box::new(Cluster {
+                client,
+                conn: OnceCell::new(),
+            }))
+        } else {
+            let client = redis::Client::open(info(&options.url)?)
+                .map_err(|e| RedisOpenError::Url(e.to_string()))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(options.command_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let manager = ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| RedisOpenError::Url(e.to_string()))?;
+            Conn::Single(manager)
+        };
+        Ok(RedisStore {
+            conn,
+            script: Script::new(&script_source()),
+            keys: Keys::new(&options.key_prefix),
+            max_entries: options.max_entries,
+            command_timeout: options.command_timeout,
+            fake_clock: false,
+            highest_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes the script decide with the `now` each call is given instead of
+    /// Redis's clock. For tests, which move a fake clock by hand: two
+    /// replicas with fake clocks do not share time.
+    pub fn with_fake_clock(mut self) -> RedisStore {
+        self.fake_clock = true;
+        self
+    }
+
+    /// Whether Redis answers now (and the script is loaded).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = async {
+            match &self.conn {
+                Conn::Single(m) => self.script.load_async(&mut m.clone()).await,
+                Conn::Cluster(_) => {
+                    let mut c = self.cluster_conn().await?;
+                    self.script.load_async(&mut c).await
+                }
+            }
+            .map_err(unavailable)
+        };
+        match tokio::time::timeout(self.command_timeout, result).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                started.elapsed()
+            ))),
+        }
+    }
+
+    async fn cluster_conn(&self) -> Result<ClusterConnection, StoreError> {
+        match &self.conn {
+            Conn::Cluster(c) => c
+                .conn
+                .get_or_try_init(|| c.client.get_async_connection())
+                .await
+                .cloned()
+                .map_err(unavailable),
+            Conn::Single(_) => unreachable!("a single-server store"),
+        }
+    }
+
+    /// Runs the script, timing it and bounding it by the command timeout.
+    async fn call(
+        &self,
+        operation: &'static str,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<Reply, StoreError> {
+        let started = Instant::now();
+        let run = async {
+            match &self.conn {
+                Conn::Single(m) => inv.invoke_async::<Value>(&mut m.clone()).await,
+                Conn::Cluster(_) => {
+                    let mut c = self.cluster_conn().await?;
+                    inv.invoke_async::<Value>(&mut c).await
+                }
+            }
+            .map_err(unavailable)
+        };
+        let result = match tokio::time::timeout(self.command_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                self.command_timeout
+            ))),
+        };
+        metrics::histogram!(DURATION_METRIC, "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        Reply::new(result?)
+    }
+
+    /// A script invocation with the common keys and the clock arguments.
+    fn invocation(&self, op: &str, subjects: &[String], now: Nanos) -> ScriptInvocation<'_> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(&self.keys.index)
+            .key(&self.keys.ids)
+            .key(&self.keys.lease_expiries)
+            .key(&self.keys.lease_index);
+        for k in subjects {
+            inv.key(k);
+        }
+        inv.arg(op);
+        if self.fake_clock {
+            inv.arg(now.0 / NANOS).arg(now.0 % NANOS);
+        } else {
+            inv.arg("").arg("");
+        }
+        inv
+    }
+
+    fn push_limits(inv: &mut ScriptInvocation<'_>, limits: &[&SubjectLimits]) {
+        for lim in limits {
+            inv.arg(lim.all().count());
+            for (kind, limit) in lim.all() {
+                inv.arg(kind.index()).arg(hi(limit)).arg(lo(limit));
+            }
+        }
+    }
+
+    fn saw_id(&self, id: u64) {
+        self.highest_id.fetch_max(id, Ordering::Relaxed);
+    }
+
+    fn subject_keys(&self, subjects: &[Subject]) -> Vec<String> {
+        subjects.iter().map(|s| self.keys.subject(s)).collect()
+    }
+
+    fn check_reply(
+        &self,
+        mut reply: Reply,
+        limits: &[&SubjectLimits],
+        attempts: &[limits_core::Attempt],
+        policy: &Policy,
+    ) -> Result<CheckOutcome, StoreError> {
+        let allowed = reply.int()? == 1;
+        let attempt = reply.uint()? as usize;
+        let reservation = reply.uint()?;
+        let evals = reply.uint()?;
+        // As engine::check: the worst denial of each attempt, the soonest
+        // any attempt could fit, and the last attempt's denials.
+        let mut soonest: Option<Option<Nanos>> = None;
+        let mut last: (Option<Denial>, Vec<(usize, LimitKind)>) = (None, Vec::new());
+        let mut admitted = None;
+        for idx in 0..evals as usize {
+            let count = reply.uint()?;
+            let mut worst = None;
+            let mut exceeded = Vec::new();
+            for _ in 0..count {
+                let subject = reply.uint()? as usize;
+                let kind = LimitKind::WINDOWED[reply.uint()? as usize];
+                let retry_after = reply.retry()?;
+                worst = Some(worse(
+                    worst,
+                    Denial {
+                        subject,
+                        kind,
+                        retry_after,
+                    },
+                ));
+                exceeded.push((subject, kind));
+            }
+            match worst {
+                None => admitted = Some(idx),
+                Some(d) => {
+                    soonest = Some(match soonest {
+                        None => d.retry_after,
+                        Some(prev) => match (prev, d.retry_after) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        },
+                    });
+                    last = (Some(d), exceeded);
+                }
+            }
+        }
+        let (denial, exceeded, action) = match admitted {
+            Some(idx) if idx > 0 => (None, Vec::new(), Action::Downgrade),
+            Some(_) => (None, Vec::new(), Action::Allow),
+            // Alert mode lets an over-limit request through, flagged.
+            None if allowed => (last.0, last.1, Action::Alert),
+            None => (last.0, last.1, Action::Block),
+        };
+        let reservation = (reservation > 0).then_some(reservation);
+        if let Some(id) = reservation {
+            self.saw_id(id);
+        }
+        let statuses = reply.statuses(limits, &exceeded)?;
+        let pending = if reservation.is_some() {
+            0
+        } else {
+            attempts[attempt].cost.0
+        };
+        let alert = alert_flag(policy, &statuses, pending);
+        let action = if allowed && alert && action == Action::Allow {
+            Action::Alert
+        } else {
+            action
+        };
+        Ok(CheckOutcome {
+            allowed,
+            action,
+            attempt,
+            denial,
+            retry_after: if allowed { None } else { soonest.flatten() },
+            reservation,
+            statuses,
+            alert,
+        })
+    }
+}
+
+fn mode_code(mode: EnforcementMode) -> u8 {
+    match mode {
+        EnforcementMode::Block | EnforcementMode::Queue => 0,
+        EnforcementMode::Downgrade => 1,
+        EnforcementMode::Alert => 2,
+    }
+}
+
+fn ttl_arg(ttl: Nanos) -> u64 {
+    ttl.0.min(MAX_TTL)
+}
+
+impl Store for RedisStore {
+    async fn apply(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        now: Nanos,
+    ) -> Result<Outcome, StoreError> {
+        let n = subjects.len();
+        assert!(
+            (1..=crate::MAX_SUBJECTS).contains(&n) && limits.len() == n,
+            "1 to {} subjects, each with its limits",
+            crate::MAX_SUBJECTS
+        );
+        let keys = self.subject_keys(subjects);
+        match op {
+            Op::Check {
+                attempts,
+                reserve_ttl,
+                policy,
+            } => {
+                let mut inv = self.invocation("check", &keys, now);
+                inv.arg(self.max_entries);
+                Self::push_limits(&mut inv, limits);
+                inv.arg(mode_code(policy.mode));
+                match reserve_ttl {
+                    Some(ttl) => inv.arg(ttl_arg(ttl)),
+                    None => inv.arg(-1),
+                };
+                inv.arg(attempts.len());
+                for a in attempts {
+                    inv.arg(hi(a.cost.0))
+                        .arg(lo(a.cost.0))
+                        .arg(hi(a.tokens))
+                        .arg(lo(a.tokens));
+                }
+                let mut reply = self.call("check", &inv).await?;
+                match status_code(&mut reply)? {
+                    0 => {}
+                    1 => return Err(StoreError::Full(self.max_entries)),
+                    c => return Err(unavailable(format!("script status {c}"))),
+                }
+                let out = self.check_reply(reply, limits, attempts, policy)?;
+                Ok(Outcome::Check(out))
+            }
+            Op::Record {
+                reservation,
+                cost,
+                tokens,
+                policy,
+            } => {
+                let mut inv = self.invocation("record", &keys, now);
+                inv.arg(self.max_entries);
+                Self::push_limits(&mut inv, limits);
+                inv.arg(reservation.unwrap_or(0))
+                    .arg(hi(cost.0))
+                    .arg(lo(cost.0))
+                    .arg(hi(tokens))
+                    .arg(lo(tokens));
+                let mut reply = self.call("record", &inv).await?;
+                match status_code(&mut reply)? {
+                    0 => {}
+                    1 => return Err(StoreError::Full(self.max_entries)),
+                    2 => return Err(StoreError::UnknownReservation),
+                    c => return Err(unavailable(format!("script status {c}"))),
+                }
+                let duplicate = reply.int()? == 1;
+                let statuses = reply.statuses(limits, &[])?;
+                let alert = alert_flag(policy, &statuses, 0);
+                Ok(Outcome::Record(RecordOutcome {
+                    duplicate,
+                    statuses,
+                    alert,
+                }))
+            }
+            Op::Acquire { ttl } => {
+                let mut inv = self.invocation("acquire", &keys, now);
+                inv.arg(self.max_entries);
+                Self::push_limits(&mut inv, limits);
+                inv.arg(ttl_arg(ttl));
+                let mut reply = self.call("acquire", &inv).await?;
+                match status_code(&mut reply)? {
+                    0 => {}
+                    1 => return Err(StoreError::Full(self.max_entries)),
+                    c => return Err(unavailable(format!("script status {c}"))),
+                }
+                let acquired = reply.int()? == 1;
+                let id = reply.uint()?;
+                let expires_at = reply.instant()?;
+                let count = reply.uint()?;
+                let mut worst = None;
+                let mut exceeded = Vec::new();
+                for _ in 0..count {
+                    let subject = reply.uint()? as usize;
+                    let retry_after = reply.retry()?;
+                    let kind = LimitKind::MaxConcurrent;
+                    worst = Some(worse(
+                        worst,
+                        Denial {
+                            subject,
+                            kind,
+                            retry_after,
+                        },
+                    ));
+                    exceeded.push((subject, kind));
+                }
+                let statuses = reply
+                    .statuses(limits, &exceeded)?
+                    .into_iter()
+                    .filter(|s| s.kind == LimitKind::MaxConcurrent)
+                    .collect();
+                let lease = acquired.then_some((id, expires_at));
+                if acquired {
+                    self.saw_id(id);
+                }
+                Ok(Outcome::Acquire(
+                    AcquireOutcome {
+                        acquired,
+                        denial: worst,
+                        statuses,
+                    },
+                    lease,
+                ))
+            }
+            Op::Hit { charges } => {
+                assert_eq!(charges.len(), n, "one charge per subject");
+                let mut inv = self.invocation("hit", &keys, now);
+                inv.arg(self.max_entries);
+                Self::push_limits(&mut inv, limits);
+                for c in charges {
+                    inv.arg(hi(c.requests))
+                        .arg(lo(c.requests))
+                        .arg(hi(c.tokens))
+                        .arg(lo(c.tokens));
+                }
+                let mut reply = self.call("hit", &inv).await?;
+                match status_code(&mut reply)? {
+                    0 => {}
+                    1 => return Err(StoreError::Full(self.max_entries)),
+                    c => return Err(unavailable(format!("script status {c}"))),
+                }
+                let allowed = reply.int()? == 1;
+                let count = reply.uint()?;
+                // As hit::hit picks its denial.
+                let mut worst: Option<Denial> = None;
+                let mut exceeded = Vec::new();
+                for _ in 0..count {
+                    let subject = reply.uint()? as usize;
+                    let kind = LimitKind::WINDOWED[reply.uint()? as usize];
+                    let retry_after = reply.retry()?;
+                    let d = Denial {
+                        subject,
+                        kind,
+                        retry_after,
+                    };
+                    worst = Some(match worst {
+                        Some(w) if w.retry_after.is_none() => w,
+                        Some(w) if d.retry_after.is_some() && w.retry_after >= d.retry_after => w,
+                        _ => d,
+                    });
+                    exceeded.push((subject, kind));
+                }
+                let statuses = reply
+                    .statuses(limits, &exceeded)?
+                    .into_iter()
+                    .filter(|s| matches!(s.kind.resource(), Resource::Requests | Resource::Tokens))
+                    .collect();
+                Ok(Outcome::Hit(HitOutcome {
+                    allowed,
+                    denial: worst,
+                    statuses,
+                }))
+            }
+        }
+    }
+
+    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        // The first call names no subjects; if the lease is still indexed
+        // the script answers with its subjects' keys and the second call
+        // declares them (scripts must name the keys they write).
+        let mut keys: Vec<String> = Vec::new();
+        for _ in 0..2 {
+            let mut inv = self.invocation("release", &keys, now);
+            inv.arg(lease_id);
+            let mut reply = self.call("release", &inv).await?;
+            match status_code(&mut reply)? {
+                0 => return Ok(reply.int()? == 1),
+                3 => return Err(StoreError::UnknownLease),
+                4 => {
+                    keys.clear();
+                    while let Ok(k) = reply.string() {
+                        keys.push(k);
+                    }
+                }
+                c => return Err(unavailable(format!("script status {c}"))),
+            }
+        }
+        Err(unavailable("the lease's subjects changed during release"))
+    }
+
+    fn reservation_issued(&self, id: u64) -> bool {
+        // Advisory: ids this instance has seen. RecordUsage itself checks
+        // against the shared counter, so another replica's ids are never
+        // refused there.
+        id != 0 && id <= self.highest_id.load(Ordering::Relaxed)
+    }
+
+    async fn usage(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        let keys = [self.keys.subject(subject)];
+        let mut inv = self.invocation("usage", &keys, now);
+        Self::push_limits(&mut inv, &[limits]);
+        let mut reply = self.call("usage", &inv).await?;
+        match status_code(&mut reply)? {
+            0 => {}
+            c => return Err(unavailable(format!("script status {c}"))),
+        }
+        let statuses = reply.statuses(&[limits], &[])?;
+        let holds_count = reply.uint()?;
+        let mut holds = Vec::with_capacity(holds_count as usize);
+        for _ in 0..holds_count {
+            let id = reply.uint()?;
+            let cost = reply.amount()?;
+            let tokens = reply.amount()?;
+            let expires_at = reply.instant()?;
+            holds.push(Hold {
+                id,
+                cost,
+                tokens,
+                expires_at,
+                settled: false,
+            });
+        }
+        let leases_count = reply.uint()?;
+        let mut leases = Vec::with_capacity(leases_count as usize);
+        for _ in 0..leases_count {
+            let id = reply.uint()?;
+            let expires_at = reply.instant()?;
+            leases.push(LeaseSlot { id, expires_at });
+        }
+        Ok(UsageView {
+            statuses,
+            holds,
+            leases,
+        })
+    }
+
+    async fn sweep(&self, _table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+        // Idle subjects and expired lease entries, a batch at a time; the
+        // limits are not needed: a subject's idle instant is in the index.
+        let mut stats = SweepStats::default();
+        loop {
+            let mut inv = self.invocation("sweep", &[], now);
+            inv.arg(SWEEP_BATCH);
+            let mut reply = self.call("sweep", &inv).await?;
+            status_code(&mut reply)?;
+            let idle = reply.uint()? as usize;
+            let leases = reply.uint()? as usize;
+            stats.dropped += idle;
+            stats.subjects = reply.uint()? as usize;
+            stats.live_leases = reply.uint()? as usize;
+            if idle < SWEEP_BATCH && leases < SWEEP_BATCH {
+                break;
+            }
+        }
+        // Open reservations, for the gauge: a batch of subjects at a time,
+        // so the count is approximate while other calls run; skipped (0)
+        // past COUNT_LIMIT subjects.
+        let mut from = 0;
+        while stats.subjects <= COUNT_LIMIT {
+            let mut inv = self.invocation("count", &[], now);
+            inv.arg(from).arg(SWEEP_BATCH);
+            let mut reply = self.call("sweep", &inv).await?;
+            status_code(&mut reply)?;
+            let seen = reply.uint()? as usize;
+            stats.open_reservations += reply.uint()? as usize;
+            from += seen;
+            if seen < SWEEP_BATCH {
+                break;
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every call was acknowledged by Redis already; how durable that is
+        // is Redis's persistence configuration.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_gets_core_window_constants() {
+        let s = script_source();
+        assert!(s.contains("{ L = 1000000000, w = 16666666, a = 60, b = 40 }"));
+        assert!(s.contains("{ L = 2592000000000000, w = 43200000000000, k = 43200 }"));
+    }
+
+    #[test]
+    fn limbs_round_trip_and_saturate() {
+        for v in [0, 1, NANOS - 1, NANOS, 1_000_000_000_000_000_000, u64::MAX] {
+            assert_eq!(join(hi(v) as i64, lo(v) as i64), v);
+        }
+        assert_eq!(join(i64::MAX, 0), u64::MAX);
+    }
+
+    #[test]
+    fn bucket_expiry_matches_the_rolling_window() {
+        let kind = LimitKind::RequestsPerSecond;
+        let length = kind.window().unwrap();
+        let mut w = limits_core::RollingWindow::new();
+        let t = Nanos(1_700_000_000_123_456_789);
+        w.add(length, t, 1);
+        let index = w.buckets()[0].0;
+        assert_eq!(w.reset_at(length), Some(bucket_expiry(kind, index)));
+    }
+}

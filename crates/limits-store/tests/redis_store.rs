@@ -1,0 +1,551 @@
+//! The Redis backend beyond the shared behaviour suite: it decides exactly
+//! as the engine does (a differential run against the memory store over
+//! random operations), its money stays exact past 2^53 nano-dollars, and
+//! separate instances on one Redis share ids, windows and leases.
+
+mod common;
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+
+use limits_core::hit::Charge;
+use limits_core::{
+    Attempt, Dimension, EnforcementMode, LimitKind, NanoUsd, Nanos, Policy, Subject, SubjectLimits,
+};
+use limits_store::{MemoryStore, Op, Outcome, RedisStore, Store, StoreError, UsageView};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use common::{RedisServer, Req, T0, at, key, limits, usd, used};
+
+/// Translates the Redis store's ids into the memory store's, so outcomes
+/// can be compared whole.
+#[derive(Default)]
+struct Ids {
+    to_memory: HashMap<u64, u64>,
+}
+
+impl Ids {
+    fn pair(&mut self, memory: Option<u64>, redis: Option<u64>) {
+        assert_eq!(memory.is_some(), redis.is_some(), "one issued an id");
+        if let (Some(m), Some(r)) = (memory, redis) {
+            self.to_memory.insert(r, m);
+        }
+    }
+
+    fn map(&self, redis: u64) -> u64 {
+        *self.to_memory.get(&redis).unwrap_or(&redis)
+    }
+
+    fn outcome(&mut self, memory: &Outcome, redis: Outcome) -> Outcome {
+        match (memory, redis) {
+            (Outcome::Check(m), Outcome::Check(mut r)) => {
+                self.pair(m.reservation, r.reservation);
+                r.reservation = r.reservation.map(|id| self.map(id));
+                Outcome::Check(r)
+            }
+            (Outcome::Acquire(_, m), Outcome::Acquire(a, r)) => {
+                self.pair(m.map(|l| l.0), r.map(|l| l.0));
+                Outcome::Acquire(a, r.map(|(id, at)| (self.map(id), at)))
+            }
+            (_, r) => r,
+        }
+    }
+
+    fn usage(&self, mut v: UsageView) -> UsageView {
+        for h in &mut v.holds {
+            h.id = self.map(h.id);
+        }
+        for l in &mut v.leases {
+            l.id = self.map(l.id);
+        }
+        v
+    }
+}
+
+fn random_limits(rng: &mut StdRng) -> SubjectLimits {
+    let mut l = SubjectLimits::default();
+    for kind in LimitKind::WINDOWED {
+        if rng.random_bool(0.45) {
+            let n = match kind.resource() {
+                limits_core::Resource::Cost => rng.random_range(20..120),
+                limits_core::Resource::Tokens => rng.random_range(30..200),
+                _ => rng.random_range(2..8),
+            };
+            l.set(kind, NonZeroU64::new(n));
+        }
+    }
+    if rng.random_bool(0.4) {
+        l.set_max_concurrent(std::num::NonZeroU32::new(rng.random_range(1..4)));
+    }
+    l
+}
+
+fn pick_subjects(rng: &mut StdRng, pool: &[Subject], most: usize) -> Vec<usize> {
+    let n = rng.random_range(1..=most.min(pool.len()));
+    let mut idx: Vec<usize> = (0..pool.len()).collect();
+    for i in 0..n {
+        let j = rng.random_range(i..idx.len());
+        idx.swap(i, j);
+    }
+    idx.truncate(n);
+    idx
+}
+
+/// Random operations, the same on both stores at the same fake instants:
+/// every outcome, usage view and sweep count must be equal.
+async fn differential(seed: u64, server: &RedisServer) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let memory = MemoryStore::new(100_000);
+    let redis = server.store(100_000);
+    let mut ids = Ids::default();
+    let pool: Vec<Subject> = (0..5)
+        .map(|i| {
+            let d = Dimension::ALL[i % 3];
+            Subject::new(d, format!("s{i}-{seed}"))
+        })
+        .collect();
+    let mut lims: Vec<SubjectLimits> = pool.iter().map(|_| random_limits(&mut rng)).collect();
+    let mut reservations: Vec<(u64, u64)> = Vec::new();
+    let mut leases: Vec<(u64, u64)> = Vec::new();
+    let mut now = T0;
+    let steps = [
+        0,
+        1_000_000,
+        7_000_000,
+        100_000_000,
+        1_000_000_000,
+        17_000_000_000,
+        61_000_000_000,
+        600_000_000_000,
+        7_200_000_000_000,
+    ];
+    for step in 0..1_500 {
+        if rng.random_bool(0.3) {
+            now = now.saturating_add(Nanos(steps[rng.random_range(0..steps.len())]));
+        }
+        if rng.random_bool(0.01) {
+            // A reload: new limits for one subject, counters kept.
+            let i = rng.random_range(0..pool.len());
+            lims[i] = random_limits(&mut rng);
+        }
+        let chosen = pick_subjects(&mut rng, &pool, 3);
+        let subjects: Vec<Subject> = chosen.iter().map(|&i| pool[i].clone()).collect();
+        let sl: Vec<&SubjectLimits> = chosen.iter().map(|&i| &lims[i]).collect();
+        let mode = [
+            EnforcementMode::Block,
+            EnforcementMode::Downgrade,
+            EnforcementMode::Alert,
+            EnforcementMode::Queue,
+        ][rng.random_range(0..4)];
+        let policy = Policy {
+            mode,
+            alert_threshold_ppm: rng.random_bool(0.5).then_some(800_000),
+            ..Policy::default()
+        };
+        let attempts: Vec<Attempt> = (0..rng.random_range(1..4))
+            .map(|j| Attempt {
+                model: format!("m{j}"),
+                cost: NanoUsd(rng.random_range(0..40)),
+                tokens: rng.random_range(0..60),
+            })
+            .collect();
+        let what = rng.random_range(0..100);
+        let (m, r) = match what {
+            0..40 => {
+                let reserve_ttl = rng
+                    .random_bool(0.5)
+                    .then(|| Nanos::from_millis(rng.random_range(1..120_000)));
+                let op = Op::Check {
+                    attempts: &attempts,
+                    reserve_ttl,
+                    policy: &policy,
+                };
+                (
+                    memory.apply(&subjects, &sl, op, now).await,
+                    redis.apply(&subjects, &sl, op, now).await,
+                )
+            }
+            40..60 => {
+                let (reservation, redis_reservation) = match rng.random_range(0..4) {
+                    0 => (None, None),
+                    1 => (Some(1 << 50), Some(1 << 50)),
+                    _ if !reservations.is_empty() => {
+                        let (m, r) = reservations[rng.random_range(0..reservations.len())];
+                        (Some(m), Some(r))
+                    }
+                    _ => (None, None),
+                };
+                let cost = NanoUsd(rng.random_range(0..40));
+                let tokens = rng.random_range(0..60);
+                let op = |reservation| Op::Record {
+                    reservation,
+                    cost,
+                    tokens,
+                    policy: &policy,
+                };
+                (
+                    memory.apply(&subjects, &sl, op(reservation), now).await,
+                    redis
+                        .apply(&subjects, &sl, op(redis_reservation), now)
+                        .await,
+                )
+            }
+            60..75 => {
+                let op = Op::Acquire {
+                    ttl: Nanos::from_millis(rng.random_range(1..60_000)),
+                };
+                (
+                    memory.apply(&subjects, &sl, op, now).await,
+                    redis.apply(&subjects, &sl, op, now).await,
+                )
+            }
+            75..85 => {
+                let charges: Vec<Charge> = subjects
+                    .iter()
+                    .map(|_| Charge {
+                        requests: rng.random_range(0..3),
+                        tokens: rng.random_range(0..50),
+                    })
+                    .collect();
+                let op = Op::Hit { charges: &charges };
+                (
+                    memory.apply(&subjects, &sl, op, now).await,
+                    redis.apply(&subjects, &sl, op, now).await,
+                )
+            }
+            85..93 => {
+                let (m, r) = if leases.is_empty() || rng.random_bool(0.1) {
+                    (1 << 50, 1 << 50)
+                } else {
+                    leases[rng.random_range(0..leases.len())]
+                };
+                assert_eq!(
+                    memory.release(m, now).await,
+                    redis.release(r, now).await,
+                    "release at step {step} (seed {seed})"
+                );
+                continue;
+            }
+            93..98 => {
+                let i = rng.random_range(0..pool.len());
+                let m = memory.usage(&pool[i], &lims[i], now).await.unwrap();
+                let r = redis.usage(&pool[i], &lims[i], now).await.unwrap();
+                assert_eq!(m, ids.usage(r), "usage at step {step} (seed {seed})");
+                continue;
+            }
+            _ => {
+                let table = limits_core::LimitTable::new();
+                let m = memory.sweep(&table, now).await.unwrap();
+                let r = redis.sweep(&table, now).await.unwrap();
+                assert_eq!(
+                    (m.open_reservations, m.live_leases),
+                    (r.open_reservations, r.live_leases),
+                    "sweep at step {step} (seed {seed})"
+                );
+                continue;
+            }
+        };
+        match (&m, r) {
+            (Ok(m), Ok(r)) => {
+                let r = ids.outcome(m, r);
+                assert_eq!(m, &r, "step {step} (seed {seed})");
+                match (m, &r) {
+                    (Outcome::Check(mc), Outcome::Check(_)) => {
+                        if let Some(id) = mc.reservation {
+                            let rid = ids
+                                .to_memory
+                                .iter()
+                                .find(|&(_, &v)| v == id)
+                                .map(|(&k, _)| k)
+                                .unwrap();
+                            reservations.push((id, rid));
+                        }
+                    }
+                    (Outcome::Acquire(_, Some((id, _))), _) => {
+                        let rid = ids
+                            .to_memory
+                            .iter()
+                            .find(|&(_, v)| v == id)
+                            .map(|(&k, _)| k)
+                            .unwrap();
+                        leases.push((*id, rid));
+                    }
+                    _ => {}
+                }
+            }
+            (Err(me), Err(re)) => assert_eq!(me, &re, "step {step} (seed {seed})"),
+            (m, r) => panic!("step {step} (seed {seed}): memory {m:?}, redis {r:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn decides_exactly_as_the_engine_over_random_operations() {
+    let server = RedisServer::start();
+    for seed in 1..=4 {
+        differential(seed, &server).await;
+    }
+}
+
+/// Amounts are two limbs in Redis, so money stays exact where a double
+/// would not: a $1e9 budget (1e18 nano-dollars) and many small costs on
+/// top of a spend beyond 2^53.
+#[tokio::test]
+async fn money_stays_exact_beyond_two_to_the_fifty_three() {
+    let server = RedisServer::start();
+    let store = server.store(100);
+    let daily = LimitKind::BudgetDaily;
+    let max = 1_000_000_000_000_000_000; // $1e9
+    let l = limits(&[(daily, max)]);
+    let s = key("big");
+    let r = Req::new(&[(s.clone(), &l)]);
+    // 2^53 + 1 is the first integer a double cannot hold.
+    let base = (1u64 << 53) + 1;
+    r.record(&store, None, base, 0, T0).await.unwrap();
+    assert_eq!(used(&store, &s, &l, daily, T0).await, base);
+    // 10 000 costs of $0.000001 each (1 000 nano-dollars).
+    for _ in 0..10_000 {
+        r.record(&store, None, 1_000, 0, T0).await.unwrap();
+    }
+    assert_eq!(used(&store, &s, &l, daily, T0).await, base + 10_000_000);
+    // Fill to exactly the limit: a cost of one more nano-dollar is denied,
+    // the exact remainder fits.
+    let rest = max - base - 10_000_000;
+    let over = r.check(&store, rest + 1, 0, None, T0).await.unwrap();
+    assert!(!over.allowed);
+    let fits = r
+        .check(&store, rest, 0, Some(Nanos::MINUTE), T0)
+        .await
+        .unwrap();
+    assert!(fits.allowed, "the exact remainder fits");
+    assert_eq!(used(&store, &s, &l, daily, T0).await, max);
+    let full = r.check(&store, 0, 0, None, T0).await.unwrap();
+    assert!(!full.allowed, "a full budget denies a call of unknown cost");
+    let status = common::status(&full.statuses, daily);
+    assert_eq!((status.used, status.limit), (max, max));
+}
+
+/// Two instances on one prefix are one store: ids issued by one are known
+/// to the other, a reservation settles once whichever settles it, a lease
+/// taken on one is released on the other.
+#[tokio::test]
+async fn instances_share_ids_reservations_and_leases() {
+    let server = RedisServer::start();
+    let prefix = common::unique_prefix();
+    let a = server.store_on_prefix(&prefix, 100, true);
+    let b = server.store_on_prefix(&prefix, 100, true);
+    let l = limits(&[
+        (LimitKind::BudgetHourly, usd(10)),
+        (LimitKind::MaxConcurrent, 1),
+    ]);
+    let s = key("shared");
+    let r = Req::new(&[(s.clone(), &l)]);
+    let id = r
+        .check(&a, usd(6), 0, Some(Nanos::MINUTE), T0)
+        .await
+        .unwrap()
+        .reservation
+        .unwrap();
+    assert!(
+        !r.check(&b, usd(6), 0, None, T0).await.unwrap().allowed,
+        "b sees a's hold"
+    );
+    let first = r.record(&b, Some(id), usd(1), 0, T0).await.unwrap();
+    assert!(!first.duplicate);
+    let again = r.record(&a, Some(id), usd(1), 0, T0).await.unwrap();
+    assert!(again.duplicate, "settled once, whichever replica retries");
+    assert_eq!(used(&a, &s, &l, LimitKind::BudgetHourly, T0).await, usd(1));
+
+    let (_, lease) = r.acquire(&a, Nanos::MINUTE, T0).await.unwrap();
+    let (lease, _) = lease.unwrap();
+    assert!(!r.acquire(&b, Nanos::MINUTE, T0).await.unwrap().0.acquired);
+    assert_eq!(b.release(lease, at(1)).await, Ok(true));
+    assert_eq!(
+        a.release(lease, at(1)).await,
+        Ok(false),
+        "twice is harmless"
+    );
+    assert!(
+        r.acquire(&b, Nanos::MINUTE, at(1))
+            .await
+            .unwrap()
+            .0
+            .acquired
+    );
+    assert_eq!(
+        a.release(1 << 40, at(1)).await,
+        Err(StoreError::UnknownLease)
+    );
+}
+
+/// With Redis gone every call is `Unavailable`; when it is back (on the
+/// same port) the same store instance serves again without being rebuilt.
+#[tokio::test]
+async fn unavailable_while_redis_is_down_then_recovers() {
+    let mut server = RedisServer::start();
+    let store: RedisStore = server.store_with_clock(100, false);
+    let l = limits(&[(LimitKind::RequestsPerMinute, 5)]);
+    let r = Req::new(&[(key("k"), &l)]);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    let port = server.port;
+    server.stop();
+    let err = r.check(&store, 0, 0, None, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    let _server = RedisServer::start_on(port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match r.check(&store, 0, 0, None, T0).await {
+            Ok(out) => {
+                assert!(out.allowed);
+                break;
+            }
+            Err(StoreError::Unavailable(_)) => {
+                assert!(std::time::Instant::now() < deadline, "no recovery");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+/// `rediss://`: the client speaks TLS (rustls) to a TLS-only redis-server
+/// with a self-signed certificate made here (`#insecure` skips the
+/// certificate check, as only a test may).
+#[tokio::test]
+async fn rediss_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl makes the test certificate");
+    assert!(made.success());
+    let port = common::free_port();
+    let mut child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .args(["--tls-auth-clients", "no", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut child);
+    let store = RedisStore::open(&limits_store::RedisOptions {
+        url: format!("rediss://127.0.0.1:{port}/#insecure"),
+        key_prefix: "tls".to_owned(),
+        ..limits_store::RedisOptions::default()
+    })
+    .unwrap()
+    .with_fake_clock();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.ping().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no TLS connection");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let l = limits(&[(LimitKind::RequestsPerMinute, 1)]);
+    let r = Req::new(&[(key("tls"), &l)]);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+}
+
+/// `cluster: true`: the same operations through the cluster client on a
+/// one-node Redis Cluster holding every slot. All of a prefix's keys share
+/// one hash tag, so a request over several subjects is still one script.
+#[tokio::test]
+async fn a_redis_cluster_runs_the_same_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut child);
+    let cli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cli(&["cluster", "addslotsrange", "0", "16383"]).contains("OK") {
+        assert!(std::time::Instant::now() < deadline, "no cluster");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    while !cli(&["cluster", "info"]).contains("cluster_state:ok") {
+        assert!(std::time::Instant::now() < deadline, "cluster not ok");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let store = RedisStore::open(&limits_store::RedisOptions {
+        url: format!("redis://127.0.0.1:{port}"),
+        cluster: true,
+        key_prefix: "cluster".to_owned(),
+        ..limits_store::RedisOptions::default()
+    })
+    .unwrap()
+    .with_fake_clock();
+    let l = limits(&[
+        (LimitKind::RequestsPerMinute, 2),
+        (LimitKind::MaxConcurrent, 1),
+    ]);
+    let r = Req::new(&[
+        (key("c1"), &l),
+        (common::user("c2"), &l),
+        (common::team("c3"), &l),
+    ]);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    let (_, lease) = r.acquire(&store, Nanos::MINUTE, T0).await.unwrap();
+    assert_eq!(store.release(lease.unwrap().0, T0).await, Ok(true));
+    let view = store.usage(&key("c1"), &l, T0).await.unwrap();
+    assert_eq!(
+        common::status(&view.statuses, LimitKind::RequestsPerMinute).used,
+        2
+    );
+    // The sweep deletes keys it finds in the index (not declared in KEYS):
+    // allowed because they share the index's slot.
+    let table = limits_core::LimitTable::new();
+    let swept = store.sweep(&table, at(3_600)).await.unwrap();
+    assert_eq!((swept.dropped, swept.subjects), (3, 0));
+}
