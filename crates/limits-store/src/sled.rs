@@ -149,6 +149,9 @@ pub enum OpenError {
     },
 }
 
+/// How long opening waits for a file lock that is being released.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 impl OpenError {
     fn from_sled(path: &Path, e: ::sled::Error) -> OpenError {
         let path = path.to_owned();
@@ -223,14 +226,25 @@ impl SledStore {
         // marker afterwards.
         let existed = path.join("db").exists();
         let sled_err = |e| OpenError::from_sled(path, e);
-        let db = ::sled::Config::new()
+        let config = ::sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
             // Flushes are ours (group commit); sled's own timer would only
             // add fsyncs.
-            .flush_every_ms(None)
-            .open()
-            .map_err(sled_err)?;
+            .flush_every_ms(None);
+        // sled's background threads let go of the file lock a moment after
+        // a store of this process is dropped, so a reopen in the same
+        // process (a restart in place, a test) may find it briefly held.
+        // Another process holding it is refused after the same short wait.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open().map_err(sled_err) {
+                Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
         let tree = db.open_tree(TREE).map_err(sled_err)?;
 
         match tree.get(codec::FORMAT_KEY).map_err(sled_err)? {

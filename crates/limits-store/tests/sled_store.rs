@@ -299,7 +299,19 @@ async fn reopen_after(tamper: impl FnOnce(&sled::Tree)) -> (std::path::PathBuf, 
             .unwrap();
     }
     {
-        let db = sled::open(&path).unwrap();
+        // The dropped store's sled threads release the file lock a moment
+        // later: wait for it, with a deadline.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::open(&path) {
+                Ok(db) => break db,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("the store stayed locked: {e}"),
+            }
+        };
         tamper(&db.open_tree("limits").unwrap());
         db.flush().unwrap();
     }
