@@ -282,3 +282,39 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(cap: usize) -> MetricsSettings {
+        MetricsSettings {
+            identifier_cap: cap,
+            ..MetricsSettings::default()
+        }
+    }
+
+    #[test]
+    fn identifiers_past_the_cap_fold_into_other() {
+        let labels = Labels::new(&settings(2));
+        let none = SubjectLimits::UNLIMITED;
+        let a = labels.identifier(&Subject::new(Dimension::Team, "a"), &none);
+        let b = labels.identifier(&Subject::new(Dimension::Team, "b"), &none);
+        assert_eq!((&*a, &*b), ("team:a", "team:b"));
+        let c = labels.identifier(&Subject::new(Dimension::Team, "c"), &none);
+        assert_eq!(&*c, OTHER, "a third identifier is past the cap");
+        // Known identifiers keep their label.
+        let again = labels.identifier(&Subject::new(Dimension::Team, "a"), &none);
+        assert_eq!(&*again, "team:a");
+    }
+
+    #[test]
+    fn api_keys_are_labelled_by_alias_or_hash() {
+        let labels = Labels::new(&settings(10));
+        let key = Subject::new(Dimension::ApiKey, "sk-secret");
+        let shown = labels.identifier(&key, &SubjectLimits::UNLIMITED);
+        assert!(!shown.contains("sk-secret"));
+        let aliased = SubjectLimits::default().with_alias("prod");
+        assert_eq!(&*labels.identifier(&key, &aliased), "api_key:prod");
+    }
+}

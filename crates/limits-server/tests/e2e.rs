@@ -733,3 +733,55 @@ async fn bad_input_is_rejected_naming_the_field_and_changes_nothing() {
         "bad requests changed state"
     );
 }
+
+/// A caller that goes away while queued leaves the line and holds nothing:
+/// its place is free for the next caller, and it was never counted.
+#[tokio::test]
+async fn a_cancelled_caller_leaves_the_queue_and_holds_nothing() {
+    let d = Limitsd::start(QUEUE_SMALL);
+    let mut c = d.client().await;
+    assert!(
+        c.check_limits(check(vec![key("q-key")], 0.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    let depth = |n: u32| {
+        let line = format!("mercator_limits_queue_depth {n}");
+        let d = &d;
+        move || {
+            let line = line.clone();
+            async move { d.scrape().lines().any(|l| l == line).then_some(()) }
+        }
+    };
+
+    let queued = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.check_limits(check(vec![key("q-key")], 0.0)).await }
+    });
+    eventually("the call to queue", depth(1)).await;
+    // Dropping the call's future cancels the RPC.
+    queued.abort();
+    eventually("the cancelled call to leave the queue", depth(0)).await;
+
+    let u = c
+        .get_usage(usage_req(key("q-key")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        used(&u, pb::LimitKind::RequestsPerSecond),
+        1.0,
+        "the cancelled call was never counted"
+    );
+    // The single place in line is free again: the next caller queues and
+    // is admitted rather than finding the queue full.
+    let next = c
+        .check_limits(check(vec![key("q-key")], 0.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next.allowed, "{next:?}");
+    assert_eq!(next.action, pb::Action::Queue as i32);
+}
