@@ -147,10 +147,17 @@ fn evaluate(
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
         let held = state.held(now);
         let windows = state.windows_by_kind();
-        for (kind, limit) in lim.windowed() {
+        let limit = lim.windowed_limits();
+        // One call per kind with the kind a constant, as in `statuses`.
+        let mut test = |kind: LimitKind| {
+            let Some(limit) = limit[kind.index()] else {
+                return;
+            };
             let amount = amount_for(kind.resource(), attempt);
             let window = windows[kind.index()];
-            if let Err(retry_after) = test_limit(state, kind, limit, amount, now, window, held) {
+            if let Err(retry_after) =
+                test_limit(state, kind, limit.get(), amount, now, window, held)
+            {
                 worst = Some(worse(
                     worst,
                     Denial {
@@ -161,7 +168,15 @@ fn evaluate(
                 ));
                 exceeded.push((i, kind));
             }
-        }
+        };
+        test(LimitKind::BudgetHourly);
+        test(LimitKind::BudgetDaily);
+        test(LimitKind::BudgetMonthly);
+        test(LimitKind::RequestsPerSecond);
+        test(LimitKind::RequestsPerMinute);
+        test(LimitKind::RequestsPerHour);
+        test(LimitKind::TokensPerMinute);
+        test(LimitKind::TokensPerHour);
     }
     (worst, exceeded)
 }
@@ -200,26 +215,82 @@ pub fn statuses(
     exceeded: &[(usize, LimitKind)],
     now: Nanos,
 ) -> Vec<LimitStatus> {
-    let count = limits.iter().map(|l| l.all().count()).sum();
+    let count = limits.iter().map(|l| l.count()).sum();
     let mut out = Vec::with_capacity(count);
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
-        // Sum the holds and index the windows once per subject, not once
-        // per limit: this loop runs on every check and record.
+        // Sum the holds once per subject, not once per limit, and walk the
+        // window list (in kind order, like the limits) alongside the
+        // limits: this loop runs on every check and record.
         let held = state.held(now);
-        let windows = state.windows_by_kind();
-        for (kind, limit) in lim.all() {
-            let window = windows.get(kind.index()).copied().flatten();
+        let windows = state.windows();
+        let limit = lim.windowed_limits();
+        let mut w = 0;
+        // One call per kind with the kind a constant, so that its resource
+        // and window length fold away after inlining.
+        let mut push = |kind: LimitKind| {
+            push_windowed_status(&mut out, i, kind, limit, windows, &mut w, held, exceeded)
+        };
+        push(LimitKind::BudgetHourly);
+        push(LimitKind::BudgetDaily);
+        push(LimitKind::BudgetMonthly);
+        push(LimitKind::RequestsPerSecond);
+        push(LimitKind::RequestsPerMinute);
+        push(LimitKind::RequestsPerHour);
+        push(LimitKind::TokensPerMinute);
+        push(LimitKind::TokensPerHour);
+        if let Some(limit) = lim.get(LimitKind::MaxConcurrent) {
+            let kind = LimitKind::MaxConcurrent;
             out.push(LimitStatus {
                 subject: i,
                 kind,
                 limit,
-                used: state.used_with(kind, window, held, now),
-                reset_at: state.reset_at_with(kind, window),
-                exceeded: exceeded.contains(&(i, kind)),
+                used: state.used_with(kind, None, held, now),
+                reset_at: state.reset_at_with(kind, None),
+                exceeded: !exceeded.is_empty() && exceeded.contains(&(i, kind)),
             });
         }
     }
     out
+}
+
+/// Appends the status of one windowed limit, if the subject has it. `w` walks
+/// the window list (in kind order) forward across calls made in kind order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn push_windowed_status(
+    out: &mut Vec<LimitStatus>,
+    subject: usize,
+    kind: LimitKind,
+    limits: &[Option<std::num::NonZeroU64>; crate::limits::WINDOW_KINDS],
+    windows: &[(LimitKind, RollingWindow)],
+    w: &mut usize,
+    held: (u64, u64),
+    exceeded: &[(usize, LimitKind)],
+) {
+    let Some(limit) = limits[kind.index()] else {
+        return;
+    };
+    while *w < windows.len() && windows[*w].0 < kind {
+        *w += 1;
+    }
+    let window = match windows.get(*w) {
+        Some((k, win)) if *k == kind => Some(win),
+        _ => None,
+    };
+    let counted = window.map_or(0, RollingWindow::total);
+    let used = match kind.resource() {
+        Resource::Cost => counted.saturating_add(held.0),
+        Resource::Tokens => counted.saturating_add(held.1),
+        Resource::Requests | Resource::Leases => counted,
+    };
+    out.push(LimitStatus {
+        subject,
+        kind,
+        limit: limit.get(),
+        used,
+        reset_at: window.and_then(|w| w.reset_at(kind.window().expect("windowed kind"))),
+        exceeded: !exceeded.is_empty() && exceeded.contains(&(subject, kind)),
+    });
 }
 
 fn alert_flag(policy: &Policy, statuses: &[LimitStatus], pending_cost: u64) -> bool {

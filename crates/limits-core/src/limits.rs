@@ -226,12 +226,24 @@ impl SubjectLimits {
             .filter_map(|&k| self.windows[k.index()].map(|l| (k, l.get())))
     }
 
+    /// The windowed limits by kind index (`LimitKind::WINDOWED` order), for
+    /// the engine's hot loops.
+    pub(crate) fn windowed_limits(&self) -> &[Option<NonZeroU64>; WINDOW_KINDS] {
+        &self.windows
+    }
+
     /// Every limit this subject has, in kind order.
     pub fn all(&self) -> impl Iterator<Item = (LimitKind, u64)> + '_ {
         self.windowed().chain(
             self.max_concurrent
                 .map(|n| (LimitKind::MaxConcurrent, u64::from(n.get()))),
         )
+    }
+
+    /// How many limits this subject has: the length of [`all`](Self::all).
+    pub fn count(&self) -> usize {
+        self.windows.iter().filter(|l| l.is_some()).count()
+            + usize::from(self.max_concurrent.is_some())
     }
 
     pub fn has_budget(&self) -> bool {

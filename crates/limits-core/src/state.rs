@@ -82,35 +82,31 @@ impl SubjectState {
             .map(|(_, w)| w)
     }
 
-    fn window_mut(&mut self, kind: LimitKind) -> &mut RollingWindow {
-        let pos = match self.windows.binary_search_by_key(&kind, |(k, _)| *k) {
-            Ok(pos) => pos,
-            Err(pos) => {
-                // A subject gains a window once per limit kind: growing the
-                // list one slot at a time keeps it exact (a doubling `Vec`
-                // would hold 8 slots of 40 bytes for 5 windows).
-                self.windows.reserve_exact(1);
-                self.windows.insert(pos, (kind, RollingWindow::new()));
-                pos
-            }
-        };
-        &mut self.windows[pos].1
-    }
-
     /// Drops everything that has expired at `now`: window buckets, holds
     /// (settled or not) and leases, and windows that are empty and no longer
     /// limited. Every operation starts with this, so expiry is exact whether
     /// or not a background sweep has run.
     pub fn expire(&mut self, limits: &SubjectLimits, now: Nanos) {
+        // One pass expires the windows and notes whether any is left to
+        // drop, so the list is rewritten only then (this runs on every
+        // operation, and usually drops nothing).
+        let mut prune = false;
         for (kind, w) in &mut self.windows {
             if let Some(length) = kind.window() {
                 w.expire(length, now);
             }
+            prune |= w.is_empty() && limits.get(*kind).is_none();
         }
-        self.windows
-            .retain(|(k, w)| !w.is_empty() || limits.get(*k).is_some());
-        self.holds.retain(|h| h.expires_at > now);
-        self.leases.retain(|l| l.expires_at > now);
+        if prune {
+            self.windows
+                .retain(|(k, w)| !w.is_empty() || limits.get(*k).is_some());
+        }
+        if !self.holds.is_empty() {
+            self.holds.retain(|h| h.expires_at > now);
+        }
+        if !self.leases.is_empty() {
+            self.leases.retain(|l| l.expires_at > now);
+        }
     }
 
     /// Whether nothing is left that must be remembered: no spend, no holds,
@@ -232,17 +228,62 @@ impl SubjectState {
         if amount == 0 {
             return;
         }
-        for &kind in kinds_counting(resource) {
-            let length = kind.window().expect("windowed kind");
-            // One search finds the window or where a newly limited one goes.
-            match self.windows.binary_search_by_key(&kind, |(k, _)| *k) {
-                Ok(pos) => self.windows[pos].1.add(length, now, amount),
-                Err(_) if limits.get(kind).is_some() => {
-                    self.window_mut(kind).add(length, now, amount);
-                }
-                Err(_) => {}
+        // Each arm names its kinds as constants, so that after inlining each
+        // kind's window length (and the bucket width derived from it) is a
+        // constant: no division by a runtime width when a bucket is opened.
+        let [k0, k1, k2] = match resource {
+            Resource::Cost => COST_KINDS,
+            Resource::Requests => REQUEST_KINDS,
+            Resource::Tokens => {
+                let [k0, k1] = TOKEN_KINDS;
+                let mut pos = self.position_from(k0);
+                self.charge_kind(&mut pos, k0, limits, now, amount);
+                self.charge_kind(&mut pos, k1, limits, now, amount);
+                return;
             }
+            Resource::Leases => return,
+        };
+        let mut pos = self.position_from(k0);
+        self.charge_kind(&mut pos, k0, limits, now, amount);
+        self.charge_kind(&mut pos, k1, limits, now, amount);
+        self.charge_kind(&mut pos, k2, limits, now, amount);
+    }
+
+    /// Where the first window of `kind` or a later kind is in the list.
+    #[inline(always)]
+    fn position_from(&self, kind: LimitKind) -> usize {
+        self.windows
+            .iter()
+            .position(|(k, _)| *k >= kind)
+            .unwrap_or(self.windows.len())
+    }
+
+    /// Charges one kind, with `pos` at its window or where it would go. The
+    /// kinds of a resource are consecutive and the list is in kind order, so
+    /// one forward walk serves all of them, without a search per kind.
+    #[inline(always)]
+    fn charge_kind(
+        &mut self,
+        pos: &mut usize,
+        kind: LimitKind,
+        limits: &SubjectLimits,
+        now: Nanos,
+        amount: u64,
+    ) {
+        let length = kind.window().expect("windowed kind");
+        match self.windows.get_mut(*pos) {
+            Some((k, w)) if *k == kind => w.add(length, now, amount),
+            _ if limits.get(kind).is_some() => {
+                // A subject gains a window once per limit kind: growing the
+                // list one slot at a time keeps it exact (a doubling `Vec`
+                // would hold 8 slots of 40 bytes for 5 windows).
+                self.windows.reserve_exact(1);
+                self.windows.insert(*pos, (kind, RollingWindow::new()));
+                self.windows[*pos].1.add(length, now, amount);
+            }
+            _ => return,
         }
+        *pos += 1;
     }
 
     pub(crate) fn push_hold(&mut self, hold: Hold) {
@@ -282,21 +323,26 @@ impl SubjectState {
 // Keep the per-kind array size and the window list in step.
 const _: () = assert!(WINDOW_KINDS == LimitKind::WINDOWED.len());
 
+const COST_KINDS: [LimitKind; 3] = [
+    LimitKind::BudgetHourly,
+    LimitKind::BudgetDaily,
+    LimitKind::BudgetMonthly,
+];
+const REQUEST_KINDS: [LimitKind; 3] = [
+    LimitKind::RequestsPerSecond,
+    LimitKind::RequestsPerMinute,
+    LimitKind::RequestsPerHour,
+];
+const TOKEN_KINDS: [LimitKind; 2] = [LimitKind::TokensPerMinute, LimitKind::TokensPerHour];
+
 /// The windowed kinds that count a resource, so that charging one resource
 /// does not walk every kind (it showed in profiles of check).
+#[cfg(test)]
 fn kinds_counting(resource: Resource) -> &'static [LimitKind] {
     match resource {
-        Resource::Cost => &[
-            LimitKind::BudgetHourly,
-            LimitKind::BudgetDaily,
-            LimitKind::BudgetMonthly,
-        ],
-        Resource::Requests => &[
-            LimitKind::RequestsPerSecond,
-            LimitKind::RequestsPerMinute,
-            LimitKind::RequestsPerHour,
-        ],
-        Resource::Tokens => &[LimitKind::TokensPerMinute, LimitKind::TokensPerHour],
+        Resource::Cost => &COST_KINDS,
+        Resource::Requests => &REQUEST_KINDS,
+        Resource::Tokens => &TOKEN_KINDS,
         Resource::Leases => &[],
     }
 }

@@ -69,26 +69,37 @@ impl RollingWindow {
     }
 
     /// Drops the buckets that have expired at `now`.
+    #[inline]
     pub fn expire(&mut self, length: Nanos, now: Nanos) {
-        let gone = self
-            .buckets
+        // Most calls find nothing expired: test the oldest bucket alone,
+        // inline in the caller, before scanning out of line.
+        if let Some(&(i, _)) = self.buckets.first()
+            && Self::expiry(i, length) <= now
+        {
+            self.expire_from_oldest(length, now);
+        }
+    }
+
+    /// [`expire`](Self::expire) once the oldest bucket is known to have
+    /// expired.
+    #[inline(never)]
+    fn expire_from_oldest(&mut self, length: Nanos, now: Nanos) {
+        let gone = 1 + self.buckets[1..]
             .iter()
             .take_while(|&&(i, _)| Self::expiry(i, length) <= now)
             .count();
-        if gone > 0 {
-            for &(_, a) in &self.buckets[..gone] {
-                self.total = self.total.saturating_sub(a);
-            }
-            self.buckets.drain(..gone);
-            if self.buckets.is_empty() {
-                // Saturation can leave a remainder; an empty window is zero.
-                self.total = 0;
-                // A short window of a sparse subject empties and refills on
-                // almost every request: keeping one small allocation avoids
-                // a free and a malloc each time (which showed in profiles).
-                // A larger one, left by a burst, is given back.
-                self.buckets.shrink_to(KEEP_WHEN_EMPTY);
-            }
+        for &(_, a) in &self.buckets[..gone] {
+            self.total = self.total.saturating_sub(a);
+        }
+        self.buckets.drain(..gone);
+        if self.buckets.is_empty() {
+            // Saturation can leave a remainder; an empty window is zero.
+            self.total = 0;
+            // A short window of a sparse subject empties and refills on
+            // almost every request: keeping one small allocation avoids
+            // a free and a malloc each time (which showed in profiles).
+            // A larger one, left by a burst, is given back.
+            self.buckets.shrink_to(KEEP_WHEN_EMPTY);
         }
     }
 
