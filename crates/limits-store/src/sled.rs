@@ -398,6 +398,18 @@ impl SledStore {
         self.inner.journal().group.flushes.load(Ordering::Relaxed)
     }
 
+    /// Makes every flush fail as a full disk would, until turned off: lets
+    /// tests prove that a write error reaches the caller as
+    /// [`StoreError::Unavailable`] rather than as a silent success.
+    #[doc(hidden)]
+    pub fn fail_flushes(&self, on: bool) {
+        self.inner
+            .journal()
+            .group
+            .fail_flushes
+            .store(on, Ordering::Relaxed);
+    }
+
     /// Writes and flushes that failed since open; each failed a call with
     /// [`StoreError::Unavailable`].
     pub fn write_errors(&self) -> u64 {
@@ -655,6 +667,8 @@ struct Group {
     interval: Duration,
     flushes: AtomicU64,
     write_errors: AtomicU64,
+    /// Test hook: make every flush fail as a full disk would.
+    fail_flushes: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -682,6 +696,7 @@ impl Group {
             interval,
             flushes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            fail_flushes: AtomicBool::new(false),
         }
     }
 
@@ -778,7 +793,15 @@ impl Group {
 
     fn flush(&self, db: &Db, path: &Path) -> Result<(), StoreError> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        db.flush().map(drop).map_err(|e| {
+        let result = if self.fail_flushes.load(Ordering::Relaxed) {
+            Err(::sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            )))
+        } else {
+            db.flush().map(drop)
+        };
+        result.map_err(|e| {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
             StoreError::Unavailable(format!("flushing the store at {}: {e}", path.display()))
         })

@@ -488,3 +488,21 @@ async fn api_keys_never_reach_debug_output_or_open_errors() {
     assert!(!err.to_string().contains(SECRET), "{err}");
     assert!(err.to_string().contains("api_key subject"), "{err}");
 }
+
+/// A write the disk refuses (here a flush failing as a full disk would)
+/// reaches the caller as `Unavailable`, never as a silent success, and is
+/// counted; service resumes once the disk takes writes again.
+#[tokio::test]
+async fn a_failed_flush_is_unavailable_not_a_silent_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_sled(dir.path(), ROOMY, T0);
+    let l = limits(&[(LimitKind::BudgetDaily, usd(10))]);
+    let r = Req::new(&[(key("k"), &l)]);
+    store.fail_flushes(true);
+    let err = r.record(&store, None, usd(1), 0, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(store.write_errors() >= 1);
+    store.fail_flushes(false);
+    r.record(&store, None, usd(1), 0, T0).await.unwrap();
+}
