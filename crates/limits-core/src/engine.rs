@@ -93,8 +93,10 @@ fn amount_for(resource: Resource, attempt: &Attempt) -> u64 {
     }
 }
 
-/// Keeps the denial that takes longest to clear: one that never clears wins.
-fn worse(a: Option<Denial>, b: Denial) -> Denial {
+/// Keeps the denial that takes longest to clear: one that never clears wins;
+/// on a tie the first stays. Every backend and operation picks the deciding
+/// denial with this, so they all name the same limit.
+pub fn worse(a: Option<Denial>, b: Denial) -> Denial {
     match a {
         None => b,
         Some(a) => match (a.retry_after, b.retry_after) {
@@ -114,7 +116,7 @@ fn worse(a: Option<Denial>, b: Denial) -> Denial {
 /// Tests one windowed limit against an amount: the request fits when the
 /// limit has room for it, and a request of nothing still needs the window not
 /// to be full (so an exhausted budget blocks calls of unknown cost).
-fn test_limit(
+pub(crate) fn test_limit(
     state: &SubjectState,
     kind: LimitKind,
     limit: u64,

@@ -10,8 +10,8 @@
 //! of zero asks without charging: it is denied only by a limit that is
 //! already full.
 
-use crate::engine::{Denial, statuses};
-use crate::limits::{LimitKind, LimitStatus, Resource, SubjectLimits};
+use crate::engine::{Denial, statuses, test_limit, worse};
+use crate::limits::{LimitStatus, Resource, SubjectLimits};
 use crate::state::SubjectState;
 use crate::time::Nanos;
 
@@ -31,24 +31,6 @@ pub struct HitOutcome {
     pub denial: Option<Denial>,
     /// The request and token limits of every subject after the hit.
     pub statuses: Vec<LimitStatus>,
-}
-
-fn fits(
-    state: &SubjectState,
-    kind: LimitKind,
-    limit: u64,
-    amount: u64,
-    now: Nanos,
-) -> Result<(), Option<Nanos>> {
-    let amount = amount.max(1);
-    let used = state.used(kind, now);
-    if used.saturating_add(amount) <= limit {
-        return Ok(());
-    }
-    if amount > limit {
-        return Err(None);
-    }
-    Err(state.time_until_freed(kind, now, used.saturating_add(amount) - limit))
 }
 
 /// Charges each subject its [`Charge`]; see the module documentation.
@@ -71,17 +53,16 @@ pub fn hit(
                 Resource::Tokens => charge.tokens,
                 Resource::Cost | Resource::Leases => continue,
             };
-            if let Err(retry_after) = fits(state, kind, limit, amount, now) {
-                let d = Denial {
-                    subject: i,
-                    kind,
-                    retry_after,
-                };
-                worst = Some(match worst {
-                    Some(w) if w.retry_after.is_none() => w,
-                    Some(w) if d.retry_after.is_some() && w.retry_after >= d.retry_after => w,
-                    _ => d,
-                });
+            let (window, held) = (state.window(kind), state.held(now));
+            if let Err(retry_after) = test_limit(state, kind, limit, amount, now, window, held) {
+                worst = Some(worse(
+                    worst,
+                    Denial {
+                        subject: i,
+                        kind,
+                        retry_after,
+                    },
+                ));
                 exceeded.push((i, kind));
             }
         }
@@ -109,6 +90,7 @@ mod tests {
     use std::num::NonZeroU64;
 
     use super::*;
+    use crate::limits::LimitKind;
 
     fn nz(n: u64) -> NonZeroU64 {
         NonZeroU64::new(n).unwrap()

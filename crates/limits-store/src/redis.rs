@@ -71,7 +71,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use limits_core::engine::{AcquireOutcome, CheckOutcome, Denial, RecordOutcome};
+use limits_core::engine::{AcquireOutcome, CheckOutcome, Denial, RecordOutcome, worse};
 use limits_core::hit::HitOutcome;
 use limits_core::{
     Action, BUCKETS, EnforcementMode, Hold, LeaseSlot, LimitKind, LimitStatus, LimitTable, Nanos,
@@ -367,25 +367,6 @@ impl Reply {
             }
         }
         Ok(out)
-    }
-}
-
-/// engine's `worse`: the denial that takes longest to clear, one that never
-/// clears winning; on a tie the first stays.
-fn worse(a: Option<Denial>, b: Denial) -> Denial {
-    match a {
-        None => b,
-        Some(a) => match (a.retry_after, b.retry_after) {
-            (None, _) => a,
-            (_, None) => b,
-            (Some(x), Some(y)) => {
-                if y > x {
-                    b
-                } else {
-                    a
-                }
-            }
-        },
     }
 }
 
