@@ -575,7 +575,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         if action != Action::Allow {
             let who = outcome.denial.map_or(0, |d| d.subject);
             let id = self.shared.labels.identifier(&subjects[who], limits[who]);
-            metrics::counter!(m::ENFORCEMENT_ACTIONS, "identifier" => id.to_string(), "action" => action.as_str())
+            metrics::counter!(m::ENFORCEMENT_ACTIONS, "identifier" => id.clone(), "action" => action.as_str())
                 .increment(1);
         }
         let message = pb::CheckLimitsResponse {
@@ -725,10 +725,9 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 .shared
                 .labels
                 .identifier(&subjects[s.subject], limits[s.subject]);
-            metrics::gauge!(m::CONCURRENT_REQUESTS, "identifier" => id.to_string())
-                .set(s.used as f64);
+            metrics::gauge!(m::CONCURRENT_REQUESTS, "identifier" => id.clone()).set(s.used as f64);
             if s.exceeded {
-                metrics::counter!(m::RATE_LIMIT_HITS, "identifier" => id.to_string(), "limit_type" => s.kind.name())
+                metrics::counter!(m::RATE_LIMIT_HITS, "identifier" => id.clone(), "limit_type" => s.kind.name())
                     .increment(1);
             }
         }
