@@ -118,7 +118,6 @@ fn main() {
     let busy = busy_subject();
     let buckets: Vec<_> = busy
         .windows()
-        .iter()
         .map(|(k, w)| format!("{}={}", k.name(), w.buckets().len()))
         .collect();
     println!(

@@ -10,7 +10,7 @@ use crate::limits::{LimitKind, LimitStatus, Resource, SubjectLimits};
 use crate::money::NanoUsd;
 use crate::state::{Hold, LeaseSlot, SubjectState};
 use crate::time::Nanos;
-use crate::window::RollingWindow;
+use crate::window::WindowRef;
 
 /// The limit that stopped (or, in alert mode, would have stopped) a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub(crate) fn test_limit(
     limit: u64,
     amount: u64,
     now: Nanos,
-    window: Option<&RollingWindow>,
+    window: Option<WindowRef<'_>>,
     held: (u64, u64),
 ) -> Result<(), Option<Nanos>> {
     let amount = amount.max(1);
@@ -224,13 +224,12 @@ pub fn statuses(
         // window list (in kind order, like the limits) alongside the
         // limits: this loop runs on every check and record.
         let held = state.held(now);
-        let windows = state.windows();
+        let windows = state.windows_by_kind();
         let limit = lim.windowed_limits();
-        let mut w = 0;
         // One call per kind with the kind a constant, so that its resource
         // and window length fold away after inlining.
         let mut push = |kind: LimitKind| {
-            push_windowed_status(&mut out, i, kind, limit, windows, &mut w, held, exceeded)
+            push_windowed_status(&mut out, i, kind, limit, &windows, held, exceeded)
         };
         push(LimitKind::BudgetHourly);
         push(LimitKind::BudgetDaily);
@@ -255,31 +254,22 @@ pub fn statuses(
     out
 }
 
-/// Appends the status of one windowed limit, if the subject has it. `w` walks
-/// the window list (in kind order) forward across calls made in kind order.
+/// Appends the status of one windowed limit, if the subject has it.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn push_windowed_status(
     out: &mut Vec<LimitStatus>,
     subject: usize,
     kind: LimitKind,
     limits: &[Option<std::num::NonZeroU64>; crate::limits::WINDOW_KINDS],
-    windows: &[(LimitKind, RollingWindow)],
-    w: &mut usize,
+    windows: &[Option<WindowRef<'_>>; crate::limits::WINDOW_KINDS],
     held: (u64, u64),
     exceeded: &[(usize, LimitKind)],
 ) {
     let Some(limit) = limits[kind.index()] else {
         return;
     };
-    while *w < windows.len() && windows[*w].0 < kind {
-        *w += 1;
-    }
-    let window = match windows.get(*w) {
-        Some((k, win)) if *k == kind => Some(win),
-        _ => None,
-    };
-    let counted = window.map_or(0, RollingWindow::total);
+    let window = windows[kind.index()];
+    let counted = window.map_or(0, |w| w.total());
     let used = match kind.resource() {
         Resource::Cost => counted.saturating_add(held.0),
         Resource::Tokens => counted.saturating_add(held.1),

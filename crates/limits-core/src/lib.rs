@@ -17,6 +17,7 @@ pub mod money;
 pub mod state;
 pub mod time;
 pub mod window;
+mod window_set;
 
 pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
 pub use engine::{
@@ -27,4 +28,5 @@ pub use limits::{Dimension, LimitKind, LimitStatus, LimitTable, Resource, Subjec
 pub use money::{MoneyError, NanoUsd};
 pub use state::{Hold, LeaseSlot, SubjectState};
 pub use time::Nanos;
-pub use window::{BUCKETS, RollingWindow};
+pub use window::{BUCKETS, RollingWindow, WindowRef};
+pub use window_set::Windows;

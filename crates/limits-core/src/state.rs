@@ -3,7 +3,8 @@
 
 use crate::limits::{LimitKind, Resource, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
-use crate::window::RollingWindow;
+use crate::window::{RollingWindow, WindowRef};
+use crate::window_set::{WindowSet, Windows};
 
 /// An estimate held against a subject's budgets and token limits by a
 /// reserved check, until it is settled or expires.
@@ -37,8 +38,9 @@ pub struct LeaseSlot {
 /// kinds the subject has (or had) limits for; an idle subject is empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubjectState {
-    /// Window counters, at most one per windowed kind, in kind order.
-    windows: Vec<(LimitKind, RollingWindow)>,
+    /// Window counters, at most one per windowed kind, in a fixed storage order, all
+    /// in one buffer.
+    windows: WindowSet,
     holds: Vec<Hold>,
     leases: Vec<LeaseSlot>,
 }
@@ -49,22 +51,23 @@ impl SubjectState {
     }
 
     /// Rebuilds state from its parts, e.g. when a store decodes it.
+    /// Windows of a kind given twice keep the first; the concurrency kind,
+    /// which has no window, is ignored.
     pub fn from_parts(
-        mut windows: Vec<(LimitKind, RollingWindow)>,
+        windows: Vec<(LimitKind, RollingWindow)>,
         holds: Vec<Hold>,
         leases: Vec<LeaseSlot>,
     ) -> SubjectState {
-        windows.sort_by_key(|(k, _)| *k);
-        windows.dedup_by_key(|(k, _)| *k);
         SubjectState {
-            windows,
+            windows: WindowSet::from_windows(windows.iter().map(|(k, w)| (*k, w.buckets()))),
             holds,
             leases,
         }
     }
 
-    pub fn windows(&self) -> &[(LimitKind, RollingWindow)] {
-        &self.windows
+    /// The window counters, in a fixed order (not kind order: see `window_set`).
+    pub fn windows(&self) -> Windows<'_> {
+        self.windows.iter()
     }
 
     pub fn holds(&self) -> &[Hold] {
@@ -75,11 +78,8 @@ impl SubjectState {
         &self.leases
     }
 
-    pub fn window(&self, kind: LimitKind) -> Option<&RollingWindow> {
-        self.windows
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, w)| w)
+    pub fn window(&self, kind: LimitKind) -> Option<WindowRef<'_>> {
+        self.windows.get(kind)
     }
 
     /// Drops everything that has expired at `now`: window buckets, holds
@@ -87,20 +87,7 @@ impl SubjectState {
     /// limited. Every operation starts with this, so expiry is exact whether
     /// or not a background sweep has run.
     pub fn expire(&mut self, limits: &SubjectLimits, now: Nanos) {
-        // One pass expires the windows and notes whether any is left to
-        // drop, so the list is rewritten only then (this runs on every
-        // operation, and usually drops nothing).
-        let mut prune = false;
-        for (kind, w) in &mut self.windows {
-            if let Some(length) = kind.window() {
-                w.expire(length, now);
-            }
-            prune |= w.is_empty() && limits.get(*kind).is_none();
-        }
-        if prune {
-            self.windows
-                .retain(|(k, w)| !w.is_empty() || limits.get(*k).is_some());
-        }
+        self.windows.expire(limits, now);
         if !self.holds.is_empty() {
             self.holds.retain(|h| h.expires_at > now);
         }
@@ -112,9 +99,7 @@ impl SubjectState {
     /// Whether nothing is left that must be remembered: no spend, no holds,
     /// no leases. Such a subject may be dropped by a store.
     pub fn is_idle(&self) -> bool {
-        self.windows.iter().all(|(_, w)| w.is_empty())
-            && self.holds.is_empty()
-            && self.leases.is_empty()
+        self.windows.is_idle() && self.holds.is_empty() && self.leases.is_empty()
     }
 
     /// What a window holds, including open holds for cost and token windows.
@@ -124,12 +109,8 @@ impl SubjectState {
 
     /// The windows indexed by kind, so that a caller reading every limit
     /// finds each window without searching the list again.
-    pub(crate) fn windows_by_kind(&self) -> [Option<&RollingWindow>; WINDOW_KINDS] {
-        let mut out = [None; WINDOW_KINDS];
-        for (kind, w) in &self.windows {
-            out[kind.index()] = Some(w);
-        }
-        out
+    pub(crate) fn windows_by_kind(&self) -> [Option<WindowRef<'_>>; WINDOW_KINDS] {
+        self.windows.by_kind()
     }
 
     /// [`used`](Self::used) given the kind's window (from
@@ -138,11 +119,11 @@ impl SubjectState {
     pub(crate) fn used_with(
         &self,
         kind: LimitKind,
-        window: Option<&RollingWindow>,
+        window: Option<WindowRef<'_>>,
         held: (u64, u64),
         now: Nanos,
     ) -> u64 {
-        let counted = window.map_or(0, RollingWindow::total);
+        let counted = window.map_or(0, |w| w.total());
         let held = match kind.resource() {
             Resource::Cost => held.0,
             Resource::Tokens => held.1,
@@ -175,7 +156,7 @@ impl SubjectState {
     pub(crate) fn reset_at_with(
         &self,
         kind: LimitKind,
-        window: Option<&RollingWindow>,
+        window: Option<WindowRef<'_>>,
     ) -> Option<Nanos> {
         match kind.window() {
             Some(length) => window.and_then(|w| w.reset_at(length)),
@@ -236,54 +217,17 @@ impl SubjectState {
             Resource::Requests => REQUEST_KINDS,
             Resource::Tokens => {
                 let [k0, k1] = TOKEN_KINDS;
-                let mut pos = self.position_from(k0);
-                self.charge_kind(&mut pos, k0, limits, now, amount);
-                self.charge_kind(&mut pos, k1, limits, now, amount);
+                let mut pos = self.windows.position_from(k0);
+                self.windows.add(&mut pos, k0, limits, now, amount);
+                self.windows.add(&mut pos, k1, limits, now, amount);
                 return;
             }
             Resource::Leases => return,
         };
-        let mut pos = self.position_from(k0);
-        self.charge_kind(&mut pos, k0, limits, now, amount);
-        self.charge_kind(&mut pos, k1, limits, now, amount);
-        self.charge_kind(&mut pos, k2, limits, now, amount);
-    }
-
-    /// Where the first window of `kind` or a later kind is in the list.
-    #[inline(always)]
-    fn position_from(&self, kind: LimitKind) -> usize {
-        self.windows
-            .iter()
-            .position(|(k, _)| *k >= kind)
-            .unwrap_or(self.windows.len())
-    }
-
-    /// Charges one kind, with `pos` at its window or where it would go. The
-    /// kinds of a resource are consecutive and the list is in kind order, so
-    /// one forward walk serves all of them, without a search per kind.
-    #[inline(always)]
-    fn charge_kind(
-        &mut self,
-        pos: &mut usize,
-        kind: LimitKind,
-        limits: &SubjectLimits,
-        now: Nanos,
-        amount: u64,
-    ) {
-        let length = kind.window().expect("windowed kind");
-        match self.windows.get_mut(*pos) {
-            Some((k, w)) if *k == kind => w.add(length, now, amount),
-            _ if limits.get(kind).is_some() => {
-                // A subject gains a window once per limit kind: growing the
-                // list one slot at a time keeps it exact (a doubling `Vec`
-                // would hold 8 slots of 40 bytes for 5 windows).
-                self.windows.reserve_exact(1);
-                self.windows.insert(*pos, (kind, RollingWindow::new()));
-                self.windows[*pos].1.add(length, now, amount);
-            }
-            _ => return,
-        }
-        *pos += 1;
+        let mut pos = self.windows.position_from(k0);
+        self.windows.add(&mut pos, k0, limits, now, amount);
+        self.windows.add(&mut pos, k1, limits, now, amount);
+        self.windows.add(&mut pos, k2, limits, now, amount);
     }
 
     pub(crate) fn push_hold(&mut self, hold: Hold) {
@@ -309,12 +253,7 @@ impl SubjectState {
     /// Approximate bytes this state occupies, inline and on the heap.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.windows.capacity() * std::mem::size_of::<(LimitKind, RollingWindow)>()
-            + self
-                .windows
-                .iter()
-                .map(|(_, w)| w.heap_bytes())
-                .sum::<usize>()
+            + self.windows.heap_bytes()
             + self.holds.capacity() * std::mem::size_of::<Hold>()
             + self.leases.capacity() * std::mem::size_of::<LeaseSlot>()
     }
@@ -323,17 +262,19 @@ impl SubjectState {
 // Keep the per-kind array size and the window list in step.
 const _: () = assert!(WINDOW_KINDS == LimitKind::WINDOWED.len());
 
+// The kinds of each resource in storage order, so that charging one
+// resource is one forward walk over the window buffer.
 const COST_KINDS: [LimitKind; 3] = [
-    LimitKind::BudgetHourly,
-    LimitKind::BudgetDaily,
     LimitKind::BudgetMonthly,
+    LimitKind::BudgetDaily,
+    LimitKind::BudgetHourly,
 ];
 const REQUEST_KINDS: [LimitKind; 3] = [
-    LimitKind::RequestsPerSecond,
-    LimitKind::RequestsPerMinute,
     LimitKind::RequestsPerHour,
+    LimitKind::RequestsPerMinute,
+    LimitKind::RequestsPerSecond,
 ];
-const TOKEN_KINDS: [LimitKind; 2] = [LimitKind::TokensPerMinute, LimitKind::TokensPerHour];
+const TOKEN_KINDS: [LimitKind; 2] = [LimitKind::TokensPerHour, LimitKind::TokensPerMinute];
 
 /// The windowed kinds that count a resource, so that charging one resource
 /// does not walk every kind (it showed in profiles of check).
@@ -352,6 +293,7 @@ mod tests {
     use std::num::NonZeroU64;
 
     use super::*;
+    use crate::window_set::STORAGE_ORDER;
 
     /// A whole number of hours, so bucket boundaries fall on `T`.
     const T: Nanos = Nanos(280_000 * 3_600 * 1_000_000_000);
@@ -383,7 +325,7 @@ mod tests {
         let mut s = SubjectState::new();
         s.charge(&lim, Resource::Tokens, T, 7);
         s.charge(&lim, Resource::Cost, T, 7);
-        let kinds: Vec<_> = s.windows().iter().map(|(k, _)| *k).collect();
+        let kinds: Vec<_> = s.windows().map(|(k, _)| k).collect();
         assert_eq!(kinds, [LimitKind::TokensPerMinute]);
         // A window whose limit was removed keeps counting until it empties,
         // so a limit put back by a reload sees the recent usage.
@@ -402,15 +344,15 @@ mod tests {
         let later = T.saturating_add(Nanos::from_secs(2));
         s.expire(&lim, later);
         // The per-second window is empty but still limited: it stays.
-        assert_eq!(s.windows().len(), 2);
+        assert_eq!(s.windows().count(), 2);
         s.expire(&SubjectLimits::default(), later);
-        let kinds: Vec<_> = s.windows().iter().map(|(k, _)| *k).collect();
+        let kinds: Vec<_> = s.windows().map(|(k, _)| k).collect();
         assert_eq!(kinds, [LimitKind::RequestsPerHour]);
         s.expire(
             &SubjectLimits::default(),
             T.saturating_add(Nanos::from_secs(7_200)),
         );
-        assert!(s.windows().is_empty() && s.is_idle());
+        assert!(s.windows().next().is_none() && s.is_idle());
     }
 
     #[test]
@@ -470,7 +412,7 @@ mod tests {
             Vec::new(),
             Vec::new(),
         );
-        let kinds: Vec<_> = s.windows().iter().map(|(k, w)| (*k, w.total())).collect();
+        let kinds: Vec<_> = s.windows().map(|(k, w)| (k, w.total())).collect();
         assert_eq!(
             kinds,
             [(LimitKind::BudgetHourly, 2), (LimitKind::TokensPerHour, 1)]
@@ -489,16 +431,15 @@ mod tests {
         s.charge(&lim, Resource::Requests, T, 1);
         s.charge(&lim, Resource::Cost, T, 1);
         s.charge(&lim, Resource::Tokens, T, 1);
-        assert_eq!(s.windows().len(), 5);
-        let entry = std::mem::size_of::<(LimitKind, RollingWindow)>();
-        let small = 4 * std::mem::size_of::<(u64, u64)>();
-        // The window list holds exactly five entries, each window one small
-        // buffer.
-        let fresh = std::mem::size_of::<SubjectState>() + 5 * entry + 5 * small;
+        assert_eq!(s.windows().count(), 5);
+        // Five windows of one bucket each are ten 16-byte entries in one
+        // buffer; growth by a quarter leaves little slack.
+        let entry = std::mem::size_of::<(u64, u64)>();
+        let fresh = std::mem::size_of::<SubjectState>() + 14 * entry;
         assert!(s.memory_bytes() <= fresh, "{} > {fresh}", s.memory_bytes());
 
         // A burst grows the per-minute windows to 60 buckets; once it has
-        // expired, each keeps only a small buffer, not the burst's.
+        // expired, the buffer is given back down to a small one.
         for i in 0..60 {
             let t = T.saturating_add(Nanos::from_secs(i));
             s.charge(&lim, Resource::Requests, t, 1);
@@ -506,7 +447,7 @@ mod tests {
         }
         assert!(s.memory_bytes() > fresh);
         s.expire(&lim, T.saturating_add(Nanos(31 * Nanos::DAY.0)));
-        assert!(s.windows().iter().all(|(_, w)| w.is_empty()));
+        assert!(s.windows().all(|(_, w)| w.is_empty()));
         assert!(s.memory_bytes() <= fresh, "{} > {fresh}", s.memory_bytes());
     }
 
@@ -518,7 +459,7 @@ mod tests {
             Resource::Tokens,
             Resource::Leases,
         ] {
-            let expected: Vec<_> = LimitKind::WINDOWED
+            let expected: Vec<_> = STORAGE_ORDER
                 .into_iter()
                 .filter(|k| k.resource() == resource)
                 .collect();

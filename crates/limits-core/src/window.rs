@@ -18,6 +18,10 @@ pub const BUCKETS: u64 = 60;
 
 /// A rolling-window sum. The window's length is not stored: it is a property
 /// of the limit kind, passed to each call, so state stays small.
+///
+/// This is the window on its own; a [`SubjectState`](crate::SubjectState)
+/// keeps all of a subject's windows packed in one buffer and lends them out
+/// as [`WindowRef`]s. Both share the bucket arithmetic below.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RollingWindow {
     /// Non-empty buckets, oldest first: `(bucket index, amount)`.
@@ -26,13 +30,134 @@ pub struct RollingWindow {
     total: u64,
 }
 
+/// A read-only view of one window: its buckets (oldest first) and their sum.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct WindowRef<'a> {
+    buckets: &'a [(u64, u64)],
+    total: u64,
+}
+
 /// Bucket slots an emptied window keeps allocated (the smallest allocation
 /// a `Vec` of buckets makes when it first grows).
 const KEEP_WHEN_EMPTY: usize = 4;
 
-const fn bucket_width(length: Nanos) -> u64 {
-    let w = length.0 / BUCKETS;
-    if w == 0 { 1 } else { w }
+/// A window's length and its bucket width, in nanoseconds. Computing the
+/// width divides; callers that know the kind at compile time, or look it up
+/// in a table, avoid the division.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    length: u64,
+    width: u64,
+}
+
+impl Span {
+    pub(crate) const fn of(length: Nanos) -> Span {
+        let w = length.0 / BUCKETS;
+        Span {
+            length: length.0,
+            width: if w == 0 { 1 } else { w },
+        }
+    }
+
+    /// When the amounts of bucket `index` leave the window.
+    #[inline(always)]
+    pub(crate) fn expiry(self, index: u64) -> Nanos {
+        Nanos(
+            index
+                .saturating_add(1)
+                .saturating_mul(self.width)
+                .saturating_add(self.length),
+        )
+    }
+
+    /// How many of `buckets` (oldest first) have expired at `now`. Most
+    /// calls find nothing expired: the oldest bucket is tested inline in the
+    /// caller, the scan is out of line.
+    #[inline(always)]
+    pub(crate) fn expired_count(self, buckets: &[(u64, u64)], now: Nanos) -> usize {
+        match buckets.first() {
+            Some(&(i, _)) if self.expiry(i) <= now => self.expired_count_from_oldest(buckets, now),
+            _ => 0,
+        }
+    }
+
+    #[inline(never)]
+    fn expired_count_from_oldest(self, buckets: &[(u64, u64)], now: Nanos) -> usize {
+        1 + buckets[1..]
+            .iter()
+            .take_while(|&&(i, _)| self.expiry(i) <= now)
+            .count()
+    }
+
+    /// Whether an amount added at `now` lands in the bucket `last` (the
+    /// newest): `now` is before that bucket's end. Comparing with the
+    /// bucket's end avoids dividing by the width on every add, which showed
+    /// in profiles of check. A `now` older than the newest bucket (clocks are
+    /// read before locks are taken, so callers may arrive slightly out of
+    /// order) lands there too, which expires later: still conservative.
+    #[inline(always)]
+    pub(crate) fn lands_in(self, last: u64, now: Nanos) -> bool {
+        last.checked_add(1)
+            .and_then(|n| n.checked_mul(self.width))
+            .is_none_or(|end| now.0 < end)
+    }
+
+    /// The index of the bucket that contains `now`.
+    #[inline(always)]
+    pub(crate) fn bucket_at(self, now: Nanos) -> u64 {
+        now.0 / self.width
+    }
+}
+
+impl<'a> WindowRef<'a> {
+    pub(crate) const fn new(buckets: &'a [(u64, u64)], total: u64) -> WindowRef<'a> {
+        WindowRef { buckets, total }
+    }
+
+    /// The stored buckets, oldest first, for persistence and inspection.
+    pub fn buckets(&self) -> &'a [(u64, u64)] {
+        self.buckets
+    }
+
+    /// The sum of the live amounts (as of the last expiry).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// When the oldest live amount expires, or `None` for an empty window.
+    pub fn reset_at(&self, length: Nanos) -> Option<Nanos> {
+        self.buckets
+            .first()
+            .map(|&(i, _)| Span::of(length).expiry(i))
+    }
+
+    /// How long from `now` until at least `need` has expired from the window,
+    /// or `None` if the window does not hold that much.
+    pub fn time_until_freed(&self, length: Nanos, now: Nanos, need: u64) -> Option<Nanos> {
+        if need == 0 {
+            return Some(Nanos::ZERO);
+        }
+        let mut freed = 0u64;
+        for &(i, a) in self.buckets {
+            freed = freed.saturating_add(a);
+            if freed >= need {
+                return Some(Span::of(length).expiry(i).saturating_sub(now));
+            }
+        }
+        None
+    }
+
+    /// Iterates `(expiry instant, amount)` oldest first, for callers that merge
+    /// window expiries with other events.
+    pub fn expiries(&self, length: Nanos) -> impl Iterator<Item = (Nanos, u64)> + 'a {
+        self.buckets
+            .iter()
+            .map(move |&(i, a)| (Span::of(length).expiry(i), a))
+    }
 }
 
 impl RollingWindow {
@@ -52,42 +177,23 @@ impl RollingWindow {
         RollingWindow { buckets, total }
     }
 
+    /// This window as a view.
+    pub fn view(&self) -> WindowRef<'_> {
+        WindowRef::new(&self.buckets, self.total)
+    }
+
     /// The stored buckets, oldest first, for persistence and inspection.
     pub fn buckets(&self) -> &[(u64, u64)] {
         &self.buckets
     }
 
-    /// When the amounts of bucket `index` leave a window of `length`.
-    fn expiry(index: u64, length: Nanos) -> Nanos {
-        let w = bucket_width(length);
-        Nanos(
-            index
-                .saturating_add(1)
-                .saturating_mul(w)
-                .saturating_add(length.0),
-        )
-    }
-
     /// Drops the buckets that have expired at `now`.
     #[inline]
     pub fn expire(&mut self, length: Nanos, now: Nanos) {
-        // Most calls find nothing expired: test the oldest bucket alone,
-        // inline in the caller, before scanning out of line.
-        if let Some(&(i, _)) = self.buckets.first()
-            && Self::expiry(i, length) <= now
-        {
-            self.expire_from_oldest(length, now);
+        let gone = Span::of(length).expired_count(&self.buckets, now);
+        if gone == 0 {
+            return;
         }
-    }
-
-    /// [`expire`](Self::expire) once the oldest bucket is known to have
-    /// expired.
-    #[inline(never)]
-    fn expire_from_oldest(&mut self, length: Nanos, now: Nanos) {
-        let gone = 1 + self.buckets[1..]
-            .iter()
-            .take_while(|&&(i, _)| Self::expiry(i, length) <= now)
-            .count();
         for &(_, a) in &self.buckets[..gone] {
             self.total = self.total.saturating_sub(a);
         }
@@ -95,10 +201,8 @@ impl RollingWindow {
         if self.buckets.is_empty() {
             // Saturation can leave a remainder; an empty window is zero.
             self.total = 0;
-            // A short window of a sparse subject empties and refills on
-            // almost every request: keeping one small allocation avoids
-            // a free and a malloc each time (which showed in profiles).
-            // A larger one, left by a burst, is given back.
+            // A short window emptying and refilling keeps one small
+            // allocation; a larger one, left by a burst, is given back.
             self.buckets.shrink_to(KEEP_WHEN_EMPTY);
         }
     }
@@ -112,59 +216,29 @@ impl RollingWindow {
         self.buckets.is_empty()
     }
 
-    /// Adds `amount` at `now`. A `now` older than the newest bucket (clocks
-    /// are read before locks are taken, so callers may arrive slightly out of
-    /// order) lands in the newest bucket, which expires later: still
-    /// conservative.
+    /// Adds `amount` at `now`. An arrival older than the newest bucket lands
+    /// in the newest bucket (see `Span::lands_in`).
     pub fn add(&mut self, length: Nanos, now: Nanos, amount: u64) {
         if amount == 0 {
             return;
         }
-        let w = bucket_width(length);
+        let span = Span::of(length);
         match self.buckets.last_mut() {
-            // `now` is before the end of the newest bucket, so it lands
-            // there. Comparing with the bucket's end avoids dividing by the
-            // runtime width on every add, which showed in profiles of check.
-            Some((last, a))
-                if last
-                    .checked_add(1)
-                    .and_then(|n| n.checked_mul(w))
-                    .is_none_or(|end| now.0 < end) =>
-            {
-                *a = a.saturating_add(amount)
-            }
-            _ => self.buckets.push((now.0 / w, amount)),
+            Some((last, a)) if span.lands_in(*last, now) => *a = a.saturating_add(amount),
+            _ => self.buckets.push((span.bucket_at(now), amount)),
         }
         self.total = self.total.saturating_add(amount);
     }
 
     /// When the oldest live amount expires, or `None` for an empty window.
     pub fn reset_at(&self, length: Nanos) -> Option<Nanos> {
-        self.buckets.first().map(|&(i, _)| Self::expiry(i, length))
+        self.view().reset_at(length)
     }
 
     /// How long from `now` until at least `need` has expired from the window,
     /// or `None` if the window does not hold that much.
     pub fn time_until_freed(&self, length: Nanos, now: Nanos, need: u64) -> Option<Nanos> {
-        if need == 0 {
-            return Some(Nanos::ZERO);
-        }
-        let mut freed = 0u64;
-        for &(i, a) in &self.buckets {
-            freed = freed.saturating_add(a);
-            if freed >= need {
-                return Some(Self::expiry(i, length).saturating_sub(now));
-            }
-        }
-        None
-    }
-
-    /// Iterates `(expiry instant, amount)` oldest first, for callers that merge
-    /// window expiries with other events.
-    pub fn expiries(&self, length: Nanos) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        self.buckets
-            .iter()
-            .map(move |&(i, a)| (Self::expiry(i, length), a))
+        self.view().time_until_freed(length, now, need)
     }
 
     /// Heap bytes held by this window, for memory accounting.

@@ -132,7 +132,6 @@ pub(crate) fn encode_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
     let windows = || {
         state
             .windows()
-            .iter()
             .filter(|(k, w)| is_durable(*k) && !w.is_empty())
     };
     let count = windows().count();
