@@ -433,9 +433,9 @@ mod tests {
         s.charge(&lim, Resource::Tokens, T, 1);
         assert_eq!(s.windows().count(), 5);
         // Five windows of one bucket each are ten 16-byte entries in one
-        // buffer; growth by a quarter leaves little slack.
+        // buffer, rounded up to whole 128-byte grains: sixteen.
         let entry = std::mem::size_of::<(u64, u64)>();
-        let fresh = std::mem::size_of::<SubjectState>() + 14 * entry;
+        let fresh = std::mem::size_of::<SubjectState>() + 16 * entry;
         assert!(s.memory_bytes() <= fresh, "{} > {fresh}", s.memory_bytes());
 
         // A burst grows the per-minute windows to 60 buckets; once it has
