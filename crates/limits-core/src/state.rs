@@ -38,9 +38,16 @@ pub struct LeaseSlot {
 /// kinds the subject has (or had) limits for; an idle subject is empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubjectState {
-    /// Window counters, at most one per windowed kind, in a fixed storage order, all
-    /// in one buffer.
+    /// Window counters, at most one per windowed kind, in a fixed storage
+    /// order, all in one buffer.
     windows: WindowSet,
+    /// Holds and leases, out of line: most subjects have neither, and a
+    /// store keeps every subject's inline part in its table.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extra {
     holds: Vec<Hold>,
     leases: Vec<LeaseSlot>,
 }
@@ -58,10 +65,11 @@ impl SubjectState {
         holds: Vec<Hold>,
         leases: Vec<LeaseSlot>,
     ) -> SubjectState {
+        let extra =
+            (!holds.is_empty() || !leases.is_empty()).then(|| Box::new(Extra { holds, leases }));
         SubjectState {
             windows: WindowSet::from_windows(windows.iter().map(|(k, w)| (*k, w.buckets()))),
-            holds,
-            leases,
+            extra,
         }
     }
 
@@ -71,11 +79,15 @@ impl SubjectState {
     }
 
     pub fn holds(&self) -> &[Hold] {
-        &self.holds
+        self.extra.as_ref().map_or(&[], |e| &e.holds)
     }
 
     pub fn leases(&self) -> &[LeaseSlot] {
-        &self.leases
+        self.extra.as_ref().map_or(&[], |e| &e.leases)
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
     }
 
     pub fn window(&self, kind: LimitKind) -> Option<WindowRef<'_>> {
@@ -88,18 +100,19 @@ impl SubjectState {
     /// or not a background sweep has run.
     pub fn expire(&mut self, limits: &SubjectLimits, now: Nanos) {
         self.windows.expire(limits, now);
-        if !self.holds.is_empty() {
-            self.holds.retain(|h| h.expires_at > now);
-        }
-        if !self.leases.is_empty() {
-            self.leases.retain(|l| l.expires_at > now);
+        if let Some(extra) = &mut self.extra {
+            extra.holds.retain(|h| h.expires_at > now);
+            extra.leases.retain(|l| l.expires_at > now);
+            if extra.holds.is_empty() && extra.leases.is_empty() {
+                self.extra = None;
+            }
         }
     }
 
     /// Whether nothing is left that must be remembered: no spend, no holds,
     /// no leases. Such a subject may be dropped by a store.
     pub fn is_idle(&self) -> bool {
-        self.windows.is_idle() && self.holds.is_empty() && self.leases.is_empty()
+        self.windows.is_idle() && self.holds().is_empty() && self.leases().is_empty()
     }
 
     /// What a window holds, including open holds for cost and token windows.
@@ -135,7 +148,7 @@ impl SubjectState {
 
     /// Open holds: `(nano-dollars, tokens)`.
     pub fn held(&self, now: Nanos) -> (u64, u64) {
-        self.holds
+        self.holds()
             .iter()
             .filter(|h| h.is_open(now))
             .fold((0u64, 0u64), |(c, t), h| {
@@ -144,7 +157,7 @@ impl SubjectState {
     }
 
     pub fn live_leases(&self, now: Nanos) -> usize {
-        self.leases.iter().filter(|l| l.expires_at > now).count()
+        self.leases().iter().filter(|l| l.expires_at > now).count()
     }
 
     /// When the oldest amount of a window expires (or the oldest lease).
@@ -160,7 +173,7 @@ impl SubjectState {
     ) -> Option<Nanos> {
         match kind.window() {
             Some(length) => window.and_then(|w| w.reset_at(length)),
-            None => self.leases.iter().map(|l| l.expires_at).min(),
+            None => self.leases().iter().map(|l| l.expires_at).min(),
         }
     }
 
@@ -171,14 +184,14 @@ impl SubjectState {
         let length = kind.window()?;
         let window = self.window(kind);
         let holds_matter = matches!(kind.resource(), Resource::Cost | Resource::Tokens);
-        if !holds_matter || self.holds.iter().all(|h| !h.is_open(now)) {
+        if !holds_matter || self.holds().iter().all(|h| !h.is_open(now)) {
             return window.and_then(|w| w.time_until_freed(length, now, need));
         }
         // Merge bucket expiries with hold expiries, both in time order.
         let mut events: Vec<(Nanos, u64)> = window
             .map(|w| w.expiries(length).collect())
             .unwrap_or_default();
-        events.extend(self.holds.iter().filter(|h| h.is_open(now)).map(|h| {
+        events.extend(self.holds().iter().filter(|h| h.is_open(now)).map(|h| {
             let amount = if kind.resource() == Resource::Cost {
                 h.cost
             } else {
@@ -231,31 +244,41 @@ impl SubjectState {
     }
 
     pub(crate) fn push_hold(&mut self, hold: Hold) {
-        self.holds.push(hold);
+        self.extra_mut().holds.push(hold);
     }
 
     pub(crate) fn hold_mut(&mut self, id: u64) -> Option<&mut Hold> {
-        self.holds.iter_mut().find(|h| h.id == id)
+        self.extra.as_mut()?.holds.iter_mut().find(|h| h.id == id)
     }
 
     pub(crate) fn push_lease(&mut self, lease: LeaseSlot) {
-        self.leases.push(lease);
+        self.extra_mut().leases.push(lease);
     }
 
     /// Removes a lease; true if it was live at `now`.
     pub(crate) fn remove_lease(&mut self, id: u64, now: Nanos) -> bool {
-        match self.leases.iter().position(|l| l.id == id) {
-            Some(pos) => self.leases.swap_remove(pos).expires_at > now,
-            None => false,
+        let Some(extra) = &mut self.extra else {
+            return false;
+        };
+        let Some(pos) = extra.leases.iter().position(|l| l.id == id) else {
+            return false;
+        };
+        let live = extra.leases.swap_remove(pos).expires_at > now;
+        if extra.holds.is_empty() && extra.leases.is_empty() {
+            self.extra = None;
         }
+        live
     }
 
     /// Approximate bytes this state occupies, inline and on the heap.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.windows.heap_bytes()
-            + self.holds.capacity() * std::mem::size_of::<Hold>()
-            + self.leases.capacity() * std::mem::size_of::<LeaseSlot>()
+            + self.extra.as_ref().map_or(0, |e| {
+                std::mem::size_of::<Extra>()
+                    + e.holds.capacity() * std::mem::size_of::<Hold>()
+                    + e.leases.capacity() * std::mem::size_of::<LeaseSlot>()
+            })
     }
 }
 
@@ -482,5 +505,8 @@ mod tests {
         assert!(s.remove_lease(2, T));
         assert!(!s.remove_lease(2, T));
         assert!(s.leases().is_empty());
+        // With no holds or leases left, the out-of-line part is freed.
+        assert_eq!(s, SubjectState::new());
+        assert_eq!(s.memory_bytes(), std::mem::size_of::<SubjectState>());
     }
 }

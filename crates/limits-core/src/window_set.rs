@@ -281,7 +281,8 @@ impl WindowSet {
     fn insert(&mut self, at: usize, entry: Entry) {
         let len = self.buf.len();
         if self.buf.capacity() == len {
-            self.buf.reserve_exact(capacity_for(len + len / 8 + 1) - len);
+            self.buf
+                .reserve_exact(capacity_for(len + len / 8 + 1) - len);
         }
         self.buf.insert(at, entry);
     }
