@@ -1,7 +1,8 @@
-//! The baseline server: the limits proto served by tonic with no work at
-//! all. Every RPC clones a prebuilt answer of realistic size, so what the
-//! load generator measures against it is the ceiling of tonic (HTTP/2,
-//! protobuf, the runtime) on this machine; limitsd is compared against it.
+//! The baseline server: the limits proto, and Envoy's rate limit service,
+//! served by tonic with no work at all. Every RPC clones a prebuilt answer
+//! of realistic size, so what the load generator measures against it is the
+//! ceiling of tonic (HTTP/2, protobuf, the runtime) on this machine;
+//! limitsd is compared against it.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +16,11 @@ use tonic::{Request, Response, Status};
 
 use crate::pb;
 use crate::pb::limits_service_server::{LimitsService, LimitsServiceServer};
+use crate::pb::rls;
+
+/// `ShouldRateLimit` answers are prebuilt for up to this many descriptors
+/// (the load generator sends 1–3); larger requests get theirs built.
+const RLS_PREBUILT: usize = 8;
 
 /// The prebuilt answers.
 #[derive(Debug, Clone)]
@@ -27,6 +33,45 @@ pub struct Baseline {
     usage: pb::GetUsageResponse,
     /// limitsd also sends the rate-limit headers as response metadata.
     metadata: MetadataMap,
+    /// `ShouldRateLimit`: the answer to `i + 1` descriptors at index `i`.
+    rls: Vec<rls::RateLimitResponse>,
+}
+
+/// An `OK` answer to `n` descriptors, shaped as limitsd's to a bench
+/// request (one mapped subject per descriptor, bench.yaml's limits): one
+/// status per descriptor with its most restrictive limit (requests per
+/// minute, under load: the window that has counted most of its limit), and
+/// the three `X-RateLimit-*` headers.
+fn rls_answer(n: usize) -> rls::RateLimitResponse {
+    let status = rls::DescriptorStatus {
+        code: rls::Code::Ok as i32,
+        current_limit: Some(rls::RateLimit {
+            name: "requests_per_minute".into(),
+            requests_per_unit: 1_000_000,
+            unit: rls::Unit::Minute as i32,
+        }),
+        limit_remaining: 999_873,
+        duration_until_reset: Some(prost_types::Duration {
+            seconds: 59,
+            nanos: 983_000_000,
+        }),
+        quota: None,
+    };
+    let header = |key: &str, value: &str| rls::HeaderValue {
+        key: key.into(),
+        value: value.into(),
+        raw_value: Vec::new(),
+    };
+    rls::RateLimitResponse {
+        overall_code: rls::Code::Ok as i32,
+        statuses: vec![status; n],
+        response_headers_to_add: vec![
+            header("X-RateLimit-Limit", "1000000"),
+            header("X-RateLimit-Remaining", "999873"),
+            header("X-RateLimit-Reset", "60"),
+        ],
+        ..Default::default()
+    }
 }
 
 fn duration(secs: i64) -> prost_types::Duration {
@@ -165,6 +210,7 @@ impl Baseline {
             check,
             check_reserved,
             metadata,
+            rls: (1..=RLS_PREBUILT).map(rls_answer).collect(),
         }
     }
 
@@ -218,6 +264,21 @@ impl LimitsService for Baseline {
     }
 }
 
+#[tonic::async_trait]
+impl rls::RateLimitService for Baseline {
+    async fn should_rate_limit(
+        &self,
+        request: Request<rls::RateLimitRequest>,
+    ) -> Result<Response<rls::RateLimitResponse>, Status> {
+        let n = request.get_ref().descriptors.len().max(1);
+        let answer = match self.rls.get(n - 1) {
+            Some(a) => a.clone(),
+            None => rls_answer(n),
+        };
+        Ok(Response::new(answer))
+    }
+}
+
 /// Binds `addr`, prints `baseline listening grpc=HOST:PORT` and serves
 /// until SIGTERM or SIGINT.
 pub async fn serve(addr: SocketAddr, n_statuses: usize) -> anyhow::Result<()> {
@@ -228,8 +289,10 @@ pub async fn serve(addr: SocketAddr, n_statuses: usize) -> anyhow::Result<()> {
     // Scripts and tests read the bound address from this line.
     println!("baseline listening grpc={bound}");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let baseline = Baseline::new(n_statuses);
     Server::builder()
-        .add_service(LimitsServiceServer::new(Baseline::new(n_statuses)))
+        .add_service(LimitsServiceServer::new(baseline.clone()))
+        .add_service(rls::RateLimitServiceServer::new(baseline))
         .serve_with_incoming_shutdown(incoming, shutdown())
         .await
         .context("serving gRPC")
@@ -248,5 +311,25 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rls_answers_carry_one_limited_ok_status_per_descriptor() {
+        let b = Baseline::new(6);
+        for n in 1..=RLS_PREBUILT {
+            let a = &b.rls[n - 1];
+            assert_eq!(a.statuses.len(), n);
+            assert_eq!(a.overall_code, rls::Code::Ok as i32);
+            assert!(a.statuses.iter().all(|s| s.current_limit.is_some()));
+        }
+        assert_eq!(
+            rls_answer(RLS_PREBUILT + 1).statuses.len(),
+            RLS_PREBUILT + 1
+        );
     }
 }

@@ -19,10 +19,9 @@ use rand::rngs::SmallRng;
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pb::limits_service_client::LimitsServiceClient;
-use crate::population::{self, Population};
+use crate::population::Population;
 use crate::stats::Recorder;
-use crate::workload::{Workload, run_once};
+use crate::workload::{Caller, Outcome, Workload, run_once};
 
 /// Opens `n` HTTP/2 connections to `addr` (HOST:PORT), with TCP_NODELAY so
 /// that small frames are not held back by Nagle's algorithm.
@@ -54,16 +53,21 @@ pub struct Plan {
     /// which also bounds how long a run can overstay its duration.
     pub timeout: Duration,
     pub seed: u64,
+    /// The `ShouldRateLimit` domain of the `rls` workload.
+    pub domain: Arc<str>,
+}
+
+impl Plan {
+    /// The caller of the `k`th task: its share of the connections.
+    fn caller(&self, channels: &[Channel], k: usize) -> Caller {
+        Caller::new(channels[k % channels.len()].clone(), self.domain.clone())
+    }
 }
 
 /// Runs one operation with the client-side timeout.
-async fn op(
-    plan: &Plan,
-    client: &mut LimitsServiceClient<Channel>,
-    i: u64,
-) -> Result<crate::workload::Outcome, tonic::Status> {
+async fn op(plan: &Plan, caller: &mut Caller, i: u64) -> Result<Outcome, tonic::Status> {
     let subjects = plan.population.subjects(i);
-    match tokio::time::timeout(plan.timeout, run_once(plan.workload, client, subjects)).await {
+    match tokio::time::timeout(plan.timeout, run_once(plan.workload, caller, subjects)).await {
         Ok(r) => r,
         Err(_) => Err(tonic::Status::deadline_exceeded("client-side timeout")),
     }
@@ -78,7 +82,7 @@ pub async fn closed(plan: &Plan, channels: &[Channel], concurrency: usize) -> Re
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|k| {
             let plan = plan.clone();
-            let mut client = LimitsServiceClient::new(channels[k % channels.len()].clone());
+            let mut caller = plan.caller(channels, k);
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(plan.seed.wrapping_add(k as u64));
                 let mut rec = Recorder::default();
@@ -88,7 +92,7 @@ pub async fn closed(plan: &Plan, channels: &[Channel], concurrency: usize) -> Re
                         break;
                     }
                     let i = plan.population.draw(&mut rng);
-                    let r = op(&plan, &mut client, i).await;
+                    let r = op(&plan, &mut caller, i).await;
                     if sent >= measure_from {
                         rec.record(&r, sent.elapsed(), None);
                     }
@@ -125,9 +129,8 @@ pub async fn open(
     let permits = Arc::new(Semaphore::new(max_outstanding.max(1)));
     let handle = tokio::runtime::Handle::current();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let clients: Vec<_> = channels
-        .iter()
-        .map(|c| LimitsServiceClient::new(c.clone()))
+    let callers: Vec<_> = (0..channels.len())
+        .map(|k| plan.caller(channels, k))
         .collect();
 
     let pacer = {
@@ -157,11 +160,11 @@ pub async fn open(
                         continue;
                     };
                     let i = plan.population.draw(&mut rng);
-                    let mut client = clients[(n as usize) % clients.len()].clone();
+                    let mut caller = callers[(n as usize) % callers.len()].clone();
                     let (plan, rec) = (plan.clone(), rec.clone());
                     handle.spawn(async move {
                         let sent = Instant::now();
-                        let r = op(&plan, &mut client, i).await;
+                        let r = op(&plan, &mut caller, i).await;
                         let done = Instant::now();
                         if measured {
                             rec.lock().record(&r, done - intended, Some(done - sent));
@@ -187,25 +190,25 @@ pub async fn open(
     rec.lock().clone()
 }
 
-/// Sends one operation for every index in `range`, exactly once, from
-/// `concurrency` callers: this gives each subject of the range its state.
+/// Sends one operation of `plan`'s workload for every index in `range`,
+/// exactly once, from `concurrency` callers: this gives each subject of the
+/// range its state. The plan's draws, warm-up and duration are not used.
 /// No operation starts after `deadline`, so a slow server cannot stretch
 /// the sweep without bound; returns the end of the prefix of `range` that
 /// was sent (the whole range unless the deadline cut it short).
 pub async fn sweep(
-    workload: Workload,
+    plan: &Plan,
     channels: &[Channel],
     range: Range<u64>,
-    per_call: usize,
     concurrency: usize,
-    timeout: Duration,
     deadline: Instant,
 ) -> (Recorder, u64) {
     let next = Arc::new(AtomicU64::new(range.start));
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|k| {
             let next = next.clone();
-            let mut client = LimitsServiceClient::new(channels[k % channels.len()].clone());
+            let plan = plan.clone();
+            let mut caller = plan.caller(channels, k);
             let end = range.end;
             tokio::spawn(async move {
                 let mut rec = Recorder::default();
@@ -220,16 +223,7 @@ pub async fn sweep(
                         break;
                     }
                     let sent = Instant::now();
-                    let subjects = population::subjects(i, per_call);
-                    let r = match tokio::time::timeout(
-                        timeout,
-                        run_once(workload, &mut client, subjects),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(tonic::Status::deadline_exceeded("client-side timeout")),
-                    };
+                    let r = op(&plan, &mut caller, i).await;
                     rec.record(&r, sent.elapsed(), None);
                 }
                 rec

@@ -12,10 +12,104 @@ mod stats;
 mod table;
 mod workload;
 
-/// The generated protobuf types and gRPC stubs (client and server).
+/// The generated protobuf types and gRPC stubs (client and server), one
+/// module per protobuf package (generated code refers to other packages
+/// through `super::`, so the tree mirrors the package paths). Our own API,
+/// `mercator.limits.v1`, is re-exported at the root (`pb::Subject`); the
+/// Envoy rate limit service is `pb::rls`.
 mod pb {
-    #![allow(clippy::all, missing_debug_implementations, rust_2018_idioms)]
-    tonic::include_proto!("mercator.limits.v1");
+    // The Envoy API's import closure brings messages (annotations, xDS
+    // types) that this binary never builds: hence `dead_code`.
+    #![allow(
+        clippy::all,
+        dead_code,
+        missing_debug_implementations,
+        rust_2018_idioms
+    )]
+
+    pub mod mercator {
+        pub mod limits {
+            pub mod v1 {
+                tonic::include_proto!("mercator.limits.v1");
+            }
+        }
+    }
+    pub use mercator::limits::v1::*;
+
+    /// Envoy's rate limit service API (vendored under proto/vendor) and
+    /// what it imports.
+    pub mod envoy {
+        pub mod service {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.ratelimit.v3");
+                }
+            }
+        }
+        pub mod extensions {
+            pub mod common {
+                pub mod ratelimit {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                    }
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+
+    /// cncf/xds annotations and types the Envoy API imports.
+    pub mod xds {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("xds.core.v3");
+            }
+        }
+        pub mod annotations {
+            pub mod v3 {
+                tonic::include_proto!("xds.annotations.v3");
+            }
+        }
+    }
+
+    pub mod udpa {
+        pub mod annotations {
+            tonic::include_proto!("udpa.annotations");
+        }
+    }
+
+    /// protoc-gen-validate's rule messages (annotations only).
+    pub mod validate {
+        tonic::include_proto!("validate");
+    }
+
+    /// The names the load generator and the baseline use from the Envoy
+    /// API, in one place.
+    pub mod rls {
+        pub use super::envoy::config::core::v3::HeaderValue;
+        pub use super::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+        pub use super::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+        pub use super::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+        pub use super::envoy::service::ratelimit::v3::rate_limit_response::{
+            Code, DescriptorStatus, RateLimit,
+        };
+        pub use super::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+        pub use super::envoy::service::ratelimit::v3::rate_limit_service_server::{
+            RateLimitService, RateLimitServiceServer,
+        };
+        pub use super::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    }
 }
 
 use std::net::SocketAddr;
@@ -48,7 +142,8 @@ struct Cli {
 enum Command {
     /// Drive load against a server and report throughput and latency.
     Run(RunArgs),
-    /// Serve the limits proto with fixed answers and no work: tonic's ceiling.
+    /// Serve the limits proto and Envoy's RateLimitService with fixed answers
+    /// and no work: tonic's ceiling.
     Baseline {
         /// Listen address; port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -125,9 +220,13 @@ struct RunArgs {
     /// Zipf exponent.
     #[arg(long, default_value_t = 1.0)]
     zipf_s: f64,
-    /// Subjects per call: 1 = API key, 2 = + user, 3 = + team.
+    /// Subjects per call: 1 = API key, 2 = + user, 3 = + team (for `rls`,
+    /// one descriptor each: `api_key`, `user`, `team`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     subjects_per_call: u8,
+    /// The `ShouldRateLimit` domain of the `rls` workload.
+    #[arg(long, default_value = workload::DEFAULT_RLS_DOMAIN)]
+    rls_domain: String,
     /// The server's name in reports; `baseline` marks the reference.
     #[arg(long)]
     label: Option<String>,
@@ -223,6 +322,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         duration: c.duration,
         timeout: c.timeout,
         seed: args.seed,
+        domain: args.rls_domain.as_str().into(),
     };
     // CPU time is sampled at the edges of the measured window, off the
     // load's critical path.
@@ -295,6 +395,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|c| format!("{c:.1}"))
                 .unwrap_or_else(|| "?".into())
         );
+        if report.unmatched > 0 {
+            eprintln!(
+                "warning: {} answers named no limit for some descriptor: the server's config \
+                 does not map domain {:?} or these descriptor keys",
+                report.unmatched, args.rls_domain
+            );
+        }
     } else {
         print!("{}", report.human());
     }

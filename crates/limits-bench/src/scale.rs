@@ -15,7 +15,7 @@ use crate::cpu;
 use crate::load::{self, Plan};
 use crate::population::{Distribution, Population};
 use crate::stats::Summary;
-use crate::workload::Workload;
+use crate::workload::{DEFAULT_RLS_DOMAIN, Workload};
 
 /// Reads a process's resident set size from /proc/<pid>/status, in bytes.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
@@ -140,13 +140,22 @@ pub async fn run(
             .populate_budget
             .saturating_sub(spent)
             .max(Duration::from_secs(10));
+        let populate = Plan {
+            workload: Workload::CheckRecord,
+            // Only its one subject per call is used: the sweep names every
+            // index of the range in turn rather than drawing.
+            population: Arc::new(Population::new(target, Distribution::Uniform, 1.0, 1)?),
+            warmup: Duration::ZERO,
+            duration: Duration::ZERO,
+            timeout: plan.timeout,
+            seed: 0,
+            domain: DEFAULT_RLS_DOMAIN.into(),
+        };
         let (rec, reached) = load::sweep(
-            Workload::CheckRecord,
+            &populate,
             channels,
             have..target,
-            1,
             plan.populate_concurrency,
-            plan.timeout,
             t + left.mul_f64(1.25),
         )
         .await;
@@ -184,6 +193,7 @@ pub async fn run(
             duration: plan.duration,
             timeout: plan.timeout,
             seed: have,
+            domain: DEFAULT_RLS_DOMAIN.into(),
         };
         let before = cpu::Sample::take(Some(plan.pid));
         let t = Instant::now();

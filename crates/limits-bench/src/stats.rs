@@ -37,6 +37,8 @@ pub struct Recorder {
     pub ok: u64,
     pub allowed: u64,
     pub denied: u64,
+    /// `rls`: answers with a descriptor the server decided nothing for.
+    pub unmatched: u64,
     pub response_bytes: u64,
     /// Failed operations by gRPC code name; `Unsent` counts open-loop sends
     /// dropped because too many requests were outstanding.
@@ -52,6 +54,7 @@ impl Default for Recorder {
             ok: 0,
             allowed: 0,
             denied: 0,
+            unmatched: 0,
             response_bytes: 0,
             errors: BTreeMap::new(),
         }
@@ -75,6 +78,7 @@ impl Recorder {
                 } else {
                     self.denied += 1;
                 }
+                self.unmatched += u64::from(o.unmatched);
                 self.response_bytes += o.response_bytes as u64;
                 self.total.saturating_record(micros(total).max(1));
                 for (h, step) in self.steps.iter_mut().zip(o.steps) {
@@ -104,6 +108,7 @@ impl Recorder {
         self.ok += other.ok;
         self.allowed += other.allowed;
         self.denied += other.denied;
+        self.unmatched += other.unmatched;
         self.response_bytes += other.response_bytes;
         for (k, v) in &other.errors {
             self.error(k, *v);
@@ -176,6 +181,11 @@ pub struct Report {
     pub throughput: f64,
     pub allowed: u64,
     pub denied: u64,
+    /// `rls`: answers in which some descriptor was answered without a
+    /// limit, i.e. the server's config matched nothing for it (a wrong
+    /// domain or descriptor key) and the run did not measure a decision.
+    #[serde(default)]
+    pub unmatched: u64,
     pub errors: BTreeMap<String, u64>,
     pub error_total: u64,
     /// Per operation (both RPCs for a pair).
@@ -216,6 +226,7 @@ impl Report {
             throughput,
             allowed: rec.allowed,
             denied: rec.denied,
+            unmatched: rec.unmatched,
             errors: rec.errors.clone(),
             error_total: rec.error_total(),
             latency_us: Summary::of(&rec.total),
@@ -269,6 +280,14 @@ impl Report {
             self.error_total,
             self.mean_response_bytes
         );
+        if self.unmatched > 0 {
+            let _ = writeln!(
+                s,
+                "warning: {} answers named no limit for some descriptor: the server's config \
+                 does not map this domain or these descriptor keys",
+                self.unmatched
+            );
+        }
         if let Some(c) = self.client_cpu_us_per_op {
             let server = self
                 .server_cpu_us_per_op
@@ -318,6 +337,7 @@ mod tests {
             allowed: true,
             steps: [Some(Duration::from_micros(100)), None],
             response_bytes: 10,
+            unmatched: true,
         });
         a.record(&ok, Duration::from_micros(100), None);
         let mut b = Recorder::default();
@@ -325,6 +345,7 @@ mod tests {
         b.record(&ok, Duration::from_micros(300), None);
         a.merge(&b);
         assert_eq!((a.ok, a.allowed, a.error_total()), (2, 2, 1));
+        assert_eq!(a.unmatched, 2);
         assert_eq!(a.errors.get("Unavailable"), Some(&1));
         let s = Summary::of(&a.total);
         assert_eq!(s.count, 2);

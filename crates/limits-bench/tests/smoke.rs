@@ -1,9 +1,11 @@
 //! CI smoke test of the benchmark tooling: starts the baseline server and a
-//! real limitsd on 127.0.0.1:0, runs every workload for about two seconds at
-//! a low open-loop rate (100/s, low enough for an
-//! unoptimised build on a busy machine), and a tiny scale run. It checks that the tooling
-//! works end to end (no errors, operations counted), never how fast
-//! anything is: CI machines are too noisy for timing assertions.
+//! real limitsd on 127.0.0.1:0, runs every workload (the four LimitsService
+//! ones and `rls`, Envoy's ShouldRateLimit) for about two seconds at a low
+//! open-loop rate (100/s, low enough for an unoptimised build on a busy
+//! machine), and a tiny scale run. It checks that the tooling works end to
+//! end (no errors, operations counted, limitsd's answers decided by its
+//! configured limits), never how fast anything is: CI machines are too
+//! noisy for timing assertions.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -148,7 +150,13 @@ fn bench_output(args: &[&str]) -> String {
     stdout
 }
 
-const WORKLOADS: [&str; 4] = ["check", "check-record", "check-reserve", "acquire-release"];
+const WORKLOADS: [&str; 5] = [
+    "check",
+    "check-record",
+    "check-reserve",
+    "acquire-release",
+    "rls",
+];
 
 #[test]
 fn every_workload_runs_cleanly_against_baseline_and_limitsd() {
@@ -202,6 +210,17 @@ fn every_workload_runs_cleanly_against_baseline_and_limitsd() {
             assert!(r["ok"].as_u64().unwrap() > 0, "{label} {w}: {out}");
             assert!(r["allowed"].as_u64().unwrap() > 0, "{label} {w}: {out}");
             assert_eq!(r["workload"], w);
+            // Every ShouldRateLimit answer named a limit for each of its
+            // descriptors: limitsd's bench config maps the domain and keys
+            // the load generator sends, so what ran was a decision, not the
+            // unmatched-descriptor shortcut.
+            assert_eq!(r["unmatched"], 0, "{label} {w}: {out}");
+            if label == "limitsd" && w == "rls" {
+                // bench.yaml's limits are far above 100/s: every answer is
+                // an OK decision.
+                assert_eq!(r["denied"], 0, "{label} {w}: {out}");
+                assert_eq!(r["allowed"], r["ok"], "{label} {w}: {out}");
+            }
             let file = dir.join(format!("{label}-{w}.json"));
             std::fs::write(&file, &out).unwrap();
             files.push(file);

@@ -4,10 +4,12 @@
 # in which the machine keeps fewer than 0.1 cores busy, then runs a
 # closed-loop `check` against limitsd and the baseline (5 s + 1 s each),
 # then an open-loop `check` against both at half of that limitsd result.
-# Repeats until SECS (default 1200) have passed. Reports go to OUT
-# (default target/bench/quiet-<time>/); count only pairs whose reports show
-# other_cores < 0.15 for both runs. Release binaries must be built first
-# (scripts/bench does it). Loopback only; every run is bounded in time.
+# WORKLOAD (default check) picks another workload, e.g. WORKLOAD=rls for
+# Envoy's ShouldRateLimit. Repeats until SECS (default 1200) have passed.
+# Reports go to OUT (default target/bench/quiet-<time>/); count only pairs
+# whose reports show other_cores < 0.15 for both runs. Release binaries
+# must be built first (scripts/bench does it). Loopback only; every run is
+# bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 B=target/release/limits-bench
@@ -39,7 +41,7 @@ while [[ $(date +%s) -lt $end ]]; do
   [[ $(busy) -lt 10 ]] || continue
   n=$((n + 1))
   echo "quiet window $n at $(date +%T)"
-  run() { "$B" run --duration 5s --warmup 1s --json "$@" 2>>"$OUT/log"; }
+  run() { "$B" run --workload "${WORKLOAD:-check}" --duration 5s --warmup 1s --json "$@" 2>>"$OUT/log"; }
   run --addr "$LA" --label limitsd-memory --concurrency 64 --server-pid $lp >"$OUT/$n-l-closed.json"
   run --addr "$BA" --label baseline --concurrency 64 --server-pid $bp >"$OUT/$n-b-closed.json"
   half=$(sed -n 's/^  "throughput": \([0-9]*\).*/\1/p' "$OUT/$n-l-closed.json")
