@@ -44,35 +44,183 @@ fn reset_secs(reset_at: Option<Nanos>, now: Nanos) -> u64 {
     reset_at.unwrap_or(now).as_secs_ceil()
 }
 
-/// The headers to add, as `(name, value)` pairs in a fixed order:
+/// The names of the headers, in the order they are given.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Name {
+    #[default]
+    RateLimitLimit,
+    RateLimitRemaining,
+    RateLimitReset,
+    RetryAfter,
+    BudgetLimit,
+    BudgetUsed,
+    BudgetRemaining,
+    BudgetReset,
+}
+
+impl Name {
+    pub const ALL: [Name; 8] = [
+        Name::RateLimitLimit,
+        Name::RateLimitRemaining,
+        Name::RateLimitReset,
+        Name::RetryAfter,
+        Name::BudgetLimit,
+        Name::BudgetUsed,
+        Name::BudgetRemaining,
+        Name::BudgetReset,
+    ];
+
+    /// The position in [`Name::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name as gateways send it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Name::RateLimitLimit => "X-RateLimit-Limit",
+            Name::RateLimitRemaining => "X-RateLimit-Remaining",
+            Name::RateLimitReset => "X-RateLimit-Reset",
+            Name::RetryAfter => "Retry-After",
+            Name::BudgetLimit => "X-Budget-Limit",
+            Name::BudgetUsed => "X-Budget-Used",
+            Name::BudgetRemaining => "X-Budget-Remaining",
+            Name::BudgetReset => "X-Budget-Reset",
+        }
+    }
+
+    /// The name in lower case, as HTTP/2 (and gRPC metadata) carries it.
+    pub const fn lowercase(self) -> &'static str {
+        match self {
+            Name::RateLimitLimit => "x-ratelimit-limit",
+            Name::RateLimitRemaining => "x-ratelimit-remaining",
+            Name::RateLimitReset => "x-ratelimit-reset",
+            Name::RetryAfter => "retry-after",
+            Name::BudgetLimit => "x-budget-limit",
+            Name::BudgetUsed => "x-budget-used",
+            Name::BudgetRemaining => "x-budget-remaining",
+            Name::BudgetReset => "x-budget-reset",
+        }
+    }
+}
+
+/// The longest header value: a dollar amount ([`crate::money::USD_TEXT_MAX`]
+/// bytes; an integer takes at most 20).
+const VALUE_MAX: usize = crate::money::USD_TEXT_MAX;
+
+/// One header value, held inline: an answer's headers are built on every
+/// check, so they are formatted without `core::fmt` and without allocating.
+#[derive(Copy, Clone, Default, PartialEq, Eq)]
+pub struct Value {
+    len: u8,
+    text: [u8; VALUE_MAX],
+}
+
+impl Value {
+    fn int(n: u64) -> Value {
+        let mut v = Value::default();
+        v.len = crate::money::write_u64(&mut v.text, n) as u8;
+        v
+    }
+
+    fn usd(n: NanoUsd) -> Value {
+        let mut v = Value::default();
+        v.len = n.write_text(&mut v.text) as u8;
+        v
+    }
+
+    /// The value's bytes (ASCII digits and at most one point).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only digits and a point are ever written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The headers of one answer, in the order [`headers`] documents, held
+/// inline (no allocation).
+#[derive(Clone, Debug, Default)]
+pub struct Headers {
+    len: usize,
+    entries: [(Name, Value); 8],
+}
+
+impl Headers {
+    fn push(&mut self, name: Name, value: Value) {
+        self.entries[self.len] = (name, value);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The headers in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (Name, &Value)> {
+        self.entries[..self.len].iter().map(|(n, v)| (*n, v))
+    }
+
+    /// The value of a header, if it is present.
+    pub fn get(&self, name: Name) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The headers to add, in a fixed order:
 /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` from the most restrictive
 /// request or token rate limit; `Retry-After` (seconds, rounded up) when the
 /// request was denied and can be retried; `X-Budget-Limit`, `-Used`,
 /// `-Remaining` (USD) and `-Reset` from the most used budget.
+pub fn header_values(statuses: &[LimitStatus], retry_after: Option<Nanos>, now: Nanos) -> Headers {
+    let mut out = Headers::default();
+    let rate = most_restrictive(statuses, |s| {
+        matches!(s.kind.resource(), Resource::Requests | Resource::Tokens)
+    });
+    if let Some(s) = rate {
+        out.push(Name::RateLimitLimit, Value::int(s.limit));
+        out.push(Name::RateLimitRemaining, Value::int(s.remaining()));
+        out.push(
+            Name::RateLimitReset,
+            Value::int(reset_secs(s.reset_at, now)),
+        );
+    }
+    if let Some(r) = retry_after {
+        out.push(Name::RetryAfter, Value::int(r.as_secs_ceil().max(1)));
+    }
+    if let Some(b) = budget_summary(statuses) {
+        out.push(Name::BudgetLimit, Value::usd(NanoUsd(b.limit)));
+        out.push(Name::BudgetUsed, Value::usd(NanoUsd(b.used)));
+        out.push(Name::BudgetRemaining, Value::usd(NanoUsd(b.remaining())));
+        out.push(Name::BudgetReset, Value::int(reset_secs(b.reset_at, now)));
+    }
+    out
+}
+
+/// [`header_values`] as `(name, value)` pairs of owned strings.
 pub fn headers(
     statuses: &[LimitStatus],
     retry_after: Option<Nanos>,
     now: Nanos,
 ) -> Vec<(&'static str, String)> {
-    let mut out = Vec::with_capacity(8);
-    let rate = most_restrictive(statuses, |s| {
-        matches!(s.kind.resource(), Resource::Requests | Resource::Tokens)
-    });
-    if let Some(s) = rate {
-        out.push(("X-RateLimit-Limit", s.limit.to_string()));
-        out.push(("X-RateLimit-Remaining", s.remaining().to_string()));
-        out.push(("X-RateLimit-Reset", reset_secs(s.reset_at, now).to_string()));
-    }
-    if let Some(r) = retry_after {
-        out.push(("Retry-After", r.as_secs_ceil().max(1).to_string()));
-    }
-    if let Some(b) = budget_summary(statuses) {
-        out.push(("X-Budget-Limit", NanoUsd(b.limit).to_string()));
-        out.push(("X-Budget-Used", NanoUsd(b.used).to_string()));
-        out.push(("X-Budget-Remaining", NanoUsd(b.remaining()).to_string()));
-        out.push(("X-Budget-Reset", reset_secs(b.reset_at, now).to_string()));
-    }
-    out
+    header_values(statuses, retry_after, now)
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str().to_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -130,5 +278,25 @@ mod tests {
         assert!(h.contains(&("X-RateLimit-Limit", "10".to_string())));
         assert!(h.contains(&("Retry-After", "2".to_string())));
         assert!(!h.iter().any(|(k, _)| k.starts_with("X-Budget")));
+    }
+
+    #[test]
+    fn names_and_values_read_back() {
+        let s = vec![
+            st(LimitKind::TokensPerMinute, u64::MAX, 0, false),
+            st(LimitKind::BudgetHourly, u64::MAX, 1, false),
+        ];
+        let h = header_values(&s, Some(Nanos(1)), Nanos::ZERO);
+        assert_eq!(h.len(), 8);
+        assert_eq!(h.get(Name::RateLimitLimit), Some("18446744073709551615"));
+        assert_eq!(h.get(Name::RetryAfter), Some("1"));
+        assert_eq!(h.get(Name::BudgetLimit), Some("18446744073.709551615"));
+        assert_eq!(h.get(Name::BudgetUsed), Some("0.000000001"));
+        assert_eq!(h.get(Name::BudgetRemaining), Some("18446744073.709551614"));
+        for (i, name) in Name::ALL.into_iter().enumerate() {
+            assert_eq!(name.index(), i);
+            assert_eq!(name.lowercase(), name.as_str().to_ascii_lowercase());
+        }
+        assert!(header_values(&[], None, Nanos::ZERO).is_empty());
     }
 }

@@ -59,17 +59,66 @@ impl NanoUsd {
     }
 }
 
+/// Writes `n` in decimal at the start of `out` and returns the length.
+/// `core::fmt` costs more than the formatting itself on the response path
+/// (three amounts and four integers per answer), so this is by hand.
+///
+/// Panics if `out` is shorter than the number (20 bytes always suffice).
+pub fn write_u64(out: &mut [u8], n: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - start;
+    out[..len].copy_from_slice(&digits[start..]);
+    len
+}
+
+/// The longest text of a `NanoUsd`: 11 whole digits, a point, 9 decimals.
+pub const USD_TEXT_MAX: usize = 21;
+
+impl NanoUsd {
+    /// Writes what `Display` shows (`100.00`, `78.50`, `0.000123`) at the
+    /// start of `out`, without `core::fmt`, and returns the length.
+    ///
+    /// Panics if `out` is shorter than the text ([`USD_TEXT_MAX`] bytes
+    /// always suffice).
+    pub fn write_text(self, out: &mut [u8]) -> usize {
+        let whole = self.0 / 1_000_000_000;
+        let mut frac = self.0 % 1_000_000_000;
+        let mut len = write_u64(out, whole);
+        out[len] = b'.';
+        len += 1;
+        let mut decimals = [0u8; 9];
+        for d in decimals.iter_mut().rev() {
+            *d = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        // At least two decimals, and as many more as the amount needs.
+        let mut keep = decimals.len();
+        while keep > 2 && decimals[keep - 1] == b'0' {
+            keep -= 1;
+        }
+        out[len..len + keep].copy_from_slice(&decimals[..keep]);
+        len + keep
+    }
+}
+
 impl fmt::Display for NanoUsd {
     /// Dollars with at least two decimals and as many more as the amount
     /// needs, exactly: `100.00`, `78.50`, `0.000123`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.0 / 1_000_000_000;
-        let frac = self.0 % 1_000_000_000;
-        let mut digits = format!("{frac:09}");
-        while digits.len() > 2 && digits.ends_with('0') {
-            digits.pop();
-        }
-        write!(f, "{whole}.{digits}")
+        let mut buf = [0u8; USD_TEXT_MAX];
+        let len = self.write_text(&mut buf);
+        // Digits and a point only: always ASCII.
+        f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -118,5 +167,42 @@ mod tests {
         assert_eq!(NanoUsd(78_500_000_000).to_string(), "78.50");
         assert_eq!(NanoUsd(123_000).to_string(), "0.000123");
         assert_eq!(NanoUsd(0).to_string(), "0.00");
+        assert_eq!(NanoUsd(1).to_string(), "0.000000001");
+        assert_eq!(NanoUsd(u64::MAX).to_string(), "18446744073.709551615");
+    }
+
+    /// The hand-written text is byte-identical to the `core::fmt` one it
+    /// replaced, which stays here as the reference.
+    #[test]
+    fn text_matches_the_fmt_reference() {
+        fn reference(n: u64) -> String {
+            let whole = n / 1_000_000_000;
+            let frac = n % 1_000_000_000;
+            let mut digits = format!("{frac:09}");
+            while digits.len() > 2 && digits.ends_with('0') {
+                digits.pop();
+            }
+            format!("{whole}.{digits}")
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut samples = vec![0, 1, 9, 10, 99, 100, 999_999_999, 1_000_000_000, u64::MAX];
+        for shift in 0..64 {
+            samples.push(1u64 << shift);
+            samples.push((1u64 << shift) - 1);
+        }
+        for _ in 0..100_000 {
+            // xorshift: a spread of magnitudes and trailing zeros.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x >> (x % 64));
+            samples.push((x >> (x % 64)) / 1_000_000 * 1_000_000);
+        }
+        for n in samples {
+            assert_eq!(NanoUsd(n).to_string(), reference(n), "{n}");
+            let mut buf = [0u8; 20];
+            let len = write_u64(&mut buf, n);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), n.to_string());
+        }
     }
 }
