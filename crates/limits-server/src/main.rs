@@ -8,6 +8,12 @@ use clap::Parser;
 use limits_server::config::{self, Overrides};
 use limits_server::server::{self, Source};
 
+/// mimalloc instead of glibc's malloc: a check allocates some 70 times
+/// (most of it in tonic, hyper and h2), and glibc's allocator took about a
+/// fifth of limitsd's instructions per check (BENCHMARKS.md, "Server").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The limits decision service for LLM gateways.
 #[derive(Debug, Parser)]
 #[command(name = "limitsd", version, about)]

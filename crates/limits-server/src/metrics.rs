@@ -12,9 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ahash::AHashSet;
-use limits_core::{Dimension, LimitKind, LimitStatus, Subject, SubjectLimits};
-use metrics::{counter, gauge};
+use std::sync::OnceLock;
+
+use ahash::AHashMap;
+use limits_core::{Action, Dimension, LimitKind, LimitStatus, Subject, SubjectLimits};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::RwLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,20 +131,203 @@ fn describe() {
     );
 }
 
-/// Turns subjects into bounded, secret-free label values. Labels are shared
-/// `Arc<str>`s, so recording a metric clones a pointer, not a string.
+/// The handles of one `identifier` label's series. Each is registered on
+/// first use, so a series appears in `/metrics` only once it has been
+/// recorded, as with the `counter!` macros; after that, recording is an
+/// atomic operation on the kept handle instead of a registry lookup (a hash
+/// and compare of the whole key) on every check.
+pub struct IdMetrics {
+    label: Arc<str>,
+    /// Per limit kind: `budget_hits_total{window}` for budgets,
+    /// `rate_limit_hits_total{limit_type}` for the others.
+    hits: [OnceLock<Counter>; KINDS],
+    /// Per budget kind: `budget_usage_percentage{window}`.
+    usage: [OnceLock<Gauge>; KINDS],
+    /// `rate_limit_checks_total{result}`: allowed, denied.
+    rate_checks: [OnceLock<Counter>; 2],
+    /// `budget_checks_total{result}`: allowed, denied.
+    budget_checks: [OnceLock<Counter>; 2],
+    /// `enforcement_actions_total{action}`, per action.
+    actions: [OnceLock<Counter>; ACTIONS],
+    concurrent: OnceLock<Gauge>,
+}
+
+/// The number of limit kinds.
+const KINDS: usize = LimitKind::MaxConcurrent.index() + 1;
+/// The number of enforcement actions.
+const ACTIONS: usize = 5;
+
+fn action_index(action: Action) -> usize {
+    match action {
+        Action::Allow => 0,
+        Action::Block => 1,
+        Action::Queue => 2,
+        Action::Downgrade => 3,
+        Action::Alert => 4,
+    }
+}
+
+fn result(denied: bool) -> &'static str {
+    if denied { "denied" } else { "allowed" }
+}
+
+impl std::fmt::Debug for IdMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdMetrics")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdMetrics {
+    fn new(label: Arc<str>) -> IdMetrics {
+        IdMetrics {
+            label,
+            hits: Default::default(),
+            usage: Default::default(),
+            rate_checks: Default::default(),
+            budget_checks: Default::default(),
+            actions: Default::default(),
+            concurrent: OnceLock::new(),
+        }
+    }
+
+    /// The `identifier` label.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    fn id(&self) -> Arc<str> {
+        self.label.clone()
+    }
+
+    /// A limit of `kind` was exceeded.
+    pub fn hit(&self, kind: LimitKind) {
+        self.hits[kind.index()]
+            .get_or_init(|| {
+                if kind.is_budget() {
+                    counter!(BUDGET_HITS, "identifier" => self.id(), "window" => window_label(kind))
+                } else {
+                    counter!(RATE_LIMIT_HITS, "identifier" => self.id(), "limit_type" => kind.name())
+                }
+            })
+            .increment(1);
+    }
+
+    /// The fraction of a budget used.
+    pub fn budget_usage(&self, kind: LimitKind, fraction: f64) {
+        self.usage[kind.index()]
+            .get_or_init(
+                || gauge!(BUDGET_USAGE, "identifier" => self.id(), "window" => window_label(kind)),
+            )
+            .set(fraction);
+    }
+
+    pub fn rate_check(&self, denied: bool) {
+        self.rate_checks[usize::from(denied)]
+            .get_or_init(|| {
+                counter!(RATE_LIMIT_CHECKS, "identifier" => self.id(), "result" => result(denied))
+            })
+            .increment(1);
+    }
+
+    pub fn budget_check(&self, denied: bool) {
+        self.budget_checks[usize::from(denied)]
+            .get_or_init(
+                || counter!(BUDGET_CHECKS, "identifier" => self.id(), "result" => result(denied)),
+            )
+            .increment(1);
+    }
+
+    pub fn action(&self, action: Action) {
+        self.actions[action_index(action)]
+            .get_or_init(|| {
+                counter!(ENFORCEMENT_ACTIONS, "identifier" => self.id(), "action" => action.as_str())
+            })
+            .increment(1);
+    }
+
+    /// Concurrency leases held.
+    pub fn concurrent(&self, held: f64) {
+        self.concurrent
+            .get_or_init(|| gauge!(CONCURRENT_REQUESTS, "identifier" => self.id()))
+            .set(held);
+    }
+}
+
+/// The subject cache's shards: each check locks (for reading) only the
+/// shard of its subject, so checks of different subjects do not contend.
+const SHARDS: usize = 16;
+
+/// How many subjects the cache holds per label the cap allows (subjects
+/// folded into `other` are cached too, and there may be many of them).
+const SUBJECTS_PER_LABEL: usize = 16;
+
+/// One shard of the subject cache: subjects by dimension, then id.
+#[derive(Debug, Default)]
+struct SubjectShard {
+    by_dimension: [AHashMap<Box<str>, Cached>; 3],
+}
+
+#[derive(Debug)]
+struct Cached {
+    /// The alias the label was made with: a reload may rename a subject.
+    alias: Option<Box<str>>,
+    metrics: Arc<IdMetrics>,
+}
+
+impl SubjectShard {
+    fn len(&self) -> usize {
+        self.by_dimension.iter().map(|m| m.len()).sum()
+    }
+}
+
+/// Turns subjects into bounded, secret-free label values, and keeps the
+/// metric handles of each label. Labels are shared `Arc<str>`s.
+///
+/// Recording a check's metrics looks its subject up in a sharded, bounded
+/// cache (subject → handles) and then only touches atomics. On a miss the
+/// label is made from the subject (formatting, hashing a key) and found or
+/// registered under the cap; a full shard is emptied, so the cache follows
+/// the current traffic however many subjects there are. The cache holds
+/// subject ids (API keys among them) in memory only, as the store does;
+/// they never reach a label.
 #[derive(Debug)]
 pub struct Labels {
-    seen: RwLock<AHashSet<Arc<str>>>,
+    seen: RwLock<AHashMap<Arc<str>, Arc<IdMetrics>>>,
+    other: Arc<IdMetrics>,
+    subjects: [RwLock<SubjectShard>; SHARDS],
+    shard_hasher: ahash::RandomState,
+    shard_max: usize,
+    durations: [OnceLock<Histogram>; OPERATIONS.len()],
     cap: usize,
     show_users: bool,
     show_teams: bool,
 }
 
+/// The operations whose durations are recorded through [`Labels::observe`].
+const OPERATIONS: [&str; 6] = [
+    "check",
+    "record",
+    "acquire",
+    "release",
+    "usage",
+    crate::rls::OPERATION,
+];
+
 impl Labels {
     pub fn new(settings: &MetricsSettings) -> Labels {
+        let cached = settings
+            .identifier_cap
+            .saturating_mul(SUBJECTS_PER_LABEL)
+            .max(1024);
         Labels {
-            seen: RwLock::new(AHashSet::new()),
+            seen: RwLock::new(AHashMap::new()),
+            other: Arc::new(IdMetrics::new(Arc::from(OTHER))),
+            subjects: Default::default(),
+            shard_hasher: ahash::RandomState::new(),
+            shard_max: cached.div_ceil(SHARDS),
+            durations: Default::default(),
             cap: settings.identifier_cap,
             show_users: settings.show_user_ids,
             show_teams: settings.show_team_ids,
@@ -151,6 +336,44 @@ impl Labels {
 
     /// The `identifier` label of a subject.
     pub fn identifier(&self, subject: &Subject, limits: &SubjectLimits) -> Arc<str> {
+        self.with(subject, limits, |m| m.label.clone())
+    }
+
+    /// Runs `f` with the metric handles of a subject's label.
+    pub fn with<R>(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        f: impl FnOnce(&IdMetrics) -> R,
+    ) -> R {
+        let dim = subject.dimension.index();
+        let id = subject.id.as_str();
+        let shard =
+            &self.subjects[(self.shard_hasher.hash_one((dim, id)) % SHARDS as u64) as usize];
+        if let Some(c) = shard.read().by_dimension[dim].get(id)
+            && c.alias.as_deref() == limits.alias()
+        {
+            return f(&c.metrics);
+        }
+        let metrics = self.by_label(subject, limits);
+        let out = f(&metrics);
+        let mut shard = shard.write();
+        if shard.len() >= self.shard_max {
+            *shard = SubjectShard::default();
+        }
+        shard.by_dimension[dim].insert(
+            Box::from(id),
+            Cached {
+                alias: limits.alias().map(Box::from),
+                metrics,
+            },
+        );
+        out
+    }
+
+    /// The handles of a subject's label, made from the subject: registered
+    /// if the cap allows, else `other`.
+    fn by_label(&self, subject: &Subject, limits: &SubjectLimits) -> Arc<IdMetrics> {
         let hide = match subject.dimension {
             Dimension::ApiKey => true,
             Dimension::User => !self.show_users,
@@ -165,11 +388,23 @@ impl Labels {
             return known.clone();
         }
         if seen.len() >= self.cap {
-            return Arc::from(OTHER);
+            return self.other.clone();
         }
         let label: Arc<str> = Arc::from(label);
-        seen.insert(label.clone());
-        label
+        let metrics = Arc::new(IdMetrics::new(label.clone()));
+        seen.insert(label, metrics.clone());
+        metrics
+    }
+
+    /// Records how long an operation took (`check_duration_seconds`).
+    pub fn observe(&self, operation: &'static str, started: std::time::Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        match OPERATIONS.iter().position(|o| *o == operation) {
+            Some(i) => self.durations[i]
+                .get_or_init(|| histogram!(CHECK_DURATION, "operation" => OPERATIONS[i]))
+                .record(seconds),
+            None => histogram!(CHECK_DURATION, "operation" => operation).record(seconds),
+        }
     }
 }
 
@@ -190,43 +425,37 @@ pub fn record_statuses(
         if lim.is_unlimited() {
             continue;
         }
-        let id = labels.identifier(subject, lim);
-        let mine = || statuses.iter().filter(move |s| s.subject == i);
-        let mut rate_hit = false;
-        let mut budget_hit = false;
-        let mut has_rate = false;
-        let mut has_budget = false;
-        for s in mine() {
-            if s.kind.is_budget() {
-                has_budget = true;
-                gauge!(BUDGET_USAGE, "identifier" => id.clone(), "window" => window_label(s.kind))
-                    .set(s.used as f64 / s.limit as f64);
-                if s.exceeded {
-                    budget_hit = true;
-                    counter!(BUDGET_HITS, "identifier" => id.clone(), "window" => window_label(s.kind))
-                        .increment(1);
-                }
-            } else {
-                has_rate = true;
-                if s.exceeded {
-                    rate_hit = true;
-                    counter!(RATE_LIMIT_HITS, "identifier" => id.clone(), "limit_type" => s.kind.name())
-                        .increment(1);
+        labels.with(subject, lim, |m| {
+            let mut rate_hit = false;
+            let mut budget_hit = false;
+            let mut has_rate = false;
+            let mut has_budget = false;
+            for s in statuses.iter().filter(|s| s.subject == i) {
+                if s.kind.is_budget() {
+                    has_budget = true;
+                    m.budget_usage(s.kind, s.used as f64 / s.limit as f64);
+                    if s.exceeded {
+                        budget_hit = true;
+                        m.hit(s.kind);
+                    }
+                } else {
+                    has_rate = true;
+                    if s.exceeded {
+                        rate_hit = true;
+                        m.hit(s.kind);
+                    }
                 }
             }
-        }
-        if !count_checks {
-            continue;
-        }
-        if has_rate {
-            let result = if rate_hit { "denied" } else { "allowed" };
-            counter!(RATE_LIMIT_CHECKS, "identifier" => id.clone(), "result" => result)
-                .increment(1);
-        }
-        if has_budget {
-            let result = if budget_hit { "denied" } else { "allowed" };
-            counter!(BUDGET_CHECKS, "identifier" => id.clone(), "result" => result).increment(1);
-        }
+            if !count_checks {
+                return;
+            }
+            if has_rate {
+                m.rate_check(rate_hit);
+            }
+            if has_budget {
+                m.budget_check(budget_hit);
+            }
+        });
     }
 }
 
@@ -316,5 +545,37 @@ mod tests {
         assert!(!shown.contains("sk-secret"));
         let aliased = SubjectLimits::default().with_alias("prod");
         assert_eq!(&*labels.identifier(&key, &aliased), "api_key:prod");
+    }
+
+    #[test]
+    fn a_cached_subject_follows_a_new_alias() {
+        let labels = Labels::new(&settings(10));
+        let key = Subject::new(Dimension::ApiKey, "sk-secret");
+        let old = SubjectLimits::default().with_alias("old");
+        let new = SubjectLimits::default().with_alias("new");
+        assert_eq!(&*labels.identifier(&key, &old), "api_key:old");
+        assert_eq!(&*labels.identifier(&key, &old), "api_key:old");
+        assert_eq!(&*labels.identifier(&key, &new), "api_key:new");
+        assert_eq!(&*labels.identifier(&key, &new), "api_key:new");
+    }
+
+    #[test]
+    fn the_subject_cache_is_bounded_and_keeps_answering() {
+        let labels = Labels::new(&settings(2));
+        let none = SubjectLimits::UNLIMITED;
+        for round in 0..2 {
+            for i in 0..5_000 {
+                let id = labels.identifier(&Subject::new(Dimension::Team, i.to_string()), &none);
+                let want = match i {
+                    0 => "team:0",
+                    1 => "team:1",
+                    _ => OTHER,
+                };
+                assert_eq!(&*id, want, "round {round}, subject {i}");
+            }
+        }
+        for shard in &labels.subjects {
+            assert!(shard.read().len() <= labels.shard_max);
+        }
     }
 }

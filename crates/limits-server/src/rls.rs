@@ -36,7 +36,7 @@ use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use limits_core::headers::{headers, most_restrictive};
+use limits_core::headers::{header_values, most_restrictive};
 use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{Dimension, LimitKind, LimitStatus, Nanos, Resource, Subject, SubjectLimits};
 use limits_store::{MAX_SUBJECTS, Op, Outcome, Store, StoreError};
@@ -593,9 +593,24 @@ async fn should_rate_limit<S: Store>(
         None
     };
     let enforced_statuses = &statuses[..enforced_statuses];
-    let mut hdrs = headers(enforced_statuses, answer_retry, now);
+    let mut hdrs: Vec<HeaderValue> = header_values(enforced_statuses, answer_retry, now)
+        .iter()
+        .map(|(name, value)| HeaderValue {
+            key: name.as_str().to_owned(),
+            value: value.as_str().to_owned(),
+            raw_value: Vec::new(),
+        })
+        .collect();
     if rls.ietf_headers {
-        hdrs.extend(ietf_headers(enforced_statuses, answer_retry, now));
+        hdrs.extend(
+            ietf_headers(enforced_statuses, answer_retry, now)
+                .into_iter()
+                .map(|(key, value)| HeaderValue {
+                    key: key.to_owned(),
+                    value,
+                    raw_value: Vec::new(),
+                }),
+        );
     }
     let span = tracing::Span::current();
     span.record("counters", plan.targets.len());
@@ -603,14 +618,7 @@ async fn should_rate_limit<S: Store>(
     Ok(RateLimitResponse {
         overall_code: overall as i32,
         statuses: descriptor_statuses,
-        response_headers_to_add: hdrs
-            .into_iter()
-            .map(|(key, value)| HeaderValue {
-                key: key.to_owned(),
-                value,
-                raw_value: Vec::new(),
-            })
-            .collect(),
+        response_headers_to_add: hdrs,
         ..Default::default()
     })
 }

@@ -2,19 +2,19 @@
 //! store, and turn the engine's decision into a response with its headers.
 //! A denial is an `OK` answer; only bad input and store failures are errors.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use limits_core::engine::CheckOutcome;
-use limits_core::headers::{budget_summary, headers};
+use limits_core::headers::{Headers, Name, budget_summary, header_values};
 use limits_core::{
     Action, Dimension, EnforcementMode, LimitKind, LimitStatus, LimitTable, NanoUsd, Nanos,
     Subject, SubjectLimits, queue_wait,
 };
 use limits_store::{Op, Outcome, Store, StoreError};
 use tokio::time::Instant;
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
@@ -79,12 +79,6 @@ fn failed_open(operation: &'static str, status: &Status) {
 
 /// The reason given with a fail-open answer.
 pub const FAIL_OPEN_REASON: &str = "store unavailable: fail-open";
-
-/// Records how long an operation took.
-fn observe(operation: &'static str, started: std::time::Instant) {
-    metrics::histogram!(m::CHECK_DURATION, "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
-}
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -256,36 +250,36 @@ fn pb_budget(statuses: &[LimitStatus], subjects: &[Subject]) -> Option<pb::Budge
     })
 }
 
-/// The metadata key of a header the engine computes (metadata keys are
-/// lower-case).
-fn metadata_key(name: &'static str) -> MetadataKey<tonic::metadata::Ascii> {
-    MetadataKey::from_static(match name {
-        "X-RateLimit-Limit" => "x-ratelimit-limit",
-        "X-RateLimit-Remaining" => "x-ratelimit-remaining",
-        "X-RateLimit-Reset" => "x-ratelimit-reset",
-        "Retry-After" => "retry-after",
-        "X-Budget-Limit" => "x-budget-limit",
-        "X-Budget-Used" => "x-budget-used",
-        "X-Budget-Remaining" => "x-budget-remaining",
-        "X-Budget-Reset" => "x-budget-reset",
-        other => unreachable!("unknown header {other}"),
-    })
-}
+/// The metadata keys of the headers, by [`Name::index`], made once
+/// (`MetadataKey::from_static` checks the name on every call; a clone of
+/// a static key copies a pointer).
+static METADATA_KEYS: LazyLock<[MetadataKey<Ascii>; Name::ALL.len()]> =
+    LazyLock::new(|| Name::ALL.map(|name| MetadataKey::from_static(name.lowercase())));
 
 /// Puts the headers both in the message and in the response metadata, so a
-/// proxy can copy them without parsing the message.
+/// proxy can copy them without parsing the message. The metadata values
+/// share one buffer (one allocation for all of them, not one each).
 fn with_headers<T>(
     message: T,
-    hdrs: Vec<(&'static str, String)>,
+    hdrs: &Headers,
     set: impl FnOnce(&mut T, std::collections::HashMap<String, String>),
 ) -> Response<T> {
     let mut metadata = MetadataMap::with_capacity(hdrs.len());
     let mut map = std::collections::HashMap::with_capacity(hdrs.len());
-    for (name, value) in hdrs {
-        if let Ok(v) = MetadataValue::try_from(value.as_str()) {
-            metadata.insert(metadata_key(name), v);
+    let mut text =
+        bytes::BytesMut::with_capacity(hdrs.iter().map(|(_, v)| v.as_bytes().len()).sum());
+    for (_, value) in hdrs.iter() {
+        text.extend_from_slice(value.as_bytes());
+    }
+    let text = text.freeze();
+    let mut at = 0;
+    for (name, value) in hdrs.iter() {
+        let len = value.as_bytes().len();
+        if let Ok(v) = MetadataValue::try_from(text.slice(at..at + len)) {
+            metadata.insert(METADATA_KEYS[name.index()].clone(), v);
         }
-        map.insert(name.to_owned(), value);
+        at += len;
+        map.insert(name.as_str().to_owned(), value.as_str().to_owned());
     }
     let mut message = message;
     set(&mut message, map);
@@ -537,7 +531,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 failed_open("check", &status);
                 span.record("allowed", true);
                 span.record("action", Action::Allow.as_str());
-                observe("check", started);
+                self.shared.labels.observe("check", started);
                 return Ok(Response::new(pb::CheckLimitsResponse {
                     allowed: true,
                     action: pb::Action::Allow as i32,
@@ -561,7 +555,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         };
         let who = |i: usize| shown(&config, &subjects[i], limits[i]);
         let reason = reason(&outcome, queued, who, &req.model, downgrade_to);
-        let hdrs = headers(&outcome.statuses, outcome.retry_after, now());
+        let hdrs = header_values(&outcome.statuses, outcome.retry_after, now());
         span.record("allowed", outcome.allowed);
         span.record("action", action.as_str());
         span.record("alert", outcome.alert);
@@ -574,9 +568,9 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         );
         if action != Action::Allow {
             let who = outcome.denial.map_or(0, |d| d.subject);
-            let id = self.shared.labels.identifier(&subjects[who], limits[who]);
-            metrics::counter!(m::ENFORCEMENT_ACTIONS, "identifier" => id.clone(), "action" => action.as_str())
-                .increment(1);
+            self.shared
+                .labels
+                .with(&subjects[who], limits[who], |m| m.action(action));
         }
         let message = pb::CheckLimitsResponse {
             allowed: outcome.allowed,
@@ -598,8 +592,8 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             alert: outcome.alert,
             estimated_cost_usd: attempt.cost.as_usd(),
         };
-        let response = with_headers(message, hdrs, |m, h| m.headers = h);
-        observe("check", started);
+        let response = with_headers(message, &hdrs, |m, h| m.headers = h);
+        self.shared.labels.observe("check", started);
         Ok(response)
     }
 
@@ -657,7 +651,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             &outcome.statuses,
             false,
         );
-        observe("record", started);
+        self.shared.labels.observe("record", started);
         Ok(Response::new(pb::RecordUsageResponse {
             cost_usd: cost.as_usd(),
             total_tokens: tokens,
@@ -699,7 +693,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             Err(e @ StoreError::Unavailable(_)) if fail_open(&config) => {
                 let status = store_failed("acquire", e);
                 failed_open("acquire", &status);
-                observe("acquire", started);
+                self.shared.labels.observe("acquire", started);
                 // No lease is held, so there is nothing to release.
                 return Ok(Response::new(pb::AcquireConcurrentResponse {
                     acquired: true,
@@ -721,17 +715,16 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         span.record("subjects", subjects.len());
         span.record("acquired", outcome.acquired);
         for s in &outcome.statuses {
-            let id = self
-                .shared
+            self.shared
                 .labels
-                .identifier(&subjects[s.subject], limits[s.subject]);
-            metrics::gauge!(m::CONCURRENT_REQUESTS, "identifier" => id.clone()).set(s.used as f64);
-            if s.exceeded {
-                metrics::counter!(m::RATE_LIMIT_HITS, "identifier" => id.clone(), "limit_type" => s.kind.name())
-                    .increment(1);
-            }
+                .with(&subjects[s.subject], limits[s.subject], |m| {
+                    m.concurrent(s.used as f64);
+                    if s.exceeded {
+                        m.hit(s.kind);
+                    }
+                });
         }
-        observe("acquire", started);
+        self.shared.labels.observe("acquire", started);
         Ok(Response::new(pb::AcquireConcurrentResponse {
             acquired: outcome.acquired,
             lease_id: lease
@@ -767,7 +760,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             .await
             .map_err(|e| store_failed("release", e))?;
         tracing::Span::current().record("released", released);
-        observe("release", started);
+        self.shared.labels.observe("release", started);
         Ok(Response::new(pb::ReleaseConcurrentResponse { released }))
     }
 
