@@ -240,11 +240,6 @@ impl RollingWindow {
     pub fn time_until_freed(&self, length: Nanos, now: Nanos, need: u64) -> Option<Nanos> {
         self.view().time_until_freed(length, now, need)
     }
-
-    /// Heap bytes held by this window, for memory accounting.
-    pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<(u64, u64)>()
-    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@
 mod common;
 
 use common::{Group, T0, limits, ms, secs, usd};
-use limits_core::headers::headers;
+use limits_core::headers::{Headers, header_values};
 use limits_core::{LimitKind, Nanos};
 
-fn get<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+fn get<'a>(h: &'a Headers, name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn subject() -> Group {
@@ -31,7 +33,7 @@ fn headers_from_an_allowed_check() {
     let now = T0.saturating_add(secs(2));
     let out = g.check(usd(1.0).0, 0, now);
     assert!(out.allowed);
-    let h = headers(&out.statuses, out.retry_after, now);
+    let h = header_values(&out.statuses, out.retry_after, now);
     // Five of ten per-minute requests used is tighter than 1 of 50 per second.
     assert_eq!(get(&h, "X-RateLimit-Limit"), Some("10"));
     assert_eq!(get(&h, "X-RateLimit-Remaining"), Some("5"));
@@ -44,7 +46,7 @@ fn headers_from_an_allowed_check() {
     assert_eq!(get(&h, "X-Budget-Limit"), Some("100.00"));
     assert_eq!(get(&h, "X-Budget-Used"), Some("78.50"));
     assert_eq!(get(&h, "X-Budget-Remaining"), Some("21.50"));
-    let names: Vec<_> = h.iter().map(|(k, _)| *k).collect();
+    let names: Vec<_> = h.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -68,7 +70,7 @@ fn headers_from_a_denied_check_carry_retry_after() {
     let now = T0.saturating_add(secs(10)).saturating_add(ms(500));
     let out = g.check(0, 0, now);
     assert!(!out.allowed);
-    let h = headers(&out.statuses, out.retry_after, now);
+    let h = header_values(&out.statuses, out.retry_after, now);
     assert_eq!(get(&h, "X-RateLimit-Limit"), Some("10"));
     assert_eq!(get(&h, "X-RateLimit-Remaining"), Some("0"));
     // The first request leaves at T0 + 61 s, 50.5 s from now: rounded up.
@@ -80,5 +82,5 @@ fn headers_from_a_denied_check_carry_retry_after() {
 fn a_subject_without_limits_gets_no_headers() {
     let mut g = Group::one(limits(&[]));
     let out = g.check(0, 0, T0);
-    assert!(headers(&out.statuses, out.retry_after, T0).is_empty());
+    assert!(header_values(&out.statuses, out.retry_after, T0).is_empty());
 }

@@ -192,11 +192,6 @@ impl IdMetrics {
         }
     }
 
-    /// The `identifier` label.
-    pub fn label(&self) -> &Arc<str> {
-        &self.label
-    }
-
     fn id(&self) -> Arc<str> {
         self.label.clone()
     }
