@@ -12,87 +12,13 @@ mod stats;
 mod table;
 mod workload;
 
-/// The generated protobuf types and gRPC stubs (client and server), one
-/// module per protobuf package (generated code refers to other packages
-/// through `super::`, so the tree mirrors the package paths). Our own API,
-/// `mercator.limits.v1`, is re-exported at the root (`pb::Subject`); the
-/// Envoy rate limit service is `pb::rls`.
+/// The generated protobuf types and gRPC stubs (client and server): those
+/// limitsd is built with (`limits_server::pb`), so the load generator, the
+/// baseline and the server speak one compiled contract. Our own API,
+/// `mercator.limits.v1`, is at the root (`pb::Subject`); the Envoy rate limit
+/// service is `pb::rls`.
 mod pb {
-    // The Envoy API's import closure brings messages (annotations, xDS
-    // types) that this binary never builds: hence `dead_code`.
-    #![allow(
-        clippy::all,
-        dead_code,
-        missing_debug_implementations,
-        rust_2018_idioms
-    )]
-
-    pub mod mercator {
-        pub mod limits {
-            pub mod v1 {
-                tonic::include_proto!("mercator.limits.v1");
-            }
-        }
-    }
-    pub use mercator::limits::v1::*;
-
-    /// Envoy's rate limit service API (vendored under proto/vendor) and
-    /// what it imports.
-    pub mod envoy {
-        pub mod service {
-            pub mod ratelimit {
-                pub mod v3 {
-                    tonic::include_proto!("envoy.service.ratelimit.v3");
-                }
-            }
-        }
-        pub mod extensions {
-            pub mod common {
-                pub mod ratelimit {
-                    pub mod v3 {
-                        tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
-                    }
-                }
-            }
-        }
-        pub mod config {
-            pub mod core {
-                pub mod v3 {
-                    tonic::include_proto!("envoy.config.core.v3");
-                }
-            }
-        }
-        pub mod r#type {
-            pub mod v3 {
-                tonic::include_proto!("envoy.r#type.v3");
-            }
-        }
-    }
-
-    /// cncf/xds annotations and types the Envoy API imports.
-    pub mod xds {
-        pub mod core {
-            pub mod v3 {
-                tonic::include_proto!("xds.core.v3");
-            }
-        }
-        pub mod annotations {
-            pub mod v3 {
-                tonic::include_proto!("xds.annotations.v3");
-            }
-        }
-    }
-
-    pub mod udpa {
-        pub mod annotations {
-            tonic::include_proto!("udpa.annotations");
-        }
-    }
-
-    /// protoc-gen-validate's rule messages (annotations only).
-    pub mod validate {
-        tonic::include_proto!("validate");
-    }
+    pub use limits_server::pb::*;
 
     /// The names the load generator and the baseline use from the Envoy
     /// API, in one place.
