@@ -13,7 +13,8 @@
 //!
 //! `--record 1` follows each check with a record (the
 //! `check_record_3_subjects_100k` step); the default is check only
-//! (`check_3_subjects_100k`).
+//! (`check_3_subjects_100k`). `--resolved 1` finds the states by index
+//! instead of by map lookup (`check_3_subjects_100k_resolved`).
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -43,10 +44,14 @@ fn main() {
     let n = arg("--population", POPULATION);
     let steps = arg("--steps", 100_000);
     let record = arg("--record", 0) != 0;
+    let resolved = arg("--resolved", 0) != 0;
     let mut pop = Population::new(n);
     // Visit every subject once first, so the measured steps see state that
     // has been through the benchmark's own traffic.
     run_steps(&mut pop, n, record);
+    if resolved {
+        pop.resolve();
+    }
     // With `--wait-file PATH`, stop here until PATH exists: a script can then
     // run valgrind with `--instr-atstart=no`, build the population at a
     // fraction of callgrind's cost, and `callgrind_control -i on` before
@@ -59,5 +64,8 @@ fn main() {
         }
     }
     let allowed = measured_steps(&mut pop, steps, record);
-    println!("population {n} per dimension; {steps} steps (record: {record}); {allowed} allowed");
+    println!(
+        "population {n} per dimension; {steps} steps (record: {record}, resolved: {resolved}); \
+         {allowed} allowed"
+    );
 }

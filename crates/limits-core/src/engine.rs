@@ -156,7 +156,7 @@ fn evaluate(
                 return;
             };
             let amount = amount_for(kind.resource(), attempt);
-            let window = windows[kind.index()];
+            let window = windows.get(kind);
             if let Err(retry_after) =
                 test_limit(state, kind, limit.get(), amount, now, window, held)
             {
@@ -261,14 +261,14 @@ fn push_windowed_status(
     subject: usize,
     kind: LimitKind,
     limits: &[Option<std::num::NonZeroU64>; crate::limits::WINDOW_KINDS],
-    windows: &[Option<WindowRef<'_>>; crate::limits::WINDOW_KINDS],
+    windows: &crate::window_set::ByKind<'_>,
     held: (u64, u64),
     exceeded: &[(usize, LimitKind)],
 ) {
     let Some(limit) = limits[kind.index()] else {
         return;
     };
-    let window = windows[kind.index()];
+    let window = windows.get(kind);
     let counted = window.map_or(0, |w| w.total());
     let used = match kind.resource() {
         Resource::Cost => counted.saturating_add(held.0),
@@ -293,6 +293,9 @@ fn alert_flag(policy: &Policy, statuses: &[LimitStatus], pending_cost: u64) -> b
 }
 
 fn expire_all(states: &mut [&mut SubjectState], limits: &[&SubjectLimits], now: Nanos) {
+    for state in states.iter() {
+        state.prefetch();
+    }
     for (state, lim) in states.iter_mut().zip(limits) {
         state.expire(lim, now);
     }

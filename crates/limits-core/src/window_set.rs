@@ -3,16 +3,22 @@
 //! A check reads every window of every subject it names (each window's
 //! total and oldest bucket) and writes the request windows. With one heap
 //! buffer per window that is one dependent load per window, each likely a
-//! cache miss at scale; here a subject's windows are one allocation, read
-//! front to back, so a check touches a few adjacent cache lines per subject
-//! and the hardware prefetcher can follow.
+//! cache miss at scale; here a subject's windows are one allocation whose
+//! headers sit together at its front, so every window is found without
+//! walking the others and the loads of a check do not wait on each other.
 //!
-//! Layout: windows in [`STORAGE_ORDER`], each a header entry followed by its
-//! buckets oldest first. A header is `(storage rank << 32 | bucket count,
-//! total)`; a bucket is `(bucket index, amount)`, as in
+//! Layout: one header per window, in [`STORAGE_ORDER`], then the windows'
+//! buckets, oldest first, in the same order. A header is `(meta, total)`,
+//! where `meta` packs the header count, the storage rank and where the
+//! window's buckets are; a bucket is `(bucket index, amount)`, as in
 //! [`RollingWindow`](crate::RollingWindow). Both are 16 bytes, so the buffer
-//! is one `Vec` of pairs. A window's oldest bucket sits right after its
-//! header, in the same or the next cache line.
+//! is one `Vec` of pairs.
+//!
+//! Expiry only moves a window's start past the buckets that left it: the
+//! usual check (buckets leaving the short windows, others arriving) moves
+//! no memory. The slots left behind are the room the window before grows
+//! into; when a window finds no room after it, the buffer is compacted once
+//! and the windows after it shift by one entry.
 
 use crate::limits::{LimitKind, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
@@ -22,8 +28,8 @@ type Entry = (u64, u64);
 
 /// The order windows are stored in: the kinds of one resource together (so
 /// that charging a resource is one forward walk), and the windows that gain
-/// and lose buckets most often — the shortest, and the request windows that
-/// every check writes — last, so that few entries move when they change.
+/// buckets most often — the shortest, and the request windows that every
+/// check writes — last, where the buffer's spare capacity is.
 pub(crate) const STORAGE_ORDER: [LimitKind; WINDOW_KINDS] = [
     LimitKind::BudgetMonthly,
     LimitKind::BudgetDaily,
@@ -71,35 +77,78 @@ const SPANS: [Span; WINDOW_KINDS] = {
 /// entry, resident memory was 45 % above the bytes in use.
 const GRAIN: usize = 8;
 
+/// Buffers up to this many entries (16 cache lines) are read whole by
+/// [`WindowSet::touch`].
+const TOUCH_ALL: usize = 64;
+
 const fn capacity_for(entries: usize) -> usize {
     entries.div_ceil(GRAIN) * GRAIN
 }
 
-const fn header(kind: LimitKind, len: usize, total: u64) -> Entry {
-    ((rank(kind) as u64) << 32 | len as u64, total)
+/// A header's `meta` word: `count << 60 | rank << 56 | start << 28 | len`,
+/// where `count` is the number of headers (every header carries it, so that
+/// the first says where the headers end) and the window's buckets are
+/// `buf[start..start + len]`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Meta {
+    count: usize,
+    rank: usize,
+    start: usize,
+    len: usize,
 }
 
-/// The storage rank and bucket count of a header entry. The rank is masked
-/// to the table size (a no-op for a header this module wrote), so that the
-/// tables indexed by it need no bounds check on the check path.
-#[inline(always)]
-fn parse(entry: Entry) -> (usize, usize) {
-    const _: () = assert!(WINDOW_KINDS.is_power_of_two());
-    (
-        (entry.0 >> 32) as usize & (WINDOW_KINDS - 1),
-        (entry.0 & u64::from(u32::MAX)) as usize,
-    )
+const FIELD: u64 = (1 << 28) - 1;
+
+impl Meta {
+    #[inline(always)]
+    const fn pack(self) -> u64 {
+        (self.count as u64) << 60
+            | (self.rank as u64) << 56
+            | (self.start as u64 & FIELD) << 28
+            | (self.len as u64 & FIELD)
+    }
+
+    /// The fields of a header's `meta`. The rank is masked to the table size
+    /// (a no-op for a header this module wrote), so that the tables indexed
+    /// by it need no bounds check on the check path.
+    #[inline(always)]
+    const fn parse(word: u64) -> Meta {
+        const _: () = assert!(WINDOW_KINDS.is_power_of_two());
+        Meta {
+            count: (word >> 60) as usize,
+            rank: (word >> 56) as usize & (WINDOW_KINDS - 1),
+            start: ((word >> 28) & FIELD) as usize,
+            len: (word & FIELD) as usize,
+        }
+    }
+
+    #[inline(always)]
+    const fn end(self) -> usize {
+        self.start + self.len
+    }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct WindowSet {
     buf: Vec<Entry>,
 }
 
+/// Two sets are equal when they hold the same windows with the same
+/// buckets; where the buckets sit in the buffer, and the free slots
+/// expiry left between them, are not state.
+impl PartialEq for WindowSet {
+    fn eq(&self, other: &WindowSet) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for WindowSet {}
+
 /// Iterates the windows of a [`WindowSet`] in storage order.
 #[derive(Clone, Debug)]
 pub struct Windows<'a> {
-    rest: &'a [Entry],
+    buf: &'a [Entry],
+    next: usize,
 }
 
 impl<'a> Iterator for Windows<'a> {
@@ -107,11 +156,40 @@ impl<'a> Iterator for Windows<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let (&head, after) = self.rest.split_first()?;
-        let (rank, len) = parse(head);
-        let (buckets, rest) = after.split_at(len);
-        self.rest = rest;
-        Some((STORAGE_ORDER[rank], WindowRef::new(buckets, head.1)))
+        let &(word, total) = self.buf.get(self.next)?;
+        let m = Meta::parse(word);
+        if self.next >= m.count {
+            return None;
+        }
+        self.next += 1;
+        let buckets = self.buf.get(m.start..m.end()).unwrap_or_default();
+        Some((STORAGE_ORDER[m.rank], WindowRef::new(buckets, total)))
+    }
+}
+
+/// The windows of a [`WindowSet`] by kind, from [`WindowSet::by_kind`].
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct ByKind<'a> {
+    buf: &'a [Entry],
+    /// The header of each windowed kind (by `LimitKind::index`), or
+    /// [`NO_HEADER`].
+    header: [u8; WINDOW_KINDS],
+}
+
+/// No window: a set has at most [`WINDOW_KINDS`] headers.
+const NO_HEADER: u8 = u8::MAX;
+
+impl<'a> ByKind<'a> {
+    #[inline(always)]
+    pub(crate) fn get(&self, kind: LimitKind) -> Option<WindowRef<'a>> {
+        let h = *self.header.get(kind.index())?;
+        if h == NO_HEADER {
+            return None;
+        }
+        let &(word, total) = self.buf.get(usize::from(h))?;
+        let m = Meta::parse(word);
+        let buckets = self.buf.get(m.start..m.end()).unwrap_or_default();
+        Some(WindowRef::new(buckets, total))
     }
 }
 
@@ -127,41 +205,102 @@ impl WindowSet {
                 by_rank[rank(kind)] = Some(buckets);
             }
         }
-        let len = by_rank.iter().flatten().map(|b| 1 + b.len()).sum();
-        let mut buf = Vec::with_capacity(capacity_for(len));
-        for (kind, buckets) in STORAGE_ORDER.into_iter().zip(by_rank) {
+        WindowSet::build(by_rank, 0)
+    }
+
+    /// A compact buffer holding the windows given by rank, with `spare`
+    /// more entries of capacity.
+    fn build(by_rank: [Option<&[Entry]>; WINDOW_KINDS], spare: usize) -> WindowSet {
+        let count = by_rank.iter().flatten().count();
+        let len = count + by_rank.iter().flatten().map(|b| b.len()).sum::<usize>();
+        let mut buf = Vec::with_capacity(capacity_for(len + spare));
+        let mut start = count;
+        for (rank, buckets) in by_rank.iter().enumerate() {
             let Some(buckets) = buckets else { continue };
             let total = buckets
                 .iter()
                 .fold(0u64, |acc, &(_, a)| acc.saturating_add(a));
-            buf.push(header(kind, buckets.len(), total));
+            let meta = Meta {
+                count,
+                rank,
+                start,
+                len: buckets.len(),
+            };
+            buf.push((meta.pack(), total));
+            start += buckets.len();
+        }
+        for buckets in by_rank.iter().flatten() {
             buf.extend_from_slice(buckets);
         }
         WindowSet { buf }
     }
 
+    /// The number of windows (and of headers at the buffer's front).
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.buf.first().map_or(0, |&(w, _)| Meta::parse(w).count)
+    }
+
+    #[inline(always)]
+    fn meta(&self, header: usize) -> Meta {
+        Meta::parse(self.buf[header].0)
+    }
+
+    #[inline(always)]
+    fn set_meta(&mut self, header: usize, meta: Meta) {
+        self.buf[header].0 = meta.pack();
+    }
+
     pub(crate) fn iter(&self) -> Windows<'_> {
-        Windows { rest: &self.buf }
+        Windows {
+            buf: &self.buf,
+            next: 0,
+        }
     }
 
     pub(crate) fn get(&self, kind: LimitKind) -> Option<WindowRef<'_>> {
         self.iter().find(|(k, _)| *k == kind).map(|(_, w)| w)
     }
 
-    /// The windows indexed by kind, found in one walk.
+    /// The windows indexed by kind: which header each kind has, found in
+    /// one pass over the headers; a window's view is made when asked for.
     #[inline]
-    pub(crate) fn by_kind(&self) -> [Option<WindowRef<'_>>; WINDOW_KINDS] {
-        let mut out = [None; WINDOW_KINDS];
-        let mut pos = 0;
-        while let Some(&head) = self.buf.get(pos) {
-            let (rank, len) = parse(head);
-            let Some(buckets) = self.buf.get(pos + 1..pos + 1 + len) else {
-                break;
-            };
-            out[STORAGE_ORDER[rank].index()] = Some(WindowRef::new(buckets, head.1));
-            pos += 1 + len;
+    pub(crate) fn by_kind(&self) -> ByKind<'_> {
+        let mut header = [NO_HEADER; WINDOW_KINDS];
+        let count = self.count();
+        for (h, &(word, _)) in self.buf.iter().take(count).enumerate() {
+            header[STORAGE_ORDER[Meta::parse(word).rank].index()] = h as u8;
         }
-        out
+        ByKind {
+            buf: &self.buf,
+            header,
+        }
+    }
+
+    /// Reads one word of each cache line a check will use. The loads do not
+    /// depend on each other, so the processor has all of them in flight at
+    /// once, and the work that follows finds the lines arriving instead of
+    /// missing them one after another. A buffer of up to [`TOUCH_ALL`]
+    /// entries is read whole; in a larger one, the headers and each window's
+    /// oldest and newest bucket. Returns a value made of the loads, for the
+    /// caller to sink.
+    #[inline(always)]
+    pub(crate) fn touch(&self) -> u64 {
+        const PER_LINE: usize = 64 / std::mem::size_of::<Entry>();
+        if self.buf.len() <= TOUCH_ALL {
+            return self
+                .buf
+                .iter()
+                .step_by(PER_LINE)
+                .fold(0, |acc, e| acc ^ e.1);
+        }
+        let count = self.count();
+        self.buf.iter().take(count).fold(0, |acc, &(word, _)| {
+            let m = Meta::parse(word);
+            let oldest = self.buf.get(m.start).map_or(0, |e| e.1);
+            let newest = self.buf.get(m.end().wrapping_sub(1)).map_or(0, |e| e.1);
+            acc ^ oldest ^ newest
+        })
     }
 
     /// Whether every window is empty (or there are none).
@@ -170,81 +309,101 @@ impl WindowSet {
     }
 
     /// Drops the buckets that have expired at `now`, and the windows left
-    /// empty that are no longer limited. One pass; entries move only after
-    /// the first change, and the usual call (nothing expired) writes nothing.
+    /// empty that are no longer limited. The usual call moves no memory: a
+    /// window's start moves past its expired buckets.
     #[inline]
     pub(crate) fn expire(&mut self, limits: &SubjectLimits, now: Nanos) {
-        let n = self.buf.len();
-        let mut r = 0;
-        while r < n {
-            let (rank, len) = parse(self.buf[r]);
-            let gone = SPANS[rank].expired_count(&self.buf[r + 1..r + 1 + len], now);
-            if gone > 0 || (len == 0 && limits.get(STORAGE_ORDER[rank]).is_none()) {
-                self.compact_from(r, limits, now);
-                return;
-            }
-            r += 1 + len;
-        }
-    }
-
-    /// [`expire`](Self::expire) from the first window that changes.
-    #[inline(never)]
-    fn compact_from(&mut self, start: usize, limits: &SubjectLimits, now: Nanos) {
-        let n = self.buf.len();
-        let (mut r, mut w) = (start, start);
-        while r < n {
-            let (rank, len) = parse(self.buf[r]);
-            let kind = STORAGE_ORDER[rank];
-            let buckets = r + 1..r + 1 + len;
-            let gone = SPANS[rank].expired_count(&self.buf[buckets.clone()], now);
-            let keep = len - gone;
-            if keep == 0 && limits.get(kind).is_none() {
-                r = buckets.end;
-                continue;
-            }
-            let total = if keep == 0 {
-                // Saturation can leave a remainder; an empty window is zero.
-                0
-            } else {
-                self.buf[r + 1..r + 1 + gone]
-                    .iter()
-                    .fold(self.buf[r].1, |t, &(_, a)| t.saturating_sub(a))
+        let count = self.count();
+        let mut live = count;
+        let mut drop_any = false;
+        for h in 0..count {
+            let (word, total) = self.buf[h];
+            let mut m = Meta::parse(word);
+            let span = SPANS[m.rank];
+            let gone = match self.buf.get(m.start..m.end()) {
+                Some(buckets) => span.expired_count(buckets, now),
+                None => 0,
             };
-            self.buf[w] = header(kind, keep, total);
-            if w != r || gone > 0 {
-                self.buf.copy_within(r + 1 + gone..buckets.end, w + 1);
+            if gone > 0 {
+                let total = if gone == m.len {
+                    // Saturation can leave a remainder; an empty window is zero.
+                    0
+                } else {
+                    self.buf[m.start..m.start + gone]
+                        .iter()
+                        .fold(total, |t, &(_, a)| t.saturating_sub(a))
+                };
+                m.start += gone;
+                m.len -= gone;
+                self.buf[h] = (m.pack(), total);
             }
-            w += 1 + keep;
-            r = buckets.end;
+            live += m.len;
+            drop_any |= m.len == 0 && limits.get(STORAGE_ORDER[m.rank]).is_none();
         }
-        self.buf.truncate(w);
-        // Give back what a burst left, keeping some room so that a subject
-        // whose windows empty and refill does not reallocate each time.
-        let len = self.buf.len();
-        if self.buf.capacity() - len > len.max(GRAIN) {
-            self.buf.shrink_to(capacity_for(len + len / 4));
+        if drop_any {
+            self.rebuild(|k, w| !w.is_empty() || limits.get(k).is_some(), None, 0);
+        } else if self.buf.capacity() - live > live.max(GRAIN) {
+            // Give back what a burst left, keeping some room so that a
+            // subject whose windows empty and refill does not reallocate
+            // each time.
+            self.shrink(live + live / 4);
         }
     }
 
-    /// Where the window of `kind`, or of the first kind after it in
-    /// [`STORAGE_ORDER`], is.
+    /// Closes the gaps and gives back the capacity beyond `keep` entries
+    /// (rounded up to a grain) in place, with `realloc`, rather than by
+    /// [`rebuild`](Self::rebuild)ing into a new buffer. The two give the
+    /// same capacity but not the same heap: with glibc, in the
+    /// `state_size` example, a new buffer here led each subject's buffer to
+    /// end up between long-lived small allocations (the map's keys), so
+    /// that the chunk it left on its next growth could neither merge with a
+    /// neighbour nor fit any later growth, and stayed resident: 30 % more
+    /// RSS for the same capacity.
+    #[inline(never)]
+    fn shrink(&mut self, keep: usize) {
+        let len = self.close_gaps();
+        self.buf.shrink_to(capacity_for(keep.max(len)));
+    }
+
+    /// Rebuilds the buffer compactly with the windows `keep` accepts, plus
+    /// a new empty window of rank `add`, with room for `spare` more entries.
+    /// Runs when a window comes or goes: rarely.
+    #[inline(never)]
+    fn rebuild(
+        &mut self,
+        keep: impl Fn(LimitKind, WindowRef<'_>) -> bool,
+        add: Option<usize>,
+        spare: usize,
+    ) {
+        let mut by_rank: [Option<&[Entry]>; WINDOW_KINDS] = [None; WINDOW_KINDS];
+        for (kind, w) in self.iter() {
+            if keep(kind, w) {
+                by_rank[rank(kind)] = Some(w.buckets());
+            }
+        }
+        if let Some(r) = add {
+            by_rank[r].get_or_insert(&[]);
+        }
+        *self = WindowSet::build(by_rank, spare);
+    }
+
+    /// The header of the window of `kind`, or of the first kind after it in
+    /// [`STORAGE_ORDER`], or the header count if none follows.
     #[inline(always)]
     pub(crate) fn position_from(&self, kind: LimitKind) -> usize {
-        let mut pos = 0;
-        while let Some(&entry) = self.buf.get(pos) {
-            let (r, len) = parse(entry);
-            if r >= rank(kind) {
-                break;
-            }
-            pos += 1 + len;
+        let count = self.count();
+        let mut h = 0;
+        while h < count && self.meta(h).rank < rank(kind) {
+            h += 1;
         }
-        pos
+        h
     }
 
-    /// Adds `amount` to the window of `kind`, with `pos` at that window or
-    /// where it would go, and moves `pos` past it. A window is created only
-    /// for a limited kind. The kinds of one resource are consecutive in
-    /// [`STORAGE_ORDER`], so one forward walk, in that order, serves all.
+    /// Adds `amount` to the window of `kind`, with `pos` at that window's
+    /// header or where it would go, and moves `pos` past it. A window is
+    /// created only for a limited kind. The kinds of one resource are
+    /// consecutive in [`STORAGE_ORDER`], so one forward walk, in that order,
+    /// serves all.
     #[inline(always)]
     pub(crate) fn add(
         &mut self,
@@ -255,46 +414,128 @@ impl WindowSet {
         amount: u64,
     ) {
         let span = SPANS[rank(kind)];
-        match self.buf.get(*pos).copied().map(parse) {
-            Some((r, len)) if r == rank(kind) => {
-                let newest = *pos + len;
-                let len = if len > 0 && span.lands_in(self.buf[newest].0, now) {
-                    let a = &mut self.buf[newest].1;
-                    *a = a.saturating_add(amount);
-                    len
-                } else {
-                    self.insert(newest + 1, (span.bucket_at(now), amount));
-                    len + 1
-                };
-                let total = self.buf[*pos].1.saturating_add(amount);
-                self.buf[*pos] = header(kind, len, total);
-                *pos += 1 + len;
+        let here = *pos < self.count() && self.meta(*pos).rank == rank(kind);
+        if !here {
+            if limits.get(kind).is_none() {
+                return;
             }
-            _ if limits.get(kind).is_some() => {
-                // Once per kind in a subject's life.
-                self.insert(*pos, (span.bucket_at(now), amount));
-                self.insert(*pos, header(kind, 1, amount));
-                *pos += 2;
+            // Once per kind in a subject's life (or after it emptied and its
+            // limit went away): the headers move, so rebuild.
+            let spare = 1 + self.buf.len() / 8;
+            self.rebuild(|_, _| true, Some(rank(kind)), spare);
+            *pos = self.position_from(kind);
+        }
+        let h = *pos;
+        let m = self.meta(h);
+        if m.len > 0 && span.lands_in(self.buf[m.end() - 1].0, now) {
+            let a = &mut self.buf[m.end() - 1].1;
+            *a = a.saturating_add(amount);
+        } else {
+            self.append(h, (span.bucket_at(now), amount));
+        }
+        let total = &mut self.buf[h].1;
+        *total = total.saturating_add(amount);
+        *pos += 1;
+    }
+
+    /// Puts `bucket` after the newest bucket of the window of header `h`:
+    /// into the free slot there if there is one, otherwise after making one.
+    #[inline(always)]
+    fn append(&mut self, h: usize, bucket: Entry) {
+        let count = self.count();
+        let mut m = self.meta(h);
+        let room_until = if h + 1 < count {
+            self.meta(h + 1).start
+        } else {
+            self.buf.capacity()
+        };
+        if m.end() >= room_until {
+            self.make_room(h);
+            m = self.meta(h);
+        }
+        if m.end() == self.buf.len() {
+            self.buf.push(bucket);
+        } else {
+            self.buf[m.end()] = bucket;
+        }
+        m.len += 1;
+        self.set_meta(h, m);
+    }
+
+    /// Frees the slot after the newest bucket of header `h`'s window:
+    /// closes every gap (growing the buffer by an eighth or a grain, not
+    /// doubling, when that is not enough), then shifts the windows after it
+    /// by one entry.
+    #[inline(never)]
+    fn make_room(&mut self, h: usize) {
+        let count = self.count();
+        let w = self.close_gaps();
+        if self.buf.capacity() == w {
+            self.buf.reserve_exact(capacity_for(w + w / 8 + 1) - w);
+        }
+        // The window of `h` is now followed directly by the next one (or is
+        // last, with capacity after it); shift the ones after it up by one.
+        if h + 1 < count {
+            let from = self.meta(h + 1).start;
+            self.buf.push((0, 0));
+            self.buf.copy_within(from..w, from + 1);
+            for i in h + 1..count {
+                let mut m = self.meta(i);
+                m.start += 1;
+                self.set_meta(i, m);
             }
-            _ => {}
         }
     }
 
-    /// Inserts an entry at `at`, growing the buffer by an eighth or a grain (not
-    /// doubling) when full, so that a large subject's slack stays small.
-    #[inline(always)]
-    fn insert(&mut self, at: usize, entry: Entry) {
-        let len = self.buf.len();
-        if self.buf.capacity() == len {
-            self.buf
-                .reserve_exact(capacity_for(len + len / 8 + 1) - len);
+    /// Moves every window's buckets down to follow the previous window's
+    /// directly (front to back, so entries only move down), truncates the
+    /// buffer after the last one and returns its new length.
+    fn close_gaps(&mut self) -> usize {
+        let count = self.count();
+        let mut w = count;
+        for i in 0..count {
+            let mut m = self.meta(i);
+            if m.start != w {
+                self.buf.copy_within(m.start..m.end(), w);
+                m.start = w;
+                self.set_meta(i, m);
+            }
+            w += m.len;
         }
-        self.buf.insert(at, entry);
+        self.buf.truncate(w);
+        w
     }
 
     /// Heap bytes held, for memory accounting.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.buf.capacity() * std::mem::size_of::<Entry>()
+    }
+
+    /// Panics unless the layout holds: every header carries the count,
+    /// ranks rise, bucket ranges follow the headers in order without
+    /// overlapping, the last one ends the buffer, and totals match.
+    #[cfg(test)]
+    fn assert_layout(&self) {
+        let count = self.count();
+        let mut prev_rank = None;
+        let mut prev_end = count;
+        for h in 0..count {
+            let m = self.meta(h);
+            assert_eq!(m.count, count, "header {h} count");
+            assert!(prev_rank.is_none_or(|r| r < m.rank), "ranks rise");
+            assert!(m.start >= prev_end, "header {h} overlaps the one before");
+            let total = self.buf[m.start..m.end()]
+                .iter()
+                .fold(0u64, |t, &(_, a)| t.saturating_add(a));
+            assert_eq!(self.buf[h].1, total, "header {h} total");
+            prev_rank = Some(m.rank);
+            prev_end = m.end();
+        }
+        assert_eq!(
+            prev_end,
+            self.buf.len().max(count),
+            "the last window ends the buffer"
+        );
     }
 }
 
@@ -375,8 +616,40 @@ mod tests {
                     })
                     .collect();
                 prop_assert_eq!(got, want);
+                set.assert_layout();
             }
         }
+    }
+
+    #[test]
+    fn equality_ignores_where_buckets_sit() {
+        let limits = limited(&[LimitKind::RequestsPerMinute, LimitKind::RequestsPerSecond]);
+        let mut a = WindowSet::default();
+        for (kind, secs) in [
+            (LimitKind::RequestsPerMinute, 0),
+            (LimitKind::RequestsPerSecond, 0),
+            (LimitKind::RequestsPerSecond, 2),
+        ] {
+            let mut pos = a.position_from(kind);
+            a.add(
+                &mut pos,
+                kind,
+                &limits,
+                T.saturating_add(Nanos::from_secs(secs)),
+                1,
+            );
+        }
+        a.expire(&limits, T.saturating_add(Nanos::from_secs(4)));
+        // `a` has free slots where the per-second buckets were; a rebuilt
+        // copy has none, and is still equal.
+        let b = WindowSet::from_windows(a.iter().map(|(k, w)| (k, w.buckets())));
+        assert_ne!(a.buf.len(), b.buf.len());
+        assert_eq!(a, b);
+        let mut c = b.clone();
+        let mut pos = c.position_from(LimitKind::RequestsPerSecond);
+        let t = T.saturating_add(Nanos::from_secs(4));
+        c.add(&mut pos, LimitKind::RequestsPerSecond, &limits, t, 1);
+        assert_ne!(a, c);
     }
 
     #[test]
@@ -413,6 +686,37 @@ mod tests {
     }
 
     #[test]
+    fn expiry_leaves_room_that_the_window_before_grows_into() {
+        let (rpm, rps) = (LimitKind::RequestsPerMinute, LimitKind::RequestsPerSecond);
+        let limits = limited(&[rpm, rps]);
+        let mut set = WindowSet::default();
+        let add = |set: &mut WindowSet, kind, t: Nanos| {
+            let mut pos = set.position_from(kind);
+            set.add(&mut pos, kind, &limits, t, 1);
+            set.assert_layout();
+        };
+        add(&mut set, rpm, T);
+        add(&mut set, rps, T);
+        // No room after the per-minute window: the per-second one shifts.
+        let t1 = T.saturating_add(Nanos::SECOND);
+        add(&mut set, rpm, t1);
+        assert_eq!(set.meta(1).start, 4);
+        // The per-second bucket expires, leaving its slot free...
+        let t2 = T.saturating_add(Nanos::from_secs(3));
+        set.expire(&limits, t2);
+        let len = set.buf.len();
+        assert_eq!((set.meta(1).start, set.meta(1).len), (5, 0));
+        // ...which the per-minute window's next bucket takes, in place.
+        add(&mut set, rpm, t2);
+        assert_eq!(set.buf.len(), len);
+        let got: Vec<_> = set
+            .iter()
+            .map(|(k, w)| (k, w.buckets().len(), w.total()))
+            .collect();
+        assert_eq!(got, [(rpm, 3, 3), (rps, 0, 0)]);
+    }
+
+    #[test]
     fn a_burst_is_given_back_when_it_expires() {
         let limits = limited(&[LimitKind::RequestsPerMinute]);
         let mut set = WindowSet::default();
@@ -423,6 +727,7 @@ mod tests {
         }
         assert!(set.heap_bytes() >= 61 * 16);
         set.expire(&limits, T.saturating_add(Nanos::HOUR));
+        set.assert_layout();
         assert!(set.is_idle());
         assert!(set.heap_bytes() <= 16 * 16, "{}", set.heap_bytes());
     }

@@ -77,6 +77,9 @@ pub struct Population {
     pub policy: Policy,
     pub now: Nanos,
     cursor: usize,
+    /// After [`resolve`](Self::resolve): the states, moved out of the maps
+    /// into vectors in id order.
+    resolved: Option<[Vec<SubjectState>; 3]>,
 }
 
 impl Population {
@@ -130,7 +133,25 @@ impl Population {
             policy,
             now: START,
             cursor: 0,
+            resolved: None,
         }
+    }
+
+    /// Moves every state out of its map into a vector in id order, so that
+    /// [`step`](Self::step) finds a request's states by index: the check
+    /// alone, on state just as cold, without the hashing and key
+    /// comparisons of a map lookup. The states' buffers do not move.
+    pub fn resolve(&mut self) {
+        let maps = &mut self.maps;
+        let ids = &self.ids;
+        self.resolved = Some(std::array::from_fn(|d| {
+            let states = ids[d]
+                .iter()
+                .map(|id| maps[d].remove(id.as_str()).expect("every id has a state"))
+                .collect();
+            maps[d] = AHashMap::new();
+            states
+        }));
     }
 
     /// One request: look the three subjects up, check them together and,
@@ -145,11 +166,18 @@ impl Population {
         // user and team are not its neighbours in memory.
         let idx = [i, (i * 7 + 3) % n, (i * 13 + 5) % n];
         self.now = self.now.saturating_add(STEP);
-        let [keys, users, teams] = &mut self.maps;
-        let key = keys.get_mut(self.ids[0][idx[0]].as_str()).expect("key");
-        let user = users.get_mut(self.ids[1][idx[1]].as_str()).expect("user");
-        let team = teams.get_mut(self.ids[2][idx[2]].as_str()).expect("team");
-        let mut states = [key, user, team];
+        let mut states = match &mut self.resolved {
+            Some([keys, users, teams]) => {
+                [&mut keys[idx[0]], &mut users[idx[1]], &mut teams[idx[2]]]
+            }
+            None => {
+                let [keys, users, teams] = &mut self.maps;
+                let key = keys.get_mut(self.ids[0][idx[0]].as_str()).expect("key");
+                let user = users.get_mut(self.ids[1][idx[1]].as_str()).expect("user");
+                let team = teams.get_mut(self.ids[2][idx[2]].as_str()).expect("team");
+                [key, user, team]
+            }
+        };
         let limits = [&self.limits, &self.limits, &self.limits];
         let req = CheckRequest {
             attempts: &self.attempts,
