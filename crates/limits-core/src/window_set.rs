@@ -474,14 +474,17 @@ impl WindowSet {
             self.buf.reserve_exact(capacity_for(w + w / 8 + 1) - w);
         }
         // The window of `h` is now followed directly by the next one (or is
-        // last, with capacity after it); shift the ones after it up by one.
+        // last, with capacity after it). Shift the ones after it up by half
+        // the free capacity, so that it has room for its next buckets too,
+        // and the last window keeps the other half.
         if h + 1 < count {
+            let gap = ((self.buf.capacity() - w) / 2).max(1);
             let from = self.meta(h + 1).start;
-            self.buf.push((0, 0));
-            self.buf.copy_within(from..w, from + 1);
+            self.buf.resize(w + gap, (0, 0));
+            self.buf.copy_within(from..w, from + gap);
             for i in h + 1..count {
                 let mut m = self.meta(i);
-                m.start += 1;
+                m.start += gap;
                 self.set_meta(i, m);
             }
         }
@@ -697,16 +700,20 @@ mod tests {
         };
         add(&mut set, rpm, T);
         add(&mut set, rps, T);
-        // No room after the per-minute window: the per-second one shifts.
+        // No room after the per-minute window: the per-second one shifts,
+        // leaving a gap of half the free capacity.
         let t1 = T.saturating_add(Nanos::SECOND);
         add(&mut set, rpm, t1);
-        assert_eq!(set.meta(1).start, 4);
-        // The per-second bucket expires, leaving its slot free...
+        let rps_start = set.meta(1).start;
+        assert_eq!(set.meta(0).end(), 4);
+        assert!(rps_start > 4, "{rps_start}");
+        // The per-second bucket expires; its slot joins the free room...
         let t2 = T.saturating_add(Nanos::from_secs(3));
         set.expire(&limits, t2);
         let len = set.buf.len();
-        assert_eq!((set.meta(1).start, set.meta(1).len), (5, 0));
-        // ...which the per-minute window's next bucket takes, in place.
+        assert_eq!((set.meta(1).start, set.meta(1).len), (rps_start + 1, 0));
+        // ...and the per-minute window's next bucket goes into the room after
+        // it, with nothing moved.
         add(&mut set, rpm, t2);
         assert_eq!(set.buf.len(), len);
         let got: Vec<_> = set
