@@ -220,9 +220,8 @@ pub fn statuses(
     let count = limits.iter().map(|l| l.count()).sum();
     let mut out = Vec::with_capacity(count);
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
-        // Sum the holds once per subject, not once per limit, and walk the
-        // window list (in kind order, like the limits) alongside the
-        // limits: this loop runs on every check and record.
+        // Sum the holds once per subject, not once per limit, and index the
+        // windows by kind once: this loop runs on every check and record.
         let held = state.held(now);
         let windows = state.windows_by_kind();
         let limit = lim.windowed_limits();

@@ -17,8 +17,8 @@
 //! Expiry only moves a window's start past the buckets that left it: the
 //! usual check (buckets leaving the short windows, others arriving) moves
 //! no memory. The slots left behind are the room the window before grows
-//! into; when a window finds no room after it, the buffer is compacted once
-//! and the windows after it shift by one entry.
+//! into; when a window finds no room after it, the buffer is compacted and
+//! the windows after it shift up by half the free capacity.
 
 use crate::limits::{LimitKind, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
@@ -102,6 +102,8 @@ const FIELD: u64 = (1 << 28) - 1;
 impl Meta {
     #[inline(always)]
     const fn pack(self) -> u64 {
+        debug_assert!(self.count <= WINDOW_KINDS && self.rank < WINDOW_KINDS);
+        debug_assert!(self.start as u64 <= FIELD && self.len as u64 <= FIELD);
         (self.count as u64) << 60
             | (self.rank as u64) << 56
             | (self.start as u64 & FIELD) << 28
@@ -149,6 +151,8 @@ impl Eq for WindowSet {}
 pub struct Windows<'a> {
     buf: &'a [Entry],
     next: usize,
+    /// The header count, from the first header.
+    count: usize,
 }
 
 impl<'a> Iterator for Windows<'a> {
@@ -156,11 +160,11 @@ impl<'a> Iterator for Windows<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let &(word, total) = self.buf.get(self.next)?;
-        let m = Meta::parse(word);
-        if self.next >= m.count {
+        if self.next >= self.count {
             return None;
         }
+        let &(word, total) = self.buf.get(self.next)?;
+        let m = Meta::parse(word);
         self.next += 1;
         let buckets = self.buf.get(m.start..m.end()).unwrap_or_default();
         Some((STORAGE_ORDER[m.rank], WindowRef::new(buckets, total)))
@@ -255,6 +259,7 @@ impl WindowSet {
         Windows {
             buf: &self.buf,
             next: 0,
+            count: self.count(),
         }
     }
 
@@ -462,10 +467,10 @@ impl WindowSet {
         self.set_meta(h, m);
     }
 
-    /// Frees the slot after the newest bucket of header `h`'s window:
-    /// closes every gap (growing the buffer by an eighth or a grain, not
-    /// doubling, when that is not enough), then shifts the windows after it
-    /// by one entry.
+    /// Frees room after the newest bucket of header `h`'s window: closes
+    /// every gap (growing the buffer by an eighth or a grain, not doubling,
+    /// when that leaves none), then shifts the windows after it up by half
+    /// the free capacity.
     #[inline(never)]
     fn make_room(&mut self, h: usize) {
         let count = self.count();
@@ -669,6 +674,16 @@ mod tests {
             let earlier = resources[..i].iter().position(|x| x == r);
             assert!(earlier.is_none_or(|_| resources[i - 1] == *r));
         }
+    }
+
+    #[test]
+    fn a_bucket_is_never_read_as_a_header() {
+        // The first bucket after the headers has the bits of a header count
+        // set: iteration must still stop after the one real window.
+        let set = WindowSet::from_windows([(LimitKind::BudgetDaily, &[(u64::MAX, 1)][..])]);
+        let kinds: Vec<_> = set.iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [LimitKind::BudgetDaily]);
+        assert!(set.by_kind().get(LimitKind::BudgetDaily).is_some());
     }
 
     #[test]
