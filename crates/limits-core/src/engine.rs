@@ -113,6 +113,26 @@ pub fn worse(a: Option<Denial>, b: Denial) -> Denial {
     }
 }
 
+/// Notes that limit `kind` of subject `subject` does not fit: keeps the
+/// worse of the denials so far (see [`worse`]) and lists the limit as
+/// exceeded.
+#[inline(always)]
+pub(crate) fn note_denial(
+    worst: &mut Option<Denial>,
+    exceeded: &mut Vec<(usize, LimitKind)>,
+    subject: usize,
+    kind: LimitKind,
+    retry_after: Option<Nanos>,
+) {
+    let denial = Denial {
+        subject,
+        kind,
+        retry_after,
+    };
+    *worst = Some(worse(*worst, denial));
+    exceeded.push((subject, kind));
+}
+
 /// Tests one windowed limit against an amount: the request fits when the
 /// limit has room for it, and a request of nothing still needs the window not
 /// to be full (so an exhausted budget blocks calls of unknown cost).
@@ -160,15 +180,7 @@ fn evaluate(
             if let Err(retry_after) =
                 test_limit(state, kind, limit.get(), amount, now, window, held)
             {
-                worst = Some(worse(
-                    worst,
-                    Denial {
-                        subject: i,
-                        kind,
-                        retry_after,
-                    },
-                ));
-                exceeded.push((i, kind));
+                note_denial(&mut worst, &mut exceeded, i, kind, retry_after);
             }
         };
         test(LimitKind::BudgetHourly);
@@ -291,7 +303,8 @@ fn alert_flag(policy: &Policy, statuses: &[LimitStatus], pending_cost: u64) -> b
         .any(|s| policy.crosses_alert(s.used.saturating_add(pending_cost), s.limit))
 }
 
-fn expire_all(states: &mut [&mut SubjectState], limits: &[&SubjectLimits], now: Nanos) {
+/// Expires every subject's state, after starting to load all of them.
+pub(crate) fn expire_all(states: &mut [&mut SubjectState], limits: &[&SubjectLimits], now: Nanos) {
     for state in states.iter() {
         state.prefetch();
     }
@@ -453,15 +466,7 @@ pub fn acquire(
             expiries.sort_unstable();
             let retry_after = expiries.get(excess).map(|t| t.saturating_sub(now));
             let kind = LimitKind::MaxConcurrent;
-            worst = Some(worse(
-                worst,
-                Denial {
-                    subject: i,
-                    kind,
-                    retry_after,
-                },
-            ));
-            exceeded.push((i, kind));
+            note_denial(&mut worst, &mut exceeded, i, kind, retry_after);
         }
     }
     let acquired = worst.is_none();

@@ -10,7 +10,7 @@
 //! of zero asks without charging: it is denied only by a limit that is
 //! already full.
 
-use crate::engine::{Denial, statuses, test_limit, worse};
+use crate::engine::{Denial, expire_all, note_denial, statuses, test_limit};
 use crate::limits::{LimitStatus, Resource, SubjectLimits};
 use crate::state::SubjectState;
 use crate::time::Nanos;
@@ -41,29 +41,21 @@ pub fn hit(
     now: Nanos,
 ) -> HitOutcome {
     debug_assert!(states.len() == limits.len() && limits.len() == charges.len());
-    for (state, lim) in states.iter_mut().zip(limits) {
-        state.expire(lim, now);
-    }
+    expire_all(states, limits, now);
     let mut worst: Option<Denial> = None;
     let mut exceeded = Vec::new();
     for (i, ((state, lim), charge)) in states.iter().zip(limits).zip(charges).enumerate() {
+        let held = state.held(now);
+        let windows = state.windows_by_kind();
         for (kind, limit) in lim.windowed() {
             let amount = match kind.resource() {
                 Resource::Requests => charge.requests,
                 Resource::Tokens => charge.tokens,
                 Resource::Cost | Resource::Leases => continue,
             };
-            let (window, held) = (state.window(kind), state.held(now));
+            let window = windows.get(kind);
             if let Err(retry_after) = test_limit(state, kind, limit, amount, now, window, held) {
-                worst = Some(worse(
-                    worst,
-                    Denial {
-                        subject: i,
-                        kind,
-                        retry_after,
-                    },
-                ));
-                exceeded.push((i, kind));
+                note_denial(&mut worst, &mut exceeded, i, kind, retry_after);
             }
         }
     }
