@@ -287,6 +287,23 @@ async fn a_second_open_of_the_same_path_is_refused() {
 
 /// Makes a store with one subject, then lets `tamper` edit its sled tree
 /// directly, and returns what reopening says.
+/// Opens a store's sled database directly, as a tampering tool would. A
+/// dropped store's sled threads release the file lock a moment later: wait
+/// for it, with a deadline.
+fn open_raw(path: &std::path::Path) -> sled::Db {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("the store stayed locked: {e}"),
+        }
+    }
+}
+
 async fn reopen_after(tamper: impl FnOnce(&sled::Tree)) -> (std::path::PathBuf, OpenError) {
     let dir = tempfile::tempdir().unwrap();
     let path = store_dir(dir.path());
@@ -299,19 +316,7 @@ async fn reopen_after(tamper: impl FnOnce(&sled::Tree)) -> (std::path::PathBuf, 
             .unwrap();
     }
     {
-        // The dropped store's sled threads release the file lock a moment
-        // later: wait for it, with a deadline.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match sled::open(&path) {
-                Ok(db) => break db,
-                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("the store stayed locked: {e}"),
-            }
-        };
+        let db = open_raw(&path);
         tamper(&db.open_tree("limits").unwrap());
         db.flush().unwrap();
     }
@@ -476,7 +481,7 @@ async fn api_keys_never_reach_debug_output_or_open_errors() {
         assert!(!format!("{store:?}").contains(SECRET));
     }
     {
-        let db = sled::open(&path).unwrap();
+        let db = open_raw(&path);
         let tree = db.open_tree("limits").unwrap();
         let mut k = b"s1/\x00".to_vec();
         k.extend_from_slice(SECRET.as_bytes());
