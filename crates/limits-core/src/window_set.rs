@@ -9,8 +9,9 @@
 //!
 //! Layout: one header per window, in [`STORAGE_ORDER`], then the windows'
 //! buckets, oldest first, in the same order. A header is `(meta, total)`,
-//! where `meta` packs the header count, the storage rank and where the
-//! window's buckets are; a bucket is `(bucket index, amount)`, as in
+//! where `meta` packs the header count, which ranks have a window (so that
+//! a kind's header is found by one table lookup), the storage rank and where
+//! the window's buckets are; a bucket is `(bucket index, amount)`, as in
 //! [`RollingWindow`](crate::RollingWindow). Both are 16 bytes, so the buffer
 //! is one `Vec` of pairs.
 //!
@@ -19,6 +20,8 @@
 //! no memory. The slots left behind are the room the window before grows
 //! into; when a window finds no room after it, the buffer is compacted and
 //! the windows after it shift up by half the free capacity.
+
+use std::borrow::Cow;
 
 use crate::limits::{LimitKind, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
@@ -85,19 +88,30 @@ const fn capacity_for(entries: usize) -> usize {
     entries.div_ceil(GRAIN) * GRAIN
 }
 
-/// A header's `meta` word: `count << 60 | rank << 56 | start << 28 | len`,
-/// where `count` is the number of headers (every header carries it, so that
-/// the first says where the headers end) and the window's buckets are
-/// `buf[start..start + len]`.
+/// A header's `meta` word:
+/// `count << 60 | rank << 56 | ranks << 48 | start << 24 | len`, where
+/// `count` is the number of headers and `ranks` has bit `r` set for each
+/// rank `r` that has a window (every header carries both, so that the first
+/// says where the headers end and which header holds each kind), and the
+/// window's buckets are `buf[start..start + len]`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct Meta {
     count: usize,
     rank: usize,
+    ranks: u8,
     start: usize,
     len: usize,
 }
 
-const FIELD: u64 = (1 << 28) - 1;
+/// The width of a header's `start` and `len`. A valid window holds at most
+/// `BUCKETS + 1` buckets; [`WindowSet::from_windows`] folds longer bucket
+/// lists (only a corrupt store could hold one) to fit.
+const FIELD_BITS: u32 = 24;
+const FIELD: u64 = (1 << FIELD_BITS) - 1;
+
+/// The most buckets [`WindowSet::from_windows`] keeps in one window: with
+/// eight windows and their headers, every position fits in [`FIELD`].
+const MAX_DECODED_BUCKETS: usize = 1 << 16;
 
 impl Meta {
     #[inline(always)]
@@ -106,7 +120,8 @@ impl Meta {
         debug_assert!(self.start as u64 <= FIELD && self.len as u64 <= FIELD);
         (self.count as u64) << 60
             | (self.rank as u64) << 56
-            | (self.start as u64 & FIELD) << 28
+            | (self.ranks as u64) << 48
+            | (self.start as u64 & FIELD) << FIELD_BITS
             | (self.len as u64 & FIELD)
     }
 
@@ -119,7 +134,8 @@ impl Meta {
         Meta {
             count: (word >> 60) as usize,
             rank: (word >> 56) as usize & (WINDOW_KINDS - 1),
-            start: ((word >> 28) & FIELD) as usize,
+            ranks: (word >> 48) as u8,
+            start: ((word >> FIELD_BITS) & FIELD) as usize,
             len: (word & FIELD) as usize,
         }
     }
@@ -183,6 +199,30 @@ pub(crate) struct ByKind<'a> {
 /// No window: a set has at most [`WINDOW_KINDS`] headers.
 const NO_HEADER: u8 = u8::MAX;
 
+/// For each `ranks` mask of a header: the header of each windowed kind (by
+/// `LimitKind::index`), or [`NO_HEADER`]. Headers are in rank order, so a
+/// kind's header is the number of ranks below its own that are present.
+/// 2 KiB, so that finding the headers of a subject's windows is one load
+/// rather than a walk over the headers.
+static HEADERS: [[u8; WINDOW_KINDS]; 256] = {
+    const _: () = assert!(WINDOW_KINDS == 8, "a ranks mask is one byte");
+    let mut out = [[NO_HEADER; WINDOW_KINDS]; 256];
+    let mut mask = 0;
+    while mask < 256 {
+        let mut r = 0;
+        let mut h = 0u8;
+        while r < WINDOW_KINDS {
+            if mask & (1 << r) != 0 {
+                out[mask][STORAGE_ORDER[r].index()] = h;
+                h += 1;
+            }
+            r += 1;
+        }
+        mask += 1;
+    }
+    out
+};
+
 impl<'a> ByKind<'a> {
     #[inline(always)]
     pub(crate) fn get(&self, kind: LimitKind) -> Option<WindowRef<'a>> {
@@ -197,25 +237,45 @@ impl<'a> ByKind<'a> {
     }
 }
 
+/// `buckets` with at most [`MAX_DECODED_BUCKETS`]: the oldest are added
+/// into one bucket with the index of the newest of them, so that nothing is
+/// lost and nothing leaves the window sooner than it would have.
+fn fold_oldest(buckets: &[Entry]) -> Cow<'_, [Entry]> {
+    if buckets.len() <= MAX_DECODED_BUCKETS {
+        return Cow::Borrowed(buckets);
+    }
+    let (old, kept) = buckets.split_at(buckets.len() - (MAX_DECODED_BUCKETS - 1));
+    let amount = old.iter().fold(0u64, |t, &(_, a)| t.saturating_add(a));
+    let index = old.last().map_or(0, |&(i, _)| i);
+    let mut out = Vec::with_capacity(MAX_DECODED_BUCKETS);
+    out.push((index, amount));
+    out.extend_from_slice(kept);
+    Cow::Owned(out)
+}
+
 impl WindowSet {
     /// Builds a set from windows given as bucket lists (oldest first, any
     /// order of kinds, later duplicates ignored), e.g. decoded from a store.
     pub(crate) fn from_windows<'b>(
         windows: impl IntoIterator<Item = (LimitKind, &'b [(u64, u64)])>,
     ) -> WindowSet {
-        let mut by_rank: [Option<&[(u64, u64)]>; WINDOW_KINDS] = [None; WINDOW_KINDS];
+        let mut lists: [Option<Cow<'b, [Entry]>>; WINDOW_KINDS] = Default::default();
         for (kind, buckets) in windows {
-            if kind.window().is_some() && by_rank[rank(kind)].is_none() {
-                by_rank[rank(kind)] = Some(buckets);
+            if kind.window().is_some() && lists[rank(kind)].is_none() {
+                lists[rank(kind)] = Some(fold_oldest(buckets));
             }
         }
-        WindowSet::build(by_rank, 0)
+        WindowSet::build(lists.each_ref().map(|l| l.as_deref()), 0)
     }
 
     /// A compact buffer holding the windows given by rank, with `spare`
     /// more entries of capacity.
     fn build(by_rank: [Option<&[Entry]>; WINDOW_KINDS], spare: usize) -> WindowSet {
         let count = by_rank.iter().flatten().count();
+        let ranks = by_rank
+            .iter()
+            .enumerate()
+            .fold(0u8, |m, (r, b)| if b.is_some() { m | 1 << r } else { m });
         let len = count + by_rank.iter().flatten().map(|b| b.len()).sum::<usize>();
         let mut buf = Vec::with_capacity(capacity_for(len + spare));
         let mut start = count;
@@ -227,6 +287,7 @@ impl WindowSet {
             let meta = Meta {
                 count,
                 rank,
+                ranks,
                 start,
                 len: buckets.len(),
             };
@@ -271,15 +332,16 @@ impl WindowSet {
     /// one pass over the headers; a window's view is made when asked for.
     #[inline]
     pub(crate) fn by_kind(&self) -> ByKind<'_> {
-        let mut header = [NO_HEADER; WINDOW_KINDS];
-        let count = self.count();
-        for (h, &(word, _)) in self.buf.iter().take(count).enumerate() {
-            header[STORAGE_ORDER[Meta::parse(word).rank].index()] = h as u8;
-        }
         ByKind {
             buf: &self.buf,
-            header,
+            header: HEADERS[usize::from(self.ranks())],
         }
+    }
+
+    /// The ranks that have a window, as a bit mask.
+    #[inline(always)]
+    fn ranks(&self) -> u8 {
+        self.buf.first().map_or(0, |&(w, _)| Meta::parse(w).ranks)
     }
 
     /// Reads one word of each cache line a check will use. The loads do not
@@ -396,12 +458,8 @@ impl WindowSet {
     /// [`STORAGE_ORDER`], or the header count if none follows.
     #[inline(always)]
     pub(crate) fn position_from(&self, kind: LimitKind) -> usize {
-        let count = self.count();
-        let mut h = 0;
-        while h < count && self.meta(h).rank < rank(kind) {
-            h += 1;
-        }
-        h
+        let below = (1u16 << rank(kind)) - 1;
+        (u16::from(self.ranks()) & below).count_ones() as usize
     }
 
     /// Adds `amount` to the window of `kind`, with `pos` at that window's
@@ -519,17 +577,21 @@ impl WindowSet {
         self.buf.capacity() * std::mem::size_of::<Entry>()
     }
 
-    /// Panics unless the layout holds: every header carries the count,
-    /// ranks rise, bucket ranges follow the headers in order without
-    /// overlapping, the last one ends the buffer, and totals match.
+    /// Panics unless the layout holds: every header carries the count and
+    /// the ranks present, ranks rise, bucket ranges follow the headers in
+    /// order without overlapping, the last one ends the buffer, and totals
+    /// match.
     #[cfg(test)]
     fn assert_layout(&self) {
         let count = self.count();
+        let ranks = (0..count).fold(0u8, |mask, h| mask | 1 << self.meta(h).rank);
+        assert_eq!(ranks.count_ones() as usize, count, "one header per rank");
         let mut prev_rank = None;
         let mut prev_end = count;
         for h in 0..count {
             let m = self.meta(h);
             assert_eq!(m.count, count, "header {h} count");
+            assert_eq!(m.ranks, ranks, "header {h} ranks");
             assert!(prev_rank.is_none_or(|r| r < m.rank), "ranks rise");
             assert!(m.start >= prev_end, "header {h} overlaps the one before");
             let total = self.buf[m.start..m.end()]
@@ -674,6 +736,46 @@ mod tests {
             let earlier = resources[..i].iter().position(|x| x == r);
             assert!(earlier.is_none_or(|_| resources[i - 1] == *r));
         }
+    }
+
+    #[test]
+    fn every_kind_finds_its_header() {
+        // Each subset of the windowed kinds: `by_kind` and `position_from`
+        // agree with a walk over the headers.
+        for mask in 0u32..256 {
+            let kinds: Vec<LimitKind> = (0..WINDOW_KINDS)
+                .filter(|r| mask & 1 << r != 0)
+                .map(|r| STORAGE_ORDER[r])
+                .collect();
+            let set = WindowSet::from_windows(kinds.iter().map(|&k| (k, &[(1, 1)][..])));
+            set.assert_layout();
+            let by_kind = set.by_kind();
+            for kind in LimitKind::WINDOWED {
+                let walked = set.iter().position(|(k, _)| k == kind);
+                assert_eq!(
+                    by_kind.get(kind).is_some(),
+                    walked.is_some(),
+                    "{mask:#b} {kind:?}"
+                );
+                let after = set.iter().position(|(k, _)| rank(k) >= rank(kind));
+                assert_eq!(set.position_from(kind), after.unwrap_or(kinds.len()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_window_is_folded_to_fit() {
+        // More buckets than a window can hold: the oldest are added into
+        // one, at the newest of their indices, and nothing is lost.
+        let n = MAX_DECODED_BUCKETS as u64 + 1_000;
+        let buckets: Vec<Entry> = (0..n).map(|i| (i, 2)).collect();
+        let set = WindowSet::from_windows([(LimitKind::BudgetMonthly, &buckets[..])]);
+        set.assert_layout();
+        let w = set.get(LimitKind::BudgetMonthly).expect("window");
+        assert_eq!(w.buckets().len(), MAX_DECODED_BUCKETS);
+        assert_eq!(w.total(), 2 * n);
+        assert_eq!(w.buckets()[0], (1_000, 2 * 1_001));
+        assert_eq!(w.buckets()[1], (1_001, 2));
     }
 
     #[test]
