@@ -221,6 +221,7 @@ impl SubjectState {
 
     /// Adds an amount to every window of a resource that the subject is
     /// limited on (or already counts).
+    #[inline(always)]
     pub(crate) fn charge(
         &mut self,
         limits: &SubjectLimits,
