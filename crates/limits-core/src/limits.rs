@@ -163,6 +163,9 @@ impl LimitKind {
 pub struct SubjectLimits {
     windows: [Option<NonZeroU64>; WINDOW_KINDS],
     max_concurrent: Option<NonZeroU32>,
+    /// How many of the above are set, kept in step by every setter: every
+    /// check sizes its statuses by it.
+    count: u8,
     /// A name to show for the subject in reasons and metrics instead of its id
     /// (API keys are secrets).
     alias: Option<Arc<str>>,
@@ -173,6 +176,7 @@ impl SubjectLimits {
     pub const UNLIMITED: SubjectLimits = SubjectLimits {
         windows: [None; WINDOW_KINDS],
         max_concurrent: None,
+        count: 0,
         alias: None,
     };
 
@@ -181,21 +185,31 @@ impl SubjectLimits {
     pub fn with(mut self, kind: LimitKind, limit: NonZeroU64) -> SubjectLimits {
         assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
         self.windows[kind.index()] = Some(limit);
+        self.recount();
         self
     }
 
     pub fn set(&mut self, kind: LimitKind, limit: Option<NonZeroU64>) {
         assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
         self.windows[kind.index()] = limit;
+        self.recount();
     }
 
     pub fn with_max_concurrent(mut self, limit: NonZeroU32) -> SubjectLimits {
         self.max_concurrent = Some(limit);
+        self.recount();
         self
     }
 
     pub fn set_max_concurrent(&mut self, limit: Option<NonZeroU32>) {
         self.max_concurrent = limit;
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        let windows = self.windows.iter().filter(|l| l.is_some()).count();
+        // At most WINDOW_KINDS + 1.
+        self.count = (windows + usize::from(self.max_concurrent.is_some())) as u8;
     }
 
     pub fn with_alias(mut self, alias: impl Into<Arc<str>>) -> SubjectLimits {
@@ -241,9 +255,9 @@ impl SubjectLimits {
     }
 
     /// How many limits this subject has: the length of [`all`](Self::all).
+    #[inline]
     pub fn count(&self) -> usize {
-        self.windows.iter().filter(|l| l.is_some()).count()
-            + usize::from(self.max_concurrent.is_some())
+        usize::from(self.count)
     }
 
     pub fn has_budget(&self) -> bool {
@@ -358,5 +372,25 @@ mod tests {
         assert!(t.resolve(Dimension::User, "alice").is_unlimited());
         assert!(t.is_listed(Dimension::ApiKey, "k1"));
         assert!(!t.is_listed(Dimension::ApiKey, "k2"));
+    }
+
+    #[test]
+    fn count_follows_every_setter() {
+        let mut l = SubjectLimits::default();
+        assert_eq!(l.count(), 0);
+        l = l.with(LimitKind::BudgetDaily, nz(5));
+        l = l.with(LimitKind::BudgetDaily, nz(6));
+        assert_eq!(l.count(), 1);
+        l.set(LimitKind::TokensPerHour, Some(nz(7)));
+        l = l.with_max_concurrent(NonZeroU32::new(2).unwrap());
+        assert_eq!(l.count(), 3);
+        assert_eq!(l.count(), l.all().count());
+        l.set(LimitKind::BudgetDaily, None);
+        l.set_max_concurrent(None);
+        assert_eq!(l.count(), 1);
+        assert_eq!(l.count(), l.all().count());
+        // Equal limits compare equal however they were built.
+        let direct = SubjectLimits::default().with(LimitKind::TokensPerHour, nz(7));
+        assert_eq!(l, direct);
     }
 }
