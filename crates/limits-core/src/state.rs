@@ -220,7 +220,10 @@ impl SubjectState {
     }
 
     /// Adds an amount to every window of a resource that the subject is
-    /// limited on (or already counts).
+    /// limited on (or already counts). Always inlined, so that each
+    /// caller's resource is a constant: out of line, the compiler shared one
+    /// body between the arms below and divided by each window's bucket width
+    /// as a variable.
     #[inline(always)]
     pub(crate) fn charge(
         &mut self,

@@ -328,8 +328,9 @@ impl WindowSet {
         self.iter().find(|(k, _)| *k == kind).map(|(_, w)| w)
     }
 
-    /// The windows indexed by kind: which header each kind has, found in
-    /// one pass over the headers; a window's view is made when asked for.
+    /// The windows indexed by kind: which header each kind has, read from
+    /// [`HEADERS`] by the first header's mask of ranks; a window's view is
+    /// made when asked for.
     #[inline]
     pub(crate) fn by_kind(&self) -> ByKind<'_> {
         ByKind {

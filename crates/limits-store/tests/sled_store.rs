@@ -285,8 +285,6 @@ async fn a_second_open_of_the_same_path_is_refused() {
     SledStore::open(&path, SledOptions::default(), T0).expect("free once closed");
 }
 
-/// Makes a store with one subject, then lets `tamper` edit its sled tree
-/// directly, and returns what reopening says.
 /// Opens a store's sled database directly, as a tampering tool would. A
 /// dropped store's sled threads release the file lock a moment later: wait
 /// for it, with a deadline.
@@ -304,6 +302,8 @@ fn open_raw(path: &std::path::Path) -> sled::Db {
     }
 }
 
+/// Makes a store with one subject, then lets `tamper` edit its sled tree
+/// directly, and returns what reopening says.
 async fn reopen_after(tamper: impl FnOnce(&sled::Tree)) -> (std::path::PathBuf, OpenError) {
     let dir = tempfile::tempdir().unwrap();
     let path = store_dir(dir.path());
