@@ -321,12 +321,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|c| format!("{c:.1}"))
                 .unwrap_or_else(|| "?".into())
         );
-        if report.unmatched > 0 {
-            eprintln!(
-                "warning: {} answers named no limit for some descriptor: the server's config \
-                 does not map domain {:?} or these descriptor keys",
-                report.unmatched, args.rls_domain
-            );
+        if let Some(w) = report.unmatched_warning() {
+            eprintln!("warning: {w} (domain {:?})", args.rls_domain);
         }
     } else {
         print!("{}", report.human());

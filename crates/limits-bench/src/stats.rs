@@ -209,6 +209,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// What to say when some answers named no limit for a descriptor
+    /// (`rls`): the run then measured no decision for them.
+    pub fn unmatched_warning(&self) -> Option<String> {
+        (self.unmatched > 0).then(|| {
+            format!(
+                "{} answers named no limit for some descriptor: the server's config does not \
+                 map the domain or the descriptor keys, so they measured no decision",
+                self.unmatched
+            )
+        })
+    }
+
     pub fn new(info: RunInfo, rec: &Recorder, step_names: &[&str]) -> Report {
         let open = info.mode == "open";
         let throughput = if info.duration_s > 0.0 {
@@ -280,13 +292,8 @@ impl Report {
             self.error_total,
             self.mean_response_bytes
         );
-        if self.unmatched > 0 {
-            let _ = writeln!(
-                s,
-                "warning: {} answers named no limit for some descriptor: the server's config \
-                 does not map this domain or these descriptor keys",
-                self.unmatched
-            );
+        if let Some(w) = self.unmatched_warning() {
+            let _ = writeln!(s, "warning: {w}");
         }
         if let Some(c) = self.client_cpu_us_per_op {
             let server = self

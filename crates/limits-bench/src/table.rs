@@ -149,17 +149,16 @@ pub fn render(reports: &[Report], best: bool) -> String {
             );
         }
     }
-    for row in rows.iter().filter(|x| x.r.unmatched > 0) {
-        let r = row.r;
-        let _ = writeln!(
-            s,
-            "\nwarning: {} {} {}: {} answers named no limit for some descriptor (the server's \
-             config does not map the domain or keys), so they measured no decision",
-            r.info.workload,
-            r.info.label,
-            mode(r),
-            r.unmatched
-        );
+    for r in rows.iter().map(|x| x.r) {
+        if let Some(w) = r.unmatched_warning() {
+            let _ = writeln!(
+                s,
+                "\nwarning: {} {} {}: {w}",
+                r.info.workload,
+                r.info.label,
+                mode(r)
+            );
+        }
     }
     s
 }

@@ -93,7 +93,9 @@ const fn capacity_for(entries: usize) -> usize {
 /// `count` is the number of headers and `ranks` has bit `r` set for each
 /// rank `r` that has a window (every header carries both, so that the first
 /// says where the headers end and which header holds each kind), and the
-/// window's buckets are `buf[start..start + len]`.
+/// window's buckets are `buf[start..start + len]`. `count` is the number of
+/// bits in `ranks`, kept as a field because the loops over headers read it
+/// on every operation and the default target has no popcount instruction.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct Meta {
     count: usize,
