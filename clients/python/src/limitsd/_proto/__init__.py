@@ -1,0 +1,1 @@
+"""Stubs generated from proto/mercator/limits/v1/limits.proto at build time."""

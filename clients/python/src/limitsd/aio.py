@@ -1,0 +1,269 @@
+"""The asyncio client and its guard (the blocking twin is
+``limitsd.client``): the same calls, retries and guarantees, and a guard
+whose settlement survives the cancellation of the task that holds it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from limitsd._common import (
+    CHECK_RETRY,
+    IDEMPOTENT_RETRY,
+    NO_RETRY,
+    SETTLE_RETRY,
+    GuardBase,
+    GuardState,
+    LimitExceeded,
+    LimitsError,
+    Metadata,
+    RetryPolicy,
+    acquire_request,
+    check_request,
+    record_request,
+)
+from limitsd._proto import limits_pb2 as pb
+from limitsd._proto import limits_pb2_grpc as pb_grpc
+from limitsd.client import _metadata
+
+log = logging.getLogger("limitsd")
+R = TypeVar("R")
+
+
+class AsyncLimitsClient:
+    """An asyncio client of limitsd's ``LimitsService``; the arguments and
+    retries are ``LimitsClient``'s. Create it inside the event loop that
+    uses it."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        timeout: float = 1.0,
+        check_retry: RetryPolicy = CHECK_RETRY,
+    ):
+        if channel is None:
+            if target is None:
+                raise ValueError("give a target (host:port) or a channel")
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(
+                    target, credentials, options=list(options), interceptors=list(interceptors)
+                )
+            else:
+                channel = grpc.aio.insecure_channel(target, options=list(options), interceptors=list(interceptors))
+            self._owns_channel = True
+        else:
+            self._owns_channel = False
+        self._channel = channel
+        self._stub = pb_grpc.LimitsServiceStub(channel)
+        self._metadata = metadata
+        self.timeout = timeout
+        self.check_retry = check_retry
+        # Settlements that outlive a cancelled guard: kept referenced until done.
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Waits for pending settlements, then closes the channel if the
+        client made it."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> AsyncLimitsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(
+        self, method: Callable[..., Awaitable[R]], request: Any, timeout: float | None, policy: RetryPolicy
+    ) -> R:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
+            except grpc.RpcError as err:
+                if attempt >= policy.attempts or err.code() not in policy.codes:
+                    raise LimitsError.from_rpc(err, attempt) from err
+            await asyncio.sleep(policy.backoff(attempt))
+
+    async def check(
+        self,
+        subjects: Iterable[pb.Subject],
+        *,
+        model: str = "",
+        estimated_tokens: int = 0,
+        estimated_cost_usd: float | None = None,
+        reserve: bool = False,
+        reservation_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> pb.CheckLimitsResponse:
+        """CheckLimits. A denial is an answer (``allowed`` false), not an error."""
+        req = check_request(
+            subjects,
+            model=model,
+            estimated_tokens=estimated_tokens,
+            estimated_cost_usd=estimated_cost_usd,
+            reserve=reserve,
+            reservation_ttl=reservation_ttl,
+        )
+        return await self._call(self._stub.CheckLimits, req, timeout, self.check_retry)
+
+    async def record(
+        self,
+        subjects: Iterable[pb.Subject],
+        *,
+        reservation_id: str = "",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        total_tokens: int = 0,
+        cost_usd: float | None = None,
+        model: str = "",
+        provider: str = "",
+        timeout: float | None = None,
+    ) -> pb.RecordUsageResponse:
+        """RecordUsage; retried only when it settles a reservation."""
+        req = record_request(
+            subjects,
+            reservation_id=reservation_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=total_tokens,
+            cost_usd=cost_usd,
+            model=model,
+            provider=provider,
+        )
+        return await self._call(self._stub.RecordUsage, req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY)
+
+    async def acquire(
+        self, subjects: Iterable[pb.Subject], *, ttl: float | None = None, timeout: float | None = None
+    ) -> pb.AcquireConcurrentResponse:
+        """AcquireConcurrent: one in-flight slot on every subject with ``max_concurrent``."""
+        return await self._call(
+            self._stub.AcquireConcurrent, acquire_request(subjects, ttl), timeout, self.check_retry
+        )
+
+    async def release(self, lease_id: str, *, timeout: float | None = None) -> pb.ReleaseConcurrentResponse:
+        """ReleaseConcurrent (releasing twice is harmless)."""
+        req = pb.ReleaseConcurrentRequest(lease_id=lease_id)
+        return await self._call(self._stub.ReleaseConcurrent, req, timeout, IDEMPOTENT_RETRY)
+
+    async def usage(self, subject: pb.Subject, *, timeout: float | None = None) -> pb.GetUsageResponse:
+        """GetUsage: one subject's windows, open reservations and leases."""
+        return await self._call(self._stub.GetUsage, pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY)
+
+    def guard(
+        self,
+        subjects: Iterable[pb.Subject],
+        *,
+        model: str,
+        estimated_tokens: int = 0,
+        estimated_cost_usd: float | None = None,
+        provider: str = "",
+        concurrency: bool = True,
+        reservation_ttl: float | None = None,
+        lease_ttl: float | None = None,
+    ) -> AsyncGuard:
+        """A guarded model call: ``async with client.guard(...) as g:``; see
+        ``LimitsClient.guard``. A block that is cancelled settles zero and
+        releases its slot all the same."""
+        state = GuardState(list(subjects), model, estimated_tokens, estimated_cost_usd, provider)
+        return AsyncGuard(self, state, concurrency, reservation_ttl, lease_ttl)
+
+    def _detach(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _finish(self, state: GuardState, failed: bool) -> None:
+        """Settles and releases. Run detached, so that a second cancellation
+        of the caller cannot stop it halfway."""
+        try:
+            req = state.settle_request(failed)
+            if req is not None:
+                state.settlement = await self._call(self._stub.RecordUsage, req, None, SETTLE_RETRY)
+        finally:
+            await self._release(state)
+
+    async def _release(self, state: GuardState) -> None:
+        lease, state.lease_id = state.lease_id, ""
+        if not lease:
+            return
+        try:
+            await self.release(lease)
+        except LimitsError as err:
+            log.warning("limitsd: releasing a concurrency slot failed (it expires by itself): %s", err)
+
+
+class AsyncGuard(GuardBase):
+    """``async with client.guard(...) as g``: see ``AsyncLimitsClient.guard``."""
+
+    def __init__(
+        self,
+        client: AsyncLimitsClient,
+        state: GuardState,
+        concurrency: bool,
+        reservation_ttl: float | None,
+        lease_ttl: float | None,
+    ):
+        self._client = client
+        self._state = state
+        self._concurrency = concurrency
+        self._reservation_ttl = reservation_ttl
+        self._lease_ttl = lease_ttl
+
+    async def __aenter__(self) -> AsyncGuard:
+        c, s = self._client, self._state
+        if self._concurrency:
+            lease = await c.acquire(s.subjects, ttl=self._lease_ttl)
+            if not lease.acquired:
+                raise LimitExceeded.from_acquire(lease)
+            s.lease_id = lease.lease_id
+        try:
+            d = await c.check(
+                s.subjects,
+                model=s.model,
+                estimated_tokens=s.estimated_tokens,
+                estimated_cost_usd=s.estimated_cost_usd,
+                reserve=True,
+                reservation_ttl=self._reservation_ttl,
+            )
+        except BaseException:
+            await _shielded(c._detach(c._release(s)))
+            raise
+        if not d.allowed:
+            await _shielded(c._detach(c._release(s)))
+            raise LimitExceeded.from_check(d)
+        s.decision = d
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        failed = exc_type is not None
+        try:
+            await _shielded(self._client._detach(self._client._finish(self._state, failed)))
+        except LimitsError as err:
+            if not failed:
+                raise
+            log.warning("limitsd: settling a failed request's reservation failed (it expires by itself): %s", err)
+
+
+async def _shielded(task: asyncio.Task[None]) -> None:
+    """Awaits ``task``; if the waiter is cancelled, the task goes on (the
+    client keeps it referenced) and the cancellation propagates."""
+    await asyncio.shield(task)

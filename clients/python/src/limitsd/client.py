@@ -1,0 +1,261 @@
+"""The blocking client and its guard, for threaded gateways (the asyncio
+twin is ``limitsd.aio``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from limitsd._common import (
+    CHECK_RETRY,
+    IDEMPOTENT_RETRY,
+    NO_RETRY,
+    SETTLE_RETRY,
+    GuardBase,
+    GuardState,
+    LimitExceeded,
+    LimitsError,
+    Metadata,
+    RetryPolicy,
+    acquire_request,
+    check_request,
+    record_request,
+)
+from limitsd._proto import limits_pb2 as pb
+from limitsd._proto import limits_pb2_grpc as pb_grpc
+
+log = logging.getLogger("limitsd")
+R = TypeVar("R")
+
+
+def _metadata(md: Metadata) -> tuple[tuple[str, str], ...]:
+    return tuple(md() if callable(md) else md)
+
+
+class LimitsClient:
+    """A blocking client of limitsd's ``LimitsService``.
+
+    ``target`` is ``host:port``. Pass ``credentials`` (e.g.
+    ``grpc.ssl_channel_credentials(...)``, or a composite with call
+    credentials) for TLS, ``metadata`` for extra call metadata on every call
+    (a list, or a function returning one, for tokens that rotate),
+    ``options`` for gRPC channel options, or a ready ``channel`` instead of
+    all three. ``timeout`` is each attempt's deadline in seconds; in queue
+    mode give ``check`` at least the service's ``queue_timeout``.
+
+    Retries: a check (and an acquire) only on ``UNAVAILABLE``; a settlement
+    of a reservation, a release and a read also on ``DEADLINE_EXCEEDED``
+    (each is idempotent); a record without a reservation never, since a
+    retry could charge twice.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+        timeout: float = 1.0,
+        check_retry: RetryPolicy = CHECK_RETRY,
+    ):
+        if channel is None:
+            if target is None:
+                raise ValueError("give a target (host:port) or a channel")
+            if credentials is not None:
+                channel = grpc.secure_channel(target, credentials, options=list(options))
+            else:
+                channel = grpc.insecure_channel(target, options=list(options))
+            self._owns_channel = True
+        else:
+            self._owns_channel = False
+        self._channel = channel
+        self._stub = pb_grpc.LimitsServiceStub(channel)
+        self._metadata = metadata
+        self.timeout = timeout
+        self.check_retry = check_retry
+
+    def close(self) -> None:
+        """Closes the channel, if the client made it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> LimitsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., R], request: Any, timeout: float | None, policy: RetryPolicy) -> R:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
+            except grpc.RpcError as err:
+                if attempt >= policy.attempts or err.code() not in policy.codes:
+                    raise LimitsError.from_rpc(err, attempt) from err
+            time.sleep(policy.backoff(attempt))
+
+    def check(
+        self,
+        subjects: Iterable[pb.Subject],
+        *,
+        model: str = "",
+        estimated_tokens: int = 0,
+        estimated_cost_usd: float | None = None,
+        reserve: bool = False,
+        reservation_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> pb.CheckLimitsResponse:
+        """CheckLimits. A denial is an answer (``allowed`` false), not an error."""
+        req = check_request(
+            subjects,
+            model=model,
+            estimated_tokens=estimated_tokens,
+            estimated_cost_usd=estimated_cost_usd,
+            reserve=reserve,
+            reservation_ttl=reservation_ttl,
+        )
+        return self._call(self._stub.CheckLimits, req, timeout, self.check_retry)
+
+    def record(
+        self,
+        subjects: Iterable[pb.Subject],
+        *,
+        reservation_id: str = "",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        total_tokens: int = 0,
+        cost_usd: float | None = None,
+        model: str = "",
+        provider: str = "",
+        timeout: float | None = None,
+    ) -> pb.RecordUsageResponse:
+        """RecordUsage. Retried only when it settles a reservation (the
+        service charges a reservation once, however often it is settled)."""
+        req = record_request(
+            subjects,
+            reservation_id=reservation_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=total_tokens,
+            cost_usd=cost_usd,
+            model=model,
+            provider=provider,
+        )
+        return self._call(self._stub.RecordUsage, req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY)
+
+    def acquire(
+        self, subjects: Iterable[pb.Subject], *, ttl: float | None = None, timeout: float | None = None
+    ) -> pb.AcquireConcurrentResponse:
+        """AcquireConcurrent: one in-flight slot on every subject with ``max_concurrent``."""
+        return self._call(self._stub.AcquireConcurrent, acquire_request(subjects, ttl), timeout, self.check_retry)
+
+    def release(self, lease_id: str, *, timeout: float | None = None) -> pb.ReleaseConcurrentResponse:
+        """ReleaseConcurrent (releasing twice is harmless)."""
+        req = pb.ReleaseConcurrentRequest(lease_id=lease_id)
+        return self._call(self._stub.ReleaseConcurrent, req, timeout, IDEMPOTENT_RETRY)
+
+    def usage(self, subject: pb.Subject, *, timeout: float | None = None) -> pb.GetUsageResponse:
+        """GetUsage: one subject's windows, open reservations and leases."""
+        return self._call(self._stub.GetUsage, pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY)
+
+    def guard(
+        self,
+        subjects: Iterable[pb.Subject],
+        *,
+        model: str,
+        estimated_tokens: int = 0,
+        estimated_cost_usd: float | None = None,
+        provider: str = "",
+        concurrency: bool = True,
+        reservation_ttl: float | None = None,
+        lease_ttl: float | None = None,
+    ) -> Guard:
+        """A guarded model call: ``with client.guard(...) as g:``.
+
+        Entering takes a concurrency slot (unless ``concurrency`` is false;
+        subjects without ``max_concurrent`` need none) and checks with a
+        reservation, raising ``LimitExceeded`` when either is refused.
+        Leaving records the usage set with ``g.record(...)``, settles zero
+        when the block raised, and always releases the slot.
+        """
+        state = GuardState(list(subjects), model, estimated_tokens, estimated_cost_usd, provider)
+        return Guard(self, state, concurrency, reservation_ttl, lease_ttl)
+
+
+class Guard(GuardBase):
+    """``with client.guard(...) as g``: see ``LimitsClient.guard``."""
+
+    def __init__(
+        self,
+        client: LimitsClient,
+        state: GuardState,
+        concurrency: bool,
+        reservation_ttl: float | None,
+        lease_ttl: float | None,
+    ):
+        self._client = client
+        self._state = state
+        self._concurrency = concurrency
+        self._reservation_ttl = reservation_ttl
+        self._lease_ttl = lease_ttl
+
+    def __enter__(self) -> Guard:
+        c, s = self._client, self._state
+        if self._concurrency:
+            lease = c.acquire(s.subjects, ttl=self._lease_ttl)
+            if not lease.acquired:
+                raise LimitExceeded.from_acquire(lease)
+            s.lease_id = lease.lease_id
+        try:
+            d = c.check(
+                s.subjects,
+                model=s.model,
+                estimated_tokens=s.estimated_tokens,
+                estimated_cost_usd=s.estimated_cost_usd,
+                reserve=True,
+                reservation_ttl=self._reservation_ttl,
+            )
+        except BaseException:
+            self._release()
+            raise
+        if not d.allowed:
+            self._release()
+            raise LimitExceeded.from_check(d)
+        s.decision = d
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        failed = exc_type is not None
+        try:
+            req = self._state.settle_request(failed)
+            if req is not None:
+                self._state.settlement = self._client._call(
+                    self._client._stub.RecordUsage, req, None, SETTLE_RETRY
+                )
+        except LimitsError as err:
+            if not failed:
+                raise
+            log.warning("limitsd: settling a failed request's reservation failed (it expires by itself): %s", err)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        lease, self._state.lease_id = self._state.lease_id, ""
+        if not lease:
+            return
+        try:
+            self._client.release(lease)
+        except LimitsError as err:
+            # The lease expires by its TTL; the caller's own outcome matters more.
+            log.warning("limitsd: releasing a concurrency slot failed (it expires by itself): %s", err)

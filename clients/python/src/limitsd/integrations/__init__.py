@@ -1,0 +1,1 @@
+"""Adapters that plug limitsd into gateways."""

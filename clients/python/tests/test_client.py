@@ -1,0 +1,381 @@
+"""The clients and their guards against a real limitsd: each guarantee the
+guard gives (settle zero on an exception or a cancellation, always release
+the slot, never charge twice on a retried record, retry a check only on
+UNAVAILABLE) has a test here that fails if the guarantee breaks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+import limitsd
+from limitsd import AsyncLimitsClient, LimitExceeded, LimitsClient, LimitsError, pb
+from procs import Limitsd, wait_for
+
+CONFIG = """
+limits:
+  budgets:
+    by_api_key:
+      "guard-key": { daily: 10.00 }
+      "tiny-key": { daily: 0.05 }
+  rate_limits:
+    by_api_key:
+      "guard-key": { max_concurrent: 2 }
+      "tiny-key": { max_concurrent: 5 }
+  enforcement:
+    action: block
+  storage:
+    backend: memory
+"""
+
+KEY = limitsd.api_key("guard-key")
+TINY = limitsd.api_key("tiny-key")
+OPTIONS = [("grpc.enable_http_proxy", 0)]
+
+
+@pytest.fixture
+def server(start_limitsd: Callable[[str], Limitsd]) -> Limitsd:
+    return start_limitsd(CONFIG)
+
+
+@pytest.fixture
+def client(server: Limitsd) -> Any:
+    with LimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+        yield c
+
+
+def daily_used(c: LimitsClient, subject: pb.Subject = KEY) -> float:
+    u = c.usage(subject)
+    return next(s.used for s in u.statuses if s.kind == pb.LIMIT_KIND_BUDGET_DAILY)
+
+
+def holds(c: LimitsClient, subject: pb.Subject = KEY) -> tuple[int, int]:
+    """(open reservations, live leases) of a subject."""
+    u = c.usage(subject)
+    return len(u.reservations), len(u.leases)
+
+
+# ---- the blocking guard ------------------------------------------------------
+
+
+def test_guard_records_the_usage_set_and_releases(client: LimitsClient) -> None:
+    with client.guard([KEY], model="gpt-4", estimated_tokens=1000, estimated_cost_usd=0.5) as g:
+        assert g.model == "gpt-4" and not g.downgraded
+        assert g.decision.allowed and g.decision.reservation_id
+        assert holds(client) == (1, 1), "inside the block: a hold and a slot"
+        assert "X-Budget-Limit" in g.headers
+        g.record(120, 80, cost_usd=0.25)
+    assert g.settlement is not None and g.settlement.cost_usd == 0.25 and not g.settlement.duplicate
+    assert daily_used(client) == 0.25
+    assert holds(client) == (0, 0)
+
+
+def test_guard_settles_zero_and_releases_when_the_block_raises(client: LimitsClient) -> None:
+    with pytest.raises(RuntimeError, match="upstream failed"):
+        with client.guard([KEY], model="gpt-4", estimated_cost_usd=2.0):
+            assert daily_used(client) == 2.0, "the estimate is held"
+            raise RuntimeError("upstream failed")
+    assert daily_used(client) == 0.0
+    assert holds(client) == (0, 0)
+
+
+def test_guard_keeps_usage_recorded_before_the_block_raised(client: LimitsClient) -> None:
+    with pytest.raises(RuntimeError):
+        with client.guard([KEY], model="gpt-4", estimated_cost_usd=2.0) as g:
+            g.record(10, 10, cost_usd=0.3)
+            raise RuntimeError("the response could not be parsed")
+    assert daily_used(client) == pytest.approx(0.3)
+    assert holds(client) == (0, 0)
+
+
+def test_guard_without_record_charges_the_estimate(client: LimitsClient) -> None:
+    with client.guard([KEY], model="gpt-4", estimated_tokens=10, estimated_cost_usd=0.75):
+        pass
+    assert daily_used(client) == 0.75
+    assert holds(client) == (0, 0)
+
+
+def test_guard_denial_is_limit_exceeded_with_retry_after_and_releases(client: LimitsClient) -> None:
+    client.record([TINY], cost_usd=0.05)
+    with pytest.raises(LimitExceeded) as info:
+        with client.guard([TINY], model="gpt-4", estimated_cost_usd=0.01):
+            pytest.fail("a denied request must not run")
+    e = info.value
+    assert e.status_code == 429
+    assert "daily budget" in e.reason
+    assert "tiny-key" not in e.reason, "API keys are never shown raw"
+    assert e.retry_after is not None and e.retry_after > 0
+    assert int(e.headers["Retry-After"]) >= 1
+    assert e.headers["X-Budget-Remaining"] == "0.00"
+    assert e.body["error"]["code"] == "rate_limit_exceeded" and e.body["error"]["message"] == e.reason
+    assert e.decision is not None and e.action == "ACTION_BLOCK"
+    assert holds(client, TINY) == (0, 0), "the slot taken before the check is given back"
+
+
+def test_guard_refused_slot_is_limit_exceeded(client: LimitsClient) -> None:
+    with client.guard([KEY], model="m", estimated_cost_usd=0.1), client.guard([KEY], model="m", estimated_cost_usd=0.1):
+        with pytest.raises(LimitExceeded) as info:
+            with client.guard([KEY], model="m", estimated_cost_usd=0.1):
+                pytest.fail("max_concurrent is 2")
+        assert info.value.acquire is not None and info.value.decision is None
+        assert "Retry-After" in info.value.headers
+        assert holds(client) == (2, 2), "the refused guard reserved nothing"
+    assert holds(client) == (0, 0)
+    assert daily_used(client) == pytest.approx(0.2)
+
+
+def test_guard_without_concurrency_takes_no_slot(client: LimitsClient) -> None:
+    with client.guard([KEY], model="m", estimated_cost_usd=0.1, concurrency=False):
+        assert holds(client) == (1, 0)
+    assert holds(client) == (0, 0)
+
+
+def test_guard_downgrades(start_limitsd: Callable[[str], Limitsd]) -> None:
+    d = start_limitsd(
+        """
+limits:
+  budgets: { by_api_key: { "k": { daily: 1.00 } } }
+  enforcement:
+    action: downgrade
+    model_downgrades: { "gpt-4": "gpt-3.5-turbo" }
+  pricing:
+    "gpt-4": { input_per_1k: 1.0, output_per_1k: 1.0 }
+    "gpt-3.5-turbo": { input_per_1k: 0.01, output_per_1k: 0.01 }
+  storage: { backend: memory }
+"""
+    )
+    with LimitsClient(d.grpc_addr, options=OPTIONS, timeout=5) as c:
+        k = limitsd.api_key("k")
+        with c.guard([k], model="gpt-4", estimated_tokens=800) as g:  # $0.80 on gpt-4
+            assert g.model == "gpt-4"
+            g.record(400, 400)  # priced by limitsd: $0.80
+        with c.guard([k], model="gpt-4", estimated_tokens=800) as g:  # $0.80 does not fit, $0.008 does
+            assert g.downgraded and g.model == "gpt-3.5-turbo"
+            assert g.decision.action == pb.ACTION_DOWNGRADE
+            g.record(400, 400)
+        assert g.settlement is not None and g.settlement.cost_usd == pytest.approx(0.008)
+
+
+# ---- retries -------------------------------------------------------------------
+
+
+class Unavailable(grpc.RpcError):
+    """What the channel raises for a call that never reached the service."""
+
+    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE):
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"injected {self._code.name}"
+
+
+class Faults(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Fails calls of one method: ``before`` times without sending them, or
+    ``after`` times after the service answered (the answer is lost)."""
+
+    def __init__(self, method: str, *, before: int = 0, after: int = 0, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE):
+        self.method = method
+        self.before = before
+        self.after = after
+        self.code = code
+        self.calls = 0
+        self.sent = 0
+        self.metadata: list[dict[str, str]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if not details.method.endswith("/" + self.method):
+            return continuation(details, request)
+        self.calls += 1
+        self.metadata.append(dict(details.metadata or ()))
+        if self.before > 0:
+            self.before -= 1
+            raise Unavailable(self.code)
+        self.sent += 1
+        outcome = continuation(details, request)
+        if self.after > 0:
+            self.after -= 1
+            outcome.result()  # the service did answer ...
+            raise Unavailable(self.code)  # ... but the caller never hears it
+        return outcome
+
+
+def faulty_client(server: Limitsd, faults: Faults, **kw: Any) -> LimitsClient:
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.grpc_addr, options=OPTIONS), faults)
+    return LimitsClient(channel=channel, timeout=5, **kw)
+
+
+def test_check_is_retried_on_unavailable(server: Limitsd) -> None:
+    faults = Faults("CheckLimits", before=2)
+    d = faulty_client(server, faults).check([KEY], model="m", estimated_cost_usd=0.1)
+    assert d.allowed
+    assert (faults.calls, faults.sent) == (3, 1)
+
+
+def test_check_gives_up_after_its_attempts(server: Limitsd) -> None:
+    faults = Faults("CheckLimits", before=10)
+    with pytest.raises(LimitsError) as info:
+        faulty_client(server, faults).check([KEY], model="m")
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.attempts == 3
+    assert faults.calls == 3
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL])
+def test_check_is_not_retried_on_other_codes(server: Limitsd, code: grpc.StatusCode) -> None:
+    faults = Faults("CheckLimits", before=1, code=code)
+    with pytest.raises(LimitsError) as info:
+        faulty_client(server, faults).check([KEY], model="m")
+    assert info.value.code == code and info.value.attempts == 1
+    assert faults.calls == 1
+
+
+def test_settlement_retry_never_charges_twice(server: Limitsd, client: LimitsClient) -> None:
+    faults = Faults("RecordUsage", after=1)
+    c = faulty_client(server, faults)
+    with c.guard([KEY], model="m", estimated_cost_usd=1.0) as g:
+        g.record(10, 10, cost_usd=0.4)
+    assert faults.sent == 2, "the lost answer was retried"
+    assert g.settlement is not None and g.settlement.duplicate, "the retry found the reservation settled"
+    assert daily_used(client) == pytest.approx(0.4), "charged once"
+    assert holds(client) == (0, 0)
+
+
+def test_record_without_reservation_is_never_retried(server: Limitsd, client: LimitsClient) -> None:
+    faults = Faults("RecordUsage", after=1)
+    with pytest.raises(LimitsError):
+        faulty_client(server, faults).record([KEY], cost_usd=0.4)
+    assert faults.sent == 1
+    assert daily_used(client) == pytest.approx(0.4), "the one attempt that reached limitsd counts, once"
+
+
+def test_metadata_is_sent_on_every_call(server: Limitsd) -> None:
+    tokens = iter(range(100))
+    faults = Faults("CheckLimits")
+    c = faulty_client(server, faults, metadata=lambda: [("authorization", f"Bearer t{next(tokens)}")])
+    c.check([KEY], model="m")
+    c.check([KEY], model="m")
+    assert [m["authorization"] for m in faults.metadata] == ["Bearer t0", "Bearer t1"]
+
+
+def test_tls_credentials_make_a_secure_channel(server: Limitsd) -> None:
+    # limitsd serves plaintext here: a TLS client cannot complete a handshake.
+    c = LimitsClient(server.grpc_addr, credentials=grpc.ssl_channel_credentials(), options=OPTIONS, timeout=2)
+    with pytest.raises(LimitsError) as info:
+        c.check([KEY], model="m")
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_invalid_argument_names_the_field(client: LimitsClient) -> None:
+    with pytest.raises(LimitsError) as info:
+        client.check([], model="m")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.field == "subjects"
+
+
+# ---- the asyncio guard ---------------------------------------------------------
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_async_guard_records_and_releases(server: Limitsd, client: LimitsClient) -> None:
+    async def main() -> None:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            async with c.guard([KEY], model="gpt-4", estimated_cost_usd=0.5) as g:
+                assert g.decision.reservation_id
+                g.record(1, 2, cost_usd=0.125)
+
+    run(main())
+    assert daily_used(client) == 0.125
+    assert holds(client) == (0, 0)
+
+
+def test_async_guard_settles_zero_on_exception(server: Limitsd, client: LimitsClient) -> None:
+    async def main() -> None:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            with pytest.raises(ValueError):
+                async with c.guard([KEY], model="gpt-4", estimated_cost_usd=3.0):
+                    raise ValueError("upstream 500")
+
+    run(main())
+    assert daily_used(client) == 0.0
+    assert holds(client) == (0, 0)
+
+
+@pytest.mark.parametrize("cancels", [1, 2], ids=["cancelled", "cancelled-again-while-settling"])
+def test_async_guard_settles_zero_on_cancellation(server: Limitsd, client: LimitsClient, cancels: int) -> None:
+    async def main() -> None:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            inside = asyncio.Event()
+
+            async def request() -> None:
+                async with c.guard([KEY], model="gpt-4", estimated_cost_usd=4.0):
+                    inside.set()
+                    await asyncio.Event().wait()  # a model call that never ends
+
+            task = asyncio.create_task(request())
+            await inside.wait()
+            assert await c.usage(KEY) and holds(client) == (1, 1)
+            for _ in range(cancels):
+                task.cancel()
+                await asyncio.sleep(0)  # let the guard start settling
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # A second cancellation interrupts the wait, not the settlement:
+            # it finishes in the background.
+            await asyncio.to_thread(wait_for, "the hold and the slot to go", lambda: holds(client) == (0, 0))
+
+    run(main())
+    assert daily_used(client) == 0.0
+
+
+# The injected error leaves grpc's intercepted call object to report it again
+# when it is collected; that report is noise.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_async_settlement_retry_never_charges_twice(server: Limitsd, client: LimitsClient) -> None:
+    class AsyncFaults(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        sent = 0
+        lost = 1
+
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            call = await continuation(details, request)
+            method = details.method.decode() if isinstance(details.method, bytes) else details.method
+            if method.endswith("/RecordUsage"):
+                type(self).sent += 1
+                await call
+                if type(self).lost:
+                    type(self).lost -= 1
+                    raise Unavailable()
+            return call
+
+    async def main() -> Any:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, interceptors=[AsyncFaults()], timeout=5) as c:
+            async with c.guard([KEY], model="m", estimated_cost_usd=1.0) as g:
+                g.record(5, 5, cost_usd=0.6)
+            return g
+
+    g = run(main())
+    assert AsyncFaults.sent == 2
+    assert g.settlement.duplicate
+    assert daily_used(client) == pytest.approx(0.6)
+    assert holds(client) == (0, 0)
+
+
+def test_async_denial(server: Limitsd, client: LimitsClient) -> None:
+    async def main() -> None:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            with pytest.raises(LimitExceeded) as info:
+                async with c.guard([TINY], model="m", estimated_cost_usd=0.06):
+                    pytest.fail("over the budget")
+            assert info.value.retry_after is None, "an estimate larger than the budget never fits"
+
+    run(main())
+    assert holds(client, TINY) == (0, 0)
