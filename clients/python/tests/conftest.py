@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,20 @@ def start_limitsd(tmp_path: Path) -> Iterator[Callable[[str], Limitsd]]:
     yield start
     for d in started:
         d.stop()
+
+
+_FIGURES: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict[str, Any]:
+    """Measured figures that the run reports at its end (admissions and
+    spend of the LiteLLM burst, limitsd's and LiteLLM's own)."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("measured")
+        for k, v in sorted(_FIGURES.items()):
+            terminalreporter.write_line(f"{k}: {v}")
