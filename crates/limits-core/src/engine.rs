@@ -28,6 +28,8 @@ pub struct Denial {
 pub struct Reserve {
     pub id: u64,
     pub expires_at: Nanos,
+    /// Kept with each hold as [`Hold::tag`].
+    pub tag: u32,
 }
 
 /// What a check asks.
@@ -73,6 +75,9 @@ pub struct RecordRequest {
 pub struct RecordOutcome {
     /// The reservation had already been settled: nothing was charged.
     pub duplicate: bool,
+    /// The estimate (nano-dollars, tokens) the settled reservation held,
+    /// when this record settled one that was still held.
+    pub settled: Option<(u64, u64)>,
     pub statuses: Vec<LimitStatus>,
     pub alert: bool,
 }
@@ -215,6 +220,7 @@ fn commit(
                     tokens: attempt.tokens,
                     expires_at: r.expires_at,
                     settled: false,
+                    tag: r.tag,
                 });
             }
         }
@@ -416,9 +422,11 @@ pub fn record(
             .iter_mut()
             .any(|s| s.hold_mut(id).is_some_and(|h| h.settled))
     });
+    let mut settled = None;
     if !duplicate {
         for (state, lim) in states.iter_mut().zip(limits) {
             if let Some(h) = req.reservation.and_then(|id| state.hold_mut(id)) {
+                settled.get_or_insert((h.cost, h.tokens));
                 h.settled = true;
                 h.cost = 0;
                 h.tokens = 0;
@@ -431,6 +439,7 @@ pub fn record(
     let alert = alert_flag(policy, &statuses, 0);
     RecordOutcome {
         duplicate,
+        settled,
         statuses,
         alert,
     }

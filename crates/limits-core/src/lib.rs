@@ -16,6 +16,7 @@ pub mod limits;
 pub mod money;
 pub mod state;
 pub mod time;
+pub mod undo;
 pub mod window;
 mod window_set;
 

@@ -19,6 +19,10 @@ pub struct Hold {
     /// Settled holds stay, holding nothing, until `expires_at`, so that a
     /// retried RecordUsage for the same reservation charges once.
     pub settled: bool,
+    /// An opaque tag the caller gave the reservation, kept with it so that
+    /// the caller can rebuild what it handed out (limitsd: a digest of the
+    /// subjects the reservation was made for, part of its id).
+    pub tag: u32,
 }
 
 impl Hold {
@@ -256,6 +260,28 @@ impl SubjectState {
         self.windows.add(&mut pos, k2, limits, now, amount);
     }
 
+    /// Takes back what [`charge`](Self::charge) added at `at` (see
+    /// `WindowSet::remove` for which bucket it is taken from).
+    pub(crate) fn uncharge(&mut self, resource: Resource, at: Nanos, now: Nanos, amount: u64) {
+        for &kind in kinds_counting(resource) {
+            self.windows.remove(kind, at, now, amount);
+        }
+    }
+
+    /// Removes a hold; true if it was there.
+    pub(crate) fn remove_hold(&mut self, id: u64) -> bool {
+        let Some(extra) = &mut self.extra else {
+            return false;
+        };
+        let before = extra.holds.len();
+        extra.holds.retain(|h| h.id != id);
+        let removed = extra.holds.len() != before;
+        if extra.holds.is_empty() && extra.leases.is_empty() {
+            self.extra = None;
+        }
+        removed
+    }
+
     pub(crate) fn push_hold(&mut self, hold: Hold) {
         self.extra_mut().holds.push(hold);
     }
@@ -312,9 +338,7 @@ const REQUEST_KINDS: [LimitKind; 3] = [
 ];
 const TOKEN_KINDS: [LimitKind; 2] = [LimitKind::TokensPerHour, LimitKind::TokensPerMinute];
 
-/// The windowed kinds that count a resource, so that charging one resource
-/// does not walk every kind (it showed in profiles of check).
-#[cfg(test)]
+/// The windowed kinds that count a resource.
 fn kinds_counting(resource: Resource) -> &'static [LimitKind] {
     match resource {
         Resource::Cost => &COST_KINDS,
@@ -345,6 +369,7 @@ mod tests {
             tokens,
             expires_at,
             settled: false,
+            tag: 0,
         }
     }
 

@@ -504,6 +504,59 @@ impl WindowSet {
         *pos += 1;
     }
 
+    /// Takes back `amount` that [`add`](Self::add) put in the window of
+    /// `kind` at `at` (an operation that was not made durable is undone).
+    /// The amount went to the window's newest bucket of the time, whose
+    /// index is at least `at`'s; it is taken from the oldest such bucket
+    /// onwards. That is the right bucket unless an older one at or after
+    /// `at`'s existed too, and then one that expires sooner: the window
+    /// counts the amount a little longer, never shorter. At `now`, a window
+    /// `at` has left entirely is not touched, since its buckets from then
+    /// may be gone and the ones left belong to later operations.
+    pub(crate) fn remove(&mut self, kind: LimitKind, at: Nanos, now: Nanos, amount: u64) {
+        let span = SPANS[rank(kind)];
+        let Some(length) = kind.window() else { return };
+        if amount == 0 || at.saturating_add(length) <= now {
+            return;
+        }
+        let Some(h) = (0..self.count()).find(|&h| self.meta(h).rank == rank(kind)) else {
+            return;
+        };
+        let first = span.bucket_at(at);
+        let mut m = self.meta(h);
+        let mut left = amount;
+        let mut i = m.start;
+        while left > 0 && i < m.end() {
+            let (index, a) = self.buf[i];
+            if index < first {
+                i += 1;
+                continue;
+            }
+            let taken = a.min(left);
+            left -= taken;
+            if taken == a {
+                // An empty bucket is not kept: close it up.
+                self.buf.copy_within(i + 1..m.end(), i);
+                m.len -= 1;
+            } else {
+                self.buf[i].1 = a - taken;
+                i += 1;
+            }
+        }
+        let removed = amount - left;
+        self.set_meta(h, m);
+        if h + 1 == self.count() {
+            // The last window ends the buffer.
+            self.buf.truncate(m.end().max(self.count()));
+        }
+        let total = &mut self.buf[h].1;
+        *total = if m.len == 0 {
+            0
+        } else {
+            total.saturating_sub(removed)
+        };
+    }
+
     /// Puts `bucket` after the newest bucket of the window of header `h`:
     /// into the free slot there if there is one, otherwise after making one.
     #[inline(always)]
@@ -628,7 +681,72 @@ mod tests {
         })
     }
 
+    #[test]
+    fn remove_takes_back_an_add_and_never_a_later_window() {
+        let lim = limited(&LimitKind::WINDOWED);
+        let kind = LimitKind::RequestsPerMinute;
+        let mut set = WindowSet::default();
+        let add = |set: &mut WindowSet, at: Nanos, amount| {
+            let mut pos = set.position_from(kind);
+            set.add(&mut pos, kind, &lim, at, amount);
+        };
+        add(&mut set, T, 3);
+        let before = set.clone();
+        let at = T.saturating_add(Nanos::from_secs(5));
+        add(&mut set, at, 4);
+        set.remove(kind, at, at, 4);
+        set.assert_layout();
+        assert_eq!(set, before, "the add is gone, the earlier amount stays");
+        // An amount in the same bucket as an earlier one leaves the rest.
+        add(&mut set, T, 2);
+        set.remove(kind, T, T, 2);
+        assert_eq!(set, before);
+        // More than the window holds from `at` on takes only what is there.
+        set.remove(kind, T, T, 10);
+        set.assert_layout();
+        assert!(set.get(kind).is_some_and(|w| w.is_empty()));
+        // Once a window has passed since `at`, nothing is taken.
+        add(&mut set, T, 5);
+        let later = T.saturating_add(Nanos::MINUTE);
+        set.remove(kind, T, later, 5);
+        assert_eq!(set.get(kind).unwrap().total(), 5);
+        // A kind without a window is left alone.
+        set.remove(LimitKind::BudgetDaily, T, T, 5);
+        set.assert_layout();
+    }
+
     proptest! {
+        /// Undoing the last add of any sequence gives back the state before
+        /// it (when nothing expired in between).
+        #[test]
+        fn remove_undoes_the_last_add(
+            ops in proptest::collection::vec((0usize..WINDOW_KINDS, 0u64..2_000, 1u64..1_000), 1..60),
+            last in (0usize..WINDOW_KINDS, 0u64..2_000, 1u64..1_000),
+        ) {
+            let lim = limited(&LimitKind::WINDOWED);
+            let mut set = WindowSet::default();
+            let mut now = T;
+            for (k, gap_ms, amount) in ops {
+                now = now.saturating_add(Nanos::from_millis(gap_ms));
+                let kind = LimitKind::WINDOWED[k];
+                let mut pos = set.position_from(kind);
+                set.add(&mut pos, kind, &lim, now, amount);
+            }
+            let kind = LimitKind::WINDOWED[last.0];
+            let at = now.saturating_add(Nanos::from_millis(last.1));
+            let before = set.clone();
+            let mut pos = set.position_from(kind);
+            set.add(&mut pos, kind, &lim, at, last.2);
+            set.remove(kind, at, at, last.2);
+            set.assert_layout();
+            // A window the add created stays, empty: equality compares
+            // windows, so drop empty ones before comparing.
+            let windows = |s: &WindowSet| -> Vec<_> {
+                s.iter().filter(|(_, w)| !w.is_empty()).map(|(k, w)| (k, w.buckets().to_vec())).collect()
+            };
+            prop_assert_eq!(windows(&set), windows(&before));
+        }
+
         /// The packed set behaves as one `RollingWindow` per kind, for any
         /// sequence of adds and expiries over any kinds, including windows
         /// that stop being limited.

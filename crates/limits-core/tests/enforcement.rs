@@ -153,6 +153,7 @@ fn alert_mode_allows_over_limit_flagged_and_counted() {
         Some(limits_core::engine::Reserve {
             id: 5,
             expires_at: T0.saturating_add(ms(1_000)),
+            tag: 0,
         }),
         &p,
         T0,

@@ -396,6 +396,7 @@ fn build(subjects: Vec<SubjectLimits>, ops: &[Prior]) -> (Group, Nanos, u64) {
                 let reserve = reserve.then(|| Reserve {
                     id: next_id,
                     expires_at: now.saturating_add(Nanos::from_secs(30)),
+                    tag: 0,
                 });
                 if g.check_with(&attempt(cost, tokens), reserve, &block, now)
                     .reservation
@@ -438,6 +439,7 @@ fn final_check(g: &mut Group, p: &Probe, id: u64, now: Nanos) -> limits_core::Ch
     let reserve = p.reserve.then(|| Reserve {
         id,
         expires_at: now.saturating_add(Nanos::from_secs(30)),
+        tag: 0,
     });
     g.check_with(&p.attempts, reserve, &policy(p.mode), now)
 }

@@ -142,7 +142,11 @@ impl Group {
     ) -> CheckOutcome {
         self.check_with(
             &attempt(cost, tokens),
-            Some(Reserve { id, expires_at }),
+            Some(Reserve {
+                id,
+                expires_at,
+                tag: 0,
+            }),
             &Policy::default(),
             now,
         )
