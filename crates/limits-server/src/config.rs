@@ -93,6 +93,7 @@ use limits_core::{
     Dimension, EnforcementMode, LimitKind, LimitTable, ModelPrice, NanoUsd, Policy, Pricing,
     SubjectLimits,
 };
+use limits_store::Secret;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -164,6 +165,10 @@ pub struct Config {
     /// Envoy's rate limit service API (`limits.rls`): domain mappings and
     /// envoyproxy/ratelimit-format rules.
     pub rls: crate::rls_config::RlsConfig,
+    /// The server secret (`limits.security`), which keys the hashes API keys
+    /// are stored under and authenticates reservation and lease ids; `None`
+    /// lets the store keep one of its own.
+    pub secret: Option<Secret>,
     /// Things the server should log at start-up, e.g. that `sqlite` is served
     /// by the sled store.
     pub warnings: Vec<String>,
@@ -184,6 +189,7 @@ impl Default for Config {
             logging: LoggingSettings::default(),
             metrics: MetricsSettings::default(),
             rls: crate::rls_config::RlsConfig::default(),
+            secret: None,
             warnings: Vec::new(),
         }
     }
@@ -695,6 +701,9 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("metrics.identifier_cap", EnvKind::Number),
     ("metrics.show_user_ids", EnvKind::Bool),
     ("metrics.show_team_ids", EnvKind::Bool),
+    ("security.secret", EnvKind::Text),
+    ("security.secret_file", EnvKind::Text),
+    ("rls.max_counters", EnvKind::Number),
 ];
 
 /// `budgets.alert_threshold` -> `MERCATOR_LIMITS_BUDGETS_ALERT_THRESHOLD`.
@@ -939,6 +948,34 @@ struct RawLimits {
     metrics: RawMetrics,
     /// Envoy's rate limit service API; see [`crate::rls_config`].
     rls: crate::rls_config::RawRls,
+    security: RawSecurity,
+}
+
+/// `limits.security`.
+#[derive(Default, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with secret or secret_file"
+)]
+struct RawSecurity {
+    /// The server secret, at least 16 bytes (32 random bytes recommended);
+    /// better set from the environment (`MERCATOR_LIMITS_SECURITY_SECRET`)
+    /// or a file than written inline. The same on every replica.
+    secret: Option<String>,
+    /// A file holding the secret (surrounding whitespace is ignored), e.g. a
+    /// mounted Kubernetes Secret.
+    secret_file: Option<String>,
+}
+
+// By hand: the secret must not reach a log line through a `{:?}`.
+impl fmt::Debug for RawSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSecurity")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .finish()
+    }
 }
 
 /// `limits.budgets`.
@@ -1302,6 +1339,7 @@ fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
         show_team_ids: raw.metrics.show_team_ids.unwrap_or(true),
     };
     let rls = crate::rls_config::build(&raw.rls, rls_files, &mut warnings)?;
+    let secret = build_secret(&raw.security)?;
 
     Ok(Config {
         table,
@@ -1315,8 +1353,32 @@ fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
         logging,
         metrics,
         rls,
+        secret,
         warnings,
     })
+}
+
+fn build_secret(raw: &RawSecurity) -> Result<Option<Secret>> {
+    let (key, material) = match (&raw.secret, &raw.secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "limits.security.secret_file",
+                "set either limits.security.secret or limits.security.secret_file, not both",
+            ));
+        }
+        (Some(s), None) => ("limits.security.secret", s.trim().as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let key = "limits.security.secret_file";
+            let text = std::fs::read(path.trim()).map_err(|e| {
+                ConfigError::new(key, format!("cannot read {:?}: {e}", path.trim()))
+            })?;
+            (key, text.trim_ascii().to_vec())
+        }
+        (None, None) => return Ok(None),
+    };
+    Secret::new(&material)
+        .map(Some)
+        .map_err(|e| ConfigError::new(key, e.to_string()))
 }
 
 /// One id's budget limits, in nano-USD.

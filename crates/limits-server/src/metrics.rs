@@ -39,6 +39,11 @@ pub const STORE_ERRORS: &str = "mercator_limits_store_errors_total";
 pub const RESERVATIONS_OPEN: &str = "mercator_limits_reservations_open";
 pub const SUBJECTS: &str = "mercator_limits_subjects";
 pub const FAIL_OPEN: &str = "mercator_limits_fail_open_total";
+/// 1 while the store takes writes, 0 while it refuses them (see
+/// `STORE_WRITE_FAILURES` for why).
+pub const STORE_WRITABLE: &str = "mercator_limits_store_writable";
+/// Failed writes and flushes of the durable store, by `reason`.
+pub const STORE_WRITE_FAILURES: &str = limits_store::sled::WRITE_FAILURES_METRIC;
 /// Recorded by the Redis store itself, per script round trip.
 pub const REDIS_DURATION: &str = limits_store::redis::DURATION_METRIC;
 
@@ -121,6 +126,14 @@ fn describe() {
         "Open reservations (as of the last sweep)."
     );
     describe_gauge!(SUBJECTS, "Subjects holding state (as of the last sweep).");
+    describe_gauge!(
+        STORE_WRITABLE,
+        "1 while the store takes writes, 0 while it refuses them until it recovers."
+    );
+    describe_counter!(
+        STORE_WRITE_FAILURES,
+        "Failed writes and flushes of the durable store, by reason (no_space, io)."
+    );
     describe_counter!(
         FAIL_OPEN,
         "Calls allowed without a decision because the store was unavailable (storage.redis.fail_open)."
@@ -298,6 +311,9 @@ pub struct Labels {
     cap: usize,
     show_users: bool,
     show_teams: bool,
+    /// The server secret, for the keyed hashes that name API keys; given by
+    /// the handlers as the store settles it ([`Labels::set_secret`]).
+    secret: arc_swap::ArcSwapOption<limits_store::Secret>,
 }
 
 /// The operations whose durations are recorded through [`Labels::observe`].
@@ -326,6 +342,16 @@ impl Labels {
             cap: settings.identifier_cap,
             show_users: settings.show_user_ids,
             show_teams: settings.show_team_ids,
+            secret: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    /// Gives the labels the server secret (a new one replaces the old:
+    /// labels already made keep theirs).
+    pub fn set_secret(&self, secret: &Arc<limits_store::Secret>) {
+        let current = self.secret.load();
+        if current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, secret)) {
+            self.secret.store(Some(secret.clone()));
         }
     }
 
@@ -374,7 +400,14 @@ impl Labels {
             Dimension::User => !self.show_users,
             Dimension::Team => !self.show_teams,
         };
-        let label = identity::display(subject, limits, hide);
+        // Handlers settle the secret before any store call, so this is
+        // there; without it no keyed name can be made, and the subject
+        // counts under the overflow label.
+        let secret = self.secret.load();
+        let Some(secret) = secret.as_deref() else {
+            return self.other.clone();
+        };
+        let label = identity::display(secret, subject, limits, hide);
         if let Some(known) = self.seen.read().get(label.as_str()) {
             return known.clone();
         }
@@ -518,9 +551,25 @@ mod tests {
         }
     }
 
+    /// Labels with a secret, as the server gives them once it has one.
+    fn labels(cap: usize) -> Labels {
+        let labels = Labels::new(&settings(cap));
+        labels.set_secret(&Arc::new(
+            limits_store::Secret::new(b"a server secret of some length").unwrap(),
+        ));
+        labels
+    }
+
+    #[test]
+    fn without_a_secret_an_api_key_counts_as_other() {
+        let labels = Labels::new(&settings(10));
+        let key = Subject::new(Dimension::ApiKey, "sk-secret");
+        assert_eq!(&*labels.identifier(&key, &SubjectLimits::UNLIMITED), OTHER);
+    }
+
     #[test]
     fn identifiers_past_the_cap_fold_into_other() {
-        let labels = Labels::new(&settings(2));
+        let labels = labels(2);
         let none = SubjectLimits::UNLIMITED;
         let a = labels.identifier(&Subject::new(Dimension::Team, "a"), &none);
         let b = labels.identifier(&Subject::new(Dimension::Team, "b"), &none);
@@ -534,7 +583,7 @@ mod tests {
 
     #[test]
     fn api_keys_are_labelled_by_alias_or_hash() {
-        let labels = Labels::new(&settings(10));
+        let labels = labels(10);
         let key = Subject::new(Dimension::ApiKey, "sk-secret");
         let shown = labels.identifier(&key, &SubjectLimits::UNLIMITED);
         assert!(!shown.contains("sk-secret"));
@@ -544,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_cached_subject_follows_a_new_alias() {
-        let labels = Labels::new(&settings(10));
+        let labels = labels(10);
         let key = Subject::new(Dimension::ApiKey, "sk-secret");
         let old = SubjectLimits::default().with_alias("old");
         let new = SubjectLimits::default().with_alias("new");
@@ -556,7 +605,7 @@ mod tests {
 
     #[test]
     fn the_subject_cache_is_bounded_and_keeps_answering() {
-        let labels = Labels::new(&settings(2));
+        let labels = labels(2);
         let none = SubjectLimits::UNLIMITED;
         for round in 0..2 {
             for i in 0..5_000 {

@@ -526,6 +526,10 @@ async fn should_rate_limit<S: Store>(
     let now = now();
     let enforced = plan.partition();
     let (enforced_targets, shadow_targets) = plan.targets.split_at(enforced);
+    if !plan.targets.is_empty() {
+        // The metric labels name counters by the secret's keyed hash.
+        shared.secret().await?;
+    }
 
     // The enforced counters, then the shadowed ones in an operation of
     // their own (so that a shadow limit cannot stop an enforced counter).
@@ -701,6 +705,12 @@ mod tests {
         }
         async fn flush(&self) -> Result<(), StoreError> {
             Err(down())
+        }
+        async fn secret(&self) -> Result<Arc<limits_store::Secret>, StoreError> {
+            Err(down())
+        }
+        fn health(&self) -> limits_store::Health {
+            limits_store::Health::Writable
         }
     }
 

@@ -72,8 +72,11 @@ fn error(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 // The validated configuration.
 // ---------------------------------------------------------------------------
 
+/// Default `limits.rls.max_counters`.
+pub const DEFAULT_MAX_COUNTERS: usize = 100_000;
+
 /// What `ShouldRateLimit` runs on.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RlsConfig {
     /// When false, `ShouldRateLimit` answers `UNIMPLEMENTED`.
     pub enabled: bool,
@@ -85,6 +88,21 @@ pub struct RlsConfig {
     pub domains: AHashMap<String, RlsDomain>,
     /// The rule files loaded, in order (for reload on change).
     pub config_files: Vec<PathBuf>,
+    /// Descriptor counters an embedded store keeps at most.
+    pub max_counters: usize,
+}
+
+impl Default for RlsConfig {
+    fn default() -> RlsConfig {
+        RlsConfig {
+            enabled: false,
+            dry_run: false,
+            ietf_headers: false,
+            domains: AHashMap::new(),
+            config_files: Vec::new(),
+            max_counters: DEFAULT_MAX_COUNTERS,
+        }
+    }
 }
 
 /// Everything configured for one domain.
@@ -292,6 +310,9 @@ pub(crate) struct RawRls {
     domains: Vec<RawDomain>,
     /// envoyproxy/ratelimit-format rule files.
     config_files: Vec<String>,
+    /// positive integer, default 100000: descriptor counters kept at most
+    /// (embedded stores), apart from the subjects' `max_entries`.
+    max_counters: Option<u64>,
 }
 
 /// `limits.rls.domains[i]`.
@@ -452,6 +473,13 @@ pub(crate) fn build(
         ietf_headers: raw.ietf_headers.unwrap_or(false),
         domains,
         config_files: loaded,
+        max_counters: match raw.max_counters {
+            None => DEFAULT_MAX_COUNTERS,
+            Some(0) => return Err(error("limits.rls.max_counters", "must be greater than 0")),
+            Some(n) => {
+                usize::try_from(n).map_err(|_| error("limits.rls.max_counters", "is too large"))?
+            }
+        },
     })
 }
 

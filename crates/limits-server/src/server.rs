@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use limits_store::{
-    AnyStore, MemoryStore, RedisOptions, RedisStore, SledOptions, SledStore, Store,
+    AnyStore, Bounds, Health, MemoryStore, RedisOptions, RedisStore, SledOptions, SledStore, Store,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -36,7 +36,16 @@ pub const MAX_GROUP_WAIT: Duration = Duration::from_secs(1);
 /// dropping what expired while the service was down.
 pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
     match &config.storage {
-        Storage::Memory { max_entries, .. } => Ok(AnyStore::Memory(MemoryStore::new(*max_entries))),
+        Storage::Memory { max_entries, .. } => {
+            let bounds = Bounds {
+                subjects: *max_entries,
+                counters: config.rls.max_counters,
+            };
+            Ok(AnyStore::Memory(MemoryStore::with_options(
+                bounds,
+                config.secret.clone(),
+            )))
+        }
         Storage::Sled {
             path,
             snapshot_interval,
@@ -50,6 +59,8 @@ pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
             }
             let options = SledOptions {
                 snapshot_interval: (*snapshot_interval).min(MAX_GROUP_WAIT),
+                max_counters: config.rls.max_counters,
+                secret: config.secret.clone(),
                 ..SledOptions::default()
             };
             let store = SledStore::open(path, options, now())?;
@@ -66,6 +77,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
                 connect_timeout: r.connect_timeout,
                 command_timeout: r.command_timeout,
                 max_entries: r.max_entries,
+                secret: config.secret.clone(),
             };
             let store = RedisStore::open(&options)?;
             tracing::info!(
@@ -150,6 +162,14 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
         labels,
         in_flight: Default::default(),
     });
+    // The embedded stores know their secret now; Redis's is settled on
+    // first contact.
+    if !matches!(shared.store, AnyStore::Redis(_)) {
+        shared
+            .secret()
+            .await
+            .map_err(|s| anyhow::anyhow!("settling the server secret: {}", s.message()))?;
+    }
     Ok(Bound {
         grpc_addr,
         metrics_addr,
@@ -204,6 +224,7 @@ impl Bound {
         health
             .set_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
             .await;
+        background.push(tokio::spawn(health_loop(shared.clone(), health.clone())));
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_shared = shared.clone();
@@ -274,9 +295,72 @@ impl Bound {
         for task in background {
             task.abort();
         }
-        shared.store.flush().await.context("flushing the store")?;
+        // After a failed write this also tries to recover (reopen, write
+        // memory out, flush): exit 0 once it succeeds, non-zero if it cannot.
+        if let Err(e) = shared.store.flush().await {
+            tracing::error!(
+                error = %e,
+                "the final flush failed: changes since the last successful flush are lost"
+            );
+            return Err(anyhow::anyhow!("flushing the store at shutdown: {e}"));
+        }
         tracing::info!("limitsd stopped");
         result
+    }
+}
+
+/// How often the store's health is looked at.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Follows whether the store can write: while it cannot, both services are
+/// `NOT_SERVING` (so a load balancer or probe moves traffic away) and the
+/// `mercator_limits_store_writable` gauge is 0; the store recovers by
+/// itself, and then they serve again.
+async fn health_loop(shared: Arc<Shared<AnyStore>>, health: tonic_health::server::HealthReporter) {
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writable = true;
+    metrics::gauge!(m::STORE_WRITABLE).set(1.0);
+    loop {
+        every.tick().await;
+        if shared.queues.is_closed() {
+            // Shutting down: health is NOT_SERVING for good.
+            return;
+        }
+        let now_writable = match shared.store.health() {
+            Health::Writable => true,
+            Health::Unwritable { reason, detail } => {
+                if writable {
+                    tracing::error!(
+                        reason,
+                        error = %detail,
+                        "the store cannot write: refusing calls (NOT_SERVING) until it recovers"
+                    );
+                }
+                false
+            }
+        };
+        if now_writable == writable {
+            continue;
+        }
+        writable = now_writable;
+        metrics::gauge!(m::STORE_WRITABLE).set(if writable { 1.0 } else { 0.0 });
+        if writable {
+            tracing::warn!("the store writes again: serving");
+            health
+                .set_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
+                .await;
+            health
+                .set_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
+                .await;
+        } else {
+            health
+                .set_not_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
+                .await;
+            health
+                .set_not_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
+                .await;
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use limits_core::{
     Action, Dimension, EnforcementMode, LimitKind, LimitStatus, LimitTable, NanoUsd, Nanos,
     Subject, SubjectLimits, queue_wait,
 };
-use limits_store::{Op, Outcome, Store, StoreError};
+use limits_store::{Op, Outcome, Secret, Store, StoreError};
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
@@ -40,6 +40,8 @@ pub fn now() -> Nanos {
 ///   operator should raise the bound.
 /// - `UNAVAILABLE`: the store could not decide or persist; retry with
 ///   backoff, or apply the gateway's failure policy. Never treated as allow.
+/// - `INTERNAL`: the store answered something this build cannot read; an
+///   operator must look. Never treated as allow, even with fail-open.
 pub fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::UnknownReservation => {
@@ -48,16 +50,28 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::UnknownLease => {
             Status::not_found("lease_id: unknown lease (never issued by this service)")
         }
-        StoreError::Full(_) => Status::resource_exhausted(e.to_string()),
+        StoreError::Full(_) | StoreError::CountersFull(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
         StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+        // Never UNAVAILABLE: fail-open applies to an outage, not to an
+        // answer nobody understands.
+        StoreError::Internal(_) => Status::internal(e.to_string()),
     }
 }
 
 /// Counts and logs a store failure of `operation`, then maps it.
 fn store_failed(operation: &'static str, e: StoreError) -> Status {
-    if matches!(e, StoreError::Unavailable(_) | StoreError::Full(_)) {
-        metrics::counter!(m::STORE_ERRORS, "operation" => operation).increment(1);
-        tracing::warn!(operation, error = %e, "store operation failed");
+    match e {
+        StoreError::Internal(_) => {
+            metrics::counter!(m::STORE_ERRORS, "operation" => operation).increment(1);
+            tracing::error!(operation, error = %e, "store answered what cannot be read");
+        }
+        StoreError::Unavailable(_) | StoreError::Full(_) | StoreError::CountersFull(_) => {
+            metrics::counter!(m::STORE_ERRORS, "operation" => operation).increment(1);
+            tracing::warn!(operation, error = %e, "store operation failed");
+        }
+        StoreError::UnknownReservation | StoreError::UnknownLease => {}
     }
     store_status(e)
 }
@@ -289,11 +303,29 @@ fn with_headers<T>(
 }
 
 /// The caller's deadline, from the `grpc-timeout` header.
+///
+/// The value is the caller's: it is parsed strictly (at most 8 ASCII digits
+/// and a unit, as the gRPC wire format allows) and every step saturates, so
+/// no value can panic. A header that does not parse, or a deadline too far
+/// away to be represented, is no deadline at all.
 fn caller_deadline(metadata: &MetadataMap) -> Option<Instant> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let timeout = parse_grpc_timeout(raw)?;
+    // Answer a little before the deadline so the answer reaches the caller
+    // in time.
+    let margin = (timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    Instant::now().checked_add(timeout.saturating_sub(margin))
+}
+
+/// A `grpc-timeout` value: `TimeoutValue TimeoutUnit`, the value at most 8
+/// digits.
+fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    let (digits, unit) = raw.split_at_checked(raw.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
-    let d = match unit {
+    Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -301,11 +333,7 @@ fn caller_deadline(metadata: &MetadataMap) -> Option<Instant> {
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
-    };
-    // Answer a little before the deadline so the answer reaches the caller
-    // in time.
-    let margin = (d / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
-    Some(Instant::now() + d.saturating_sub(margin))
+    })
 }
 
 /// How the queue ended for a check in queue mode.
@@ -326,6 +354,19 @@ enum Queued {
 }
 
 impl<S: Store> Shared<S> {
+    /// The server secret, as the store has settled it (at once for the
+    /// embedded stores, on first contact for Redis, and again should Redis
+    /// lose its data).
+    pub async fn secret(&self) -> Result<Arc<Secret>, Status> {
+        let secret = self
+            .store
+            .secret()
+            .await
+            .map_err(|e| store_failed("secret", e))?;
+        self.labels.set_secret(&secret);
+        Ok(secret)
+    }
+
     async fn check_once(
         &self,
         subjects: &[Subject],
@@ -403,13 +444,13 @@ impl<S: Store> Shared<S> {
 
 /// How a subject is named in a reason: never a raw API key, and user or
 /// team ids only where the config shows them.
-fn shown(config: &Config, subject: &Subject, limits: &SubjectLimits) -> String {
+fn shown(config: &Config, secret: &Secret, subject: &Subject, limits: &SubjectLimits) -> String {
     let hide = match subject.dimension {
         Dimension::ApiKey => false,
         Dimension::User => !config.metrics.show_user_ids,
         Dimension::Team => !config.metrics.show_team_ids,
     };
-    identity::display(subject, limits, hide)
+    identity::display(secret, subject, limits, hide)
 }
 
 /// The human-readable reason for a decision.
@@ -515,9 +556,26 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         let attempts = config
             .policy
             .attempts(&req.model, req.estimated_tokens, cost);
+        let secret = &*match self.shared.secret().await {
+            Ok(s) => s,
+            Err(status) if status.code() == tonic::Code::Unavailable && fail_open(&config) => {
+                failed_open("check", &status);
+                self.shared.labels.observe("check", started);
+                return Ok(Response::new(pb::CheckLimitsResponse {
+                    allowed: true,
+                    action: pb::Action::Allow as i32,
+                    reason: FAIL_OPEN_REASON.to_owned(),
+                    estimated_cost_usd: attempts[0].cost.as_usd(),
+                    ..Default::default()
+                }));
+            }
+            Err(status) => return Err(status),
+        };
+        let bind = secret.subjects_tag(&subjects);
         let op = Op::Check {
             attempts: &attempts,
             reserve_ttl,
+            tag: bind,
             policy: &config.policy,
         };
         let (outcome, queued) = match self
@@ -553,7 +611,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             Queued::Admitted | Queued::Full(_) | Queued::TimedOut | Queued::Closed => Action::Queue,
             Queued::No | Queued::WontFit => outcome.action,
         };
-        let who = |i: usize| shown(&config, &subjects[i], limits[i]);
+        let who = |i: usize| shown(&config, secret, &subjects[i], limits[i]);
         let reason = reason(&outcome, queued, who, &req.model, downgrade_to);
         let hdrs = header_values(&outcome.statuses, outcome.retry_after, now());
         span.record("allowed", outcome.allowed);
@@ -580,7 +638,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             retry_after: outcome.retry_after.map(pb_duration),
             reservation_id: outcome
                 .reservation
-                .map(validate::reservation_id)
+                .map(|id| validate::reservation_id(secret, id, bind))
                 .unwrap_or_default(),
             statuses: outcome
                 .statuses
@@ -608,10 +666,15 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         let config = self.shared.config.load_full();
         let subjects = validate::subjects(req.subjects)?;
         validate::model("model", &req.model)?;
+        let secret = &*self.shared.secret().await?;
         let reservation = if req.reservation_id.is_empty() {
             None
         } else {
-            Some(validate::parse_reservation_id(&req.reservation_id)?)
+            Some(validate::parse_reservation_id(
+                secret,
+                &req.reservation_id,
+                &subjects,
+            )?)
         };
         let tokens =
             validate::total_tokens(req.request_tokens, req.response_tokens, req.total_tokens)?;
@@ -678,6 +741,19 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         let subjects = validate::subjects(req.subjects)?;
         let ttl = validate::ttl("ttl", req.ttl, config.lease_ttl)?;
         let limits = resolve(&config.table, &subjects);
+        let secret = &*match self.shared.secret().await {
+            Ok(s) => s,
+            Err(status) if status.code() == tonic::Code::Unavailable && fail_open(&config) => {
+                failed_open("acquire", &status);
+                self.shared.labels.observe("acquire", started);
+                return Ok(Response::new(pb::AcquireConcurrentResponse {
+                    acquired: true,
+                    reason: FAIL_OPEN_REASON.to_owned(),
+                    ..Default::default()
+                }));
+            }
+            Err(status) => return Err(status),
+        };
         let (outcome, lease) = match self
             .shared
             .store
@@ -706,7 +782,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         let reason = outcome
             .denial
             .map(|d| {
-                let who = shown(&config, &subjects[d.subject], limits[d.subject]);
+                let who = shown(&config, secret, &subjects[d.subject], limits[d.subject]);
                 let max = limits[d.subject].get(LimitKind::MaxConcurrent).unwrap_or(0);
                 format!("concurrency limit of {max} reached for {who}")
             })
@@ -728,7 +804,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         Ok(Response::new(pb::AcquireConcurrentResponse {
             acquired: outcome.acquired,
             lease_id: lease
-                .map(|(id, _)| validate::lease_id(id))
+                .map(|(id, _)| validate::lease_id(secret, id))
                 .unwrap_or_default(),
             expires_at: lease.map(|(_, at)| pb_timestamp(at)),
             retry_after: outcome.denial.and_then(|d| d.retry_after).map(pb_duration),
@@ -752,7 +828,8 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         if req.lease_id.is_empty() {
             return Err(validate::invalid("lease_id", "is required"));
         }
-        let id = validate::parse_lease_id(&req.lease_id)?;
+        let secret = &*self.shared.secret().await?;
+        let id = validate::parse_lease_id(secret, &req.lease_id)?;
         let released = self
             .shared
             .store
@@ -777,6 +854,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         let subject = validate::subject("subject", raw)?;
         let config = self.shared.config.load_full();
         let limits = config.table.resolve(subject.dimension, &subject.id);
+        let secret = &*self.shared.secret().await?;
         let view = self
             .shared
             .store
@@ -795,7 +873,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 .holds
                 .iter()
                 .map(|h| pb::Reservation {
-                    reservation_id: validate::reservation_id(h.id),
+                    reservation_id: validate::reservation_id(secret, h.id, h.tag),
                     held_cost_usd: NanoUsd(h.cost).as_usd(),
                     held_tokens: h.tokens,
                     expires_at: Some(pb_timestamp(h.expires_at)),
@@ -805,10 +883,53 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 .leases
                 .iter()
                 .map(|l| pb::Lease {
-                    lease_id: validate::lease_id(l.id),
+                    lease_id: validate::lease_id(secret, l.id),
                     expires_at: Some(pb_timestamp(l.expires_at)),
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(value: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", value.parse().unwrap());
+        m
+    }
+
+    /// Regression: `grpc-timeout: 18446744073709551615S` overflowed the
+    /// `Instant` addition and panicked the handler.
+    #[test]
+    fn a_huge_or_malformed_grpc_timeout_is_no_deadline_not_a_panic() {
+        for raw in [
+            "18446744073709551615S",
+            "99999999H",
+            "+5S",
+            "-5S",
+            "5",
+            "S",
+            "123456789m",
+            "5x",
+            "",
+        ] {
+            let d = caller_deadline(&with_timeout(raw));
+            if raw == "99999999H" {
+                // Eight digits is valid; eleven thousand years may or may not
+                // fit an Instant, but it must not panic.
+                continue;
+            }
+            assert!(d.is_none(), "{raw:?} gave a deadline");
+        }
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        let d = caller_deadline(&with_timeout("2S")).expect("a deadline");
+        assert!(d > Instant::now() + Duration::from_secs(1));
     }
 }

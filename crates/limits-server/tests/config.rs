@@ -806,6 +806,10 @@ fn every_environment_variable_sets_its_key() {
         ("limits.metrics.identifier_cap", "12"),
         ("limits.metrics.show_user_ids", "false"),
         ("limits.metrics.show_team_ids", "no"),
+        ("limits.security.secret", "an environment secret of length"),
+        // Checked on its own below: a file and an inline secret conflict.
+        ("limits.security.secret_file", ""),
+        ("limits.rls.max_counters", "777"),
     ];
     let vars: Vec<(String, String)> = env_vars().collect();
     assert_eq!(vars.len(), samples.len());
@@ -852,6 +856,40 @@ fn every_environment_variable_sets_its_key() {
     assert_eq!(cfg.logging.level, "debug");
     assert_eq!(cfg.metrics.identifier_cap, 12);
     assert!(!cfg.metrics.show_user_ids && !cfg.metrics.show_team_ids);
+    assert_eq!(
+        cfg.secret,
+        Some(limits_store::Secret::new(b"an environment secret of length").unwrap())
+    );
+    assert_eq!(cfg.rls.max_counters, 777);
+
+    let file = write_temp("  a file secret, with a newline after it\n");
+    let cfg = load(
+        None,
+        env(&[(
+            "MERCATOR_LIMITS_SECURITY_SECRET_FILE",
+            file.path().to_str().unwrap(),
+        )]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(
+        cfg.secret,
+        Some(limits_store::Secret::new(b"a file secret, with a newline after it").unwrap())
+    );
+}
+
+#[test]
+fn a_bad_secret_names_its_key() {
+    let e = parse_str("limits:\n  security:\n    secret: short\n").unwrap_err();
+    assert_eq!(e.key, "limits.security.secret");
+    assert!(e.reason.contains("at least 16 bytes"), "{e}");
+    let e =
+        parse_str("limits:\n  security:\n    secret: 0123456789abcdef0123\n    secret_file: /x\n")
+            .unwrap_err();
+    assert_eq!(e.key, "limits.security.secret_file");
+    let e = parse_str("limits:\n  security:\n    secret_file: /no/such/file\n").unwrap_err();
+    assert_eq!(e.key, "limits.security.secret_file");
+    assert!(e.reason.contains("cannot read"), "{e}");
 }
 
 #[test]

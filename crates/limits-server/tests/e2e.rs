@@ -686,16 +686,25 @@ async fn bad_input_is_rejected_naming_the_field_and_changes_nothing() {
     let mut r = record(all(), 1.0);
     r.reservation_id = "nonsense".into();
     assert_invalid(c.record_usage(r).await.unwrap_err(), "reservation_id");
+    // Well-formed ids that were never issued (their tags are not the
+    // server's) are not found.
     let mut r = record(all(), 1.0);
-    r.reservation_id = "rsv_00000000deadbeef".into();
+    r.reservation_id = format!("rsv_00000000deadbeef{}", "0".repeat(32));
     assert_eq!(c.record_usage(r).await.unwrap_err().code(), Code::NotFound);
     let e = c
         .release_concurrent(pb::ReleaseConcurrentRequest {
-            lease_id: "lease_00000000deadbeef".into(),
+            lease_id: format!("lease_00000000deadbeef{}", "0".repeat(24)),
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // The short ids of earlier versions, and a sign, are malformed.
+    let mut r = record(all(), 1.0);
+    r.reservation_id = "rsv_00000000deadbeef".into();
+    assert_invalid(c.record_usage(r).await.unwrap_err(), "reservation_id");
+    let mut r = record(all(), 1.0);
+    r.reservation_id = format!("rsv_+0000000deadbeef{}", "0".repeat(32));
+    assert_invalid(c.record_usage(r).await.unwrap_err(), "reservation_id");
     let e = c
         .release_concurrent(pb::ReleaseConcurrentRequest {
             lease_id: String::new(),

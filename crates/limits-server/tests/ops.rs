@@ -11,11 +11,15 @@ use limits_server::pb;
 use tokio_stream::StreamExt;
 
 const SECRET_KEY: &str = "sk-live-very-secret-0042";
+/// The server secret of [`traffic_config`].
+const SERVER_SECRET: &str = "ops-test-server-secret-0123456789";
 
 fn traffic_config() -> String {
     format!(
         r#"
 limits:
+  security:
+    secret: "{SERVER_SECRET}"
   budgets:
     alert_threshold: 0.5
     by_api_key:
@@ -81,7 +85,10 @@ async fn metrics_have_the_guide_names_and_no_raw_api_key() {
     );
     let hashed = format!(
         "api_key:{}",
-        limits_server::identity::short_hash(SECRET_KEY)
+        limits_server::identity::short_hash(
+            &limits_store::Secret::new(SERVER_SECRET.as_bytes()).unwrap(),
+            SECRET_KEY
+        )
     );
     for (name, labels) in [
         (

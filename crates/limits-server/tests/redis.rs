@@ -333,6 +333,7 @@ async fn replicas_with_skewed_clocks_agree() {
     let op = Op::Check {
         attempts: &attempts,
         reserve_ttl: Some(Nanos::from_secs(60)),
+        tag: 0,
         policy: &policy,
     };
     let mut outcomes = Vec::new();

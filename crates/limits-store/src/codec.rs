@@ -11,16 +11,25 @@
 //! | `s1/<dimension byte><id bytes>`  | a subject's durable state              |
 //! | `l1/<lease id, u64 big-endian>`  | a lease index entry                    |
 //! | `m1/ids/r`, `m1/ids/l`           | an id generator's prefix and high-water |
+//! | `m1/secret`                      | the store's own secret (32 bytes), if it made one |
+//! | `m1/secret-fp`                   | the fingerprint of the secret the data was written with |
 //!
-//! Every value starts with its format version byte ([`VERSION`]); a reader
-//! rejects a version it does not know instead of guessing.
+//! Every value starts with its format version byte; a reader rejects a
+//! version it does not know instead of guessing. Subject states are at
+//! [`STATE_VERSION`] (version 1 lacked the holds' tags and is still read);
+//! everything else is at [`VERSION`].
+//!
+//! Format 1 stored API-key subjects under their raw ids; format 2 stores
+//! them (and the rate limit service's internal counters) under their keyed
+//! hash ([`crate::Secret::stored_subject`]). Opening a format-1 store
+//! rewrites it as format 2.
 //!
 //! A subject's value, after the version byte:
 //! windows (`varint count`, then per window `kind byte`, `varint buckets`,
 //! the first bucket's `varint index` and `varint amount`, then each later
 //! bucket as `varint index delta (>= 1)` and `varint amount`), holds (`varint
 //! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
-//! expires_at`, `settled byte`) and leases (`varint count`, then per lease
+//! expires_at`, `settled byte` and, from version 2, `u32 tag`) and leases (`varint count`, then per lease
 //! `u64 id`, `u64 expires_at`). Ids and instants are fixed-width because they
 //! are large; counts and amounts are varints because they are mostly small.
 
@@ -28,15 +37,21 @@ use limits_core::SubjectState;
 use limits_core::{Dimension, Hold, LeaseSlot, LimitKind, Nanos, RollingWindow, Subject};
 
 /// The version of the store as a whole, kept under [`FORMAT_KEY`].
-pub(crate) const FORMAT: u8 = 1;
-/// The version byte every value starts with.
+pub(crate) const FORMAT: u8 = 2;
+/// The format that stored API keys raw, which opening migrates.
+pub(crate) const FORMAT_RAW_KEYS: u8 = 1;
+/// The version byte of every value but subject states.
 pub(crate) const VERSION: u8 = 1;
+/// The version byte of a subject state.
+pub(crate) const STATE_VERSION: u8 = 2;
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const SUBJECT_PREFIX: &[u8] = b"s1/";
 pub(crate) const LEASE_PREFIX: &[u8] = b"l1/";
 pub(crate) const RESERVATION_IDS_KEY: &[u8] = b"m1/ids/r";
 pub(crate) const LEASE_IDS_KEY: &[u8] = b"m1/ids/l";
+pub(crate) const SECRET_KEY: &[u8] = b"m1/secret";
+pub(crate) const SECRET_FINGERPRINT_KEY: &[u8] = b"m1/secret-fp";
 
 /// Why a key or value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,12 +138,16 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
 /// Encodes the durable part of a subject's state into `out` (cleared first).
 /// Returns false when nothing in it is durable, i.e. when the subject's key
 /// should be deleted rather than written.
 pub(crate) fn encode_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
     out.clear();
-    out.push(VERSION);
+    out.push(STATE_VERSION);
     let windows = || {
         state
             .windows()
@@ -157,6 +176,7 @@ pub(crate) fn encode_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
         put_varint(out, h.tokens);
         put_u64(out, h.expires_at.0);
         out.push(u8::from(h.settled));
+        put_u32(out, h.tag);
     }
     put_varint(out, state.leases().len() as u64);
     for l in state.leases() {
@@ -167,7 +187,11 @@ pub(crate) fn encode_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
 }
 
 pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
-    let mut r = Reader::versioned(bytes)?;
+    let mut r = Reader { bytes };
+    let version = r.byte()?;
+    if !(1..=STATE_VERSION).contains(&version) {
+        return Err(DecodeError::UnknownVersion(version));
+    }
     let count = r.len()?;
     let mut windows = Vec::with_capacity(count);
     for _ in 0..count {
@@ -202,6 +226,7 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
             tokens: r.varint()?,
             expires_at: Nanos(r.u64()?),
             settled: r.flag()?,
+            tag: if version >= 2 { r.u32()? } else { 0 },
         });
     }
     let count = r.len()?;
@@ -303,6 +328,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let bytes: [u8; 4] = self.take(4)?.try_into().expect("four bytes");
+        Ok(u32::from_le_bytes(bytes))
+    }
+
     fn u64(&mut self) -> Result<u64, DecodeError> {
         let bytes: [u8; 8] = self.take(8)?.try_into().expect("eight bytes");
         Ok(u64::from_le_bytes(bytes))
@@ -365,6 +395,7 @@ mod tests {
                 tokens: 10,
                 expires_at: Nanos(1 << 60),
                 settled: false,
+                tag: 0xdead_beef,
             }],
             vec![LeaseSlot {
                 id: 9 << 32 | 1,
@@ -378,6 +409,22 @@ mod tests {
         let mut buf = Vec::new();
         assert!(encode_state(&sample(), &mut buf));
         assert_eq!(decode_state(&buf).unwrap(), sample());
+    }
+
+    #[test]
+    fn version_1_states_still_load_with_untagged_holds() {
+        // A version-1 value: no windows, one hold, no leases.
+        let mut v1 = vec![1, 0, 1];
+        v1.extend_from_slice(&(7u64 << 32 | 3).to_le_bytes());
+        v1.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x10]);
+        v1.push(10);
+        v1.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        v1.push(0);
+        v1.push(0);
+        let state = decode_state(&v1).unwrap();
+        assert_eq!(state.holds().len(), 1);
+        assert_eq!(state.holds()[0].tag, 0);
+        assert_eq!(state.holds()[0].cost, 1 << 32);
     }
 
     #[test]
@@ -403,6 +450,8 @@ mod tests {
         }
         buf[0] = 9;
         assert_eq!(decode_state(&buf), Err(DecodeError::UnknownVersion(9)));
+        buf[0] = 0;
+        assert_eq!(decode_state(&buf), Err(DecodeError::UnknownVersion(0)));
     }
 
     #[test]

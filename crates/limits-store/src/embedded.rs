@@ -8,12 +8,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use limits_core::engine::{self, CheckRequest, RecordRequest, Reserve};
-use limits_core::{Dimension, LimitTable, Nanos, Subject, SubjectLimits, SubjectState};
+use limits_core::{
+    Dimension, LeaseSlot, LimitTable, Nanos, Subject, SubjectLimits, SubjectState, undo,
+};
 use parking_lot::Mutex;
 
 use crate::ids::{IdGen, Issued};
+use crate::secret::Secret;
 use crate::shards::{After, Shards};
 use crate::{Op, Outcome, StoreError, SweepStats, UsageView};
+
+/// How many subjects, and how many of the rate limit service's internal
+/// counters, an embedded store keeps at most. Separate bounds, so that a
+/// flood of one (counters keyed by client address, say) cannot lock out
+/// the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub subjects: usize,
+    pub counters: usize,
+}
 
 /// Shards of subject state; more shards than cores keeps lock waits rare.
 const SHARDS: usize = 256;
@@ -62,6 +75,14 @@ pub(crate) struct Change<'a> {
 /// operation's own thread; `write` and `dropped` run with the subjects' shard
 /// locks held, which orders the log writes of one subject.
 pub(crate) trait Journal: Send + Sync + 'static {
+    /// `Ok` while the journal takes writes; otherwise why not, and every
+    /// operation is refused before it changes anything.
+    fn writable(&self) -> Result<(), StoreError>;
+
+    /// An undo could not be written: what is on disk may be ahead of memory
+    /// until the journal has written memory out again.
+    fn needs_catch_up(&self);
+
     /// `ids` has just handed out an id of `kind`; make sure a restarted store
     /// will still recognise it as issued.
     fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<(), StoreError>;
@@ -86,6 +107,12 @@ pub(crate) trait Journal: Send + Sync + 'static {
 pub(crate) struct Volatile;
 
 impl Journal for Volatile {
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn needs_catch_up(&self) {}
+
     fn issued(&self, _: IdKind, _: &IdGen) -> Result<(), StoreError> {
         Ok(())
     }
@@ -125,6 +152,7 @@ pub(crate) struct Embedded<J> {
     live_leases: AtomicUsize,
     reservations: IdGen,
     lease_ids: IdGen,
+    secret: std::sync::Arc<Secret>,
     journal: J,
 }
 
@@ -143,15 +171,22 @@ impl<J: std::fmt::Debug> std::fmt::Debug for Embedded<J> {
 }
 
 impl<J: Journal> Embedded<J> {
-    pub fn new(max_entries: usize, reservations: IdGen, lease_ids: IdGen, journal: J) -> Self {
+    pub fn new(
+        limits: Bounds,
+        secret: Secret,
+        reservations: IdGen,
+        lease_ids: IdGen,
+        journal: J,
+    ) -> Self {
         Embedded {
-            shards: Shards::new(SHARDS, max_entries),
+            shards: Shards::new(SHARDS, limits.subjects, limits.counters),
             leases: (0..LEASE_SHARDS)
                 .map(|_| Mutex::new(AHashMap::new()))
                 .collect(),
             live_leases: AtomicUsize::new(0),
             reservations,
             lease_ids,
+            secret: std::sync::Arc::new(secret),
             journal,
         }
     }
@@ -160,12 +195,21 @@ impl<J: Journal> Embedded<J> {
         &self.journal
     }
 
+    pub fn secret(&self) -> &std::sync::Arc<Secret> {
+        &self.secret
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
     /// Subjects currently held.
     pub fn len(&self) -> usize {
         self.shards.len()
     }
 
-    /// Puts recovered state in place (start-up only).
+    /// Puts recovered state in place (start-up only); `subject` is already
+    /// in its stored form.
     pub fn restore_subject(&self, subject: &Subject, state: SubjectState) {
         self.shards.insert(subject, state);
     }
@@ -181,8 +225,39 @@ impl<J: Journal> Embedded<J> {
         }
     }
 
+    /// Calls `f` with every lease index entry, one index shard locked at a
+    /// time (`f` runs with it locked).
+    pub fn for_each_lease(&self, mut f: impl FnMut(u64, &[Subject], Nanos)) {
+        for shard in self.leases.iter() {
+            for (&id, e) in shard.lock().iter() {
+                f(id, &e.subjects, e.expires_at);
+            }
+        }
+    }
+
+    /// Calls `f` with whether lease `id` is in the index, with its index
+    /// shard locked.
+    pub fn with_lease_present<R>(&self, id: u64, f: impl FnOnce(bool) -> R) -> R {
+        let shard = self.lease_shard(id).lock();
+        f(shard.contains_key(&id))
+    }
+
+    /// The id generators, for a journal that persists their high-water
+    /// marks.
+    pub fn id_generators(&self) -> [&IdGen; 2] {
+        [&self.reservations, &self.lease_ids]
+    }
+
     fn lease_shard(&self, id: u64) -> &Mutex<AHashMap<u64, LeaseEntry>> {
         &self.leases[(id % LEASE_SHARDS as u64) as usize]
+    }
+
+    /// The subjects as they are stored: API keys by their keyed hash.
+    fn stored(&self, subjects: &[Subject]) -> Vec<Subject> {
+        subjects
+            .iter()
+            .map(|s| self.secret.stored_subject(s))
+            .collect()
     }
 
     pub async fn apply(
@@ -192,27 +267,52 @@ impl<J: Journal> Embedded<J> {
         op: Op<'_>,
         now: Nanos,
     ) -> Result<Outcome, StoreError> {
-        let (outcome, wait) = self.apply_now(subjects, limits, op, now)?;
-        if wait {
-            self.journal.durable(false).await?;
+        // A store that cannot write refuses at once, changing nothing.
+        self.journal.writable()?;
+        let stored = self.stored(subjects);
+        let started = std::time::Instant::now();
+        let (outcome, written) = self.apply_now(&stored, limits, op, now)?;
+        let result = match written {
+            Ok(true) => self.journal.durable(false).await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(outcome),
+            Err(e) => {
+                // The caller hears that the call failed, so it must leave no
+                // trace: a retried RecordUsage may not be charged twice.
+                let elapsed = Nanos::from(started.elapsed());
+                self.undo(
+                    &stored,
+                    limits,
+                    op,
+                    &outcome,
+                    now,
+                    now.saturating_add(elapsed),
+                );
+                Err(e)
+            }
         }
-        Ok(outcome)
     }
 
     /// The synchronous part of [`apply`](Self::apply): the decision and the
-    /// journal write, and whether to wait for durability before answering.
+    /// journal write. The write's result says whether to wait for
+    /// durability before answering; when it failed, the operation has been
+    /// applied in memory and must be undone.
     fn apply_now(
         &self,
         subjects: &[Subject],
         limits: &[&SubjectLimits],
         op: Op<'_>,
         now: Nanos,
-    ) -> Result<(Outcome, bool), StoreError> {
+    ) -> Result<(Outcome, Result<bool, StoreError>), StoreError> {
         let journal = &self.journal;
         match op {
             Op::Check {
                 attempts,
                 reserve_ttl,
+                tag,
                 policy,
             } => {
                 let reserve = match reserve_ttl {
@@ -222,6 +322,7 @@ impl<J: Journal> Embedded<J> {
                         Some(Reserve {
                             id,
                             expires_at: now.saturating_add(ttl),
+                            tag,
                         })
                     }
                     None => None,
@@ -253,7 +354,7 @@ impl<J: Journal> Embedded<J> {
                         })
                     },
                 )?;
-                Ok((Outcome::Check(out), wait?))
+                Ok((Outcome::Check(out), wait))
             }
             Op::Record {
                 reservation,
@@ -289,7 +390,7 @@ impl<J: Journal> Embedded<J> {
                         })
                     },
                 )?;
-                Ok((Outcome::Record(out), wait?))
+                Ok((Outcome::Record(out), wait))
             }
             Op::Acquire { ttl } => {
                 let id = self.lease_ids.next_id();
@@ -314,9 +415,6 @@ impl<J: Journal> Embedded<J> {
                         })
                     },
                 )?;
-                // A failed write leaves the slots taken in memory (they
-                // expire with the lease) but hands out no lease id.
-                let wait = wait?;
                 let lease = out.acquired.then_some((id, expires_at));
                 if out.acquired {
                     let entry = LeaseEntry {
@@ -353,12 +451,77 @@ impl<J: Journal> Embedded<J> {
                         })
                     },
                 )?;
-                Ok((Outcome::Hit(out), wait?))
+                Ok((Outcome::Hit(out), wait))
             }
         }
     }
 
+    /// Takes back an operation whose write failed: each subject loses what
+    /// the operation added (see `limits_core::undo`), the lease index the
+    /// lease it took, and the journal is told of the result. A journal that
+    /// cannot write now catches up when it recovers.
+    fn undo(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        outcome: &Outcome,
+        at: Nanos,
+        now: Nanos,
+    ) {
+        let lease = match (op, outcome) {
+            (Op::Acquire { .. }, Outcome::Acquire(_, Some((id, _)))) => {
+                if self.lease_shard(*id).lock().remove(id).is_some() {
+                    self.live_leases.fetch_sub(1, Ordering::Relaxed);
+                }
+                LeaseChange::Removed(*id)
+            }
+            _ => LeaseChange::None,
+        };
+        let undone = self.shards.with_states_then(
+            subjects,
+            limits,
+            |states| match (op, outcome) {
+                (Op::Check { .. }, Outcome::Check(out)) => undo::undo_check(states, out, at, now),
+                (
+                    Op::Record {
+                        reservation,
+                        cost,
+                        tokens,
+                        ..
+                    },
+                    Outcome::Record(out),
+                ) => {
+                    let req = RecordRequest {
+                        reservation,
+                        cost,
+                        tokens,
+                    };
+                    undo::undo_record(states, &req, out, at, now);
+                }
+                (Op::Acquire { .. }, Outcome::Acquire(_, Some((id, _)))) => {
+                    undo::undo_acquire(states, *id);
+                }
+                (Op::Hit { charges }, Outcome::Hit(out)) => {
+                    undo::undo_hit(states, charges, out, at, now);
+                }
+                _ => {}
+            },
+            |_, after| {
+                self.journal.write(&Change {
+                    subjects: after,
+                    lease,
+                    kind: ChangeKind::Durable,
+                })
+            },
+        );
+        if !matches!(undone, Ok((_, Ok(_)))) {
+            self.journal.needs_catch_up();
+        }
+    }
+
     pub async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        self.journal.writable()?;
         let entry = self.lease_shard(lease_id).lock().remove(&lease_id);
         let Some(entry) = entry else {
             return match self.lease_ids.issued(lease_id) {
@@ -367,11 +530,19 @@ impl<J: Journal> Embedded<J> {
             };
         };
         self.live_leases.fetch_sub(1, Ordering::Relaxed);
+        let n = entry.subjects.len();
         let unlimited = [&SubjectLimits::UNLIMITED; crate::MAX_SUBJECTS];
-        let (released, wait) = self.shards.with_states_then(
+        let mut held = [false; crate::MAX_SUBJECTS];
+        let started = std::time::Instant::now();
+        let (released, written) = self.shards.with_states_then(
             &entry.subjects,
-            &unlimited[..entry.subjects.len()],
-            |states| engine::release(states, lease_id, now),
+            &unlimited[..n],
+            |states| {
+                for (h, state) in held.iter_mut().zip(states.iter()) {
+                    *h = undo::holds_lease(state, lease_id);
+                }
+                engine::release(states, lease_id, now)
+            },
             |_, after| {
                 self.journal.write(&Change {
                     subjects: after,
@@ -380,8 +551,48 @@ impl<J: Journal> Embedded<J> {
                 })
             },
         )?;
-        if wait? {
-            self.journal.durable(false).await?;
+        let result = match written {
+            Ok(true) => self.journal.durable(false).await,
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // Not released: the lease and its slots come back, so that the
+            // caller's retry releases them durably.
+            let later = now.saturating_add(Nanos::from(started.elapsed()));
+            let slot = LeaseSlot {
+                id: lease_id,
+                expires_at: entry.expires_at,
+            };
+            let undone = self.shards.with_states_then(
+                &entry.subjects,
+                &unlimited[..n],
+                |states| undo::undo_release(states, &slot, &held[..n], later),
+                |_, after| {
+                    self.journal.write(&Change {
+                        subjects: after,
+                        lease: LeaseChange::Added {
+                            id: lease_id,
+                            subjects: &entry.subjects,
+                            expires_at: entry.expires_at,
+                        },
+                        kind: ChangeKind::Durable,
+                    })
+                },
+            );
+            if entry.expires_at > later
+                && self
+                    .lease_shard(lease_id)
+                    .lock()
+                    .insert(lease_id, entry)
+                    .is_none()
+            {
+                self.live_leases.fetch_add(1, Ordering::Relaxed);
+            }
+            if !matches!(undone, Ok((_, Ok(_)))) {
+                self.journal.needs_catch_up();
+            }
+            return Err(e);
         }
         Ok(released && entry.expires_at > now)
     }
@@ -391,7 +602,8 @@ impl<J: Journal> Embedded<J> {
     }
 
     pub fn usage(&self, subject: &Subject, limits: &SubjectLimits, now: Nanos) -> UsageView {
-        self.shards.peek(subject, |state| UsageView {
+        let stored = self.secret.stored_subject(subject);
+        self.shards.peek(&stored, |state| UsageView {
             statuses: engine::usage(state, limits, now),
             holds: state
                 .holds()

@@ -15,10 +15,12 @@ mod embedded;
 mod ids;
 pub mod memory;
 pub mod redis;
+mod secret;
 mod shards;
 pub mod sled;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use limits_core::engine::{AcquireOutcome, CheckOutcome, RecordOutcome};
 use limits_core::hit::{Charge, HitOutcome};
@@ -27,17 +29,21 @@ use limits_core::{Subject, SubjectLimits};
 
 pub use self::redis::{RedisOpenError, RedisOptions, RedisStore};
 pub use self::sled::{OpenError, SledOptions, SledStore};
+pub use embedded::Bounds;
 pub use ids::{IdGen, Issued};
 pub use memory::MemoryStore;
+pub use secret::{INTERNAL, MIN_SECRET_BYTES, Secret, SecretTooShort};
 pub use shards::MAX_SUBJECTS;
 
 /// What one store call does to the subjects of a request.
 #[derive(Debug, Clone, Copy)]
 pub enum Op<'a> {
-    /// Decide a request; with `reserve_ttl`, hold its estimate that long.
+    /// Decide a request; with `reserve_ttl`, hold its estimate that long,
+    /// keeping `tag` with the hold ([`Hold::tag`]).
     Check {
         attempts: &'a [Attempt],
         reserve_ttl: Option<Nanos>,
+        tag: u32,
         policy: &'a Policy,
     },
     /// Charge actual usage, settling a reservation if one is named.
@@ -100,17 +106,44 @@ pub enum StoreError {
     /// to make room, because dropping a subject would forget its spend.
     #[error("the store already holds its maximum of {0} subjects")]
     Full(usize),
+    /// Keeping another of the rate limit service's counters would exceed
+    /// their own bound (kept apart from subjects, so that a flood of
+    /// counters cannot lock out budgets).
+    #[error("the store already holds its maximum of {0} rate limit counters")]
+    CountersFull(usize),
     /// The backend cannot take writes or reads right now (I/O error, full
     /// disk, unreachable server). Transient: a retry may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered something this build cannot understand (a reply
+    /// that does not decode, an invariant broken). Not transient, and never
+    /// a reason to allow: a caller configured to fail open on an outage
+    /// still fails here.
+    #[error("store error: {0}")]
+    Internal(String),
 }
 
 impl StoreError {
     /// Whether the same call may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Full(_) | StoreError::CountersFull(_)
+        )
     }
+}
+
+/// Whether a store can take writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Writable,
+    /// Every write is refused until the store recovers by itself;
+    /// `reason` is a short label (`no_space`, `io`, ...) and `detail` the
+    /// error.
+    Unwritable {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// The engine's state, behind one narrow atomic operation.
@@ -161,11 +194,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything acknowledged so far durable (a no-op where nothing is).
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The server secret the store's subjects are keyed with, for the
+    /// caller's own derived keys (reservation and lease ids).
+    /// May change at runtime: a Redis store that finds Redis has lost its
+    /// data settles again, so callers ask each time rather than keep it.
+    fn secret(&self) -> impl Future<Output = Result<Arc<Secret>, StoreError>> + Send;
+
+    /// Whether the store can take writes now.
+    fn health(&self) -> Health;
 }
 
 /// The backend chosen at start-up. The server is written against [`Store`];
 /// this enum lets it pick a backend from config without dynamic dispatch.
 #[derive(Debug)]
+// One per process, made once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyStore {
     Memory(MemoryStore),
     Sled(SledStore),
@@ -229,6 +273,22 @@ impl Store for AnyStore {
             AnyStore::Memory(s) => s.flush().await,
             AnyStore::Sled(s) => s.flush().await,
             AnyStore::Redis(s) => s.flush().await,
+        }
+    }
+
+    async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.secret().await,
+            AnyStore::Sled(s) => s.secret().await,
+            AnyStore::Redis(s) => s.secret().await,
+        }
+    }
+
+    fn health(&self) -> Health {
+        match self {
+            AnyStore::Memory(s) => s.health(),
+            AnyStore::Sled(s) => s.health(),
+            AnyStore::Redis(s) => s.health(),
         }
     }
 }

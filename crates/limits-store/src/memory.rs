@@ -1,12 +1,14 @@
 //! The in-memory backend: fastest, nothing survives a restart. `max_entries`
-//! bounds the subjects kept; idle subjects are dropped as soon as they hold
-//! nothing, and by the periodic sweep once their windows have emptied.
+//! bounds the subjects kept (and a separate bound the rate limit service's
+//! counters); idle subjects are dropped as soon as they hold nothing, and by
+//! the periodic sweep once their windows have emptied.
 
 use limits_core::{LimitTable, Nanos, Subject, SubjectLimits};
 
-use crate::embedded::{Embedded, Volatile};
+use crate::embedded::{Bounds, Embedded, Volatile};
 use crate::ids::IdGen;
-use crate::{Op, Outcome, Store, StoreError, SweepStats, UsageView};
+use crate::secret::Secret;
+use crate::{Health, Op, Outcome, Store, StoreError, SweepStats, UsageView};
 
 /// The in-memory store: the embedded body with a journal that keeps nothing.
 #[derive(Debug)]
@@ -15,9 +17,22 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store of at most `max_entries` subjects (and as many counters),
+    /// with a secret of its own.
     pub fn new(max_entries: usize) -> MemoryStore {
+        let bounds = Bounds {
+            subjects: max_entries,
+            counters: max_entries,
+        };
+        MemoryStore::with_options(bounds, None)
+    }
+
+    /// A store with the given bounds and secret (without one, it makes its
+    /// own, for the life of the process).
+    pub fn with_options(bounds: Bounds, secret: Option<Secret>) -> MemoryStore {
+        let secret = secret.unwrap_or_else(Secret::generate);
         MemoryStore {
-            inner: Embedded::new(max_entries, IdGen::new(), IdGen::new(), Volatile),
+            inner: Embedded::new(bounds, secret, IdGen::new(), IdGen::new(), Volatile),
         }
     }
 
@@ -65,5 +80,13 @@ impl Store for MemoryStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn secret(&self) -> Result<std::sync::Arc<Secret>, StoreError> {
+        Ok(self.inner.secret().clone())
+    }
+
+    fn health(&self) -> Health {
+        Health::Writable
     }
 }

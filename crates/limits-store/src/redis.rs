@@ -68,9 +68,11 @@
 //! when Redis does, without a restart. Redis's own persistence settings
 //! (AOF, replicas) decide how durable an acknowledged `RecordUsage` is.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use limits_core::engine::{AcquireOutcome, CheckOutcome, Denial, RecordOutcome, worse};
 use limits_core::hit::HitOutcome;
 use limits_core::{
@@ -82,7 +84,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
-use crate::{Op, Outcome, Store, StoreError, SweepStats, UsageView};
+use crate::secret::Secret;
+use crate::{Health, Op, Outcome, Store, StoreError, SweepStats, UsageView};
 
 /// The histogram of script round trips, by operation.
 pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
@@ -123,6 +126,10 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
     /// The most subjects kept (see [`StoreError::Full`]).
     pub max_entries: usize,
+    /// The configured server secret, the same on every replica. Without
+    /// one, the first replica to reach Redis makes one and keeps it there
+    /// (under the key prefix), and every replica uses it.
+    pub secret: Option<Secret>,
 }
 
 impl Default for RedisOptions {
@@ -136,6 +143,7 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             max_entries: 10_000_000,
+            secret: None,
         }
     }
 }
@@ -170,6 +178,10 @@ struct Keys {
     lease_expiries: String,
     lease_index: String,
     subject_prefix: String,
+    /// The store's own secret, when none is configured.
+    secret: String,
+    /// The fingerprint of the secret the data is keyed with.
+    fingerprint: String,
 }
 
 impl Keys {
@@ -180,6 +192,8 @@ impl Keys {
             lease_expiries: format!("{{{prefix}}}:leases"),
             lease_index: format!("{{{prefix}}}:lease"),
             subject_prefix: format!("{{{prefix}}}:s:"),
+            secret: format!("{{{prefix}}}:secret"),
+            fingerprint: format!("{{{prefix}}}:secret-fp"),
         }
     }
 
@@ -200,6 +214,11 @@ pub struct RedisStore {
     /// [`Store::reservation_issued`]; the script's own check is
     /// authoritative.
     highest_id: AtomicU64,
+    configured_secret: Option<Secret>,
+    /// The secret in use, once settled with Redis.
+    secret: ArcSwapOption<Secret>,
+    /// Settles one at a time.
+    settling: tokio::sync::Mutex<()>,
 }
 
 // By hand: the connection types are not Debug, and nothing here is secret
@@ -276,6 +295,38 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
+/// What a call answers when Redis keeps another secret's fingerprint than
+/// the caller's, or none.
+const STALE_SECRET: &str = "redis: the secret under this key prefix changed (settling again)";
+
+fn is_stale(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(m) if m == STALE_SECRET)
+}
+
+/// A reply this build does not understand: never an outage, never a
+/// reason to fail open.
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("redis: {e}"))
+}
+
+/// Sorts a Redis error: what a retry or failover can cure (no connection,
+/// a timeout, a server loading, failing over or out of memory) is
+/// `Unavailable`; a reply that says the script or its call is wrong (a
+/// script error, an unexpected type, keys in several slots) is `Internal`.
+fn redis_error(e: redis::RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return unavailable(e);
+    }
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => internal(e),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::CrossSlot) => {
+            internal(e)
+        }
+        _ => unavailable(e),
+    }
+}
+
 /// Reads a script reply item by item.
 struct Reply {
     items: std::vec::IntoIter<Value>,
@@ -287,16 +338,14 @@ impl Reply {
             Value::Array(items) => Ok(Reply {
                 items: items.into_iter(),
             }),
-            other => Err(unavailable(format!("unexpected script reply {other:?}"))),
+            other => Err(internal(format!("unexpected script reply {other:?}"))),
         }
     }
 
     fn int(&mut self) -> Result<i64, StoreError> {
         match self.items.next() {
             Some(Value::Int(n)) => Ok(n),
-            other => Err(unavailable(format!(
-                "unexpected script reply item {other:?}"
-            ))),
+            other => Err(internal(format!("unexpected script reply item {other:?}"))),
         }
     }
 
@@ -324,11 +373,9 @@ impl Reply {
 
     fn string(&mut self) -> Result<String, StoreError> {
         match self.items.next() {
-            Some(Value::BulkString(b)) => String::from_utf8(b).map_err(unavailable),
+            Some(Value::BulkString(b)) => String::from_utf8(b).map_err(internal),
             Some(Value::SimpleString(s)) => Ok(s),
-            other => Err(unavailable(format!(
-                "unexpected script reply item {other:?}"
-            ))),
+            other => Err(internal(format!("unexpected script reply item {other:?}"))),
         }
     }
 
@@ -446,7 +493,109 @@ impl RedisStore {
             command_timeout: options.command_timeout,
             fake_clock: false,
             highest_id: AtomicU64::new(0),
+            configured_secret: options.secret.clone(),
+            secret: ArcSwapOption::empty(),
+            settling: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The secret in use, settled with Redis on first contact (see
+    /// [`settle_secret`](Self::settle_secret)).
+    async fn settled_secret(&self) -> Result<Arc<Secret>, StoreError> {
+        if let Some(s) = self.secret.load_full() {
+            return Ok(s);
+        }
+        self.settle_secret().await
+    }
+
+    /// Agrees with Redis on the secret that keys API keys: the configured
+    /// one, or, without one, the one the first replica to reach Redis made
+    /// and kept there (under the key prefix). Its fingerprint is kept beside
+    /// it, and every script call checks the caller's against it, so that
+    /// replicas with different secrets (or a replica that settled before
+    /// Redis lost its data) can never split a key's state: a call that finds
+    /// another fingerprint, or none, settles again and retries.
+    async fn settle_secret(&self) -> Result<Arc<Secret>, StoreError> {
+        let _one_at_a_time = self.settling.lock().await;
+        let secret = match &self.configured_secret {
+            Some(s) => s.clone(),
+            None => {
+                // Ours if Redis has none (first replica, or data lost).
+                let ours = self
+                    .secret
+                    .load_full()
+                    .map_or_else(Secret::generate, |s| (*s).clone());
+                let _: Value = self
+                    .command(
+                        redis::cmd("SET")
+                            .arg(&self.keys.secret)
+                            .arg(ours.root().as_slice())
+                            .arg("NX"),
+                    )
+                    .await?;
+                let stored: Vec<u8> = self
+                    .command(redis::cmd("GET").arg(&self.keys.secret))
+                    .await?;
+                let root: [u8; 32] = stored
+                    .try_into()
+                    .map_err(|_| internal("the stored secret has the wrong length"))?;
+                Secret::from_root(root)
+            }
+        };
+        let fp = hex::encode(secret.fingerprint());
+        let _: Value = self
+            .command(
+                redis::cmd("SET")
+                    .arg(&self.keys.fingerprint)
+                    .arg(&fp)
+                    .arg("NX"),
+            )
+            .await?;
+        let stored: Option<String> = self
+            .command(redis::cmd("GET").arg(&self.keys.fingerprint))
+            .await?;
+        if stored.as_deref() != Some(fp.as_str()) {
+            return Err(internal(format!(
+                "the data under this key prefix is keyed with another secret (fingerprint \
+                 {}, not {fp}): every replica needs the same security.secret",
+                stored.unwrap_or_default()
+            )));
+        }
+        let secret = Arc::new(secret);
+        self.secret.store(Some(secret.clone()));
+        Ok(secret)
+    }
+
+    /// One plain command, bounded by the command timeout.
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        cmd: &mut redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let run = async {
+            match &self.conn {
+                Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
+                Conn::Cluster(_) => {
+                    let mut c = self.cluster_conn().await?;
+                    cmd.query_async::<T>(&mut c).await
+                }
+            }
+            .map_err(redis_error)
+        };
+        match tokio::time::timeout(self.command_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                self.command_timeout
+            ))),
+        }
+    }
+
+    /// The subjects' state keys, API keys by their keyed hash.
+    fn stored_keys(&self, secret: &Secret, subjects: &[Subject]) -> Vec<String> {
+        subjects
+            .iter()
+            .map(|s| self.keys.subject(&secret.stored_subject(s)))
+            .collect()
     }
 
     /// Makes the script decide with the `now` each call is given instead of
@@ -506,7 +655,7 @@ impl RedisStore {
                     inv.invoke_async::<Value>(&mut c).await
                 }
             }
-            .map_err(unavailable)
+            .map_err(redis_error)
         };
         let result = match tokio::time::timeout(self.command_timeout, run).await {
             Ok(r) => r,
@@ -517,16 +666,29 @@ impl RedisStore {
         };
         metrics::histogram!(DURATION_METRIC, "operation" => operation)
             .record(started.elapsed().as_secs_f64());
-        Reply::new(result?)
+        let value = result?;
+        if let Value::Array(items) = &value
+            && matches!(items.first(), Some(Value::Int(5 | 6)))
+        {
+            return Err(StoreError::Unavailable(STALE_SECRET.to_owned()));
+        }
+        Reply::new(value)
     }
 
     /// A script invocation with the common keys and the clock arguments.
-    fn invocation(&self, op: &str, subjects: &[String], now: Nanos) -> ScriptInvocation<'_> {
+    fn invocation(
+        &self,
+        op: &str,
+        subjects: &[String],
+        now: Nanos,
+        secret: &Secret,
+    ) -> ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
         inv.key(&self.keys.index)
             .key(&self.keys.ids)
             .key(&self.keys.lease_expiries)
-            .key(&self.keys.lease_index);
+            .key(&self.keys.lease_index)
+            .key(&self.keys.fingerprint);
         for k in subjects {
             inv.key(k);
         }
@@ -536,6 +698,7 @@ impl RedisStore {
         } else {
             inv.arg("").arg("");
         }
+        inv.arg(hex::encode(secret.fingerprint()));
         inv
     }
 
@@ -550,10 +713,6 @@ impl RedisStore {
 
     fn saw_id(&self, id: u64) {
         self.highest_id.fetch_max(id, Ordering::Relaxed);
-    }
-
-    fn subject_keys(&self, subjects: &[Subject]) -> Vec<String> {
-        subjects.iter().map(|s| self.keys.subject(s)).collect()
     }
 
     fn check_reply(
@@ -652,9 +811,10 @@ fn ttl_arg(ttl: Nanos) -> u64 {
     ttl.0.min(MAX_TTL)
 }
 
-impl Store for RedisStore {
-    async fn apply(
+impl RedisStore {
+    async fn apply_once(
         &self,
+        secret: &Secret,
         subjects: &[Subject],
         limits: &[&SubjectLimits],
         op: Op<'_>,
@@ -666,14 +826,15 @@ impl Store for RedisStore {
             "1 to {} subjects, each with its limits",
             crate::MAX_SUBJECTS
         );
-        let keys = self.subject_keys(subjects);
+        let keys = self.stored_keys(secret, subjects);
         match op {
             Op::Check {
                 attempts,
                 reserve_ttl,
+                tag,
                 policy,
             } => {
-                let mut inv = self.invocation("check", &keys, now);
+                let mut inv = self.invocation("check", &keys, now, secret);
                 inv.arg(self.max_entries);
                 Self::push_limits(&mut inv, limits);
                 inv.arg(mode_code(policy.mode));
@@ -681,6 +842,7 @@ impl Store for RedisStore {
                     Some(ttl) => inv.arg(ttl_arg(ttl)),
                     None => inv.arg(-1),
                 };
+                inv.arg(tag);
                 inv.arg(attempts.len());
                 for a in attempts {
                     inv.arg(hi(a.cost.0))
@@ -692,7 +854,7 @@ impl Store for RedisStore {
                 match status_code(&mut reply)? {
                     0 => {}
                     1 => return Err(StoreError::Full(self.max_entries)),
-                    c => return Err(unavailable(format!("script status {c}"))),
+                    c => return Err(internal(format!("script status {c}"))),
                 }
                 let out = self.check_reply(reply, limits, attempts, policy)?;
                 Ok(Outcome::Check(out))
@@ -703,7 +865,7 @@ impl Store for RedisStore {
                 tokens,
                 policy,
             } => {
-                let mut inv = self.invocation("record", &keys, now);
+                let mut inv = self.invocation("record", &keys, now, secret);
                 inv.arg(self.max_entries);
                 Self::push_limits(&mut inv, limits);
                 inv.arg(reservation.unwrap_or(0))
@@ -716,19 +878,23 @@ impl Store for RedisStore {
                     0 => {}
                     1 => return Err(StoreError::Full(self.max_entries)),
                     2 => return Err(StoreError::UnknownReservation),
-                    c => return Err(unavailable(format!("script status {c}"))),
+                    c => return Err(internal(format!("script status {c}"))),
                 }
                 let duplicate = reply.int()? == 1;
+                let held = [reply.int()?, reply.int()?, reply.int()?, reply.int()?];
+                let settled =
+                    (held[0] >= 0).then(|| (join(held[0], held[1]), join(held[2], held[3])));
                 let statuses = reply.statuses(limits, &[])?;
                 let alert = alert_flag(policy, &statuses, 0);
                 Ok(Outcome::Record(RecordOutcome {
                     duplicate,
+                    settled,
                     statuses,
                     alert,
                 }))
             }
             Op::Acquire { ttl } => {
-                let mut inv = self.invocation("acquire", &keys, now);
+                let mut inv = self.invocation("acquire", &keys, now, secret);
                 inv.arg(self.max_entries);
                 Self::push_limits(&mut inv, limits);
                 inv.arg(ttl_arg(ttl));
@@ -736,7 +902,7 @@ impl Store for RedisStore {
                 match status_code(&mut reply)? {
                     0 => {}
                     1 => return Err(StoreError::Full(self.max_entries)),
-                    c => return Err(unavailable(format!("script status {c}"))),
+                    c => return Err(internal(format!("script status {c}"))),
                 }
                 let acquired = reply.int()? == 1;
                 let id = reply.uint()?;
@@ -778,7 +944,7 @@ impl Store for RedisStore {
             }
             Op::Hit { charges } => {
                 assert_eq!(charges.len(), n, "one charge per subject");
-                let mut inv = self.invocation("hit", &keys, now);
+                let mut inv = self.invocation("hit", &keys, now, secret);
                 inv.arg(self.max_entries);
                 Self::push_limits(&mut inv, limits);
                 for c in charges {
@@ -791,7 +957,7 @@ impl Store for RedisStore {
                 match status_code(&mut reply)? {
                     0 => {}
                     1 => return Err(StoreError::Full(self.max_entries)),
-                    c => return Err(unavailable(format!("script status {c}"))),
+                    c => return Err(internal(format!("script status {c}"))),
                 }
                 let allowed = reply.int()? == 1;
                 let count = reply.uint()?;
@@ -828,13 +994,18 @@ impl Store for RedisStore {
         }
     }
 
-    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+    async fn release_once(
+        &self,
+        secret: &Secret,
+        lease_id: u64,
+        now: Nanos,
+    ) -> Result<bool, StoreError> {
         // The first call names no subjects; if the lease is still indexed
         // the script answers with its subjects' keys and the second call
         // declares them (scripts must name the keys they write).
         let mut keys: Vec<String> = Vec::new();
         for _ in 0..2 {
-            let mut inv = self.invocation("release", &keys, now);
+            let mut inv = self.invocation("release", &keys, now, secret);
             inv.arg(lease_id);
             let mut reply = self.call("release", &inv).await?;
             match status_code(&mut reply)? {
@@ -846,32 +1017,26 @@ impl Store for RedisStore {
                         keys.push(k);
                     }
                 }
-                c => return Err(unavailable(format!("script status {c}"))),
+                c => return Err(internal(format!("script status {c}"))),
             }
         }
         Err(unavailable("the lease's subjects changed during release"))
     }
 
-    fn reservation_issued(&self, id: u64) -> bool {
-        // Advisory: ids this instance has seen. RecordUsage itself checks
-        // against the shared counter, so another replica's ids are never
-        // refused there.
-        id != 0 && id <= self.highest_id.load(Ordering::Relaxed)
-    }
-
-    async fn usage(
+    async fn usage_once(
         &self,
+        secret: &Secret,
         subject: &Subject,
         limits: &SubjectLimits,
         now: Nanos,
     ) -> Result<UsageView, StoreError> {
-        let keys = [self.keys.subject(subject)];
-        let mut inv = self.invocation("usage", &keys, now);
+        let keys = self.stored_keys(secret, std::slice::from_ref(subject));
+        let mut inv = self.invocation("usage", &keys, now, secret);
         Self::push_limits(&mut inv, &[limits]);
         let mut reply = self.call("usage", &inv).await?;
         match status_code(&mut reply)? {
             0 => {}
-            c => return Err(unavailable(format!("script status {c}"))),
+            c => return Err(internal(format!("script status {c}"))),
         }
         let statuses = reply.statuses(&[limits], &[])?;
         let holds_count = reply.uint()?;
@@ -881,12 +1046,14 @@ impl Store for RedisStore {
             let cost = reply.amount()?;
             let tokens = reply.amount()?;
             let expires_at = reply.instant()?;
+            let tag = u32::try_from(reply.uint()?).map_err(internal)?;
             holds.push(Hold {
                 id,
                 cost,
                 tokens,
                 expires_at,
                 settled: false,
+                tag,
             });
         }
         let leases_count = reply.uint()?;
@@ -903,12 +1070,12 @@ impl Store for RedisStore {
         })
     }
 
-    async fn sweep(&self, _table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+    async fn sweep_once(&self, secret: &Secret, now: Nanos) -> Result<SweepStats, StoreError> {
         // Idle subjects and expired lease entries, a batch at a time; the
         // limits are not needed: a subject's idle instant is in the index.
         let mut stats = SweepStats::default();
         loop {
-            let mut inv = self.invocation("sweep", &[], now);
+            let mut inv = self.invocation("sweep", &[], now, secret);
             inv.arg(SWEEP_BATCH);
             let mut reply = self.call("sweep", &inv).await?;
             status_code(&mut reply)?;
@@ -926,7 +1093,7 @@ impl Store for RedisStore {
         // past COUNT_LIMIT subjects.
         let mut from = 0;
         while stats.subjects <= COUNT_LIMIT {
-            let mut inv = self.invocation("count", &[], now);
+            let mut inv = self.invocation("count", &[], now, secret);
             inv.arg(from).arg(SWEEP_BATCH);
             let mut reply = self.call("sweep", &inv).await?;
             status_code(&mut reply)?;
@@ -939,11 +1106,75 @@ impl Store for RedisStore {
         }
         Ok(stats)
     }
+}
+
+/// Runs `$call` with the settled secret; when the script finds that Redis
+/// keeps another secret's fingerprint (or none, after losing its data),
+/// settles again and runs it once more.
+macro_rules! with_secret {
+    ($store:expr, |$secret:ident| $call:expr) => {{
+        let $secret = $store.settled_secret().await?;
+        match $call.await {
+            Err(e) if is_stale(&e) => {
+                let $secret = $store.settle_secret().await?;
+                $call.await
+            }
+            other => other,
+        }
+    }};
+}
+
+impl Store for RedisStore {
+    async fn apply(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: Op<'_>,
+        now: Nanos,
+    ) -> Result<Outcome, StoreError> {
+        with_secret!(self, |secret| self
+            .apply_once(&secret, subjects, limits, op, now))
+    }
+
+    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        with_secret!(self, |secret| self.release_once(&secret, lease_id, now))
+    }
+
+    async fn usage(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        with_secret!(self, |secret| self
+            .usage_once(&secret, subject, limits, now))
+    }
+
+    async fn sweep(&self, _table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+        with_secret!(self, |secret| self.sweep_once(&secret, now))
+    }
+
+    fn reservation_issued(&self, id: u64) -> bool {
+        // Advisory: ids this instance has seen. RecordUsage itself checks
+        // against the shared counter, so another replica's ids are never
+        // refused there.
+        id != 0 && id <= self.highest_id.load(Ordering::Relaxed)
+    }
 
     async fn flush(&self) -> Result<(), StoreError> {
         // Every call was acknowledged by Redis already; how durable that is
         // is Redis's persistence configuration.
         Ok(())
+    }
+
+    async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
+        self.settled_secret().await
+    }
+
+    fn health(&self) -> Health {
+        // Whether Redis answers is seen call by call (UNAVAILABLE), and the
+        // connection is re-made by itself: nothing to report here.
+        Health::Writable
     }
 }
 

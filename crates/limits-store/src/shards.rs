@@ -34,8 +34,27 @@ pub(crate) struct ShardSweep {
 pub(crate) struct Shards {
     shards: Box<[Mutex<Shard>]>,
     hasher: ahash::RandomState,
-    entries: AtomicUsize,
-    max_entries: usize,
+    /// Held, and the most kept, per [`Class`].
+    entries: [AtomicUsize; 2],
+    max: [usize; 2],
+}
+
+/// What a stored id is: a gateway's subject, or one of the rate limit
+/// service's internal counters. Each class has its own bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Subject = 0,
+    Counter = 1,
+}
+
+impl Class {
+    fn of(dimension: Dimension, id: &str) -> Class {
+        if dimension == Dimension::ApiKey && id.starts_with(crate::INTERNAL) {
+            Class::Counter
+        } else {
+            Class::Subject
+        }
+    }
 }
 
 /// One subject's state as an operation left it, shown to the `then` hook of
@@ -53,8 +72,8 @@ impl std::fmt::Debug for Shards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shards")
             .field("shards", &self.shards.len())
-            .field("entries", &self.len())
-            .field("max_entries", &self.max_entries)
+            .field("entries", &self.entries)
+            .field("max", &self.max)
             .finish_non_exhaustive()
     }
 }
@@ -64,19 +83,24 @@ impl std::fmt::Debug for Shards {
 type Taken = (Option<Box<str>>, SubjectState);
 
 impl Shards {
-    pub fn new(shards: usize, max_entries: usize) -> Shards {
+    pub fn new(shards: usize, max_subjects: usize, max_counters: usize) -> Shards {
         Shards {
             shards: (0..shards.max(1))
                 .map(|_| Mutex::new(Shard::default()))
                 .collect(),
             hasher: ahash::RandomState::new(),
-            entries: AtomicUsize::new(0),
-            max_entries,
+            entries: Default::default(),
+            max: [max_subjects, max_counters],
         }
     }
 
+    /// Subjects and counters held.
     pub fn len(&self) -> usize {
-        self.entries.load(Ordering::Relaxed)
+        self.entries.iter().map(|e| e.load(Ordering::Relaxed)).sum()
+    }
+
+    fn count(&self, class: Class) -> &AtomicUsize {
+        &self.entries[class as usize]
     }
 
     fn shard_of(&self, s: &Subject) -> usize {
@@ -140,12 +164,21 @@ impl Shards {
             }
         }
 
-        let new = (0..n)
-            .filter(|&i| taken[i].0.is_none() && !limits[i].is_unlimited())
-            .count();
-        if new > 0 && self.len() + new > self.max_entries {
-            self.put_back(subjects, &index, &mut guards, &slot_of, &mut taken);
-            return Err(StoreError::Full(self.max_entries));
+        let mut new = [0usize; 2];
+        for i in 0..n {
+            if taken[i].0.is_none() && !limits[i].is_unlimited() {
+                new[Class::of(subjects[i].dimension, &subjects[i].id) as usize] += 1;
+            }
+        }
+        for class in [Class::Subject, Class::Counter] {
+            let c = class as usize;
+            if new[c] > 0 && self.count(class).load(Ordering::Relaxed) + new[c] > self.max[c] {
+                self.put_back(subjects, &index, &mut guards, &slot_of, &mut taken);
+                return Err(match class {
+                    Class::Subject => StoreError::Full(self.max[c]),
+                    Class::Counter => StoreError::CountersFull(self.max[c]),
+                });
+            }
         }
 
         // The common requests name one to three subjects: pass them without
@@ -192,16 +225,17 @@ impl Shards {
         for (i, s) in subjects.iter().enumerate() {
             let (key, state) = std::mem::take(&mut taken[i]);
             let map = &mut guards[slot_of(index[i])].as_mut().unwrap().maps[s.dimension.index()];
+            let count = self.count(Class::of(s.dimension, &s.id));
             match (key, state.is_idle()) {
                 (Some(key), false) => {
                     map.insert(key, state);
                 }
                 (None, false) => {
                     map.insert(s.id.as_str().into(), state);
-                    self.entries.fetch_add(1, Ordering::Relaxed);
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
                 (Some(_), true) => {
-                    self.entries.fetch_sub(1, Ordering::Relaxed);
+                    count.fetch_sub(1, Ordering::Relaxed);
                 }
                 (None, true) => {}
             }
@@ -215,6 +249,18 @@ impl Shards {
             Some(state) => f(state),
             None => f(&mut SubjectState::new()),
         }
+    }
+
+    /// Calls `f` with the subject's state if the table holds it, with its
+    /// shard locked, so that `f` can act on the answer before any operation
+    /// changes it.
+    pub fn with_present<R>(
+        &self,
+        subject: &Subject,
+        f: impl FnOnce(Option<&SubjectState>) -> R,
+    ) -> R {
+        let shard = self.shards[self.shard_of(subject)].lock();
+        f(shard.maps[subject.dimension.index()].get(subject.id.as_str()))
     }
 
     /// Expires every subject and drops the idle ones, one shard at a time so
@@ -236,6 +282,7 @@ impl Shards {
                     state.expire(table.resolve(d, id), now);
                     if state.is_idle() {
                         total.dropped += 1;
+                        self.count(Class::of(d, id)).fetch_sub(1, Ordering::Relaxed);
                         dropped(d, id);
                         false
                     } else {
@@ -247,15 +294,12 @@ impl Shards {
                 });
             }
         }
-        self.entries.fetch_sub(total.dropped, Ordering::Relaxed);
         total
     }
 
-    // Kept for tests and future snapshotting; the durable backend writes
-    // per operation instead.
-    #[allow(dead_code)]
-    /// Calls `f` for every stored subject (for persistence snapshots and
-    /// tests), one shard locked at a time.
+    /// Calls `f` for every stored subject, one shard locked at a time (`f`
+    /// runs with it locked): a durable backend writes memory out with this
+    /// when it recovers from a failed write.
     pub fn for_each(&self, mut f: impl FnMut(Dimension, &str, &SubjectState)) {
         for shard in self.shards.iter() {
             let shard = shard.lock();
@@ -275,7 +319,8 @@ impl Shards {
         let mut shard = self.shards[self.shard_of(subject)].lock();
         let prev = shard.maps[subject.dimension.index()].insert(subject.id.as_str().into(), state);
         if prev.is_none() {
-            self.entries.fetch_add(1, Ordering::Relaxed);
+            self.count(Class::of(subject.dimension, &subject.id))
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

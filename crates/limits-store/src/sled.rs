@@ -56,11 +56,19 @@
 //! it runs on that dedicated thread, never on an async worker and never
 //! under a lock; the waiters only await a `tokio::sync::oneshot`.
 //!
-//! A failed flush completes its whole group with [`StoreError::Unavailable`]
-//! and is counted in [`SledStore::write_errors`]; so is a failed write. The
-//! change has then already been applied in memory, so memory may be ahead of
-//! disk: the caller was told the call failed, and for budgets counting spend
-//! that may not be on disk only errs towards denying.
+//! # When the disk refuses a write
+//!
+//! A write that is not acknowledged changes nothing. When a write or a flush
+//! fails (a full disk, an I/O error), every operation waiting on it is
+//! answered [`StoreError::Unavailable`] and undone in memory
+//! (`limits_core::undo`), so a gateway that retries is charged once; from
+//! then on the store refuses every operation at once, changing nothing, and
+//! [`Store::health`] says why, until it has recovered by itself. The flusher
+//! retries, backing off from 250 ms to 5 s: it reopens the database (sled
+//! keeps an I/O error once it has seen one), writes memory out where the
+//! disk differs from it, drops what memory no longer holds, flushes, and
+//! takes writes again. [`Store::flush`] (shutdown) tries to recover at once
+//! and fails only if it cannot.
 //!
 //! # Start-up
 //!
@@ -73,25 +81,36 @@
 //! starts empty over data it does not understand. Subjects are loaded even
 //! beyond `max_entries` (forgetting spend would be worse); new subjects are
 //! then refused until a sweep makes room.
+//!
+//! API-key subjects are stored under their keyed hash (see
+//! [`Secret`](crate::Secret)); a store written by an earlier version with
+//! raw keys (format 1) is rewritten on open into a fresh database beside it,
+//! which then replaces it, so that no raw key is left in sled's log. The
+//! secret's fingerprint is kept with the data, and opening with another
+//! secret fails rather than silently orphaning every API key's state.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::sled::{Batch, Db, Tree};
 use limits_core::{Dimension, LimitKind, LimitTable, Nanos, Subject, SubjectLimits};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, DecodeError};
-use crate::embedded::{Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange};
+use crate::embedded::{Bounds, Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange};
 use crate::ids::IdGen;
-use crate::{Op, Outcome, Store, StoreError, SweepStats, UsageView};
+use crate::secret::Secret;
+use crate::{Health, Op, Outcome, Store, StoreError, SweepStats, UsageView};
 
 /// Ids reserved per write of an id generator's high-water mark.
 pub const ID_BLOCK: u64 = 1024;
+
+/// The counter of failed writes and flushes, by `reason` (`no_space`, `io`).
+pub const WRITE_FAILURES_METRIC: &str = "mercator_limits_store_write_failures_total";
 
 /// The sled tree the state lives in; a later format can use another tree.
 const TREE: &str = "limits";
@@ -100,21 +119,34 @@ const TREE: &str = "limits";
 /// in the shards), so the cache need not hold the working set.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long the flusher waits before its first attempt to recover from a
+/// failed write, and at most between two attempts.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
 /// How the durable store is run.
 #[derive(Debug, Clone)]
 pub struct SledOptions {
     /// The most subjects kept (see [`StoreError::Full`]).
     pub max_entries: usize,
+    /// The most rate limit service counters kept (see
+    /// [`StoreError::CountersFull`]).
+    pub max_counters: usize,
     /// The longest a durable write waits for its group to close before the
     /// flush starts, and the shortest time between two flushes.
     pub snapshot_interval: Duration,
+    /// The configured server secret; without one the store makes and keeps
+    /// its own.
+    pub secret: Option<Secret>,
 }
 
 impl Default for SledOptions {
     fn default() -> SledOptions {
         SledOptions {
             max_entries: 1_000_000,
+            max_counters: 1_000_000,
             snapshot_interval: Duration::from_millis(10),
+            secret: None,
         }
     }
 }
@@ -147,6 +179,31 @@ pub enum OpenError {
         #[source]
         source: ::sled::Error,
     },
+    #[error(
+        "store at {} was written with another secret (fingerprint {stored}, not {configured}): \
+         its API-key state is keyed with that one. Configure the secret it was written with{}",
+        path.display(),
+        if *generated {
+            " (the store made its own because none was configured: remove security.secret \
+             to keep using it, or start the store afresh)"
+        } else {
+            ""
+        }
+    )]
+    SecretMismatch {
+        path: PathBuf,
+        stored: String,
+        configured: String,
+        generated: bool,
+    },
+    #[error(
+        "store at {} was written with a configured secret (fingerprint {stored}) and none is \
+         configured now: set security.secret (or security.secret_file) to it",
+        path.display()
+    )]
+    SecretMissing { path: PathBuf, stored: String },
+    #[error("cannot rewrite the store at {} without raw API keys: {reason}", path.display())]
+    Migrate { path: PathBuf, reason: String },
 }
 
 /// How long opening waits for a file lock that is being released.
@@ -175,12 +232,19 @@ impl OpenError {
             DecodeError::UnknownVersion(found) => OpenError::UnsupportedVersion {
                 path: path.to_owned(),
                 found,
-                supported: codec::VERSION,
+                supported: codec::STATE_VERSION,
             },
             e => OpenError::Corrupt {
                 path: path.to_owned(),
                 reason: format!("{}: {e}", describe_key(key)),
             },
+        }
+    }
+
+    fn migrate(path: &Path, reason: impl std::fmt::Display) -> OpenError {
+        OpenError::Migrate {
+            path: path.to_owned(),
+            reason: reason.to_string(),
         }
     }
 }
@@ -206,10 +270,40 @@ fn describe_key(key: &[u8]) -> String {
     }
 }
 
+/// Opens sled at `path`, waiting briefly for a lock being let go.
+fn open_db(path: &Path) -> Result<Db, OpenError> {
+    let config = ::sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_BYTES)
+        // Flushes are ours (group commit); sled's own timer would only
+        // add fsyncs.
+        .flush_every_ms(None);
+    // sled's background threads let go of the file lock a moment after
+    // a store of this process is dropped, so a reopen in the same
+    // process (a restart in place, a recovery, a test) may find it briefly
+    // held. Another process holding it is refused after the same short wait.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open().map_err(|e| OpenError::from_sled(path, e)) {
+            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `path` with `suffix` appended to its last component.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// The durable store.
 #[derive(Debug)]
 pub struct SledStore {
-    inner: Embedded<SledJournal>,
+    inner: Arc<Embedded<SledJournal>>,
     flusher: Option<JoinHandle<()>>,
 }
 
@@ -217,6 +311,13 @@ impl SledStore {
     /// Opens (or creates) the store at `path` and loads its state, expiring
     /// what has expired by `now`.
     pub fn open(path: &Path, options: SledOptions, now: Nanos) -> Result<SledStore, OpenError> {
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|source| {
+            OpenError::CreateDir {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        finish_interrupted_migration(path)?;
         std::fs::create_dir_all(path).map_err(|source| OpenError::CreateDir {
             path: path.to_owned(),
             source,
@@ -226,29 +327,15 @@ impl SledStore {
         // marker afterwards.
         let existed = path.join("db").exists();
         let sled_err = |e| OpenError::from_sled(path, e);
-        let config = ::sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            // Flushes are ours (group commit); sled's own timer would only
-            // add fsyncs.
-            .flush_every_ms(None);
-        // sled's background threads let go of the file lock a moment after
-        // a store of this process is dropped, so a reopen in the same
-        // process (a restart in place, a test) may find it briefly held.
-        // Another process holding it is refused after the same short wait.
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match config.open().map_err(sled_err) {
-                Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => break other?,
-            }
-        };
-        let tree = db.open_tree(TREE).map_err(sled_err)?;
+        let mut db = open_db(path)?;
+        let mut tree = db.open_tree(TREE).map_err(sled_err)?;
 
-        match tree.get(codec::FORMAT_KEY).map_err(sled_err)? {
-            Some(v) if v.as_ref() == [codec::FORMAT] => {}
+        let format = match tree.get(codec::FORMAT_KEY).map_err(sled_err)? {
+            Some(v)
+                if v.len() == 1 && (v[0] == codec::FORMAT || v[0] == codec::FORMAT_RAW_KEYS) =>
+            {
+                Some(v[0])
+            }
             Some(v) if v.len() == 1 => {
                 return Err(OpenError::UnsupportedVersion {
                     path: path.to_owned(),
@@ -270,6 +357,19 @@ impl SledStore {
                              the directory)"
                         .into(),
                 });
+            }
+            None => None,
+        };
+
+        let secret = store_secret(path, &tree, options.secret.as_ref())?;
+        match format {
+            Some(codec::FORMAT) => {}
+            Some(_) => {
+                drop(tree);
+                drop(db);
+                migrate_raw_keys(path, &secret)?;
+                db = open_db(path)?;
+                tree = db.open_tree(TREE).map_err(sled_err)?;
             }
             None => {
                 tree.insert(codec::FORMAT_KEY, &[codec::FORMAT])
@@ -313,10 +413,20 @@ impl SledStore {
                 AtomicU64::new(lease_ids.next_sequence()),
             ],
             bump: Mutex::new(()),
-            tree: tree.clone(),
+            tree: RwLock::new(Some(tree.clone())),
             group: Arc::clone(&group),
         };
-        let inner = Embedded::new(options.max_entries, reservations, lease_ids, journal);
+        let bounds = Bounds {
+            subjects: options.max_entries,
+            counters: options.max_counters,
+        };
+        let inner = Arc::new(Embedded::new(
+            bounds,
+            secret,
+            reservations,
+            lease_ids,
+            journal,
+        ));
 
         let mut stale = Vec::new();
         for item in tree.iter() {
@@ -345,6 +455,8 @@ impl SledStore {
                 codec::FORMAT_KEY,
                 codec::RESERVATION_IDS_KEY,
                 codec::LEASE_IDS_KEY,
+                codec::SECRET_KEY,
+                codec::SECRET_FINGERPRINT_KEY,
             ]
             .contains(&key.as_ref())
             {
@@ -367,7 +479,8 @@ impl SledStore {
             .name("limits-store-flush".into())
             .spawn({
                 let path = path.to_owned();
-                move || group.run(&db, &path)
+                let inner = Arc::downgrade(&inner);
+                move || group.run(db, &path, &inner)
             })
             .map_err(|e| OpenError::Sled {
                 path: path.to_owned(),
@@ -398,16 +511,18 @@ impl SledStore {
         self.inner.journal().group.flushes.load(Ordering::Relaxed)
     }
 
-    /// Makes every flush fail as a full disk would, until turned off: lets
-    /// tests prove that a write error reaches the caller as
-    /// [`StoreError::Unavailable`] rather than as a silent success.
+    /// Makes every flush (and every attempt to recover) fail as a full disk
+    /// would, until turned off: lets tests prove that a write error reaches
+    /// the caller as [`StoreError::Unavailable`] rather than as a silent
+    /// success. The real thing is tested on a small filesystem.
     #[doc(hidden)]
     pub fn fail_flushes(&self, on: bool) {
-        self.inner
-            .journal()
-            .group
-            .fail_flushes
-            .store(on, Ordering::Relaxed);
+        let group = &self.inner.journal().group;
+        group.fail_flushes.store(on, Ordering::Relaxed);
+        if !on {
+            // Retry now rather than at the next backoff step.
+            group.wake.notify_one();
+        }
     }
 
     /// Writes and flushes that failed since open; each failed a call with
@@ -417,6 +532,15 @@ impl SledStore {
             .journal()
             .group
             .write_errors
+            .load(Ordering::Relaxed)
+    }
+
+    /// Times the store recovered from a failed write by itself.
+    pub fn recoveries(&self) -> u64 {
+        self.inner
+            .journal()
+            .group
+            .recoveries
             .load(Ordering::Relaxed)
     }
 }
@@ -468,12 +592,178 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush().await
     }
+
+    async fn secret(&self) -> Result<std::sync::Arc<Secret>, StoreError> {
+        Ok(self.inner.secret().clone())
+    }
+
+    fn health(&self) -> Health {
+        self.inner.journal().group.health()
+    }
+}
+
+/// The secret the store's data is keyed with: the configured one, which must
+/// match the fingerprint kept with the data, or the store's own.
+fn store_secret(
+    path: &Path,
+    tree: &Tree,
+    configured: Option<&Secret>,
+) -> Result<Secret, OpenError> {
+    let sled_err = |e| OpenError::from_sled(path, e);
+    let root = tree.get(codec::SECRET_KEY).map_err(sled_err)?;
+    let fingerprint = tree.get(codec::SECRET_FINGERPRINT_KEY).map_err(sled_err)?;
+    let corrupt = |what: &str| OpenError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("the stored {what} has the wrong length"),
+    };
+    let root: Option<[u8; 32]> = root
+        .map(|v| v.as_ref().try_into().map_err(|_| corrupt("secret")))
+        .transpose()?;
+    let fingerprint: Option<[u8; 8]> = fingerprint
+        .map(|v| {
+            v.as_ref()
+                .try_into()
+                .map_err(|_| corrupt("secret fingerprint"))
+        })
+        .transpose()?;
+    let secret = match (configured, root, fingerprint) {
+        (Some(c), _, Some(fp)) if fp == c.fingerprint() => return Ok(c.clone()),
+        (Some(c), root, Some(fp)) => {
+            return Err(OpenError::SecretMismatch {
+                path: path.to_owned(),
+                stored: hex::encode(fp),
+                configured: hex::encode(c.fingerprint()),
+                generated: root.is_some(),
+            });
+        }
+        (Some(c), _, None) => c.clone(),
+        (None, Some(root), _) => return Ok(Secret::from_root(root)),
+        (None, None, Some(fp)) => {
+            return Err(OpenError::SecretMissing {
+                path: path.to_owned(),
+                stored: hex::encode(fp),
+            });
+        }
+        (None, None, None) => {
+            let own = Secret::generate();
+            tree.insert(codec::SECRET_KEY, own.root())
+                .map_err(sled_err)?;
+            own
+        }
+    };
+    tree.insert(codec::SECRET_FINGERPRINT_KEY, &secret.fingerprint())
+        .map_err(sled_err)?;
+    Ok(secret)
+}
+
+/// Completes a rewrite of a format-1 store that a crash interrupted after
+/// the new database was complete (see [`migrate_raw_keys`]).
+fn finish_interrupted_migration(path: &Path) -> Result<(), OpenError> {
+    let fresh = sibling(path, ".rewritten");
+    let old = sibling(path, ".raw-keys");
+    let io = |e: std::io::Error| OpenError::migrate(path, e);
+    if old.exists() {
+        if !path.exists() {
+            // Stopped between the two renames: the new database is complete.
+            std::fs::rename(&fresh, path).map_err(io)?;
+        }
+        std::fs::remove_dir_all(&old).map_err(io)?;
+    } else if fresh.exists() {
+        // Stopped while writing the new database: start it again.
+        std::fs::remove_dir_all(&fresh).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Rewrites a format-1 store, which kept API keys raw, as format 2: every
+/// API-key subject (and internal counter) under its keyed hash, lease index
+/// entries naming them so. The result is written to a fresh database beside
+/// the store and then takes its place, because sled keeps overwritten values
+/// in its log until it reclaims the space: rewriting in place would leave
+/// raw keys on disk.
+fn migrate_raw_keys(path: &Path, secret: &Secret) -> Result<(), OpenError> {
+    let fresh = sibling(path, ".rewritten");
+    let old = sibling(path, ".raw-keys");
+    {
+        let db = open_db(path)?;
+        let tree = db
+            .open_tree(TREE)
+            .map_err(|e| OpenError::from_sled(path, e))?;
+        let new_db = open_db(&fresh)?;
+        let new_tree = new_db
+            .open_tree(TREE)
+            .map_err(|e| OpenError::from_sled(&fresh, e))?;
+        let mut count = 0usize;
+        for item in tree.iter() {
+            let (key, value) = item.map_err(|e| OpenError::from_sled(path, e))?;
+            let decode_err = |e| OpenError::decode(path, &key, e);
+            let (key, value): (Vec<u8>, Vec<u8>) = if key.starts_with(codec::SUBJECT_PREFIX) {
+                let s = codec::decode_subject_key(&key).map_err(decode_err)?;
+                let s = secret.stored_subject(&s);
+                // Re-encode at the current version while at it.
+                let state = codec::decode_state(&value).map_err(decode_err)?;
+                let mut buf = Vec::new();
+                if !codec::encode_state(&state, &mut buf) {
+                    continue;
+                }
+                (codec::subject_key(s.dimension, &s.id), buf)
+            } else if key.starts_with(codec::LEASE_PREFIX) {
+                let (subjects, expires_at) = codec::decode_lease(&value).map_err(decode_err)?;
+                let subjects: Vec<Subject> =
+                    subjects.iter().map(|s| secret.stored_subject(s)).collect();
+                (key.to_vec(), codec::encode_lease(&subjects, expires_at))
+            } else if key.as_ref() == codec::FORMAT_KEY {
+                continue;
+            } else {
+                (key.to_vec(), value.to_vec())
+            };
+            new_tree
+                .insert(key, value)
+                .map_err(|e| OpenError::from_sled(&fresh, e))?;
+            count += 1;
+        }
+        // The marker last: a database without it is an unfinished rewrite.
+        new_tree
+            .insert(codec::FORMAT_KEY, &[codec::FORMAT])
+            .map_err(|e| OpenError::from_sled(&fresh, e))?;
+        new_db
+            .flush()
+            .map_err(|e| OpenError::from_sled(&fresh, e))?;
+        tracing_note(path, count);
+    }
+    let io = |e: std::io::Error| OpenError::migrate(path, e);
+    // Both databases are closed; swap them. A crash in between is finished
+    // by `finish_interrupted_migration` on the next open.
+    wait_unlocked(path)?;
+    wait_unlocked(&fresh)?;
+    std::fs::rename(path, &old).map_err(io)?;
+    std::fs::rename(&fresh, path).map_err(io)?;
+    std::fs::remove_dir_all(&old).map_err(io)?;
+    Ok(())
+}
+
+/// sled lets go of a database's lock a moment after it is dropped; wait for
+/// that before moving its directory.
+fn wait_unlocked(path: &Path) -> Result<(), OpenError> {
+    drop(open_db(path)?);
+    Ok(())
+}
+
+/// The store crate logs nothing itself; a migration is rare enough to say
+/// so on stderr, where start-up errors go too.
+fn tracing_note(path: &Path, entries: usize) {
+    eprintln!(
+        "limits-store: rewrote the store at {} with API keys stored by keyed hash ({entries} entries)",
+        path.display()
+    );
 }
 
 /// The journal: writes to the sled tree and hands durability to the group.
 struct SledJournal {
     path: PathBuf,
-    tree: Tree,
+    /// The tree, or `None` while the flusher reopens the database after a
+    /// failed write.
+    tree: RwLock<Option<Tree>>,
     group: Arc<Group>,
     /// Per [`IdKind`]: a sequence number no issued id has reached, as
     /// persisted.
@@ -494,24 +784,55 @@ impl std::fmt::Debug for SledJournal {
     }
 }
 
+/// A short label for a failed write, for the metric and the health reason.
+fn reason_of(e: &::sled::Error) -> &'static str {
+    match e {
+        ::sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) =>
+        {
+            "no_space"
+        }
+        ::sled::Error::Io(io) if io.to_string().contains("No space left") => "no_space",
+        _ => "io",
+    }
+}
+
 impl SledJournal {
     fn failed(&self, e: ::sled::Error) -> StoreError {
-        self.group.write_errors.fetch_add(1, Ordering::Relaxed);
-        StoreError::Unavailable(format!(
-            "writing to the store at {}: {e}",
-            self.path.display()
-        ))
+        let detail = format!("writing to the store at {}: {e}", self.path.display());
+        self.group.fail(reason_of(&e), detail.clone());
+        StoreError::Unavailable(detail)
+    }
+
+    /// Runs `f` on the tree; a sled error marks the store unwritable.
+    fn with_tree<R>(
+        &self,
+        f: impl FnOnce(&Tree) -> Result<R, ::sled::Error>,
+    ) -> Result<R, StoreError> {
+        let tree = self.tree.read();
+        let Some(tree) = tree.as_ref() else {
+            // Written while the database is being reopened: memory is ahead
+            // of disk until the flusher writes it out again.
+            self.group.catch_up.store(true, Ordering::Release);
+            return Err(StoreError::Unavailable(format!(
+                "the store at {} is recovering from a failed write",
+                self.path.display()
+            )));
+        };
+        f(tree).map_err(|e| self.failed(e))
     }
 
     /// Writes one operation's keys, in one atomic batch if there are several.
     fn put(&self, mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        let result = match writes.len() {
-            0 => Ok(()),
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.with_tree(|tree| match writes.len() {
             1 => {
                 let (key, value) = writes.pop().expect("one write");
                 match value {
-                    Some(v) => self.tree.insert(key, v).map(drop),
-                    None => self.tree.remove(key).map(drop),
+                    Some(v) => tree.insert(key, v).map(drop),
+                    None => tree.remove(key).map(drop),
                 }
             }
             _ => {
@@ -522,14 +843,111 @@ impl SledJournal {
                         None => batch.remove(key),
                     }
                 }
-                self.tree.apply_batch(batch)
+                tree.apply_batch(batch)
             }
-        };
-        result.map_err(|e| self.failed(e))
+        })
+    }
+
+    /// Makes the tree hold exactly what memory holds: every subject and
+    /// lease written where the disk differs, what memory no longer holds
+    /// removed, the id high-water marks rewritten. Each subject is compared
+    /// and written with its shard locked, so no operation's write can be
+    /// overtaken.
+    fn catch_up(&self, inner: &Embedded<SledJournal>, tree: &Tree) -> Result<(), ::sled::Error> {
+        let mut first_error = None;
+        let mut buf = Vec::new();
+        inner.shards().for_each(|d, id, state| {
+            if first_error.is_some() {
+                return;
+            }
+            let key = codec::subject_key(d, id);
+            let result = if codec::encode_state(state, &mut buf) {
+                match tree.get(&key) {
+                    Ok(Some(v)) if v.as_ref() == buf.as_slice() => Ok(()),
+                    Ok(_) => tree.insert(key, buf.as_slice()).map(drop),
+                    Err(e) => Err(e),
+                }
+            } else {
+                tree.remove(key).map(drop)
+            };
+            if let Err(e) = result {
+                first_error = Some(e);
+            }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for item in tree.scan_prefix(codec::SUBJECT_PREFIX) {
+            let (key, _) = item?;
+            let Ok(subject) = codec::decode_subject_key(&key) else {
+                continue;
+            };
+            inner.shards().with_present(&subject, |present| {
+                if present.is_none() {
+                    tree.remove(&key).map(drop)
+                } else {
+                    Ok(())
+                }
+            })?;
+        }
+        let mut first_error = None;
+        inner.for_each_lease(|id, subjects, expires_at| {
+            if first_error.is_none()
+                && let Err(e) = tree.insert(
+                    codec::lease_key(id),
+                    codec::encode_lease(subjects, expires_at),
+                )
+            {
+                first_error = Some(e);
+            }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        for item in tree.scan_prefix(codec::LEASE_PREFIX) {
+            let (key, _) = item?;
+            let Ok(id) = codec::decode_lease_key(&key) else {
+                continue;
+            };
+            inner.with_lease_present(id, |present| {
+                if present {
+                    Ok(())
+                } else {
+                    tree.remove(&key).map(drop)
+                }
+            })?;
+        }
+        let [reservations, leases] = inner.id_generators();
+        for (kind, ids, key) in [
+            (
+                IdKind::Reservation,
+                reservations,
+                codec::RESERVATION_IDS_KEY,
+            ),
+            (IdKind::Lease, leases, codec::LEASE_IDS_KEY),
+        ] {
+            let high_water = self.high_water[kind as usize].load(Ordering::Acquire);
+            tree.insert(key, &codec::encode_ids(ids.prefix(), high_water))?;
+        }
+        Ok(())
     }
 }
 
 impl Journal for SledJournal {
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.group.health() {
+            Health::Writable => Ok(()),
+            Health::Unwritable { detail, .. } => Err(StoreError::Unavailable(format!(
+                "{detail}; writes are refused until the store recovers, which it retries by itself"
+            ))),
+        }
+    }
+
+    fn needs_catch_up(&self) {
+        self.group.catch_up.store(true, Ordering::Release);
+        self.group.wake.notify_one();
+    }
+
     fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<(), StoreError> {
         let next = ids.next_sequence();
         let high_water = &self.high_water[kind as usize];
@@ -547,9 +965,7 @@ impl Journal for SledJournal {
         };
         // This write precedes the operation's own in the log, so the flush
         // that acknowledges the operation covers it too.
-        self.tree
-            .insert(key, &codec::encode_ids(ids.prefix(), new))
-            .map_err(|e| self.failed(e))?;
+        self.with_tree(|tree| tree.insert(key, &codec::encode_ids(ids.prefix(), new)))?;
         high_water.store(new, Ordering::Release);
         // Usually the operation's own write follows and is waited for; a
         // denied reserved check writes nothing else, so make sure this goes
@@ -572,9 +988,7 @@ impl Journal for SledJournal {
                     }
                     if codec::encode_state(a.state, &mut buf) {
                         let key = codec::subject_key(a.subject.dimension, &a.subject.id);
-                        self.tree
-                            .insert(key, buf.as_slice())
-                            .map_err(|e| self.failed(e))?;
+                        self.with_tree(|tree| tree.insert(key, buf.as_slice()))?;
                         wrote = true;
                     }
                 }
@@ -636,9 +1050,7 @@ impl Journal for SledJournal {
     }
 
     fn dropped(&self, dimension: Dimension, id: &str) -> Result<(), StoreError> {
-        self.tree
-            .remove(codec::subject_key(dimension, id))
-            .map_err(|e| self.failed(e))?;
+        self.with_tree(|tree| tree.remove(codec::subject_key(dimension, id)))?;
         // A lost delete is harmless (the load drops idle state), so it waits
         // for the next flush rather than forcing one.
         self.group.mark_dirty();
@@ -646,15 +1058,15 @@ impl Journal for SledJournal {
     }
 
     fn lease_expired(&self, id: u64) -> Result<(), StoreError> {
-        self.tree
-            .remove(codec::lease_key(id))
-            .map_err(|e| self.failed(e))?;
+        self.with_tree(|tree| tree.remove(codec::lease_key(id)))?;
         self.group.mark_dirty();
         Ok(())
     }
 }
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+/// A writer waiting for the flush that covers its write; `urgent` ones
+/// ([`Store::flush`]) also wait out a recovery.
+type Waiter = (oneshot::Sender<Result<(), StoreError>>, bool);
 
 /// Group commit: writers wait here for the flush that covers their write.
 #[derive(Debug)]
@@ -667,6 +1079,14 @@ struct Group {
     interval: Duration,
     flushes: AtomicU64,
     write_errors: AtomicU64,
+    recoveries: AtomicU64,
+    /// Whether writes are taken; read by every operation first.
+    writable: AtomicBool,
+    /// Why not, while not.
+    failure: Mutex<Option<(&'static str, String)>>,
+    /// A write failed where memory had already changed: the flusher must
+    /// write memory out before the store is writable again.
+    catch_up: AtomicBool,
     /// Test hook: make every flush fail as a full disk would.
     fail_flushes: AtomicBool,
 }
@@ -696,8 +1116,39 @@ impl Group {
             interval,
             flushes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            writable: AtomicBool::new(true),
+            failure: Mutex::new(None),
+            catch_up: AtomicBool::new(false),
             fail_flushes: AtomicBool::new(false),
         }
+    }
+
+    fn health(&self) -> Health {
+        if self.writable.load(Ordering::Acquire) {
+            return Health::Writable;
+        }
+        match &*self.failure.lock() {
+            Some((reason, detail)) => Health::Unwritable {
+                reason,
+                detail: detail.clone(),
+            },
+            // Between the flag and the reason being set.
+            None => Health::Unwritable {
+                reason: "io",
+                detail: "the store cannot write".into(),
+            },
+        }
+    }
+
+    /// A write or flush failed: refuse writes until the flusher recovers.
+    fn fail(&self, reason: &'static str, detail: String) {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(WRITE_FAILURES_METRIC, "reason" => reason).increment(1);
+        *self.failure.lock() = Some((reason, detail));
+        self.catch_up.store(true, Ordering::Release);
+        self.writable.store(false, Ordering::Release);
+        self.wake.notify_one();
     }
 
     fn enqueue(
@@ -709,7 +1160,7 @@ impl Group {
         if state.closed {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
-        state.waiters.push(tx);
+        state.waiters.push((tx, urgent));
         state.urgent |= urgent;
         // Wake the flusher when a group opens, when it reaches the expected
         // size, or when asked to hurry; otherwise it is lingering and wakes
@@ -736,7 +1187,7 @@ impl Group {
     }
 
     /// The flusher thread's loop; returns after a last flush once closed.
-    fn run(&self, db: &Db, path: &Path) {
+    fn run(&self, db: Db, path: &Path, inner: &Weak<Embedded<SledJournal>>) {
         // However this thread ends, even by a panic in sled, nobody may be
         // left waiting for it: close the group and drop every waiter.
         struct Stopped<'a>(&'a Group);
@@ -749,9 +1200,51 @@ impl Group {
         }
         let _stopped = Stopped(self);
 
+        let mut db = Some(db);
         let mut last_start: Option<Instant> = None;
+        let mut retry = FIRST_RETRY;
+        let mut next_attempt = Instant::now();
         let mut state = self.state.lock();
         loop {
+            if !self.writable.load(Ordering::Acquire) || self.catch_up.load(Ordering::Acquire) {
+                // Nothing can be made durable: every writer waiting now has
+                // failed, and is undone by its caller. Urgent ones (a final
+                // flush) wait for a recovery attempt.
+                let waiters = std::mem::take(&mut state.waiters);
+                let mut urgent = Vec::new();
+                let failed = self.unavailable();
+                for (tx, is_urgent) in waiters {
+                    if is_urgent {
+                        urgent.push(tx);
+                    } else {
+                        let _ = tx.send(Err(failed.clone()));
+                    }
+                }
+                let now = Instant::now();
+                if urgent.is_empty() && !state.closed && now < next_attempt {
+                    self.wake.wait_until(&mut state, next_attempt);
+                    continue;
+                }
+                state.urgent = false;
+                let closed = state.closed;
+                let result = parking_lot::MutexGuard::unlocked(&mut state, || {
+                    self.recover(&mut db, path, inner)
+                });
+                match &result {
+                    Ok(()) => retry = FIRST_RETRY,
+                    Err(_) => {
+                        next_attempt = Instant::now() + retry;
+                        retry = (retry * 2).min(LAST_RETRY);
+                    }
+                }
+                for tx in urgent {
+                    let _ = tx.send(result.clone());
+                }
+                if closed {
+                    break;
+                }
+                continue;
+            }
             let waiting = state.waiters.len();
             if waiting == 0 && !self.dirty.load(Ordering::Acquire) {
                 if state.closed {
@@ -782,28 +1275,104 @@ impl Group {
             state.urgent = false;
             self.dirty.store(false, Ordering::Release);
             last_start = Some(Instant::now());
-            let result = parking_lot::MutexGuard::unlocked(&mut state, || self.flush(db, path));
-            for waiter in group {
+            let result = parking_lot::MutexGuard::unlocked(&mut state, || match &db {
+                Some(db) => self.flush(db, path),
+                None => Err(self.unavailable()),
+            });
+            for (waiter, _) in group {
                 // A waiter that went away (its call was cancelled) needs no
                 // answer.
                 let _ = waiter.send(result.clone());
             }
+        }
+        if !self.writable.load(Ordering::Acquire) {
+            // The last attempt failed: what memory held past the last good
+            // flush is lost with the process. Say so where start-up errors go.
+            eprintln!(
+                "limits-store: the store at {} could not be written at shutdown: {}",
+                path.display(),
+                self.unavailable()
+            );
+        }
+    }
+
+    fn unavailable(&self) -> StoreError {
+        match self.health() {
+            Health::Writable => StoreError::Unavailable("the store cannot write".into()),
+            Health::Unwritable { detail, .. } => StoreError::Unavailable(detail),
         }
     }
 
     fn flush(&self, db: &Db, path: &Path) -> Result<(), StoreError> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         let result = if self.fail_flushes.load(Ordering::Relaxed) {
-            Err(::sled::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "no space left on device (injected)",
-            )))
+            Err(injected_full_disk())
         } else {
             db.flush().map(drop)
         };
         result.map_err(|e| {
-            self.write_errors.fetch_add(1, Ordering::Relaxed);
-            StoreError::Unavailable(format!("flushing the store at {}: {e}", path.display()))
+            let detail = format!("flushing the store at {}: {e}", path.display());
+            self.fail(reason_of(&e), detail.clone());
+            StoreError::Unavailable(detail)
         })
     }
+
+    /// Reopens the database, writes memory out where the disk differs,
+    /// flushes, and takes writes again; on failure the store stays
+    /// unwritable and the flusher tries again later.
+    fn recover(
+        &self,
+        db: &mut Option<Db>,
+        path: &Path,
+        inner: &Weak<Embedded<SledJournal>>,
+    ) -> Result<(), StoreError> {
+        let fail = |e: ::sled::Error| {
+            let detail = format!("recovering the store at {}: {e}", path.display());
+            self.fail(reason_of(&e), detail.clone());
+            StoreError::Unavailable(detail)
+        };
+        if self.fail_flushes.load(Ordering::Relaxed) {
+            return Err(fail(injected_full_disk()));
+        }
+        let Some(inner) = inner.upgrade() else {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        };
+        let journal = inner.journal();
+        // sled keeps an I/O error once it has seen one: start from a fresh
+        // handle. Writers find no tree meanwhile, fail, and ask for another
+        // catch-up.
+        *journal.tree.write() = None;
+        drop(db.take());
+        let reopened = match open_db(path) {
+            Ok(d) => d,
+            Err(OpenError::Sled { source, .. }) => return Err(fail(source)),
+            Err(e) => {
+                let detail = format!("recovering the store: {e}");
+                self.fail("io", detail.clone());
+                return Err(StoreError::Unavailable(detail));
+            }
+        };
+        let tree = reopened.open_tree(TREE).map_err(fail)?;
+        *db = Some(reopened);
+        *journal.tree.write() = Some(tree.clone());
+        self.catch_up.store(false, Ordering::Release);
+        journal.catch_up(&inner, &tree).map_err(fail)?;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        db.as_ref().expect("just opened").flush().map_err(fail)?;
+        if self.catch_up.load(Ordering::Acquire) {
+            // A write failed meanwhile; try again soon.
+            return Err(self.unavailable());
+        }
+        *self.failure.lock() = None;
+        self.writable.store(true, Ordering::Release);
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn injected_full_disk() -> ::sled::Error {
+    ::sled::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "no space left on device (injected)",
+    ))
 }

@@ -380,6 +380,7 @@ async fn usage_shows_windows_holds_and_leases<S: Store>(make: impl Fn(usize) -> 
             tokens: 0,
             expires_at: at(60),
             settled: false,
+            tag: 0,
         }]
     );
     assert_eq!(

@@ -159,6 +159,7 @@ async fn differential(seed: u64, server: &RedisServer) {
                 let op = Op::Check {
                     attempts: &attempts,
                     reserve_ttl,
+                    tag: 7,
                     policy: &policy,
                 };
                 (

@@ -343,9 +343,11 @@ async fn a_garbage_value_fails_the_open() {
 #[tokio::test]
 async fn an_unknown_value_version_fails_the_open() {
     let (_, err) = reopen_after(|tree| {
-        let mut v = tree.get(b"s1/\x00k").unwrap().unwrap().to_vec();
+        // The one API-key subject, stored under its keyed hash.
+        let (k, v) = tree.scan_prefix(b"s1/\x00").next().unwrap().unwrap();
+        let mut v = v.to_vec();
         v[0] = 99;
-        tree.insert(b"s1/\x00k", v).unwrap();
+        tree.insert(k, v).unwrap();
     })
     .await;
     assert!(
@@ -357,14 +359,14 @@ async fn an_unknown_value_version_fails_the_open() {
 #[tokio::test]
 async fn an_unknown_store_format_fails_the_open() {
     let (_, err) = reopen_after(|tree| {
-        tree.insert(b"format", &[2][..]).unwrap();
+        tree.insert(b"format", &[3][..]).unwrap();
     })
     .await;
     assert!(
-        matches!(err, OpenError::UnsupportedVersion { found: 2, .. }),
+        matches!(err, OpenError::UnsupportedVersion { found: 3, .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("format version 2"));
+    assert!(err.to_string().contains("format version 3"));
 }
 
 #[tokio::test]
@@ -419,6 +421,7 @@ async fn concurrent_records_share_flushes() {
     let options = SledOptions {
         max_entries: ROOMY,
         snapshot_interval: Duration::from_millis(10),
+        ..SledOptions::default()
     };
     let store = Arc::new(SledStore::open(&path, options.clone(), T0).unwrap());
     let l = Arc::new(limits(&[(LimitKind::BudgetMonthly, usd(1_000_000))]));
@@ -495,19 +498,92 @@ async fn api_keys_never_reach_debug_output_or_open_errors() {
 }
 
 /// A write the disk refuses (here a flush failing as a full disk would)
-/// reaches the caller as `Unavailable`, never as a silent success, and is
-/// counted; service resumes once the disk takes writes again.
+/// reaches the caller as `Unavailable`, never as a silent success, is
+/// counted, and leaves no trace in memory; the store refuses writes while
+/// it cannot write and recovers by itself once the disk takes writes again.
+/// (The real full disk is tested on a small filesystem by limitsd's
+/// end-to-end tests.)
 #[tokio::test]
 async fn a_failed_flush_is_unavailable_not_a_silent_success() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_sled(dir.path(), ROOMY, T0);
-    let l = limits(&[(LimitKind::BudgetDaily, usd(10))]);
-    let r = Req::new(&[(key("k"), &l)]);
+    let l = limits(&[
+        (LimitKind::BudgetDaily, usd(10)),
+        (LimitKind::MaxConcurrent, 1),
+    ]);
+    let r = Req::new(&[(key("k"), &l), (team("t"), &l)]);
+    r.record(&store, None, usd(1), 0, T0).await.unwrap();
+    let held = r
+        .check(&store, usd(2), 0, Some(Nanos::HOUR), T0)
+        .await
+        .unwrap();
+    let hold = held.reservation.unwrap();
+    let (_, lease) = r.acquire(&store, Nanos::HOUR, T0).await.unwrap();
+    let lease = lease.unwrap().0;
+
     store.fail_flushes(true);
-    let err = r.record(&store, None, usd(1), 0, T0).await.unwrap_err();
+    let err = r
+        .record(&store, Some(hold), usd(1), 0, T0)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.to_string().contains("no space left"), "{err}");
     assert!(store.write_errors() >= 1);
+    assert!(matches!(
+        store.health(),
+        limits_store::Health::Unwritable {
+            reason: "no_space",
+            ..
+        }
+    ));
+    // Every retry is refused at once, and none is charged.
+    for _ in 0..5 {
+        assert!(r.record(&store, Some(hold), usd(1), 0, T0).await.is_err());
+        assert!(r.record(&store, None, usd(1), 0, T0).await.is_err());
+        assert!(store.release(lease, T0).await.is_err());
+    }
+    for s in [key("k"), team("t")] {
+        assert_eq!(
+            used(&store, &s, &l, LimitKind::BudgetDaily, T0).await,
+            usd(3),
+            "$1 spent and the $2 hold, nothing of the refused calls"
+        );
+        let view = store.usage(&s, &l, T0).await.unwrap();
+        assert_eq!(view.holds.len(), 1, "the hold is still open");
+        assert_eq!(view.leases.len(), 1, "the lease is still out");
+    }
+
     store.fail_flushes(false);
-    r.record(&store, None, usd(1), 0, T0).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.health() != limits_store::Health::Writable {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.recoveries() >= 1);
+    // The retry now settles the reservation once, and the lease goes.
+    let out = r.record(&store, Some(hold), usd(1), 0, T0).await.unwrap();
+    assert!(!out.duplicate);
+    assert!(store.release(lease, T0).await.unwrap());
+    assert_eq!(
+        used(&store, &key("k"), &l, LimitKind::BudgetDaily, T0).await,
+        usd(2)
+    );
+    drop(store);
+    // And that is what is on disk.
+    let store = open_sled(dir.path(), ROOMY, T0);
+    assert_eq!(
+        used(&store, &key("k"), &l, LimitKind::BudgetDaily, T0).await,
+        usd(2)
+    );
+    assert!(
+        store
+            .usage(&key("k"), &l, T0)
+            .await
+            .unwrap()
+            .leases
+            .is_empty()
+    );
 }

@@ -13,9 +13,15 @@
 --       [2] id counter (reservation and lease ids, INCR)
 --       [3] lease expiries (zset: lease id -> expiry ms)
 --       [4] lease index (hash: lease id -> msgpack {es, en, subject keys})
---       [5..] the subjects' state keys, in request order
+--       [5] the fingerprint of the secret the data is keyed with
+--       [6..] the subjects' state keys, in request order
 -- ARGV: [1] operation, [2] [3] a caller-given now as seconds and
---       nanoseconds, or '' to read Redis TIME, then the operation's numbers.
+--       nanoseconds, or '' to read Redis TIME, [4] the fingerprint of the
+--       caller's secret, then the operation's numbers.
+--
+-- A call whose fingerprint is not the one kept with the data changes
+-- nothing and answers { 5 } (another secret) or { 6 } (none kept: Redis
+-- lost its data), so replicas can never key one API key two ways.
 --
 -- Exactness: Lua numbers are doubles, exact for integers below 2^53.
 -- Amounts (nano-dollars, tokens, requests) are kept as two limbs,
@@ -43,7 +49,14 @@ end
 -- is at most this has certainly expired.
 local NOW_MS = S * 1000 + math.floor(N / 1000000)
 
-local ai = 3
+if redis.call('GET', KEYS[5]) ~= ARGV[4] then
+  if redis.call('EXISTS', KEYS[5]) == 1 then
+    return { 5 }
+  end
+  return { 6 }
+end
+
+local ai = 4
 local function nx()
   ai = ai + 1
   return tonumber(ARGV[ai])
@@ -120,7 +133,8 @@ end
 local RES = { 'c', 'c', 'c', 'r', 'r', 'r', 't', 't' }
 
 -- A subject's state: w[kind] = flat {index, hi, lo, ...} oldest first;
--- h = holds {id, cost hi, cost lo, tokens hi, tokens lo, es, en, settled};
+-- h = holds {id, cost hi, cost lo, tokens hi, tokens lo, es, en, settled,
+-- tag} (tag absent in holds written before it existed: read as 0);
 -- l = leases {id, es, en}.
 local function decode(raw)
   local st = cmsgpack.unpack(raw)
@@ -422,7 +436,7 @@ end
 local ns, lims, sts, existed, dirty = 0, {}, {}, {}, {}
 
 local function read_subjects()
-  ns = #KEYS - 4
+  ns = #KEYS - 5
   for i = 1, ns do
     lims[i] = read_limits()
   end
@@ -432,7 +446,7 @@ local function open_all(max_entries)
   local new = 0
   local indexed = {}
   for i = 1, ns do
-    indexed[i] = redis.call('ZSCORE', KEYS[1], KEYS[4 + i]) ~= false
+    indexed[i] = redis.call('ZSCORE', KEYS[1], KEYS[5 + i]) ~= false
     if not indexed[i] and lims[i].any then
       new = new + 1
     end
@@ -441,7 +455,7 @@ local function open_all(max_entries)
     return false
   end
   for i = 1, ns do
-    local st, had = load(KEYS[4 + i])
+    local st, had = load(KEYS[5 + i])
     sts[i] = st
     existed[i] = had or indexed[i]
     dirty[i] = expire(st, lims[i])
@@ -452,7 +466,7 @@ end
 local function save_all()
   for i = 1, ns do
     if dirty[i] then
-      save(KEYS[4 + i], sts[i], existed[i])
+      save(KEYS[5 + i], sts[i], existed[i])
     end
   end
 end
@@ -464,11 +478,11 @@ end
 
 if op == 'check' then
   -- ARGV: max_entries, limits..., mode (0 block, 1 downgrade, 2 alert),
-  -- reserve ttl ns (-1: none), attempts: count, then (cost hi, lo,
-  -- tokens hi, lo) each.
+  -- reserve ttl ns (-1: none), the reservation's tag, attempts: count,
+  -- then (cost hi, lo, tokens hi, lo) each.
   local max_entries = nx()
   read_subjects()
-  local mode, ttl, na = nx(), nx(), nx()
+  local mode, ttl, tag, na = nx(), nx(), nx(), nx()
   local at = {}
   for j = 1, na do
     at[j] = { nx(), nx(), nx(), nx() }
@@ -540,7 +554,7 @@ if op == 'check' then
       local st, lim = sts[i], lims[i]
       charge(st, lim, 'r', 0, 1)
       if ttl >= 0 and has_holdable(lim) then
-        st.h[#st.h + 1] = { rid, a[1], a[2], a[3], a[4], es, en, 0 }
+        st.h[#st.h + 1] = { rid, a[1], a[2], a[3], a[4], es, en, 0, tag }
       end
       dirty[i] = true
     end
@@ -582,12 +596,18 @@ elseif op == 'record' then
       end
     end
   end
+  -- The estimate the settled hold held: cost hi, lo, tokens hi, lo, or
+  -- -1 first when none was held.
+  local settled = { -1, 0, 0, 0 }
   if not dup then
     for i = 1, ns do
       local st = sts[i]
       if rid > 0 then
         for _, h in ipairs(st.h) do
           if h[1] == rid then
+            if settled[1] < 0 then
+              settled = { h[2], h[3], h[4], h[5] }
+            end
             h[2], h[3], h[4], h[5], h[8] = 0, 0, 0, 0, 1
             break
           end
@@ -598,7 +618,8 @@ elseif op == 'record' then
       dirty[i] = true
     end
   end
-  local out = { 0, 0 }
+  -- Reply: 0, duplicate, the settled estimate (4 numbers), statuses.
+  local out = { 0, 0, settled[1], settled[2], settled[3], settled[4] }
   if dup then
     out[2] = 1
   end
@@ -649,7 +670,7 @@ elseif op == 'acquire' then
         st.l[#st.l + 1] = { id, es, en }
         dirty[i] = true
       end
-      keys[i] = KEYS[4 + i]
+      keys[i] = KEYS[5 + i]
     end
     redis.call('HSET', KEYS[4], id, cmsgpack.pack({ es, en, keys }))
     redis.call('ZADD', KEYS[3], at_ms(ttl), id)
@@ -727,7 +748,7 @@ elseif op == 'hit' then
   save_all()
   return out
 elseif op == 'release' then
-  -- ARGV: lease id. KEYS[5..]: the lease's subjects as the caller read
+  -- ARGV: lease id. KEYS[6..]: the lease's subjects as the caller read
   -- them from the index; if they are not given, the reply asks for them.
   local id = nx()
   local v = redis.call('HGET', KEYS[4], id)
@@ -740,7 +761,7 @@ elseif op == 'release' then
   end
   local e = cmsgpack.unpack(v)
   local keys = e[3]
-  if #KEYS - 4 ~= #keys then
+  if #KEYS - 5 ~= #keys then
     local out = { 4 }
     for j, key in ipairs(keys) do
       out[j + 1] = key
@@ -751,7 +772,7 @@ elseif op == 'release' then
   redis.call('ZREM', KEYS[3], id)
   local live = false
   for j = 1, #keys do
-    local key = KEYS[4 + j]
+    local key = KEYS[5 + j]
     local raw = redis.call('GET', key)
     if raw then
       local st = decode(raw)
@@ -776,10 +797,10 @@ elseif op == 'release' then
 elseif op == 'usage' then
   -- ARGV: limits of the one subject. Reads only.
   read_subjects()
-  local st = load(KEYS[5])
+  local st = load(KEYS[6])
   expire(st, lims[1])
   -- Reply: 0, statuses, open holds (count, then id, cost hi, lo, tokens
-  -- hi, lo, es, en each), live leases (count, then id, es, en each).
+  -- hi, lo, es, en, tag each), live leases (count, then id, es, en each).
   local out = { 0 }
   statuses(out, st, lims[1])
   local hs = {}
@@ -793,6 +814,7 @@ elseif op == 'usage' then
     for j = 1, 7 do
       out[#out + 1] = h[j]
     end
+    out[#out + 1] = h[9] or 0
   end
   out[#out + 1] = #st.l
   for _, x in ipairs(st.l) do

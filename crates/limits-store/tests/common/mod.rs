@@ -62,6 +62,7 @@ pub fn open_sled(dir: &Path, max_entries: usize, now: Nanos) -> SledStore {
     let options = SledOptions {
         max_entries,
         snapshot_interval: Duration::from_millis(1),
+        ..SledOptions::default()
     };
     SledStore::open(&dir.join("store"), options, now).expect("the store opens")
 }
@@ -97,6 +98,7 @@ impl<'a> Req<'a> {
         let op = Op::Check {
             attempts: &attempts,
             reserve_ttl,
+            tag: 0,
             policy: &policy,
         };
         match store.apply(&self.subjects, &self.limits, op, now).await? {
