@@ -337,9 +337,6 @@ def test_async_guard_settles_zero_on_cancellation(server: Limitsd, client: Limit
     assert daily_used(client) == 0.0
 
 
-# The injected error leaves grpc's intercepted call object to report it again
-# when it is collected; that report is noise.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_async_settlement_retry_never_charges_twice(server: Limitsd, client: LimitsClient) -> None:
     class AsyncFaults(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         sent = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -66,7 +66,7 @@ class AsyncLimitsClient:
         else:
             self._owns_channel = False
         self._channel = channel
-        self._stub = pb_grpc.LimitsServiceStub(channel)
+        self._stub: Any = pb_grpc.LimitsServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
         self._metadata = metadata
         self.timeout = timeout
         self.check_retry = check_retry
@@ -88,13 +88,17 @@ class AsyncLimitsClient:
         await self.close()
 
     async def _call(
-        self, method: Callable[..., Awaitable[R]], request: Any, timeout: float | None, policy: RetryPolicy
+        self, method: str, request: Any, timeout: float | None, policy: RetryPolicy, response: type[R]
     ) -> R:
+        """Calls ``method`` of the service with ``policy``'s retries."""
+        stub_method = getattr(self._stub, method)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
+                result = await stub_method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
+                assert isinstance(result, response)
+                return result
             except grpc.RpcError as err:
                 if attempt >= policy.attempts or err.code() not in policy.codes:
                     raise LimitsError.from_rpc(err, attempt) from err
@@ -120,7 +124,7 @@ class AsyncLimitsClient:
             reserve=reserve,
             reservation_ttl=reservation_ttl,
         )
-        return await self._call(self._stub.CheckLimits, req, timeout, self.check_retry)
+        return await self._call("CheckLimits", req, timeout, self.check_retry, pb.CheckLimitsResponse)
 
     async def record(
         self,
@@ -146,24 +150,23 @@ class AsyncLimitsClient:
             model=model,
             provider=provider,
         )
-        return await self._call(self._stub.RecordUsage, req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY)
+        return await self._call("RecordUsage", req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY, pb.RecordUsageResponse)
 
     async def acquire(
         self, subjects: Iterable[pb.Subject], *, ttl: float | None = None, timeout: float | None = None
     ) -> pb.AcquireConcurrentResponse:
         """AcquireConcurrent: one in-flight slot on every subject with ``max_concurrent``."""
-        return await self._call(
-            self._stub.AcquireConcurrent, acquire_request(subjects, ttl), timeout, self.check_retry
-        )
+        req = acquire_request(subjects, ttl)
+        return await self._call("AcquireConcurrent", req, timeout, self.check_retry, pb.AcquireConcurrentResponse)
 
     async def release(self, lease_id: str, *, timeout: float | None = None) -> pb.ReleaseConcurrentResponse:
         """ReleaseConcurrent (releasing twice is harmless)."""
         req = pb.ReleaseConcurrentRequest(lease_id=lease_id)
-        return await self._call(self._stub.ReleaseConcurrent, req, timeout, IDEMPOTENT_RETRY)
+        return await self._call("ReleaseConcurrent", req, timeout, IDEMPOTENT_RETRY, pb.ReleaseConcurrentResponse)
 
     async def usage(self, subject: pb.Subject, *, timeout: float | None = None) -> pb.GetUsageResponse:
         """GetUsage: one subject's windows, open reservations and leases."""
-        return await self._call(self._stub.GetUsage, pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY)
+        return await self._call("GetUsage", pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY, pb.GetUsageResponse)
 
     def guard(
         self,
@@ -195,7 +198,7 @@ class AsyncLimitsClient:
         try:
             req = state.settle_request(failed)
             if req is not None:
-                state.settlement = await self._call(self._stub.RecordUsage, req, None, SETTLE_RETRY)
+                state.settlement = await self._call("RecordUsage", req, None, SETTLE_RETRY, pb.RecordUsageResponse)
         finally:
             await self._release(state)
 

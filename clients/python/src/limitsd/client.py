@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -76,7 +76,7 @@ class LimitsClient:
         else:
             self._owns_channel = False
         self._channel = channel
-        self._stub = pb_grpc.LimitsServiceStub(channel)
+        self._stub: Any = pb_grpc.LimitsServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
         self._metadata = metadata
         self.timeout = timeout
         self.check_retry = check_retry
@@ -92,12 +92,16 @@ class LimitsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., R], request: Any, timeout: float | None, policy: RetryPolicy) -> R:
+    def _call(self, method: str, request: Any, timeout: float | None, policy: RetryPolicy, response: type[R]) -> R:
+        """Calls ``method`` of the service with ``policy``'s retries."""
+        stub_method = getattr(self._stub, method)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
+                result = stub_method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
+                assert isinstance(result, response)
+                return result
             except grpc.RpcError as err:
                 if attempt >= policy.attempts or err.code() not in policy.codes:
                     raise LimitsError.from_rpc(err, attempt) from err
@@ -123,7 +127,7 @@ class LimitsClient:
             reserve=reserve,
             reservation_ttl=reservation_ttl,
         )
-        return self._call(self._stub.CheckLimits, req, timeout, self.check_retry)
+        return self._call("CheckLimits", req, timeout, self.check_retry, pb.CheckLimitsResponse)
 
     def record(
         self,
@@ -150,22 +154,23 @@ class LimitsClient:
             model=model,
             provider=provider,
         )
-        return self._call(self._stub.RecordUsage, req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY)
+        return self._call("RecordUsage", req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY, pb.RecordUsageResponse)
 
     def acquire(
         self, subjects: Iterable[pb.Subject], *, ttl: float | None = None, timeout: float | None = None
     ) -> pb.AcquireConcurrentResponse:
         """AcquireConcurrent: one in-flight slot on every subject with ``max_concurrent``."""
-        return self._call(self._stub.AcquireConcurrent, acquire_request(subjects, ttl), timeout, self.check_retry)
+        req = acquire_request(subjects, ttl)
+        return self._call("AcquireConcurrent", req, timeout, self.check_retry, pb.AcquireConcurrentResponse)
 
     def release(self, lease_id: str, *, timeout: float | None = None) -> pb.ReleaseConcurrentResponse:
         """ReleaseConcurrent (releasing twice is harmless)."""
         req = pb.ReleaseConcurrentRequest(lease_id=lease_id)
-        return self._call(self._stub.ReleaseConcurrent, req, timeout, IDEMPOTENT_RETRY)
+        return self._call("ReleaseConcurrent", req, timeout, IDEMPOTENT_RETRY, pb.ReleaseConcurrentResponse)
 
     def usage(self, subject: pb.Subject, *, timeout: float | None = None) -> pb.GetUsageResponse:
         """GetUsage: one subject's windows, open reservations and leases."""
-        return self._call(self._stub.GetUsage, pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY)
+        return self._call("GetUsage", pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY, pb.GetUsageResponse)
 
     def guard(
         self,
@@ -241,7 +246,7 @@ class Guard(GuardBase):
             req = self._state.settle_request(failed)
             if req is not None:
                 self._state.settlement = self._client._call(
-                    self._client._stub.RecordUsage, req, None, SETTLE_RETRY
+                    "RecordUsage", req, None, SETTLE_RETRY, pb.RecordUsageResponse
                 )
         except LimitsError as err:
             if not failed:
