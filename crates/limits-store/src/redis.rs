@@ -598,6 +598,15 @@ impl RedisStore {
             .collect()
     }
 
+    /// Runs `source` instead of the decision script: lets tests prove that a
+    /// reply this build cannot read is an internal error, never an outage
+    /// that fail-open would let through.
+    #[doc(hidden)]
+    pub fn with_script(mut self, source: &str) -> RedisStore {
+        self.script = Script::new(source);
+        self
+    }
+
     /// Makes the script decide with the `now` each call is given instead of
     /// Redis's clock. For tests, which move a fake clock by hand: two
     /// replicas with fake clocks do not share time.

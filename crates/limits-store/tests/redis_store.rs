@@ -550,3 +550,69 @@ async fn a_redis_cluster_runs_the_same_script() {
     let swept = store.sweep(&table, at(3_600)).await.unwrap();
     assert_eq!((swept.dropped, swept.subjects), (3, 0));
 }
+
+/// A script that answers what this build cannot read, or fails, is an
+/// internal error: never `Unavailable`, which fail-open would answer with
+/// an allow.
+#[tokio::test]
+async fn a_reply_that_cannot_be_read_is_internal_never_unavailable() {
+    let server = RedisServer::start();
+    let l = limits(&[(LimitKind::RequestsPerMinute, 5)]);
+    let r = Req::new(&[(key("k"), &l)]);
+    for script in [
+        "return { 0, 'not a number' }",
+        "return 'a string'",
+        "return { 0 }",
+        "return { 9 }",
+        "error('a bug in the script')",
+        "return redis.call('NOSUCHCOMMAND')",
+    ] {
+        let store = server.store(100).with_script(script);
+        let err = r.check(&store, 0, 0, None, T0).await.unwrap_err();
+        assert!(matches!(err, StoreError::Internal(_)), "{script}: {err:?}");
+        assert!(!err.is_transient(), "{script}");
+    }
+}
+
+/// Redis losing its data (a restart without persistence, a FLUSHALL) loses
+/// the secret it kept for replicas without a configured one. Replicas that
+/// had settled it, and one that had not, settle again on one secret: a key
+/// is never counted under two hashes.
+#[tokio::test]
+async fn replicas_agree_on_a_secret_after_redis_loses_its_data() {
+    let server = RedisServer::start();
+    let prefix = common::unique_prefix();
+    let a = server.store_on_prefix(&prefix, 100, true);
+    let l = limits(&[(LimitKind::RequestsPerMinute, 3)]);
+    let r = Req::new(&[(key("shared"), &l)]);
+    assert!(r.check(&a, 0, 0, None, T0).await.unwrap().allowed);
+    let before = a.secret().await.unwrap();
+
+    server.flush_all();
+    // A replica that never saw the old secret comes first after the loss.
+    let b = server.store_on_prefix(&prefix, 100, true);
+    let mut allowed = Vec::new();
+    for store in [&b, &a, &b, &a] {
+        allowed.push(r.check(store, 0, 0, None, T0).await.unwrap().allowed);
+    }
+    assert_eq!(allowed, [true, true, true, false], "one count across both");
+    let (sa, sb) = (a.secret().await.unwrap(), b.secret().await.unwrap());
+    assert_eq!(sa, sb);
+    assert_ne!(*sa, *before, "the replica that came first made the new one");
+
+    // A replica with another configured secret is refused, changing nothing.
+    let options = limits_store::RedisOptions {
+        url: server.url(),
+        key_prefix: prefix.clone(),
+        secret: Some(limits_store::Secret::new(b"a configured secret that differs").unwrap()),
+        ..limits_store::RedisOptions::default()
+    };
+    let c = RedisStore::open(&options).unwrap().with_fake_clock();
+    let err = r.check(&c, 0, 0, None, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
+    assert!(err.to_string().contains("security.secret"), "{err}");
+    assert!(
+        !r.check(&a, 0, 0, None, T0).await.unwrap().allowed,
+        "still 3 counted"
+    );
+}

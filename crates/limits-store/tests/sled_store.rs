@@ -587,3 +587,213 @@ async fn a_failed_flush_is_unavailable_not_a_silent_success() {
             .is_empty()
     );
 }
+
+/// An API key that must never be found at rest.
+const RAW_KEY: &str = "sk-live-raw-key-written-by-format-1-0815";
+
+/// Panics if `needle` appears in any file under `dir`.
+fn assert_not_on_disk(dir: &Path, needle: &str) {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{} holds the raw key",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+/// A store written by a version that kept API keys raw (format 1) still
+/// loads, keyed by hash now, and no raw key is left in any file.
+#[tokio::test]
+async fn a_format_1_store_with_raw_keys_is_rewritten_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = limits(&[
+        (LimitKind::BudgetDaily, usd(10)),
+        (LimitKind::MaxConcurrent, 2),
+    ]);
+    // A state value as any version writes it: spend and a lease, made on a
+    // team subject (stored as it is) of a scratch store.
+    let (state, lease_id) = {
+        let scratch = dir.path().join("scratch");
+        let store = SledStore::open(&scratch, SledOptions::default(), T0).unwrap();
+        let r = Req::new(&[(team("t"), &l)]);
+        r.record(&store, None, usd(3), 0, T0).await.unwrap();
+        let (_, lease) = r.acquire(&store, Nanos::HOUR, T0).await.unwrap();
+        drop(store);
+        let db = open_raw(&scratch);
+        let tree = db.open_tree("limits").unwrap();
+        let state = tree.get(b"s1/\x02t").unwrap().unwrap().to_vec();
+        (state, lease.unwrap().0)
+    };
+    let path = dir.path().join("old");
+    {
+        let db = open_raw(&path);
+        let tree = db.open_tree("limits").unwrap();
+        tree.insert(b"format", &[1][..]).unwrap();
+        let mut k = b"s1/\x00".to_vec();
+        k.extend_from_slice(RAW_KEY.as_bytes());
+        tree.insert(k, state).unwrap();
+        // The lease index entry, in the version-1 encoding: expiry, then
+        // the subjects.
+        let mut v = vec![1];
+        v.extend_from_slice(&at(3600).0.to_le_bytes());
+        v.push(1);
+        v.push(0);
+        v.push(RAW_KEY.len() as u8);
+        v.extend_from_slice(RAW_KEY.as_bytes());
+        let mut lk = b"l1/".to_vec();
+        lk.extend_from_slice(&lease_id.to_be_bytes());
+        tree.insert(lk, v).unwrap();
+        db.flush().unwrap();
+    }
+
+    let store = SledStore::open(&path, SledOptions::default(), at(1)).unwrap();
+    let k = key(RAW_KEY);
+    assert_eq!(
+        used(&store, &k, &l, LimitKind::BudgetDaily, at(1)).await,
+        usd(3)
+    );
+    let view = store.usage(&k, &l, at(1)).await.unwrap();
+    assert_eq!(view.leases.len(), 1, "the lease came along");
+    // The lease index names the hashed key: releasing frees the slot.
+    assert!(store.release(lease_id, at(1)).await.unwrap());
+    assert!(store.usage(&k, &l, at(1)).await.unwrap().leases.is_empty());
+    drop(store);
+    assert_not_on_disk(&path, RAW_KEY);
+    assert!(!dir.path().join("old.raw-keys").exists());
+    assert!(!dir.path().join("old.rewritten").exists());
+    // And it opens as format 2 from now on.
+    let store = SledStore::open(&path, SledOptions::default(), at(2)).unwrap();
+    assert_eq!(
+        used(&store, &k, &l, LimitKind::BudgetDaily, at(2)).await,
+        usd(3)
+    );
+}
+
+/// A store keeps the fingerprint of the secret its API keys are hashed
+/// with: another secret, or none where one was configured, fails the open
+/// instead of silently starting every API key afresh.
+#[tokio::test]
+async fn a_store_opens_only_with_the_secret_it_was_written_with() {
+    let secret = |s: &str| Some(limits_store::Secret::new(s.as_bytes()).unwrap());
+    let with = |s: Option<limits_store::Secret>| SledOptions {
+        secret: s,
+        ..SledOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let l = limits(&[(LimitKind::BudgetDaily, usd(10))]);
+    let r = Req::new(&[(key("k"), &l)]);
+    {
+        let store = SledStore::open(&path, with(secret("first secret, long enough")), T0).unwrap();
+        r.record(&store, None, usd(1), 0, T0).await.unwrap();
+    }
+    let err = SledStore::open(&path, with(secret("second secret, long enough")), T0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::SecretMismatch {
+                generated: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&path.display().to_string()));
+    let err = SledStore::open(&path, with(None), T0).unwrap_err();
+    assert!(matches!(err, OpenError::SecretMissing { .. }), "{err}");
+    assert!(err.to_string().contains("security.secret"), "{err}");
+    let store = SledStore::open(&path, with(secret("first secret, long enough")), T0).unwrap();
+    assert_eq!(
+        used(&store, &key("k"), &l, LimitKind::BudgetDaily, T0).await,
+        usd(1)
+    );
+    drop(store);
+
+    // A store that made its own secret keeps using it, and says so when
+    // one is configured later.
+    let own = dir.path().join("own");
+    let made = {
+        let store = SledStore::open(&own, with(None), T0).unwrap();
+        r.record(&store, None, usd(2), 0, T0).await.unwrap();
+        store.secret().await.unwrap()
+    };
+    let store = SledStore::open(&own, with(None), T0).unwrap();
+    assert_eq!(store.secret().await.unwrap(), made);
+    assert_eq!(
+        used(&store, &key("k"), &l, LimitKind::BudgetDaily, T0).await,
+        usd(2)
+    );
+    drop(store);
+    let err = SledStore::open(&own, with(secret("configured later, long")), T0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::SecretMismatch {
+                generated: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Regression: the rate limit service's counters (one per client address,
+/// say) shared `max_entries` with gateway subjects, so a flood of them
+/// locked every new API key out with RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn counters_and_subjects_have_their_own_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = limits_store::Bounds {
+        subjects: 2,
+        counters: 3,
+    };
+    let sled = SledStore::open(
+        &dir.path().join("s"),
+        SledOptions {
+            max_entries: bounds.subjects,
+            max_counters: bounds.counters,
+            ..SledOptions::default()
+        },
+        T0,
+    )
+    .unwrap();
+    let memory = limits_store::MemoryStore::with_options(bounds, None);
+    let l = limits(&[(LimitKind::RequestsPerHour, 100)]);
+    async fn run<S: Store>(store: &S, l: &limits_core::SubjectLimits) {
+        let counter = |i: usize| {
+            key(&format!(
+                "{}rls\u{2}d\u{2}ip\u{3}10.0.0.{i}",
+                limits_store::INTERNAL
+            ))
+        };
+        for i in 0..3 {
+            let r = Req::new(&[(counter(i), l)]);
+            assert!(r.check(store, 0, 0, None, T0).await.unwrap().allowed);
+        }
+        let flood = Req::new(&[(counter(99), l)]);
+        let err = flood.check(store, 0, 0, None, T0).await.unwrap_err();
+        assert!(matches!(err, StoreError::CountersFull(3)), "{err:?}");
+        // API keys still get in, up to their own bound.
+        for k in ["a", "b"] {
+            let r = Req::new(&[(key(k), l)]);
+            assert!(r.check(store, 0, 0, None, T0).await.unwrap().allowed);
+        }
+        let err = Req::new(&[(key("c"), l)])
+            .check(store, 0, 0, None, T0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Full(2)), "{err:?}");
+    }
+    run(&memory, &l).await;
+    run(&sled, &l).await;
+}

@@ -220,6 +220,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Drops every key, as a Redis that lost its data.
+    pub fn flush_all(&self) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.write_all(b"FLUSHALL\r\n").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"+OK\r\n");
+    }
+
     /// Polls PING until the server answers, or fails after a deadline.
     fn wait_ready(&mut self) {
         use std::io::{Read, Write};
