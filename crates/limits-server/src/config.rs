@@ -441,6 +441,23 @@ fn load_sources(
         flags.origins.iter().chain(&env.origins).cloned().collect();
     let mut figment = Figment::new();
     if let Some(file) = file {
+        // The file alone first: merged with the environment, a value of the
+        // wrong shape (`budgets: 5`) would be replaced by the variables'
+        // mapping instead of being reported.
+        let alone = Figment::new()
+            .merge(&file)
+            .extract::<RawDocument>()
+            .map_err(from_figment);
+        let lists = file
+            .dict
+            .get("limits")
+            .map_or(Ok(()), |v| check_lists(v, "limits"));
+        match (alone, lists) {
+            // An unknown key says most about a file that is not ours.
+            (Err(e), _) if e.reason.starts_with("unknown key") => return Err(e),
+            (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
+            (Ok(_), Ok(())) => {}
+        }
         figment = figment.merge(file);
     }
     let figment = figment.merge(env).merge(flags);
@@ -493,20 +510,48 @@ fn parse_yaml(text: &str, metadata: Metadata, origin: &str) -> Result<SourceDict
     // set of limits between several ids.
     let YamlNode(value) = YamlExtended::from_str::<YamlNode>(text)
         .map_err(|e| ConfigError::new(origin, format!("invalid YAML: {e}")))?;
+    // A file that sets nothing would run with no limits at all: refuse it,
+    // so that an empty or truncated file (a ConfigMap caught mid-update)
+    // cannot turn every limit off, at start-up or on reload.
     let mut top = match value {
-        Value::Dict(_, dict) => dict,
-        // An empty file, or one holding only comments.
-        Value::Empty(..) => Dict::new(),
-        _ => {
+        Value::Dict(_, dict) if !dict.is_empty() => dict,
+        Value::Dict(..) | Value::Empty(..) => {
             return Err(ConfigError::new(
                 origin,
-                "the top level must be a mapping with a `limits:` key",
+                "the file sets nothing (it is empty or holds only comments); a config file \
+                 needs a `limits:` mapping",
+            ));
+        }
+        other => {
+            return Err(ConfigError::new(
+                origin,
+                format!(
+                    "the top level must be a mapping with a `limits:` key, found {}",
+                    shape(&other)
+                ),
             ));
         }
     };
     let mut limits = match top.remove("limits") {
-        Some(Value::Empty(..)) => Value::from(Dict::new()),
-        Some(limits) => limits,
+        // `limits: {}` says, on purpose, "no limits": allowed.
+        Some(Value::Dict(_, d)) => Value::from(d),
+        // `limits:` with nothing after it is what a truncated file looks like.
+        Some(Value::Empty(..)) => {
+            return Err(ConfigError::new(
+                "limits",
+                "is empty: it must be a mapping of settings (budgets, rate_limits, ...); \
+                 write `limits: {}` to run without limits on purpose",
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::new(
+                "limits",
+                format!(
+                    "must be a mapping of settings (budgets, rate_limits, ...), found {}",
+                    shape(&other)
+                ),
+            ));
+        }
         // The guide's fragments: the whole document is the limits section.
         None => Value::from(top),
     };
@@ -516,6 +561,54 @@ fn parse_yaml(text: &str, metadata: Metadata, origin: &str) -> Result<SourceDict
         dict: Dict::from([("limits".to_owned(), limits)]),
         origins: Vec::new(),
     })
+}
+
+/// A value's kind, in words, for errors.
+fn shape(v: &Value) -> &'static str {
+    match v {
+        Value::Dict(..) => "a mapping",
+        Value::Array(..) => "a list",
+        Value::String(..) => "a string",
+        Value::Char(..) => "a character",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "nothing",
+    }
+}
+
+/// The keys (by path, `*` for any list index) whose value is a list.
+/// serde accepts a list for a struct too (its fields by position), so
+/// `budgets: [true, 0.8]` would silently mean something: a list anywhere
+/// else is an error.
+const LIST_KEYS: &[&str] = &[
+    "limits.rls.domains",
+    "limits.rls.domains.*.tokens",
+    "limits.rls.config_files",
+    "limits.storage.redis.nodes",
+];
+
+fn check_lists(value: &Value, path: &str) -> Result<()> {
+    match value {
+        Value::Dict(_, dict) => {
+            for (k, v) in dict {
+                check_lists(v, &format!("{path}.{k}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(_, items) => {
+            if !LIST_KEYS.contains(&path) {
+                return Err(ConfigError::new(
+                    path,
+                    "expected a mapping or a single value, found a list",
+                ));
+            }
+            for v in items {
+                check_lists(v, &format!("{path}.*"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Drops keys whose value is null, so `key:` and `key: ~` mean "not set".
@@ -1274,7 +1367,7 @@ fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
         "limits.rate_limits.lease_ttl",
         raw.rate_limits.lease_ttl.as_ref().map(DurationText::as_str),
         DEFAULT_LEASE_TTL,
-        Zero::Reject,
+        TTL_RANGE,
     )?;
 
     let enf = &raw.enforcement;
@@ -1298,13 +1391,13 @@ fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
         "limits.enforcement.queue_timeout",
         enf.queue_timeout.as_ref().map(DurationText::as_str),
         DEFAULT_QUEUE_TIMEOUT,
-        Zero::Reject,
+        QUEUE_TIMEOUT_RANGE,
     )?;
     let reservation_ttl = duration(
         "limits.enforcement.reservation_ttl",
         enf.reservation_ttl.as_ref().map(DurationText::as_str),
         DEFAULT_RESERVATION_TTL,
-        Zero::Reject,
+        TTL_RANGE,
     )?;
     check_downgrades(&enf.model_downgrades)?;
     if mode == EnforcementMode::Downgrade && enf.model_downgrades.is_empty() {
@@ -1721,7 +1814,7 @@ fn build_storage(raw: &RawStorage, warnings: &mut Vec<String>) -> Result<Storage
                 .as_ref()
                 .map(DurationText::as_str),
             DEFAULT_CLEANUP_INTERVAL,
-            Zero::Reject,
+            CLEANUP_RANGE,
         )?,
     };
     let sled = file_store("limits.storage.sled", &raw.sled)?;
@@ -1800,13 +1893,13 @@ fn redis_settings(raw: &RawRedis) -> Result<RedisSettings> {
             "limits.storage.redis.connect_timeout",
             raw.connect_timeout.as_ref().map(DurationText::as_str),
             DEFAULT_REDIS_CONNECT_TIMEOUT,
-            Zero::Reject,
+            REDIS_TIMEOUT_RANGE,
         )?,
         command_timeout: duration(
             "limits.storage.redis.command_timeout",
             raw.command_timeout.as_ref().map(DurationText::as_str),
             DEFAULT_REDIS_COMMAND_TIMEOUT,
-            Zero::Reject,
+            REDIS_TIMEOUT_RANGE,
         )?,
         max_entries: positive(
             "limits.storage.redis.max_entries",
@@ -1832,7 +1925,7 @@ fn file_store(section: &str, raw: &RawFileStore) -> Result<(Option<PathBuf>, Dur
         &format!("{section}.snapshot_interval"),
         raw.snapshot_interval.as_ref().map(DurationText::as_str),
         DEFAULT_SNAPSHOT_INTERVAL,
-        Zero::Reject,
+        SNAPSHOT_RANGE,
     )?;
     Ok((path, interval))
 }
@@ -1860,13 +1953,13 @@ fn build_server(raw: &RawServer) -> Result<ServerSettings> {
         "limits.server.shutdown_grace",
         raw.shutdown_grace.as_ref().map(DurationText::as_str),
         DEFAULT_SHUTDOWN_GRACE,
-        Zero::Allow,
+        GRACE_RANGE,
     )?;
     let reload_interval = duration(
         "limits.server.reload_interval",
         raw.reload_interval.as_ref().map(DurationText::as_str),
         DEFAULT_RELOAD_INTERVAL,
-        Zero::Allow,
+        RELOAD_RANGE,
     )?;
     Ok(ServerSettings {
         grpc_addr,
@@ -1906,15 +1999,49 @@ fn build_logging(raw: &RawLogging) -> Result<LoggingSettings> {
     })
 }
 
-/// Whether a zero duration makes sense for a key.
+/// The values a duration key takes: between `min` and `max`, or zero where
+/// zero means "off". A duration outside a sane range (a sweep every
+/// nanosecond, a lease for a billion years) is a mistake, not a setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Zero {
-    Allow,
-    /// Zero would mean "expire at once" or "tick continuously".
-    Reject,
+struct Range {
+    min: Duration,
+    max: Duration,
+    /// Zero is allowed (and means off, or "at once").
+    zero: bool,
 }
 
-fn duration(key: &str, raw: Option<&str>, default: Duration, zero: Zero) -> Result<Duration> {
+const fn range(min: Duration, max: Duration) -> Range {
+    Range {
+        min,
+        max,
+        zero: false,
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+/// Reservation and lease TTLs, as a caller may also ask for per call.
+const TTL_RANGE: Range = range(SECOND, crate::validate::MAX_TTL);
+const QUEUE_TIMEOUT_RANGE: Range = range(Duration::from_millis(1), HOUR);
+const CLEANUP_RANGE: Range = range(SECOND, DAY);
+const REDIS_TIMEOUT_RANGE: Range = range(Duration::from_millis(1), Duration::from_secs(300));
+/// The guide's `snapshot_interval: 5m` must still load (it is capped to
+/// the longest group wait at start-up, with a warning).
+const SNAPSHOT_RANGE: Range = range(Duration::from_micros(100), HOUR);
+const GRACE_RANGE: Range = Range {
+    min: Duration::ZERO,
+    max: HOUR,
+    zero: true,
+};
+/// Zero turns polling off; otherwise not so often that it burns a core.
+const RELOAD_RANGE: Range = Range {
+    min: Duration::from_millis(100),
+    max: HOUR,
+    zero: true,
+};
+
+fn duration(key: &str, raw: Option<&str>, default: Duration, range: Range) -> Result<Duration> {
     let Some(text) = raw else {
         return Ok(default);
     };
@@ -1924,8 +2051,24 @@ fn duration(key: &str, raw: Option<&str>, default: Duration, zero: Zero) -> Resu
             format!("invalid duration {text:?} ({e}); write a number and a unit, e.g. \"30s\", \"5m\", \"100ms\""),
         )
     })?;
-    if zero == Zero::Reject && parsed.is_zero() {
+    if parsed.is_zero() {
+        if range.zero {
+            return Ok(parsed);
+        }
         return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    if parsed < range.min || parsed > range.max {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be between {} and {}{}, got {}",
+                show(range.min.max(Duration::from_nanos(1))),
+                show(range.max),
+                if range.zero { " (or 0 for off)" } else { "" },
+                text.trim()
+            ),
+        ));
     }
     Ok(parsed)
 }

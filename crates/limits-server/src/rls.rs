@@ -53,7 +53,7 @@ use crate::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLim
 use crate::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use crate::pb::envoy::r#type::v3::RateLimitUnit;
 use crate::rls_config::{self, Unit};
-use crate::service::{Shared, now, store_status};
+use crate::service::{Shared, now};
 use crate::validate::{MAX_ID_BYTES, invalid};
 
 /// The most descriptors one request may carry.
@@ -408,11 +408,7 @@ fn plan<'c>(config: &'c Config, req: &RateLimitRequest) -> Result<Plan<'c>, Stat
 
 /// Counts and logs a store failure, then maps it.
 fn store_failed(e: StoreError) -> Status {
-    if e.is_transient() {
-        metrics::counter!(m::STORE_ERRORS, "operation" => OPERATION).increment(1);
-        tracing::warn!(operation = OPERATION, error = %e, "store operation failed");
-    }
-    store_status(e)
+    crate::service::store_failed(OPERATION, e)
 }
 
 /// Charges one group of targets (all enforced, or all shadowed) in one

@@ -60,16 +60,64 @@ pub fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// Lets a log line through at most once a second, saying how many were
+/// held back since: a store outage fails every call, and a line per call
+/// would flood the logs (and cost the check path) exactly when they matter.
+#[derive(Debug)]
+pub struct Throttle {
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new() -> Throttle {
+        Throttle {
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back)` when a line may go out now.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now().0 / 1_000_000_000;
+        let last = self.last.load(Relaxed);
+        if now > last
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle::new()
+    }
+}
+
+static STORE_FAILURES: Throttle = Throttle::new();
+static FAILED_OPEN: Throttle = Throttle::new();
+
 /// Counts and logs a store failure of `operation`, then maps it.
-fn store_failed(operation: &'static str, e: StoreError) -> Status {
+pub(crate) fn store_failed(operation: &'static str, e: StoreError) -> Status {
     match e {
         StoreError::Internal(_) => {
             metrics::counter!(m::STORE_ERRORS, "operation" => operation).increment(1);
-            tracing::error!(operation, error = %e, "store answered what cannot be read");
+            if let Some(held_back) = STORE_FAILURES.allow() {
+                tracing::error!(operation, error = %e, held_back, "store answered what cannot be read");
+            }
         }
         StoreError::Unavailable(_) | StoreError::Full(_) | StoreError::CountersFull(_) => {
             metrics::counter!(m::STORE_ERRORS, "operation" => operation).increment(1);
-            tracing::warn!(operation, error = %e, "store operation failed");
+            if let Some(held_back) = STORE_FAILURES.allow() {
+                tracing::warn!(operation, error = %e, held_back, "store operation failed");
+            }
         }
         StoreError::UnknownReservation | StoreError::UnknownLease => {}
     }
@@ -84,11 +132,14 @@ fn fail_open(config: &Config) -> bool {
 /// Counts and logs a call allowed because the store was unavailable.
 fn failed_open(operation: &'static str, status: &Status) {
     metrics::counter!(m::FAIL_OPEN, "operation" => operation).increment(1);
-    tracing::warn!(
-        operation,
-        error = status.message(),
-        "store unavailable: allowed (fail-open)"
-    );
+    if let Some(held_back) = FAILED_OPEN.allow() {
+        tracing::warn!(
+            operation,
+            error = status.message(),
+            held_back,
+            "store unavailable: allowed (fail-open)"
+        );
+    }
 }
 
 /// The reason given with a fail-open answer.

@@ -401,19 +401,146 @@ fn no_file_and_no_env_gives_the_defaults() {
 }
 
 #[test]
-fn empty_documents_give_the_defaults() {
-    for yaml in [
-        "",
-        "# just a comment\n",
-        "limits:\n",
-        "limits: ~\n",
-        "limits: {}\n",
-        "{}",
+fn an_explicitly_empty_limits_mapping_gives_the_defaults() {
+    let cfg = parse("limits: {}\n");
+    assert_eq!(cfg.storage, Storage::default());
+    assert_eq!(cfg.policy.mode, EnforcementMode::Block);
+}
+
+/// Regression: a `limits:` that is not a mapping, or a file that sets
+/// nothing, validated and ran with no limits at all (a truncated ConfigMap
+/// turned every limit off). Each is now an error naming the key.
+#[test]
+fn a_config_of_the_wrong_shape_is_refused_not_run_without_limits() {
+    for (yaml, key, reason) in [
+        ("", "config", "sets nothing"),
+        ("# just a comment\n", "config", "sets nothing"),
+        ("{}", "config", "sets nothing"),
+        ("[1, 2]\n", "config", "found a list"),
+        ("limits:\n", "limits", "is empty"),
+        ("limits: ~\n", "limits", "is empty"),
+        ("limits: [ {budgets: {}} ]\n", "limits", "found a list"),
+        ("limits: 5\n", "limits", "found a number"),
+        ("limits: \"x\"\n", "limits", "found a string"),
+        ("limits: true\n", "limits", "found a boolean"),
+        // A list where a mapping is expected (serde would read it by position).
+        (
+            "limits:\n  budgets: [true, 0.8]\n",
+            "limits.budgets",
+            "found a list",
+        ),
+        (
+            "limits:\n  budgets:\n    by_api_key: [k]\n",
+            "limits.budgets.by_api_key",
+            "found a list",
+        ),
+        (
+            "limits:\n  storage: [memory]\n",
+            "limits.storage",
+            "found a list",
+        ),
+        (
+            "limits:\n  budgets:\n    by_team:\n      t: [1, 2, 3]\n",
+            "limits.budgets.by_team.t",
+            "found a list",
+        ),
+        // A string where a number is expected.
+        (
+            "limits:\n  budgets:\n    by_api_key:\n      k: { daily: \"50\" }\n",
+            "limits.budgets.by_api_key.k.daily",
+            "expected a number",
+        ),
+        (
+            "limits:\n  rate_limits:\n    by_user:\n      u: { requests_per_minute: \"5\" }\n",
+            "limits.rate_limits.by_user.u.requests_per_minute",
+            "whole number",
+        ),
+        (
+            "limits:\n  budgets:\n    enabled: \"false\"\n",
+            "limits.budgets.enabled",
+            "true or false",
+        ),
+        // A scalar where a mapping is expected.
+        (
+            "limits:\n  budgets: 5\n",
+            "limits.budgets",
+            "found unsigned int",
+        ),
+        (
+            "limits:\n  budgets:\n    by_api_key:\n      k: 5\n",
+            "limits.budgets.by_api_key.k",
+            "found unsigned int",
+        ),
+        ("budgets: 5\n", "limits.budgets", "found unsigned int"),
     ] {
-        let cfg = parse(yaml);
-        assert_eq!(cfg.storage, Storage::default(), "{yaml:?}");
-        assert_eq!(cfg.policy.mode, EnforcementMode::Block, "{yaml:?}");
+        let e = parse_str(yaml).expect_err(yaml);
+        assert_eq!(e.key, key, "{yaml:?}: {e}");
+        assert!(e.reason.contains(reason), "{yaml:?}: {e}");
     }
+}
+
+/// Merged with the environment, a value of the wrong shape in the file used
+/// to be replaced by the variables' mapping and pass: it is reported.
+#[test]
+fn the_environment_cannot_hide_a_wrong_shape_in_the_file() {
+    for yaml in [
+        "limits: [1, 2]\n",
+        "limits:\n  budgets: 5\n",
+        "budgets: [1]\n",
+    ] {
+        let file = write_temp(yaml);
+        let e = load(
+            Some(file.path()),
+            env(&[("MERCATOR_LIMITS_BUDGETS_ALERT_THRESHOLD", "0.5")]),
+            &Overrides::default(),
+        )
+        .expect_err(yaml);
+        assert!(e.key.starts_with("limits"), "{yaml:?}: {e}");
+    }
+}
+
+/// Durations have a sane range, named in the error: a sweep every
+/// nanosecond burnt a core while idle, and a lease for a billion years
+/// never frees its slot.
+#[test]
+fn durations_out_of_range_are_refused_naming_the_key() {
+    for (yaml, key) in [
+        (
+            "limits:\n  storage:\n    memory:\n      cleanup_interval: 1ns\n",
+            "limits.storage.memory.cleanup_interval",
+        ),
+        (
+            "limits:\n  server:\n    reload_interval: 1ns\n",
+            "limits.server.reload_interval",
+        ),
+        (
+            "limits:\n  rate_limits:\n    lease_ttl: 1000000000y\n",
+            "limits.rate_limits.lease_ttl",
+        ),
+        (
+            "limits:\n  enforcement:\n    reservation_ttl: 30d\n",
+            "limits.enforcement.reservation_ttl",
+        ),
+        (
+            "limits:\n  enforcement:\n    queue_timeout: 2days\n",
+            "limits.enforcement.queue_timeout",
+        ),
+        (
+            "limits:\n  server:\n    shutdown_grace: 1000h\n",
+            "limits.server.shutdown_grace",
+        ),
+        (
+            "limits:\n  storage:\n    redis:\n      command_timeout: 1h\n",
+            "limits.storage.redis.command_timeout",
+        ),
+    ] {
+        let e = parse_str(yaml).expect_err(yaml);
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.reason.contains("must be between"), "{e}");
+    }
+    // Zero still turns polling off, and the guide's 5m snapshot loads.
+    assert!(parse_str("limits:\n  server:\n    reload_interval: 0s\n").is_ok());
+    assert!(parse_str("limits:\n  storage:\n    sled:\n      snapshot_interval: 5m\n").is_ok());
 }
 
 #[test]

@@ -302,6 +302,19 @@ async fn reload_on_file_change_keeps_counters_and_rejects_bad_files() {
         Some(50.0),
         "the old limits stay in force"
     );
+    // Regression: files of the wrong shape used to reload as "no limits".
+    for (i, bad) in ["limits: [1, 2]\n", "limits: 5\n", "", "limits:\n"]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&path, bad).unwrap();
+        let failures = 2.0 + i as f64;
+        eventually("the wrong shape to be rejected", || async {
+            (reloads(&d.scrape(), "failure") >= failures).then_some(())
+        })
+        .await;
+        assert_eq!(rps_limit(&d).await, Some(50.0), "{bad:?}: old limits kept");
+    }
 }
 
 #[tokio::test]
