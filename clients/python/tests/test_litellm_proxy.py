@@ -101,7 +101,7 @@ model_list:
       model: openai/gpt-4
       api_key: sk-not-used
       mock_response: "hello, slowly"
-      mock_delay: 3
+      mock_delay: 5
     model_info: {{ input_cost_per_token: {TOKEN_BIG!r}, output_cost_per_token: {TOKEN_BIG!r} }}
 """
 
