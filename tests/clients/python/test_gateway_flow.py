@@ -248,12 +248,16 @@ def test_invalid_argument_names_the_field(pb, svc, field, make):
     assert br.field_violations[0].description
 
 
-def test_unknown_reservation_is_not_found(pb, svc):
+def test_a_reservation_never_issued_is_refused_and_charges_nothing(pb, svc):
+    # Reservation ids are opaque: one made up by the caller is refused
+    # (NOT_FOUND, or INVALID_ARGUMENT when it is not even shaped like one).
     with pytest.raises(grpc.RpcError) as info:
         svc.RecordUsage(
-            pb.RecordUsageRequest(subjects=[key(pb)], reservation_id="rsv_00000000deadbeef", cost_usd=1.0), timeout=5
+            pb.RecordUsageRequest(subjects=[key(pb)], reservation_id="made-up-reservation", cost_usd=1.0), timeout=5
         )
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    usage = svc.GetUsage(pb.GetUsageRequest(subject=key(pb)), timeout=5)
+    assert status_of(pb, usage, pb.LIMIT_KIND_BUDGET_DAILY).used == 0.0
 
 
 def test_health_answers_what_the_kubernetes_probes_ask(start_limitsd):

@@ -199,9 +199,13 @@ describe('limitsd through a proto-loader client', () => {
     });
   }
 
-  test('an unknown reservation is NOT_FOUND', async () => {
+  test('a reservation never issued is refused and charges nothing', async () => {
+    // Reservation ids are opaque: one made up by the caller is refused
+    // (NOT_FOUND, or INVALID_ARGUMENT when it is not even shaped like one).
     await assert.rejects(call(c, 'RecordUsage', {
-      subjects: [key()], reservation_id: 'rsv_00000000deadbeef', cost_usd: 1,
-    }), (err) => err.code === grpc.status.NOT_FOUND);
+      subjects: [key()], reservation_id: 'made-up-reservation', cost_usd: 1,
+    }), (err) => [grpc.status.NOT_FOUND, grpc.status.INVALID_ARGUMENT].includes(err.code));
+    const { response: usage } = await call(c, 'GetUsage', { subject: key() });
+    assert.equal(statusOf(usage, 'LIMIT_KIND_BUDGET_DAILY').used, 0);
   });
 });
