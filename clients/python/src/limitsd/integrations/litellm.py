@@ -21,8 +21,9 @@ What it relies on in LiteLLM: ``async_pre_call_hook`` (which may raise
 ``HTTPException`` and may set ``data["model"]``), ``litellm_call_id``, which
 follows a request into ``async_log_success_event`` (with ``response_cost``
 and the response's ``usage``) and ``async_post_call_failure_hook`` (which
-the proxy calls once, for the request's final failure, including a later
-hook's denial), and ``async_post_call_response_headers_hook`` to add
+the proxy calls once for a failed request, after the router's retries; a
+deployment's own failure event is not used, since a retry or a fallback may
+still succeed), and ``async_post_call_response_headers_hook`` to add
 limitsd's headers to the answer. A client that disconnects fires no hook of
 its own: the proxy finishes the call and the success event settles it; if
 nothing ever comes, the reservation and the slot expire after their TTLs.
