@@ -131,6 +131,18 @@ pub const DEFAULT_METRICS_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
 /// Default `server.reload_interval`.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `server.max_request_bytes`: the largest valid request is a few
+/// KiB (three subjects of 256 bytes, a model name, a rate limit service
+/// call of 64 descriptors of small entries).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Default `server.memory_budget`.
+pub const DEFAULT_MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+/// Default `server.max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default `server.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `server.max_concurrent_streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Default `server.shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default `logging.level`.
@@ -287,6 +299,16 @@ pub struct ServerSettings {
     /// How often the config file is compared with the running config; zero
     /// leaves reloads to SIGHUP alone.
     pub reload_interval: Duration,
+    /// The largest request message accepted (`RESOURCE_EXHAUSTED` past it).
+    pub max_request_bytes: usize,
+    /// Request bytes being read at once, past which calls are shed.
+    pub memory_budget: usize,
+    /// Calls in progress at once, past which calls are shed (`UNAVAILABLE`).
+    pub max_in_flight: usize,
+    /// Client connections at once; past it the listener stops accepting.
+    pub max_connections: usize,
+    /// Calls at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -296,6 +318,11 @@ impl Default for ServerSettings {
             metrics_addr: DEFAULT_METRICS_ADDR,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -789,6 +816,11 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("server.metrics_addr", EnvKind::Text),
     ("server.shutdown_grace", EnvKind::Text),
     ("server.reload_interval", EnvKind::Text),
+    ("server.max_request_bytes", EnvKind::Text),
+    ("server.memory_budget", EnvKind::Text),
+    ("server.max_in_flight", EnvKind::Number),
+    ("server.max_connections", EnvKind::Number),
+    ("server.max_concurrent_streams", EnvKind::Number),
     ("logging.format", EnvKind::Text),
     ("logging.level", EnvKind::Text),
     ("metrics.identifier_cap", EnvKind::Number),
@@ -1284,6 +1316,55 @@ struct RawServer {
     /// duration, default 1s: how often the config file is checked for
     /// changes; 0 turns polling off (SIGHUP still reloads).
     reload_interval: Option<DurationText>,
+    /// size, default 64KiB (1KiB to 4MiB): the largest request message.
+    max_request_bytes: Option<SizeText>,
+    /// size, default 64MiB: request bytes being read at once before calls
+    /// are shed with RESOURCE_EXHAUSTED.
+    memory_budget: Option<SizeText>,
+    /// positive integer, default 1024: calls in progress at once before
+    /// more are shed with UNAVAILABLE.
+    max_in_flight: Option<u64>,
+    /// positive integer, default 4096: client connections at once.
+    max_connections: Option<u64>,
+    /// positive integer, default 256: calls at once on one connection.
+    max_concurrent_streams: Option<u64>,
+}
+
+/// A size in bytes: a whole number, or text with a unit (`64KiB`, `1MB`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a size in bytes, such as 65536 or \"64KiB\"")]
+enum SizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A size key's value, within `min..=max` bytes.
+fn size(key: &str, raw: Option<&SizeText>, default: usize, min: u64, max: u64) -> Result<usize> {
+    let bytes = match raw {
+        None => return Ok(default),
+        Some(SizeText::Bytes(n)) => *n,
+        Some(SizeText::Text(t)) => t
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| {
+                ConfigError::new(
+                    key,
+                    format!("invalid size {t:?} ({e}); write bytes or a unit, e.g. \"64KiB\""),
+                )
+            })?
+            .as_u64(),
+    };
+    if !(min..=max).contains(&bytes) {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "must be between {} and {}, got {bytes} bytes",
+                bytesize::ByteSize::b(min).display().iec(),
+                bytesize::ByteSize::b(max).display().iec()
+            ),
+        ));
+    }
+    usize::try_from(bytes).map_err(|_| ConfigError::new(key, "is too large"))
 }
 
 /// `limits.logging`.
@@ -1961,11 +2042,51 @@ fn build_server(raw: &RawServer) -> Result<ServerSettings> {
         DEFAULT_RELOAD_INTERVAL,
         RELOAD_RANGE,
     )?;
+    let max_request_bytes = size(
+        "limits.server.max_request_bytes",
+        raw.max_request_bytes.as_ref(),
+        DEFAULT_MAX_REQUEST_BYTES,
+        1024,
+        4 * 1024 * 1024,
+    )?;
+    let memory_budget = size(
+        "limits.server.memory_budget",
+        raw.memory_budget.as_ref(),
+        DEFAULT_MEMORY_BUDGET,
+        1024 * 1024,
+        1 << 40,
+    )?;
+    if memory_budget < max_request_bytes {
+        return Err(ConfigError::new(
+            "limits.server.memory_budget",
+            "must be at least limits.server.max_request_bytes",
+        ));
+    }
+    let max_concurrent_streams = positive(
+        "limits.server.max_concurrent_streams",
+        raw.max_concurrent_streams,
+        DEFAULT_MAX_CONCURRENT_STREAMS as usize,
+    )?;
     Ok(ServerSettings {
         grpc_addr,
         metrics_addr,
         shutdown_grace,
         reload_interval,
+        max_request_bytes,
+        memory_budget,
+        max_in_flight: positive(
+            "limits.server.max_in_flight",
+            raw.max_in_flight,
+            DEFAULT_MAX_IN_FLIGHT,
+        )?,
+        max_connections: positive(
+            "limits.server.max_connections",
+            raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        )?,
+        max_concurrent_streams: u32::try_from(max_concurrent_streams).map_err(|_| {
+            ConfigError::new("limits.server.max_concurrent_streams", "is too large")
+        })?,
     })
 }
 

@@ -3,7 +3,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod config;
+pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod queue;

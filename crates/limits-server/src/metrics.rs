@@ -19,7 +19,6 @@ use limits_core::{Action, Dimension, LimitKind, LimitStatus, Subject, SubjectLim
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::RwLock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::config::MetricsSettings;
@@ -39,6 +38,9 @@ pub const STORE_ERRORS: &str = "mercator_limits_store_errors_total";
 pub const RESERVATIONS_OPEN: &str = "mercator_limits_reservations_open";
 pub const SUBJECTS: &str = "mercator_limits_subjects";
 pub const FAIL_OPEN: &str = "mercator_limits_fail_open_total";
+/// Calls refused before they reached a handler, by `reason`: `in_flight`,
+/// `message_size`, `memory`.
+pub const SHED: &str = "mercator_limits_shed_total";
 /// 1 while the store takes writes, 0 while it refuses them (see
 /// `STORE_WRITE_FAILURES` for why).
 pub const STORE_WRITABLE: &str = "mercator_limits_store_writable";
@@ -126,6 +128,10 @@ fn describe() {
         "Open reservations (as of the last sweep)."
     );
     describe_gauge!(SUBJECTS, "Subjects holding state (as of the last sweep).");
+    describe_counter!(
+        SHED,
+        "Calls refused before reaching a handler, by reason (in_flight, message_size, memory)."
+    );
     describe_gauge!(
         STORE_WRITABLE,
         "1 while the store takes writes, 0 while it refuses them until it recovers."
@@ -436,6 +442,11 @@ impl Labels {
     }
 }
 
+/// Counts a call refused by the request guard.
+pub fn shed(reason: &'static str) {
+    metrics::counter!(SHED, "reason" => reason).increment(1);
+}
+
 fn window_label(kind: LimitKind) -> &'static str {
     kind.name()
 }
@@ -487,56 +498,81 @@ pub fn record_statuses(
     }
 }
 
-/// Serves `/metrics` on `listener` until the task is dropped. A minimal
-/// HTTP/1.1 responder is enough for Prometheus scrapes and keeps the
-/// dependency set small.
+/// Scrapes served at once; more connections wait in the backlog.
+const MAX_SCRAPERS: usize = 64;
+/// How long a scraper may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open, idle or not.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves `/metrics` on `listener` until the task is dropped, with hyper:
+/// at most [`MAX_SCRAPERS`] connections at once, each with a header
+/// timeout and a lifetime, so that held-open connections cannot exhaust
+/// file descriptors or spin the accept loop.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    let mut backoff = Duration::from_millis(5);
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => {
+                backoff = Duration::from_millis(5);
+                socket
+            }
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::debug!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
         };
         let handle = handle.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut read = 0;
-            // Read the request head (bounded), then answer and close.
-            let head = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    match socket.read(&mut buf[read..]).await {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => read += n,
-                    }
-                    if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") || read == buf.len() {
-                        return Some(());
-                    }
-                }
-            })
-            .await;
-            if !matches!(head, Ok(Some(()))) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf[..read]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body, kind) = if path == "/metrics" || path.starts_with("/metrics?") {
-                (
-                    "200 OK",
-                    handle.render(),
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-            } else {
-                (
-                    "404 Not Found",
-                    "not found: try /metrics\n".to_owned(),
-                    "text/plain",
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handle = handle.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &handle)) }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(permit);
         });
+    }
+}
+
+fn respond<B>(
+    req: &hyper::Request<B>,
+    handle: &PrometheusHandle,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let text = |status: http::StatusCode, kind: &'static str, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, kind)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("a valid response")
+    };
+    match (req.method(), req.uri().path()) {
+        (&http::Method::GET | &http::Method::HEAD, "/metrics") => text(
+            http::StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
+        (_, "/metrics") => text(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".to_owned(),
+        ),
+        _ => text(
+            http::StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics\n".to_owned(),
+        ),
     }
 }
 

@@ -117,6 +117,9 @@ fn sweep_interval(config: &Config) -> Duration {
     }
 }
 
+/// The most header bytes one call may send (gateways send a few hundred).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// After the last in-flight call returns at shutdown, how long the
 /// connections get to write its answer before the process stops.
 const FLUSH_ANSWERS: Duration = Duration::from_millis(200);
@@ -246,13 +249,41 @@ impl Bound {
             let _ = stop_tx.send(());
         });
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let settings = shared.config.load().server.clone();
+        let incoming = crate::guard::bounded(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            settings.max_connections,
+        );
+        // A stream's window holds one largest message; a connection's a few
+        // streams' worth: unread data a peer can park stays small.
+        let stream_window = u32::try_from(settings.max_request_bytes + 5)
+            .unwrap_or(u32::MAX)
+            .max(65_535);
+        let guard = crate::guard::GuardLayer::new(crate::guard::Limits {
+            max_request_bytes: settings.max_request_bytes,
+            memory_budget: settings.memory_budget,
+            max_in_flight: settings.max_in_flight,
+        });
+        // The guard refuses larger messages first, with RESOURCE_EXHAUSTED.
+        let decode_limit = settings.max_request_bytes.saturating_mul(2);
         let serve = Server::builder()
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(stream_window.saturating_mul(8).max(1 << 20))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .layer(guard)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(LimitsServiceServer::new(LimitsSvc::new(shared.clone())))
+            .add_service(
+                LimitsServiceServer::new(LimitsSvc::new(shared.clone()))
+                    .max_decoding_message_size(decode_limit),
+            )
             // Envoy's rate limit service API, on the same port and store.
-            .add_service(RateLimitServiceServer::new(RlsSvc::new(shared.clone())))
+            .add_service(
+                RateLimitServiceServer::new(RlsSvc::new(shared.clone()))
+                    .max_decoding_message_size(decode_limit),
+            )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });

@@ -937,6 +937,11 @@ fn every_environment_variable_sets_its_key() {
         // Checked on its own below: a file and an inline secret conflict.
         ("limits.security.secret_file", ""),
         ("limits.rls.max_counters", "777"),
+        ("limits.server.max_request_bytes", "32KiB"),
+        ("limits.server.memory_budget", "16777216"),
+        ("limits.server.max_in_flight", "99"),
+        ("limits.server.max_connections", "98"),
+        ("limits.server.max_concurrent_streams", "97"),
     ];
     let vars: Vec<(String, String)> = env_vars().collect();
     assert_eq!(vars.len(), samples.len());
@@ -988,6 +993,16 @@ fn every_environment_variable_sets_its_key() {
         Some(limits_store::Secret::new(b"an environment secret of length").unwrap())
     );
     assert_eq!(cfg.rls.max_counters, 777);
+    assert_eq!(cfg.server.max_request_bytes, 32 * 1024);
+    assert_eq!(cfg.server.memory_budget, 16 * 1024 * 1024);
+    assert_eq!(
+        (
+            cfg.server.max_in_flight,
+            cfg.server.max_connections,
+            cfg.server.max_concurrent_streams
+        ),
+        (99, 98, 97)
+    );
 
     let file = write_temp("  a file secret, with a newline after it\n");
     let cfg = load(
@@ -1818,4 +1833,35 @@ fn bad_rule_files_are_rejected_naming_the_key() {
     )
     .expect_err("missing");
     check_error(&e, "limits.rls.config_files.0", "cannot read");
+}
+
+#[test]
+fn request_bounds_have_ranges_named_in_the_error() {
+    for (yaml, key) in [
+        (
+            "limits:\n  server:\n    max_request_bytes: 10MiB\n",
+            "limits.server.max_request_bytes",
+        ),
+        (
+            "limits:\n  server:\n    max_request_bytes: lots\n",
+            "limits.server.max_request_bytes",
+        ),
+        (
+            "limits:\n  server:\n    memory_budget: 1KiB\n",
+            "limits.server.memory_budget",
+        ),
+        (
+            "limits:\n  server:\n    max_in_flight: 0\n",
+            "limits.server.max_in_flight",
+        ),
+        (
+            "limits:\n  server:\n    max_concurrent_streams: 0\n",
+            "limits.server.max_concurrent_streams",
+        ),
+    ] {
+        let e = parse_str(yaml).expect_err(yaml);
+        assert_eq!(e.key, key, "{e}");
+    }
+    let cfg = parse_str("limits:\n  server:\n    max_request_bytes: 8192\n").unwrap();
+    assert_eq!(cfg.server.max_request_bytes, 8192);
 }

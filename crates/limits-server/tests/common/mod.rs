@@ -179,7 +179,11 @@ impl Limitsd {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.metrics_addr).expect("connect to metrics");
         s.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read metrics");
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
