@@ -55,6 +55,13 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
     }
 }
 
+/// The status a request that does not decode is answered with (for the
+/// fuzz harness, which checks it on its own).
+#[doc(hidden)]
+pub fn decode_error_status(e: &prost::DecodeError) -> Status {
+    invalid_message(e)
+}
+
 /// prost describes a decode error as `failed to decode Protobuf message:
 /// Inner.field: Outer.field: what went wrong`, innermost first; the field
 /// path, outermost first, is `field.field`.

@@ -569,6 +569,14 @@ fn sequence<'y>(at: &str, v: &'y Yaml) -> Result<&'y [Yaml]> {
         .ok_or_else(|| error(at, format!("expected a list, found {}", kind_of(v))))
 }
 
+/// Parses one envoyproxy/ratelimit rule file's text, as loading it would,
+/// for tools (the fuzz harness) that check the parser on its own.
+#[doc(hidden)]
+pub fn check_rule_file(text: &str) -> Result<()> {
+    let mut warnings = Vec::new();
+    load_rule_file("rules.yaml", text, &AHashMap::new(), &mut warnings).map(drop)
+}
+
 /// Loads one envoyproxy/ratelimit file: its domain and rule tree. Keys in
 /// errors are `FILE:descriptors.0.rate_limit.unit`.
 fn load_rule_file(
