@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod attack;
 mod baseline;
 mod cpu;
 mod load;
@@ -91,6 +92,27 @@ enum Command {
         /// JSON report files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// The memory attack: keep many CheckLimits calls padded to a few MiB
+    /// in flight and report the server's peak resident memory.
+    Attack {
+        /// The server, HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        /// The server's process id, whose memory is read.
+        #[arg(long)]
+        pid: u32,
+        /// Bytes of padding per request.
+        #[arg(long, default_value_t = 3_900_000)]
+        bytes: usize,
+        /// Calls kept in flight.
+        #[arg(long, default_value_t = 128)]
+        in_flight: usize,
+        /// HTTP/2 connections to spread them over.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        duration: Duration,
     },
     /// Print the table of a saved `scale --json` report.
     ScaleTable {
@@ -222,6 +244,19 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Attack {
+                addr,
+                pid,
+                bytes,
+                in_flight,
+                connections,
+                duration,
+            } => {
+                let channels = load::connect(&addr, connections).await?;
+                let report = attack::run(channels, pid, bytes, in_flight, duration).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }
             Command::Baseline { addr, statuses } => baseline::serve(addr, statuses).await,
             Command::Scale(args) => run_scale(args).await,
             Command::Table { .. } | Command::ScaleTable { .. } => unreachable!("handled above"),
