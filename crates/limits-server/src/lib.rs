@@ -3,15 +3,16 @@
 
 #![forbid(unsafe_code)]
 
+pub use limits::config;
+pub use limits::rls as rls_config;
+
 pub mod codec;
-pub mod config;
 pub mod guard;
 pub mod identity;
 pub mod metrics;
 pub mod queue;
 pub mod reload;
 pub mod rls;
-pub mod rls_config;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -18,7 +18,7 @@ pub const MAX_MODEL_BYTES: usize = 256;
 /// The most subjects one request may name (one per dimension).
 pub const MAX_SUBJECTS: usize = 3;
 /// The longest TTL a caller may ask for a reservation or a lease.
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_TTL: Duration = limits::MAX_TTL;
 
 /// `INVALID_ARGUMENT` naming `field` in the message and in a
 /// `google.rpc.BadRequest` detail, so clients can point at the field.

@@ -10,13 +10,16 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "sled")]
 mod codec;
 mod embedded;
 mod ids;
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 mod secret;
 mod shards;
+#[cfg(feature = "sled")]
 pub mod sled;
 
 use std::future::Future;
@@ -27,7 +30,9 @@ use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{Attempt, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd, Nanos, Policy};
 use limits_core::{Subject, SubjectLimits};
 
+#[cfg(feature = "redis")]
 pub use self::redis::{RedisOpenError, RedisOptions, RedisStore};
+#[cfg(feature = "sled")]
 pub use self::sled::{OpenError, SledOptions, SledStore};
 pub use embedded::Bounds;
 pub use ids::{IdGen, Issued};
@@ -212,8 +217,23 @@ pub trait Store: Send + Sync + 'static {
 #[allow(clippy::large_enum_variant)]
 pub enum AnyStore {
     Memory(MemoryStore),
+    #[cfg(feature = "sled")]
     Sled(SledStore),
+    #[cfg(feature = "redis")]
     Redis(RedisStore),
+}
+
+/// `$e` with `$s` bound to the backend inside `$store` (an [`AnyStore`]).
+macro_rules! dispatch {
+    ($store:expr, $s:ident => $e:expr) => {
+        match $store {
+            AnyStore::Memory($s) => $e,
+            #[cfg(feature = "sled")]
+            AnyStore::Sled($s) => $e,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis($s) => $e,
+        }
+    };
 }
 
 impl Store for AnyStore {
@@ -224,27 +244,15 @@ impl Store for AnyStore {
         op: Op<'_>,
         now: Nanos,
     ) -> Result<Outcome, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.apply(subjects, limits, op, now).await,
-            AnyStore::Sled(s) => s.apply(subjects, limits, op, now).await,
-            AnyStore::Redis(s) => s.apply(subjects, limits, op, now).await,
-        }
+        dispatch!(self, s => s.apply(subjects, limits, op, now).await)
     }
 
     async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.release(lease_id, now).await,
-            AnyStore::Sled(s) => s.release(lease_id, now).await,
-            AnyStore::Redis(s) => s.release(lease_id, now).await,
-        }
+        dispatch!(self, s => s.release(lease_id, now).await)
     }
 
     fn reservation_issued(&self, id: u64) -> bool {
-        match self {
-            AnyStore::Memory(s) => s.reservation_issued(id),
-            AnyStore::Sled(s) => s.reservation_issued(id),
-            AnyStore::Redis(s) => s.reservation_issued(id),
-        }
+        dispatch!(self, s => s.reservation_issued(id))
     }
 
     async fn usage(
@@ -253,42 +261,22 @@ impl Store for AnyStore {
         limits: &SubjectLimits,
         now: Nanos,
     ) -> Result<UsageView, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.usage(subject, limits, now).await,
-            AnyStore::Sled(s) => s.usage(subject, limits, now).await,
-            AnyStore::Redis(s) => s.usage(subject, limits, now).await,
-        }
+        dispatch!(self, s => s.usage(subject, limits, now).await)
     }
 
     async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.sweep(table, now).await,
-            AnyStore::Sled(s) => s.sweep(table, now).await,
-            AnyStore::Redis(s) => s.sweep(table, now).await,
-        }
+        dispatch!(self, s => s.sweep(table, now).await)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.flush().await,
-            AnyStore::Sled(s) => s.flush().await,
-            AnyStore::Redis(s) => s.flush().await,
-        }
+        dispatch!(self, s => s.flush().await)
     }
 
     async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.secret().await,
-            AnyStore::Sled(s) => s.secret().await,
-            AnyStore::Redis(s) => s.secret().await,
-        }
+        dispatch!(self, s => s.secret().await)
     }
 
     fn health(&self) -> Health {
-        match self {
-            AnyStore::Memory(s) => s.health(),
-            AnyStore::Sled(s) => s.health(),
-            AnyStore::Redis(s) => s.health(),
-        }
+        dispatch!(self, s => s.health())
     }
 }

@@ -31,7 +31,7 @@
 //!   server: { ... }
 //!   logging: { ... }
 //!   metrics: { ... }
-//!   rls: { ... }      # Envoy's rate limit service API, see crate::rls_config
+//!   rls: { ... }      # Envoy's rate limit service API, see crate::rls
 //! ```
 //!
 //! Other top-level keys are ignored, so the `limits:` section can sit in a
@@ -176,7 +176,7 @@ pub struct Config {
     pub metrics: MetricsSettings,
     /// Envoy's rate limit service API (`limits.rls`): domain mappings and
     /// envoyproxy/ratelimit-format rules.
-    pub rls: crate::rls_config::RlsConfig,
+    pub rls: crate::rls::RlsConfig,
     /// The server secret (`limits.security`), which keys the hashes API keys
     /// are stored under and authenticates reservation and lease ids; `None`
     /// lets the store keep one of its own.
@@ -200,7 +200,7 @@ impl Default for Config {
             server: ServerSettings::default(),
             logging: LoggingSettings::default(),
             metrics: MetricsSettings::default(),
-            rls: crate::rls_config::RlsConfig::default(),
+            rls: crate::rls::RlsConfig::default(),
             secret: None,
             warnings: Vec::new(),
         }
@@ -1071,8 +1071,8 @@ struct RawLimits {
     server: RawServer,
     logging: RawLogging,
     metrics: RawMetrics,
-    /// Envoy's rate limit service API; see [`crate::rls_config`].
-    rls: crate::rls_config::RawRls,
+    /// Envoy's rate limit service API; see [`crate::rls`].
+    rls: crate::rls::RawRls,
     security: RawSecurity,
 }
 
@@ -1512,7 +1512,7 @@ fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
         show_user_ids: raw.metrics.show_user_ids.unwrap_or(true),
         show_team_ids: raw.metrics.show_team_ids.unwrap_or(true),
     };
-    let rls = crate::rls_config::build(&raw.rls, rls_files, &mut warnings)?;
+    let rls = crate::rls::build(&raw.rls, rls_files, &mut warnings)?;
     let secret = build_secret(&raw.security)?;
 
     Ok(Config {
@@ -2143,7 +2143,7 @@ const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 /// Reservation and lease TTLs, as a caller may also ask for per call.
-const TTL_RANGE: Range = range(SECOND, crate::validate::MAX_TTL);
+const TTL_RANGE: Range = range(SECOND, crate::MAX_TTL);
 const QUEUE_TIMEOUT_RANGE: Range = range(Duration::from_millis(1), HOUR);
 const CLEANUP_RANGE: Range = range(SECOND, DAY);
 const REDIS_TIMEOUT_RANGE: Range = range(Duration::from_millis(1), Duration::from_secs(300));
