@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // INVALID_ARGUMENT, naming the field, for a request that does not
         // decode (see src/codec.rs).
-        .codec_path("crate::codec::Codec")
+        .codec_path("crate::api::codec::Codec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -72,7 +72,7 @@ fn busy_subject() -> SubjectState {
             policy: &policy,
         };
         let out = check(&mut [&mut state], &[&limits], &req, Nanos(t));
-        assert!(out.allowed);
+        assert!(out.allowed());
         record(&mut [&mut state], &[&limits], &actual, &policy, Nanos(t));
     }
     state

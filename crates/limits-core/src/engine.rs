@@ -42,23 +42,70 @@ pub struct CheckRequest<'a> {
     pub policy: &'a Policy,
 }
 
+/// What a check decided: a denial carries the limit that decided it, and an
+/// admission cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The request may run.
+    Allowed {
+        /// The reservation opened, when `reserve` was asked.
+        reservation: Option<u64>,
+        /// In alert mode, the limit the request is over: it runs anyway,
+        /// flagged.
+        over: Option<Denial>,
+    },
+    /// The request may not run.
+    Denied {
+        /// The limit that decided.
+        denial: Denial,
+        /// The soonest any attempt could fit; `None` if never.
+        retry_after: Option<Nanos>,
+    },
+}
+
 /// The decision of a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOutcome {
-    pub allowed: bool,
+    pub verdict: Verdict,
     pub action: Action,
     /// The attempt admitted, or the last one tried when denied.
     pub attempt: usize,
-    /// The limit that decided, when one was exceeded.
-    pub denial: Option<Denial>,
-    /// When denied: the soonest any attempt could fit; `None` if never.
-    pub retry_after: Option<Nanos>,
-    /// The reservation opened, when `reserve` was asked and the check allowed.
-    pub reservation: Option<u64>,
     /// Every limit of every subject after the decision.
     pub statuses: Vec<LimitStatus>,
     /// A budget reached the alert threshold (counting this request).
     pub alert: bool,
+}
+
+impl CheckOutcome {
+    pub fn allowed(&self) -> bool {
+        matches!(self.verdict, Verdict::Allowed { .. })
+    }
+
+    /// The limit that decided a denial, or that an alert-mode admission is
+    /// over.
+    pub fn denial(&self) -> Option<Denial> {
+        match self.verdict {
+            Verdict::Allowed { over, .. } => over,
+            Verdict::Denied { denial, .. } => Some(denial),
+        }
+    }
+
+    /// When denied: the soonest the request could fit.
+    pub fn retry_after(&self) -> Option<Nanos> {
+        match self.verdict {
+            Verdict::Allowed { .. } => None,
+            Verdict::Denied { retry_after, .. } => retry_after,
+        }
+    }
+
+    /// The reservation opened, when `reserve` was asked and the check
+    /// allowed.
+    pub fn reservation(&self) -> Option<u64> {
+        match self.verdict {
+            Verdict::Allowed { reservation, .. } => reservation,
+            Verdict::Denied { .. } => None,
+        }
+    }
 }
 
 /// What a usage record charges.
@@ -82,12 +129,42 @@ pub struct RecordOutcome {
     pub alert: bool,
 }
 
+/// Whether concurrency slots were taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Every limited subject's slot was taken, under this lease.
+    Acquired(LeaseSlot),
+    /// A subject was full.
+    Full(Denial),
+}
+
 /// The result of acquiring concurrency slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcquireOutcome {
-    pub acquired: bool,
-    pub denial: Option<Denial>,
+    pub admission: Admission,
     pub statuses: Vec<LimitStatus>,
+}
+
+impl AcquireOutcome {
+    pub fn acquired(&self) -> bool {
+        matches!(self.admission, Admission::Acquired(_))
+    }
+
+    /// The lease, when acquired.
+    pub fn lease(&self) -> Option<LeaseSlot> {
+        match self.admission {
+            Admission::Acquired(lease) => Some(lease),
+            Admission::Full(_) => None,
+        }
+    }
+
+    /// The full subject's limit, when not acquired.
+    pub fn denial(&self) -> Option<Denial> {
+        match self.admission {
+            Admission::Acquired(_) => None,
+            Admission::Full(denial) => Some(denial),
+        }
+    }
 }
 
 fn amount_for(resource: Resource, attempt: &Attempt) -> u64 {
@@ -361,46 +438,59 @@ pub fn check(
         }
     }
 
-    let (allowed, attempt, action, denial, exceeded) = match admitted {
-        Some(idx) => {
+    // Who decided, and the limits to mark exceeded.
+    enum Decided {
+        Allow { over: Option<Denial> },
+        Deny(Denial),
+    }
+    let (decided, attempt, action, exceeded) = match (admitted, last.0) {
+        (Some(idx), _) => {
             let action = if idx > 0 {
                 Action::Downgrade
             } else {
                 Action::Allow
             };
-            (true, idx, action, None, Vec::new())
+            (Decided::Allow { over: None }, idx, action, Vec::new())
         }
         // Alert mode lets an over-limit request through, flagged.
-        None if mode == EnforcementMode::Alert => (true, 0, Action::Alert, last.0, last.1),
-        None => (false, tries - 1, Action::Block, last.0, last.1),
+        (None, over) if mode == EnforcementMode::Alert => {
+            (Decided::Allow { over }, 0, Action::Alert, last.1)
+        }
+        (None, Some(denial)) => (Decided::Deny(denial), tries - 1, Action::Block, last.1),
+        (None, None) => unreachable!("an attempt that does not fit has a denial"),
     };
 
-    let reservation = if allowed {
-        commit(states, limits, &req.attempts[attempt], req.reserve, now)
-    } else {
-        None
+    let verdict = match decided {
+        Decided::Allow { over } => Verdict::Allowed {
+            reservation: commit(states, limits, &req.attempts[attempt], req.reserve, now),
+            over,
+        },
+        Decided::Deny(denial) => Verdict::Denied {
+            denial,
+            retry_after: soonest.flatten(),
+        },
     };
     let statuses = statuses(states, limits, &exceeded, now);
     // Without a reservation the estimate is not in `used`; count it so the
     // flag says what this request would bring the budget to.
-    let pending = if reservation.is_some() {
-        0
-    } else {
-        req.attempts[attempt].cost.0
+    let pending = match verdict {
+        Verdict::Allowed {
+            reservation: Some(_),
+            ..
+        } => 0,
+        _ => req.attempts[attempt].cost.0,
     };
     let alert = alert_flag(req.policy, &statuses, pending);
+    let allowed = matches!(verdict, Verdict::Allowed { .. });
     let action = if allowed && alert && action == Action::Allow {
         Action::Alert
     } else {
         action
     };
     CheckOutcome {
-        allowed,
+        verdict,
         action,
         attempt,
-        denial,
-        retry_after: if allowed { None } else { soonest.flatten() },
-        reservation,
         statuses,
         alert,
     }
@@ -478,24 +568,27 @@ pub fn acquire(
             note_denial(&mut worst, &mut exceeded, i, kind, retry_after);
         }
     }
-    let acquired = worst.is_none();
-    if acquired {
-        for (state, lim) in states.iter_mut().zip(limits) {
-            if lim.get(LimitKind::MaxConcurrent).is_some() {
-                state.push_lease(LeaseSlot {
-                    id: lease_id,
-                    expires_at,
-                });
+    let admission = match worst {
+        Some(denial) => Admission::Full(denial),
+        None => {
+            let lease = LeaseSlot {
+                id: lease_id,
+                expires_at,
+            };
+            for (state, lim) in states.iter_mut().zip(limits) {
+                if lim.get(LimitKind::MaxConcurrent).is_some() {
+                    state.push_lease(lease);
+                }
             }
+            Admission::Acquired(lease)
         }
-    }
+    };
     let statuses = statuses(states, limits, &exceeded, now)
         .into_iter()
         .filter(|s| s.kind == LimitKind::MaxConcurrent)
         .collect();
     AcquireOutcome {
-        acquired,
-        denial: worst,
+        admission,
         statuses,
     }
 }
@@ -702,7 +795,7 @@ mod tests {
             policy: &policy,
         };
         let out = check(&mut [], &[], &req, T);
-        assert!(out.allowed);
+        assert!(out.allowed());
         assert!(out.statuses.is_empty());
     }
 }

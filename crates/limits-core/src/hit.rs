@@ -25,9 +25,8 @@ pub struct Charge {
 /// The result of a hit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HitOutcome {
-    /// No limit was exceeded (and the requests were charged).
-    pub allowed: bool,
-    /// The limit that takes longest to clear, when one was exceeded.
+    /// The limit that takes longest to clear, when one was exceeded (and
+    /// then no request was charged).
     pub denial: Option<Denial>,
     /// The request and token limits of every subject after the hit.
     pub statuses: Vec<LimitStatus>,
@@ -71,9 +70,15 @@ pub fn hit(
         .filter(|s| matches!(s.kind.resource(), Resource::Requests | Resource::Tokens))
         .collect();
     HitOutcome {
-        allowed,
         denial: worst,
         statuses,
+    }
+}
+
+impl HitOutcome {
+    /// No limit was exceeded, and the requests were charged.
+    pub fn allowed(&self) -> bool {
+        self.denial.is_none()
     }
 }
 
@@ -100,10 +105,10 @@ mod tests {
             tokens: 0,
         }; 2];
         let out = hit(&mut [&mut sa, &mut sb], &[&a, &b], &two, T0);
-        assert!(out.allowed);
+        assert!(out.allowed());
         let before = (sa.clone(), sb.clone());
         let out = hit(&mut [&mut sa, &mut sb], &[&a, &b], &two, T0);
-        assert!(!out.allowed);
+        assert!(!out.allowed());
         assert_eq!(out.denial.unwrap().subject, 1);
         assert!(out.denial.unwrap().retry_after.is_some());
         assert_eq!((sa, sb), before, "a denied hit charges no subject");
@@ -114,7 +119,7 @@ mod tests {
         let l = SubjectLimits::default().with(LimitKind::TokensPerMinute, nz(100));
         let mut s = SubjectState::new();
         let ask = [Charge::default()];
-        assert!(hit(&mut [&mut s], &[&l], &ask, T0).allowed);
+        assert!(hit(&mut [&mut s], &[&l], &ask, T0).allowed());
         let used = |s: &SubjectState| s.used(LimitKind::TokensPerMinute, T0);
         assert_eq!(used(&s), 0, "a zero charge only asks");
         let over = [Charge {
@@ -122,7 +127,7 @@ mod tests {
             tokens: 150,
         }];
         let out = hit(&mut [&mut s], &[&l], &over, T0);
-        assert!(!out.allowed);
+        assert!(!out.allowed());
         assert!(out.statuses[0].exceeded);
         assert_eq!(
             used(&s),
@@ -130,7 +135,7 @@ mod tests {
             "usage that happened is recorded even over the limit"
         );
         assert!(
-            !hit(&mut [&mut s], &[&l], &ask, T0).allowed,
+            !hit(&mut [&mut s], &[&l], &ask, T0).allowed(),
             "a full limit denies an ask"
         );
     }

@@ -22,8 +22,8 @@ mod window_set;
 
 pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
 pub use engine::{
-    AcquireOutcome, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest, acquire,
-    check, record, release, usage,
+    AcquireOutcome, Admission, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest,
+    Verdict, acquire, check, record, release, usage,
 };
 pub use limits::{Dimension, LimitKind, LimitStatus, LimitTable, Resource, Subject, SubjectLimits};
 pub use money::{MoneyError, NanoUsd};

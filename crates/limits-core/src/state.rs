@@ -32,7 +32,7 @@ impl Hold {
 }
 
 /// One concurrency slot held by a lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseSlot {
     pub id: u64,
     pub expires_at: Nanos,

@@ -23,12 +23,12 @@ use crate::time::Nanos;
 /// Undoes an allowed [`check`](crate::check): the request counted, and the
 /// reservation held.
 pub fn undo_check(states: &mut [&mut SubjectState], out: &CheckOutcome, at: Nanos, now: Nanos) {
-    if !out.allowed {
+    if !out.allowed() {
         return;
     }
     for state in states.iter_mut() {
         state.uncharge(Resource::Requests, at, now, 1);
-        if let Some(id) = out.reservation {
+        if let Some(id) = out.reservation() {
             state.remove_hold(id);
         }
     }
@@ -80,7 +80,7 @@ pub fn undo_release(
     }
     for (state, &had) in states.iter_mut().zip(held) {
         if had && !state.leases().iter().any(|l| l.id == lease.id) {
-            state.push_lease(lease.clone());
+            state.push_lease(*lease);
         }
     }
 }
@@ -95,7 +95,7 @@ pub fn undo_hit(
     now: Nanos,
 ) {
     for (state, charge) in states.iter_mut().zip(charges) {
-        if out.allowed {
+        if out.allowed() {
             state.uncharge(Resource::Requests, at, now, charge.requests);
         }
         state.uncharge(Resource::Tokens, at, now, charge.tokens);
@@ -184,7 +184,7 @@ mod tests {
             policy: &policy,
         };
         let out = engine::check(&mut [&mut s], &[&lim], &req, at);
-        assert!(out.allowed && out.reservation == Some(2));
+        assert!(out.allowed() && out.reservation() == Some(2));
         undo_check(&mut [&mut s], &out, at, now);
         assert_eq!(s, before);
 
@@ -207,7 +207,7 @@ mod tests {
         let before = s.clone();
         let expires_at = at.saturating_add(Nanos::MINUTE);
         let out = engine::acquire(&mut [&mut s], &[&lim], 7, expires_at, at);
-        assert!(out.acquired);
+        assert!(out.acquired());
         undo_acquire(&mut [&mut s], 7);
         assert_eq!(s, before);
         engine::acquire(&mut [&mut s], &[&lim], 7, expires_at, at);
@@ -230,7 +230,7 @@ mod tests {
             tokens: 30,
         }];
         let out = crate::hit::hit(&mut [&mut s], &[&lim], &charges, at);
-        assert!(out.allowed);
+        assert!(out.allowed());
         undo_hit(&mut [&mut s], &charges, &out, at, now);
         assert_eq!(s, before);
     }
@@ -250,10 +250,10 @@ mod tests {
             reserve: None,
             policy: &policy,
         };
-        assert!(engine::check(&mut [&mut s], &[&lim], &req, T).allowed);
+        assert!(engine::check(&mut [&mut s], &[&lim], &req, T).allowed());
         let before = s.clone();
         let denied = engine::check(&mut [&mut s], &[&lim], &req, T);
-        assert!(!denied.allowed);
+        assert!(!denied.allowed());
         undo_check(&mut [&mut s], &denied, T, T);
         assert_eq!(s, before);
     }

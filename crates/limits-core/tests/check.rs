@@ -35,13 +35,13 @@ fn each_budget_allows_spend_up_to_the_limit_then_denies() {
 
         // $9 spent: a $1 estimate fits exactly, a $1.000000001 one does not.
         let fits = g.check(usd(1.0).0, 0, clock.now());
-        assert!(fits.allowed, "{kind:?}: {fits:?}");
+        assert!(fits.allowed(), "{kind:?}: {fits:?}");
         let over = g.check(usd(1.0).0 + 1, 0, clock.now());
-        assert!(!over.allowed, "{kind:?}");
-        let denial = over.denial.expect("a denial");
+        assert!(!over.allowed(), "{kind:?}");
+        let denial = over.denial().expect("a denial");
         assert_eq!((denial.subject, denial.kind), (0, kind));
         // The $9 leaves the window between W and W + W/60 after it was spent.
-        let ra = over.retry_after.expect("spend expires");
+        let ra = over.retry_after().expect("spend expires");
         let spent_at = T0;
         let earliest = spent_at.saturating_add(window(kind));
         let latest = earliest.saturating_add(Nanos(window(kind).0 / BUCKETS));
@@ -59,19 +59,19 @@ fn each_request_rate_admits_its_limit_then_denies() {
         let mut clock = Clock::start();
         for n in 1..=5 {
             let out = g.check(0, 0, clock.now());
-            assert!(out.allowed, "{kind:?} request {n}");
+            assert!(out.allowed(), "{kind:?} request {n}");
             assert_eq!(out.statuses[0].used, n);
             clock.advance(ms(1));
         }
         let out = g.check(0, 0, clock.now());
-        assert!(!out.allowed, "{kind:?}");
-        assert_eq!(out.denial.map(|d| d.kind), Some(kind));
+        assert!(!out.allowed(), "{kind:?}");
+        assert_eq!(out.denial().map(|d| d.kind), Some(kind));
         assert!(out.statuses[0].exceeded);
         // A denied request is not counted.
         assert_eq!(g.used(0, kind, clock.now()), 5);
         // Once the window has passed, the limit admits again.
         clock.advance(window(kind).saturating_add(Nanos(window(kind).0 / BUCKETS)));
-        assert!(g.check(0, 0, clock.now()).allowed, "{kind:?}");
+        assert!(g.check(0, 0, clock.now()).allowed(), "{kind:?}");
     }
 }
 
@@ -81,10 +81,10 @@ fn each_token_rate_admits_up_to_the_limit_then_denies() {
         let mut g = Group::one(limits(&[(kind, 10_000)]));
         let clock = Clock::start();
         g.record(0, 7_000, clock.now());
-        assert!(g.check(0, 3_000, clock.now()).allowed, "{kind:?}");
+        assert!(g.check(0, 3_000, clock.now()).allowed(), "{kind:?}");
         let out = g.check(0, 3_001, clock.now());
-        assert!(!out.allowed, "{kind:?}");
-        assert_eq!(out.denial.map(|d| d.kind), Some(kind));
+        assert!(!out.allowed(), "{kind:?}");
+        assert_eq!(out.denial().map(|d| d.kind), Some(kind));
         assert_eq!(g.used(0, kind, clock.now()), 7_000);
     }
 }
@@ -94,15 +94,15 @@ fn an_exhausted_budget_denies_a_zero_estimate() {
     for kind in BUDGETS {
         let mut g = Group::one(limits(&[(kind, usd(5.0).0)]));
         let clock = Clock::start();
-        assert!(g.check(0, 0, clock.now()).allowed);
+        assert!(g.check(0, 0, clock.now()).allowed());
         g.record(usd(5.0).0, 0, clock.now());
         let out = g.check(0, 0, clock.now());
         assert!(
-            !out.allowed,
+            !out.allowed(),
             "{kind:?}: a spent budget must block calls of unknown cost"
         );
-        assert_eq!(out.denial.map(|d| d.kind), Some(kind));
-        assert!(out.retry_after.is_some());
+        assert_eq!(out.denial().map(|d| d.kind), Some(kind));
+        assert!(out.retry_after().is_some());
     }
 }
 
@@ -111,16 +111,16 @@ fn an_exhausted_token_limit_denies_a_zero_token_request() {
     let mut g = Group::one(limits(&[(LimitKind::TokensPerMinute, 100)]));
     let clock = Clock::start();
     g.record(0, 100, clock.now());
-    assert!(!g.check(0, 0, clock.now()).allowed);
+    assert!(!g.check(0, 0, clock.now()).allowed());
 }
 
 #[test]
 fn an_estimate_larger_than_the_limit_can_never_fit() {
     let mut g = Group::one(limits(&[(LimitKind::BudgetDaily, usd(1.0).0)]));
     let out = g.check(usd(1.5).0, 0, T0);
-    assert!(!out.allowed);
-    assert_eq!(out.retry_after, None);
-    assert_eq!(out.denial.map(|d| d.retry_after), Some(None));
+    assert!(!out.allowed());
+    assert_eq!(out.retry_after(), None);
+    assert_eq!(out.denial().map(|d| d.retry_after), Some(None));
 }
 
 /// Fills a request-rate limit with requests spread over part of its window,
@@ -132,13 +132,13 @@ fn retry_after_is_exact(kind: LimitKind, limit: u64, spacing: Nanos) {
     clock.advance(ms(3)); // off the bucket boundary
     let first = clock.now();
     for _ in 0..limit {
-        assert!(g.check(0, 0, clock.now()).allowed);
+        assert!(g.check(0, 0, clock.now()).allowed());
         clock.advance(spacing);
     }
     let denied = g.check(0, 0, clock.now());
-    assert!(!denied.allowed);
-    let ra = denied.retry_after.expect("a request-rate denial clears");
-    assert_eq!(denied.denial.and_then(|d| d.retry_after), Some(ra));
+    assert!(!denied.allowed());
+    let ra = denied.retry_after().expect("a request-rate denial clears");
+    assert_eq!(denied.denial().and_then(|d| d.retry_after), Some(ra));
 
     // The first request leaves no earlier than W and no later than W + W/60.
     let freed_at = clock.now().saturating_add(ra);
@@ -152,10 +152,10 @@ fn retry_after_is_exact(kind: LimitKind, limit: u64, spacing: Nanos) {
 
     let before = freed_at.saturating_sub(Nanos(1));
     let early = g.check(0, 0, before);
-    assert!(!early.allowed, "{kind:?}: fitted 1 ns before retry_after");
-    assert_eq!(early.retry_after, Some(Nanos(1)));
+    assert!(!early.allowed(), "{kind:?}: fitted 1 ns before retry_after");
+    assert_eq!(early.retry_after(), Some(Nanos(1)));
     assert!(
-        g.check(0, 0, freed_at).allowed,
+        g.check(0, 0, freed_at).allowed(),
         "{kind:?}: did not fit at retry_after"
     );
 }
@@ -182,21 +182,21 @@ fn retry_after_for_a_budget_denial_waits_for_enough_spend_to_expire() {
 
     // 90 used: 50 more needs 40 freed, which only the first spend gives...
     let out = g.check(50, 0, clock.now());
-    let ra = out.retry_after.expect("clears");
+    let ra = out.retry_after().expect("clears");
     assert_eq!(
         clock.now().saturating_add(ra),
         T0.saturating_add(Nanos::HOUR).saturating_add(secs(60))
     );
     // ...and 75 more needs 65 freed: the first two spends.
     let out = g.check(75, 0, clock.now());
-    let ra = out.retry_after.expect("clears");
+    let ra = out.retry_after().expect("clears");
     let freed_at = clock.now().saturating_add(ra);
     assert_eq!(
         freed_at,
         T0.saturating_add(Nanos::HOUR).saturating_add(secs(180))
     );
-    assert!(!g.check(75, 0, freed_at.saturating_sub(Nanos(1))).allowed);
-    assert!(g.check(75, 0, freed_at).allowed);
+    assert!(!g.check(75, 0, freed_at.saturating_sub(Nanos(1))).allowed());
+    assert!(g.check(75, 0, freed_at).allowed());
 }
 
 #[test]
@@ -204,7 +204,7 @@ fn an_allowed_check_counts_one_request_on_every_subject() {
     let l = limits(&[(LimitKind::RequestsPerMinute, 10)]);
     let mut g = Group::new(vec![l.clone(), l.clone(), l]);
     let out = g.check(0, 0, T0);
-    assert!(out.allowed);
+    assert!(out.allowed());
     for i in 0..3 {
         assert_eq!(g.used(i, LimitKind::RequestsPerMinute, T0), 1);
     }
@@ -240,12 +240,12 @@ fn a_team_over_budget_denies_and_leaves_key_and_user_untouched() {
     // window has emptied), so compare against states expired the same way.
     let before = g.expired_clone(clock.now());
     let out = g.check(usd(1.0).0, 100, clock.now());
-    assert!(!out.allowed);
-    let d = out.denial.expect("a denial");
+    assert!(!out.allowed());
+    let d = out.denial().expect("a denial");
     assert_eq!((d.subject, d.kind), (2, LimitKind::BudgetDaily));
     // Field for field equal: no request counted, no hold opened.
     assert_eq!(g.states, before);
-    assert_eq!(out.reservation, None);
+    assert_eq!(out.reservation(), None);
     // The statuses say which limit stopped the request and only that one.
     let exceeded: Vec<_> = out
         .statuses
@@ -261,26 +261,29 @@ fn the_slowest_limit_to_clear_decides_retry_after() {
     let key = limits(&[(LimitKind::RequestsPerSecond, 1)]);
     let team = limits(&[(LimitKind::RequestsPerMinute, 1)]);
     let mut g = Group::new(vec![key, team]);
-    assert!(g.check(0, 0, T0).allowed);
+    assert!(g.check(0, 0, T0).allowed());
     let now = T0.saturating_add(ms(10));
     let out = g.check(0, 0, now);
-    assert!(!out.allowed);
-    let d = out.denial.expect("a denial");
+    assert!(!out.allowed());
+    let d = out.denial().expect("a denial");
     assert_eq!((d.subject, d.kind), (1, LimitKind::RequestsPerMinute));
-    let ra = out.retry_after.expect("clears");
+    let ra = out.retry_after().expect("clears");
     assert!(ra >= secs(59), "{ra:?}");
     assert!(
         !g.check(0, 0, now.saturating_add(ra).saturating_sub(Nanos(1)))
-            .allowed
+            .allowed()
     );
-    assert!(g.check(0, 0, now.saturating_add(ra)).allowed);
+    assert!(g.check(0, 0, now.saturating_add(ra)).allowed());
 }
 
 #[test]
 fn an_unlimited_subject_is_always_allowed_and_keeps_nothing() {
     let mut g = Group::one(limits(&[]));
     for i in 0..100 {
-        assert!(g.check(1_000_000, 1_000, T0.saturating_add(ms(i))).allowed);
+        assert!(
+            g.check(1_000_000, 1_000, T0.saturating_add(ms(i)))
+                .allowed()
+        );
     }
     g.record(usd(1.0).0, 1_000, T0.saturating_add(secs(1)));
     assert!(g.states[0].is_idle());

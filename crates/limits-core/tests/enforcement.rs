@@ -37,16 +37,16 @@ fn downgrade_walks_to_the_first_model_that_fits() {
     let mut g = Group::one(limits(&[(DAILY, usd(1.0).0)]));
     g.record(usd(0.95).0, 0, T0);
     let out = g.check_with(&attempts, None, &p, T0);
-    assert!(out.allowed);
+    assert!(out.allowed());
     assert_eq!(out.action, Action::Downgrade);
     assert_eq!(out.attempt, 1);
     assert_eq!(attempts[out.attempt].model, "gpt-4-turbo");
-    assert_eq!(out.denial, None);
+    assert_eq!(out.denial(), None);
 
     // $0.99 spent: only gpt-3.5-turbo fits.
     g.record(usd(0.04).0, 0, T0);
     let out = g.check_with(&attempts, None, &p, T0);
-    assert!(out.allowed);
+    assert!(out.allowed());
     assert_eq!(
         (out.action, attempts[out.attempt].model.as_str()),
         (Action::Downgrade, "gpt-3.5-turbo")
@@ -60,7 +60,7 @@ fn downgrade_allows_the_requested_model_when_it_fits() {
     let mut g = Group::one(limits(&[(DAILY, usd(1.0).0)]));
     let out = g.check_with(&attempts, None, &p, T0);
     assert_eq!(
-        (out.allowed, out.action, out.attempt),
+        (out.allowed(), out.action, out.attempt),
         (true, Action::Allow, 0)
     );
 }
@@ -73,11 +73,11 @@ fn downgrade_blocks_at_the_end_of_the_chain() {
     g.record(usd(0.9995).0, 0, T0);
     let before = g.expired_clone(T0);
     let out = g.check_with(&attempts, None, &p, T0);
-    assert!(!out.allowed);
+    assert!(!out.allowed());
     assert_eq!(out.action, Action::Block);
     assert_eq!(out.attempt, attempts.len() - 1);
-    assert_eq!(out.denial.map(|d| d.kind), Some(DAILY));
-    assert!(out.retry_after.is_some());
+    assert_eq!(out.denial().map(|d| d.kind), Some(DAILY));
+    assert!(out.retry_after().is_some());
     assert_eq!(g.states, before);
 }
 
@@ -86,11 +86,11 @@ fn downgrade_cannot_get_round_a_request_rate_limit() {
     let p = downgrade_policy();
     let attempts = p.attempts("gpt-4", 1_000, None);
     let mut g = Group::one(limits(&[(LimitKind::RequestsPerSecond, 1)]));
-    assert!(g.check_with(&attempts, None, &p, T0).allowed);
+    assert!(g.check_with(&attempts, None, &p, T0).allowed());
     let out = g.check_with(&attempts, None, &p, T0);
-    assert!(!out.allowed);
+    assert!(!out.allowed());
     assert_eq!(
-        out.denial.map(|d| d.kind),
+        out.denial().map(|d| d.kind),
         Some(LimitKind::RequestsPerSecond)
     );
 }
@@ -105,7 +105,7 @@ fn block_mode_tries_only_the_requested_model() {
     g.record(usd(0.95).0, 0, T0);
     let out = g.check_with(&chain, None, &p, T0);
     assert_eq!(
-        (out.allowed, out.action, out.attempt),
+        (out.allowed(), out.action, out.attempt),
         (false, Action::Block, 0)
     );
 }
@@ -115,10 +115,10 @@ fn queue_mode_decides_like_block_mode() {
     let mut g = Group::one(limits(&[(LimitKind::RequestsPerSecond, 1)]));
     let p = policy(EnforcementMode::Queue);
     let a = common::attempt(0, 0);
-    assert!(g.check_with(&a, None, &p, T0).allowed);
+    assert!(g.check_with(&a, None, &p, T0).allowed());
     let out = g.check_with(&a, None, &p, T0.saturating_add(ms(1)));
-    assert_eq!((out.allowed, out.action), (false, Action::Block));
-    assert!(out.retry_after.is_some());
+    assert_eq!((out.allowed(), out.action), (false, Action::Block));
+    assert!(out.retry_after().is_some());
 }
 
 #[test]
@@ -130,15 +130,15 @@ fn alert_mode_allows_over_limit_flagged_and_counted() {
     let p = policy(EnforcementMode::Alert);
     let a = common::attempt(usd(0.5).0, 0);
     let first = g.check_with(&a, None, &p, T0);
-    assert_eq!((first.allowed, first.action), (true, Action::Allow));
+    assert_eq!((first.allowed(), first.action), (true, Action::Allow));
     let second = g.check_with(&a, None, &p, T0);
-    assert!(second.allowed);
+    assert!(second.allowed());
     assert_eq!(second.action, Action::Alert);
     assert_eq!(
-        second.denial.map(|d| d.kind),
+        second.denial().map(|d| d.kind),
         Some(LimitKind::RequestsPerSecond)
     );
-    assert_eq!(second.retry_after, None);
+    assert_eq!(second.retry_after(), None);
     // The over-limit request counts like any other.
     assert_eq!(g.used(0, LimitKind::RequestsPerSecond, T0), 2);
     let rps = second
@@ -159,7 +159,7 @@ fn alert_mode_allows_over_limit_flagged_and_counted() {
         T0,
     );
     assert_eq!(
-        (out.allowed, out.action, out.reservation),
+        (out.allowed(), out.action, out.reservation()),
         (true, Action::Alert, Some(5))
     );
     assert_eq!(g.used(0, DAILY, T0), usd(2.0).0);
@@ -174,13 +174,13 @@ fn crossing_the_alert_threshold_flags_a_plain_allow() {
     // $7.90 with this request: under 80 %.
     let below = g.check_with(&common::attempt(usd(0.4).0, 0), None, &p, T0);
     assert_eq!(
-        (below.allowed, below.action, below.alert),
+        (below.allowed(), below.action, below.alert),
         (true, Action::Allow, false)
     );
     // $8.00 with this request: the unreserved estimate counts.
     let at = g.check_with(&common::attempt(usd(0.5).0, 0), None, &p, T0);
     assert_eq!(
-        (at.allowed, at.action, at.alert),
+        (at.allowed(), at.action, at.alert),
         (true, Action::Alert, true)
     );
     // Without a threshold nothing is flagged.

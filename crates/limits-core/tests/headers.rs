@@ -28,12 +28,12 @@ fn headers_from_an_allowed_check() {
     let mut g = subject();
     g.record(usd(78.5).0, 0, T0);
     for i in 0..4 {
-        assert!(g.check(0, 0, T0.saturating_add(ms(i))).allowed);
+        assert!(g.check(0, 0, T0.saturating_add(ms(i))).allowed());
     }
     let now = T0.saturating_add(secs(2));
     let out = g.check(usd(1.0).0, 0, now);
-    assert!(out.allowed);
-    let h = header_values(&out.statuses, out.retry_after, now);
+    assert!(out.allowed());
+    let h = header_values(&out.statuses, out.retry_after(), now);
     // Five of ten per-minute requests used is tighter than 1 of 50 per second.
     assert_eq!(get(&h, "X-RateLimit-Limit"), Some("10"));
     assert_eq!(get(&h, "X-RateLimit-Remaining"), Some("5"));
@@ -65,16 +65,16 @@ fn headers_from_an_allowed_check() {
 fn headers_from_a_denied_check_carry_retry_after() {
     let mut g = subject();
     for i in 0..10 {
-        assert!(g.check(0, 0, T0.saturating_add(secs(i))).allowed);
+        assert!(g.check(0, 0, T0.saturating_add(secs(i))).allowed());
     }
     let now = T0.saturating_add(secs(10)).saturating_add(ms(500));
     let out = g.check(0, 0, now);
-    assert!(!out.allowed);
-    let h = header_values(&out.statuses, out.retry_after, now);
+    assert!(!out.allowed());
+    let h = header_values(&out.statuses, out.retry_after(), now);
     assert_eq!(get(&h, "X-RateLimit-Limit"), Some("10"));
     assert_eq!(get(&h, "X-RateLimit-Remaining"), Some("0"));
     // The first request leaves at T0 + 61 s, 50.5 s from now: rounded up.
-    assert_eq!(out.retry_after, Some(Nanos(50_500_000_000)));
+    assert_eq!(out.retry_after(), Some(Nanos(50_500_000_000)));
     assert_eq!(get(&h, "Retry-After"), Some("51"));
 }
 
@@ -82,5 +82,5 @@ fn headers_from_a_denied_check_carry_retry_after() {
 fn a_subject_without_limits_gets_no_headers() {
     let mut g = Group::one(limits(&[]));
     let out = g.check(0, 0, T0);
-    assert!(header_values(&out.statuses, out.retry_after, T0).is_empty());
+    assert!(header_values(&out.statuses, out.retry_after(), T0).is_empty());
 }

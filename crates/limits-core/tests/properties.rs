@@ -65,7 +65,7 @@ proptest! {
         let mut admitted = Vec::new();
         for (gap, amount) in arrivals {
             now = now.saturating_add(Nanos(w.0 / 1_000 * gap));
-            if g.check(amount, 0, now).allowed {
+            if g.check(amount, 0, now).allowed() {
                 g.record(amount, 0, now);
                 admitted.push((now, amount));
             }
@@ -97,7 +97,7 @@ proptest! {
                 prop_assert!(!g.settle(rid, actual, 0, at).duplicate);
             }
             let out = g.reserve(id, amount, 0, now.saturating_add(w), now);
-            if out.allowed {
+            if out.allowed() {
                 admitted.push((now, amount));
                 pending.push((now.saturating_add(Nanos(w.0 / 1_000 * delay)), id, amount));
             }
@@ -121,7 +121,7 @@ proptest! {
         let mut g = Group::one(limits(&[(kind, u64::MAX)]));
         let expected = match kind.resource() {
             Resource::Requests => {
-                prop_assert!(g.check(0, 0, t).allowed);
+                prop_assert!(g.check(0, 0, t).allowed());
                 1
             }
             Resource::Cost => {
@@ -245,8 +245,8 @@ proptest! {
                     }
                     let expires_at = now.saturating_add(Nanos::from_secs(ttl_s));
                     let out = g.reserve(next_id, estimate, 0, expires_at, now);
-                    prop_assert_eq!(out.allowed, fits);
-                    if out.allowed {
+                    prop_assert_eq!(out.allowed(), fits);
+                    if out.allowed() {
                         for &(kind, limit) in &kinds {
                             let (exact, _) = model.bounds(kind, now);
                             prop_assert!(exact + estimate <= limit);
@@ -399,7 +399,7 @@ fn build(subjects: Vec<SubjectLimits>, ops: &[Prior]) -> (Group, Nanos, u64) {
                     tag: 0,
                 });
                 if g.check_with(&attempt(cost, tokens), reserve, &block, now)
-                    .reservation
+                    .reservation()
                     .is_some()
                 {
                     reservations.push(next_id);
@@ -418,7 +418,7 @@ fn build(subjects: Vec<SubjectLimits>, ops: &[Prior]) -> (Group, Nanos, u64) {
             }
             Prior::Acquire { ttl_ms } => {
                 let expires_at = now.saturating_add(Nanos::from_millis(ttl_ms));
-                if g.acquire(next_id, expires_at, now).acquired {
+                if g.acquire(next_id, expires_at, now).acquired() {
                     leases.push(next_id);
                 }
                 next_id += 1;
@@ -458,13 +458,13 @@ proptest! {
         let now = now.saturating_add(Nanos::from_millis(p.after_ms));
         let expected = g.expired_clone(now);
         let out = final_check(&mut g, &p, id, now);
-        if !out.allowed {
+        if !out.allowed() {
             prop_assert_eq!(&g.states, &expected);
-            prop_assert_eq!(out.reservation, None);
-            prop_assert!(out.denial.is_some());
+            prop_assert_eq!(out.reservation(), None);
+            prop_assert!(out.denial().is_some());
             // One attempt: the overall wait is that attempt's wait.
             if p.attempts.len() == 1 {
-                prop_assert_eq!(out.retry_after, out.denial.and_then(|d| d.retry_after));
+                prop_assert_eq!(out.retry_after(), out.denial().and_then(|d| d.retry_after));
             }
         }
     }
@@ -482,13 +482,13 @@ proptest! {
         let (mut g, now, id) = build(subjects, &ops);
         let now = now.saturating_add(Nanos::from_millis(p.after_ms));
         let out = final_check(&mut g, &p, id, now);
-        if let Some(ra) = out.retry_after {
-            prop_assert!(!out.allowed);
+        if let Some(ra) = out.retry_after() {
+            prop_assert!(!out.allowed());
             prop_assert!(ra > Nanos::ZERO);
             let mut early = g.clone();
             let just_before = now.saturating_add(ra).saturating_sub(Nanos(1));
-            prop_assert!(!final_check(&mut early, &p, id, just_before).allowed);
-            prop_assert!(final_check(&mut g, &p, id, now.saturating_add(ra)).allowed);
+            prop_assert!(!final_check(&mut early, &p, id, just_before).allowed());
+            prop_assert!(final_check(&mut g, &p, id, now.saturating_add(ra)).allowed());
         }
     }
 }

@@ -18,8 +18,8 @@ fn budget_and_tokens() -> Group {
 fn a_reserved_check_holds_the_estimate_on_budgets_and_tokens() {
     let mut g = budget_and_tokens();
     let out = g.reserve(7, usd(3.0).0, 4_000, T0.saturating_add(secs(60)), T0);
-    assert!(out.allowed);
-    assert_eq!(out.reservation, Some(7));
+    assert!(out.allowed());
+    assert_eq!(out.reservation(), Some(7));
     assert_eq!(g.used(0, DAILY, T0), usd(3.0).0);
     assert_eq!(g.used(0, TPM, T0), 4_000);
     // The hold is not spend: the window counters are still empty.
@@ -31,14 +31,14 @@ fn a_reserved_check_holds_the_estimate_on_budgets_and_tokens() {
 fn a_hold_stops_a_concurrent_request_that_would_overshoot() {
     let mut g = budget_and_tokens();
     let expires = T0.saturating_add(secs(60));
-    assert!(g.reserve(1, usd(6.0).0, 0, expires, T0).allowed);
+    assert!(g.reserve(1, usd(6.0).0, 0, expires, T0).allowed());
     // Without the hold this $6 would fit ($0 spent); with it, $12 > $10.
     let out = g.reserve(2, usd(6.0).0, 0, expires, T0);
-    assert!(!out.allowed);
-    assert_eq!(out.denial.map(|d| d.kind), Some(DAILY));
+    assert!(!out.allowed());
+    assert_eq!(out.denial().map(|d| d.kind), Some(DAILY));
     // The hold expires at 60 s, long before any spend would: that is the wait.
-    assert_eq!(out.retry_after, Some(secs(60)));
-    assert!(g.reserve(3, usd(4.0).0, 0, expires, T0).allowed);
+    assert_eq!(out.retry_after(), Some(secs(60)));
+    assert!(g.reserve(3, usd(4.0).0, 0, expires, T0).allowed());
 }
 
 #[test]
@@ -65,11 +65,11 @@ fn settling_with_a_smaller_actual_frees_the_difference() {
     let mut g = budget_and_tokens();
     let expires = T0.saturating_add(secs(60));
     g.reserve(1, usd(8.0).0, 9_000, expires, T0);
-    assert!(!g.check(usd(5.0).0, 0, T0).allowed);
+    assert!(!g.check(usd(5.0).0, 0, T0).allowed());
     g.settle(1, usd(1.0).0, 500, T0);
     assert_eq!(g.used(0, DAILY, T0), usd(1.0).0);
     assert_eq!(g.used(0, TPM, T0), 500);
-    assert!(g.check(usd(5.0).0, 9_500, T0).allowed);
+    assert!(g.check(usd(5.0).0, 9_500, T0).allowed());
 }
 
 #[test]
@@ -100,9 +100,9 @@ fn an_unsettled_hold_is_released_at_expiry() {
     g.reserve(1, usd(10.0).0, 0, expires, T0);
     let just_before = expires.saturating_sub(Nanos(1));
     assert_eq!(g.used(0, DAILY, just_before), usd(10.0).0);
-    assert!(!g.check(0, 0, just_before).allowed);
+    assert!(!g.check(0, 0, just_before).allowed());
     assert_eq!(g.used(0, DAILY, expires), 0);
-    assert!(g.check(usd(10.0).0, 0, expires).allowed);
+    assert!(g.check(usd(10.0).0, 0, expires).allowed());
     // Expiry also drops the hold from the state, so it costs no memory.
     assert!(g.states[0].holds().is_empty());
 }
@@ -123,7 +123,7 @@ fn a_settlement_after_expiry_still_charges() {
 fn a_reservation_on_subjects_without_budgets_holds_nothing() {
     let mut g = Group::one(limits(&[(LimitKind::RequestsPerMinute, 10)]));
     let out = g.reserve(1, usd(1.0).0, 10, T0.saturating_add(secs(30)), T0);
-    assert!(out.allowed);
+    assert!(out.allowed());
     assert!(g.states[0].holds().is_empty());
     assert_eq!(g.used(0, LimitKind::RequestsPerMinute, T0), 1);
 }

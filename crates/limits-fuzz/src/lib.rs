@@ -16,16 +16,15 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use limits_server::api::RlsSvc;
+use limits_server::api::queue::Queues;
+use limits_server::api::{LimitsSvc, Shared};
 use limits_server::config::Config;
-use limits_server::metrics::Labels;
+use limits_server::ops::metrics::Labels;
 use limits_server::pb;
 use limits_server::pb::envoy::service::ratelimit::v3 as rls_pb;
 use limits_server::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use limits_server::pb::limits_service_server::LimitsService;
-use limits_server::queue::Queues;
-use limits_server::rls::RlsSvc;
-use limits_server::service::{LimitsSvc, Shared};
 use limits_store::{AnyStore, MemoryStore};
 use prost::Message;
 use rand::Rng;
@@ -141,9 +140,8 @@ impl Harness {
                 config.secret.clone(),
             ));
             Arc::new(Shared {
-                store,
                 labels: Labels::new(&config.metrics),
-                config: ArcSwap::from_pointee(config),
+                limiter: limits::Limiter::with_store(store, config),
                 queues: Queues::new(),
                 in_flight: Default::default(),
             })
@@ -172,7 +170,7 @@ impl Harness {
     }
 
     fn subjects_held(&self) -> usize {
-        match &self.shared.store {
+        match self.shared.limiter.store() {
             AnyStore::Memory(m) => m.len(),
             _ => unreachable!("the harness uses the memory store"),
         }
@@ -189,7 +187,7 @@ impl Harness {
             macro_rules! call {
                 ($ty:ty, $method:ident, $svc:expr, $ids:expr) => {{
                     match <$ty>::decode(bytes) {
-                        Err(e) => Err(limits_server::codec::decode_error_status(&e)),
+                        Err(e) => Err(limits_server::api::codec::decode_error_status(&e)),
                         Ok(req) => $svc
                             .$method(Request::new(req))
                             .await

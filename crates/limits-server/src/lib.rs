@@ -1,23 +1,25 @@
-//! limitsd: the limits API served over gRPC on top of limits-core and
-//! limits-store.
+//! limitsd: the limits library (`limits`) served over gRPC.
+//!
+//! - [`api`]: the services — the LimitsService handlers and Envoy's rate
+//!   limit service — with the conversions between their messages and the
+//!   library's types, the request guard in front of them and the codec;
+//! - [`ops`]: what operating it needs — metrics, logs and traces, config
+//!   reload, signals;
+//! - [`server`]: assembles them: opens the store, binds, serves, shuts
+//!   down.
+//!
+//! The handlers validate and convert, then call [`limits::Limiter`]: the
+//! server and the library cannot disagree.
 
 #![forbid(unsafe_code)]
 
 pub use limits::config;
+pub use limits::identity;
 pub use limits::rls as rls_config;
 
-pub mod codec;
-pub mod guard;
-pub mod identity;
-pub mod metrics;
-pub mod queue;
-pub mod reload;
-pub mod rls;
+pub mod api;
+pub mod ops;
 pub mod server;
-pub mod service;
-pub mod signal;
-pub mod telemetry;
-pub mod validate;
 
 /// The generated protobuf types and gRPC stubs, one module per protobuf
 /// package (generated code refers to other packages through `super::`, so

@@ -94,11 +94,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: config::Config, source: Source) -> anyhow::Result<()> {
-    let telemetry = limits_server::telemetry::init(&config.logging)?;
+    let telemetry = limits_server::ops::telemetry::init(&config.logging)?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let metrics = limits_server::metrics::install()?;
+    let metrics = limits_server::ops::metrics::install()?;
     let bound = server::bind(config, source).await?;
     // Scripts and tests read the bound addresses from this line.
     println!(
@@ -112,7 +112,7 @@ async fn run(config: config::Config, source: Source) -> anyhow::Result<()> {
         "limitsd listening"
     );
     let result = bound
-        .serve(limits_server::signal::shutdown(), Some(metrics))
+        .serve(limits_server::ops::signal::shutdown(), Some(metrics))
         .await;
     telemetry.shutdown();
     result

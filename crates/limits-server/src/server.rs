@@ -10,86 +10,58 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
-use limits_store::{
-    AnyStore, Bounds, Health, MemoryStore, RedisOptions, RedisStore, SledOptions, SledStore, Store,
-};
+use limits_store::{AnyStore, Health};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use limits::{Limiter, MAX_GROUP_WAIT};
+
+use crate::api::queue::Queues;
+use crate::api::{LimitsSvc, RlsSvc, Shared};
 use crate::config::{Config, Overrides, Storage};
-use crate::metrics::{self as m, Labels};
+use crate::ops::metrics::{self as m, Labels};
 use crate::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::limits_service_server::LimitsServiceServer;
-use crate::queue::Queues;
-use crate::rls::RlsSvc;
-use crate::service::{LimitsSvc, Shared, now};
 
-/// The longest a durable write waits for its group flush, whatever the
-/// config says: the usage guide's `snapshot_interval: 5m` was a snapshot
-/// period, and nobody wants a RecordUsage held for minutes.
-pub const MAX_GROUP_WAIT: Duration = Duration::from_secs(1);
-
-/// Opens the configured store. The sled store is loaded from disk here,
-/// dropping what expired while the service was down.
+/// Opens the configured store (a sled store is loaded from disk here,
+/// dropping what expired while the service was down), saying what it
+/// opened.
 pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
-    match &config.storage {
-        Storage::Memory { max_entries, .. } => {
-            let bounds = Bounds {
-                subjects: *max_entries,
-                counters: config.rls.max_counters,
-            };
-            Ok(AnyStore::Memory(MemoryStore::with_options(
-                bounds,
-                config.secret.clone(),
-            )))
-        }
-        Storage::Sled {
-            path,
-            snapshot_interval,
-        } => {
-            if *snapshot_interval > MAX_GROUP_WAIT {
-                tracing::warn!(
-                    configured = ?snapshot_interval,
-                    used = ?MAX_GROUP_WAIT,
-                    "storage snapshot_interval is the longest a write waits for its group flush; capped"
-                );
-            }
-            let options = SledOptions {
-                snapshot_interval: (*snapshot_interval).min(MAX_GROUP_WAIT),
-                max_counters: config.rls.max_counters,
-                secret: config.secret.clone(),
-                ..SledOptions::default()
-            };
-            let store = SledStore::open(path, options, now())?;
-            tracing::info!(path = %path.display(), subjects = store.len(), "opened the sled store");
-            Ok(AnyStore::Sled(store))
-        }
-        Storage::Redis(r) => {
-            let options = RedisOptions {
-                url: r.url.clone(),
-                nodes: r.nodes.clone(),
-                cluster: r.cluster,
-                password: r.password.clone(),
-                key_prefix: r.key_prefix.clone(),
-                connect_timeout: r.connect_timeout,
-                command_timeout: r.command_timeout,
-                max_entries: r.max_entries,
-                secret: config.secret.clone(),
-            };
-            let store = RedisStore::open(&options)?;
-            tracing::info!(
-                url = %crate::config::redact_url(&r.url),
-                cluster = r.cluster,
-                key_prefix = %r.key_prefix,
-                fail_open = r.fail_open,
-                "using the Redis store"
-            );
-            Ok(AnyStore::Redis(store))
-        }
+    if let Storage::Sled {
+        snapshot_interval, ..
+    } = &config.storage
+        && *snapshot_interval > MAX_GROUP_WAIT
+    {
+        tracing::warn!(
+            configured = ?snapshot_interval,
+            used = ?MAX_GROUP_WAIT,
+            "storage snapshot_interval is the longest a write waits for its group flush; capped"
+        );
     }
+    if config.secret.is_none() && !matches!(config.storage, Storage::Memory { .. }) {
+        tracing::warn!(
+            "no limits.security.secret configured: the store keeps a secret of its own beside \
+             its data; configure one (the same on every replica) so that reading the store is \
+             not enough to test guesses of API keys"
+        );
+    }
+    let store = limits::open_store(config)?;
+    match (&store, &config.storage) {
+        (AnyStore::Sled(s), Storage::Sled { path, .. }) => {
+            tracing::info!(path = %path.display(), subjects = s.len(), "opened the sled store");
+        }
+        (AnyStore::Redis(_), Storage::Redis(r)) => tracing::info!(
+            url = %crate::config::redact_url(&r.url),
+            cluster = r.cluster,
+            key_prefix = %r.key_prefix,
+            fail_open = r.fail_open,
+            "using the Redis store"
+        ),
+        _ => {}
+    }
+    Ok(store)
 }
 
 /// Checks once that Redis answers, without holding up start-up: limitsd
@@ -159,15 +131,14 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
     let metrics_addr = metrics_listener.local_addr()?;
     let labels = Labels::new(&config.metrics);
     let shared = Arc::new(Shared {
-        store,
-        config: ArcSwap::from_pointee(config),
+        limiter: Limiter::with_store(store, config),
         queues: Queues::new(),
         labels,
         in_flight: Default::default(),
     });
     // The embedded stores know their secret now; Redis's is settled on
     // first contact.
-    if !matches!(shared.store, AnyStore::Redis(_)) {
+    if !matches!(shared.limiter.store(), AnyStore::Redis(_)) {
         shared
             .secret()
             .await
@@ -197,7 +168,7 @@ impl Bound {
             source,
             ..
         } = self;
-        let grace = shared.config.load().server.shutdown_grace;
+        let grace = shared.limiter.config().server.shutdown_grace;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -212,7 +183,7 @@ impl Bound {
             background.push(tokio::spawn(m::serve(metrics_listener, handle)));
         }
         if let Some(path) = source.path.clone() {
-            background.push(tokio::spawn(crate::reload::watch(
+            background.push(tokio::spawn(crate::ops::reload::watch(
                 shared.clone(),
                 path,
                 source.overrides,
@@ -249,8 +220,8 @@ impl Bound {
             let _ = stop_tx.send(());
         });
 
-        let settings = shared.config.load().server.clone();
-        let incoming = crate::guard::bounded(
+        let settings = shared.limiter.config().server.clone();
+        let incoming = crate::api::guard::bounded(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             settings.max_connections,
         );
@@ -259,7 +230,7 @@ impl Bound {
         let stream_window = u32::try_from(settings.max_request_bytes + 5)
             .unwrap_or(u32::MAX)
             .max(65_535);
-        let guard = crate::guard::GuardLayer::new(crate::guard::Limits {
+        let guard = crate::api::guard::GuardLayer::new(crate::api::guard::Limits {
             max_request_bytes: settings.max_request_bytes,
             memory_budget: settings.memory_budget,
             max_in_flight: settings.max_in_flight,
@@ -328,7 +299,7 @@ impl Bound {
         }
         // After a failed write this also tries to recover (reopen, write
         // memory out, flush): exit 0 once it succeeds, non-zero if it cannot.
-        if let Err(e) = shared.store.flush().await {
+        if let Err(e) = shared.limiter.flush().await {
             tracing::error!(
                 error = %e,
                 "the final flush failed: changes since the last successful flush are lost"
@@ -358,7 +329,7 @@ async fn health_loop(shared: Arc<Shared<AnyStore>>, health: tonic_health::server
             // Shutting down: health is NOT_SERVING for good.
             return;
         }
-        let now_writable = match shared.store.health() {
+        let now_writable = match shared.limiter.health() {
             Health::Writable => true,
             Health::Unwritable { reason, detail } => {
                 if writable {
@@ -399,12 +370,11 @@ async fn health_loop(shared: Arc<Shared<AnyStore>>, health: tonic_health::server
 /// by every operation, so this only reclaims memory, refreshes gauges and
 /// wakes queued requests whose capacity came back by expiry.
 async fn sweep_loop(shared: Arc<Shared<AnyStore>>) {
-    let mut every = tokio::time::interval(sweep_interval(&shared.config.load()));
+    let mut every = tokio::time::interval(sweep_interval(&shared.limiter.config()));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let config = shared.config.load_full();
-        match shared.store.sweep(&config.table, now()).await {
+        match shared.limiter.sweep().await {
             Ok(stats) => {
                 metrics::gauge!(m::RESERVATIONS_OPEN).set(stats.open_reservations as f64);
                 metrics::gauge!(m::SUBJECTS).set(stats.subjects as f64);

@@ -296,7 +296,7 @@ async fn redis_down_is_unavailable_or_fail_open_and_service_resumes() {
 #[tokio::test]
 async fn replicas_with_skewed_clocks_agree() {
     use limits_core::{Attempt, LimitKind, NanoUsd, Nanos, Policy, Subject, SubjectLimits};
-    use limits_store::{Op, Outcome, RedisOptions, RedisStore, Store};
+    use limits_store::{CheckOp, RedisOptions, RedisStore, Store};
     use std::num::NonZeroU64;
 
     let redis = RedisServer::start();
@@ -330,7 +330,7 @@ async fn replicas_with_skewed_clocks_agree() {
         cost: NanoUsd(1_000_000_000),
         tokens: 0,
     }];
-    let op = Op::Check {
+    let op = CheckOp {
         attempts: &attempts,
         reserve_ttl: Some(Nanos::from_secs(60)),
         tag: 0,
@@ -338,12 +338,9 @@ async fn replicas_with_skewed_clocks_agree() {
     };
     let mut outcomes = Vec::new();
     for (store, now) in [(&a, now_a), (&b, now_b), (&a, now_a), (&b, now_b)] {
-        match store.apply(&subjects, &[&limits], op, now).await.unwrap() {
-            Outcome::Check(c) => outcomes.push(c),
-            other => panic!("{other:?}"),
-        }
+        outcomes.push(store.check(&subjects, &[&limits], op, now).await.unwrap());
     }
-    let allowed: Vec<_> = outcomes.iter().map(|c| c.allowed).collect();
+    let allowed: Vec<_> = outcomes.iter().map(|c| c.allowed()).collect();
     assert_eq!(allowed, [true, true, true, false], "one shared window of 3");
     // The denial's retry and every reset instant come from one clock: the
     // window's oldest bucket, the same whichever replica is asked.
@@ -369,7 +366,7 @@ async fn replicas_with_skewed_clocks_agree() {
         assert!(h.expires_at.0.abs_diff(wall.0) < Nanos::from_secs(120).0);
     }
     let denied = &outcomes[3];
-    assert!(denied.retry_after.unwrap() <= Nanos::from_secs(62));
+    assert!(denied.retry_after().unwrap() <= Nanos::from_secs(62));
 
     // With the caller's clock instead (what a store without Redis time would
     // do), the same skew splits the window: B's `now` is past every amount
@@ -383,10 +380,12 @@ async fn replicas_with_skewed_clocks_agree() {
     .with_fake_clock();
     let mut local = Vec::new();
     for now in [now_a, now_a, now_a, now_b] {
-        match fa.apply(&subjects, &[&limits], op, now).await.unwrap() {
-            Outcome::Check(c) => local.push(c.allowed),
-            other => panic!("{other:?}"),
-        }
+        local.push(
+            fa.check(&subjects, &[&limits], op, now)
+                .await
+                .unwrap()
+                .allowed(),
+        );
     }
     assert_eq!(
         local,

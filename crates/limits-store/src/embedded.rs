@@ -1,25 +1,34 @@
-//! The embedded backends' common body: state hot in memory ([`Shards`]), a
-//! lease index and the id generators, with a [`Journal`] hook that a durable
-//! backend uses to log what each operation changed. The memory backend's
-//! journal does nothing, so both backends run the very same code paths.
+//! The embedded store: state hot in memory ([`Shards`]), a lease index and
+//! the id generators, with a [`Journal`] that a durable backend uses to log
+//! what each operation changed. The memory backend ([`MemoryStore`]) is this
+//! store with a journal that keeps nothing, the sled backend
+//! ([`SledStore`]) the same with sled's: both run the very same code, and
+//! the journal is the only difference.
+//!
+//! [`MemoryStore`]: crate::MemoryStore
+//! [`SledStore`]: crate::SledStore
 
 // What a journal is shown is read only by the durable backend's journal.
 #![cfg_attr(not(feature = "sled"), allow(dead_code))]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ahash::AHashMap;
 use limits_core::engine::{self, CheckRequest, RecordRequest, Reserve};
+use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{
-    Dimension, LeaseSlot, LimitTable, Nanos, Subject, SubjectLimits, SubjectState, undo,
+    AcquireOutcome, CheckOutcome, Dimension, LeaseSlot, LimitTable, Nanos, RecordOutcome, Subject,
+    SubjectLimits, SubjectState, undo,
 };
 use parking_lot::Mutex;
+
+use ahash::AHashMap;
 
 use crate::ids::{IdGen, Issued};
 use crate::secret::Secret;
 use crate::shards::{After, Shards};
-use crate::{Op, Outcome, StoreError, SweepStats, UsageView};
+use crate::{CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
 
 /// How many subjects, and how many of the rate limit service's internal
 /// counters, an embedded store keeps at most. Separate bounds, so that a
@@ -103,11 +112,14 @@ pub(crate) trait Journal: Send + Sync + 'static {
 
     /// A sweep dropped an expired lease from the index.
     fn lease_expired(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Whether the journal can take writes now.
+    fn health(&self) -> Health;
 }
 
 /// The journal of the memory backend: nothing outlives the process.
 #[derive(Debug, Default)]
-pub(crate) struct Volatile;
+pub struct Volatile;
 
 impl Journal for Volatile {
     fn writable(&self) -> Result<(), StoreError> {
@@ -135,6 +147,10 @@ impl Journal for Volatile {
     fn lease_expired(&self, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn health(&self) -> Health {
+        Health::Writable
+    }
 }
 
 /// Where a lease's slots are, so ReleaseConcurrent needs only the lease id.
@@ -144,81 +160,52 @@ struct LeaseEntry {
     expires_at: Nanos,
 }
 
-/// State in memory plus a journal: the body of [`MemoryStore`] and
-/// [`SledStore`].
-///
-/// [`MemoryStore`]: crate::MemoryStore
-/// [`SledStore`]: crate::SledStore
-pub(crate) struct Embedded<J> {
+/// What an embedded store holds in memory. Shared with the journal's own
+/// work: sled's flusher writes it out after a failed write.
+pub struct State {
     shards: Shards,
     leases: Box<[Mutex<AHashMap<u64, LeaseEntry>>]>,
     live_leases: AtomicUsize,
     reservations: IdGen,
     lease_ids: IdGen,
-    secret: std::sync::Arc<Secret>,
-    journal: J,
+    secret: Arc<Secret>,
 }
 
 // By hand, like `Shards`: the lease index names subjects, API keys among
 // them.
-impl<J: std::fmt::Debug> std::fmt::Debug for Embedded<J> {
+impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedded")
+        f.debug_struct("State")
             .field("shards", &self.shards)
             .field("live_leases", &self.live_leases)
             .field("reservations", &self.reservations)
             .field("lease_ids", &self.lease_ids)
-            .field("journal", &self.journal)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl<J: Journal> Embedded<J> {
-    pub fn new(
-        limits: Bounds,
-        secret: Secret,
-        reservations: IdGen,
-        lease_ids: IdGen,
-        journal: J,
-    ) -> Self {
-        Embedded {
-            shards: Shards::new(SHARDS, limits.subjects, limits.counters),
-            leases: (0..LEASE_SHARDS)
-                .map(|_| Mutex::new(AHashMap::new()))
-                .collect(),
-            live_leases: AtomicUsize::new(0),
-            reservations,
-            lease_ids,
-            secret: std::sync::Arc::new(secret),
-            journal,
-        }
-    }
-
-    pub fn journal(&self) -> &J {
-        &self.journal
-    }
-
-    pub fn secret(&self) -> &std::sync::Arc<Secret> {
-        &self.secret
-    }
-
-    pub fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
+impl State {
     /// Subjects currently held.
     pub fn len(&self) -> usize {
         self.shards.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
     /// Puts recovered state in place (start-up only); `subject` is already
     /// in its stored form.
-    pub fn restore_subject(&self, subject: &Subject, state: SubjectState) {
+    pub(crate) fn restore_subject(&self, subject: &Subject, state: SubjectState) {
         self.shards.insert(subject, state);
     }
 
     /// Puts a recovered lease in the index (start-up only).
-    pub fn restore_lease(&self, id: u64, subjects: Box<[Subject]>, expires_at: Nanos) {
+    pub(crate) fn restore_lease(&self, id: u64, subjects: Box<[Subject]>, expires_at: Nanos) {
         let entry = LeaseEntry {
             subjects,
             expires_at,
@@ -230,7 +217,7 @@ impl<J: Journal> Embedded<J> {
 
     /// Calls `f` with every lease index entry, one index shard locked at a
     /// time (`f` runs with it locked).
-    pub fn for_each_lease(&self, mut f: impl FnMut(u64, &[Subject], Nanos)) {
+    pub(crate) fn for_each_lease(&self, mut f: impl FnMut(u64, &[Subject], Nanos)) {
         for shard in self.leases.iter() {
             for (&id, e) in shard.lock().iter() {
                 f(id, &e.subjects, e.expires_at);
@@ -240,19 +227,37 @@ impl<J: Journal> Embedded<J> {
 
     /// Calls `f` with whether lease `id` is in the index, with its index
     /// shard locked.
-    pub fn with_lease_present<R>(&self, id: u64, f: impl FnOnce(bool) -> R) -> R {
+    pub(crate) fn with_lease_present<R>(&self, id: u64, f: impl FnOnce(bool) -> R) -> R {
         let shard = self.lease_shard(id).lock();
         f(shard.contains_key(&id))
     }
 
     /// The id generators, for a journal that persists their high-water
     /// marks.
-    pub fn id_generators(&self) -> [&IdGen; 2] {
+    pub(crate) fn id_generators(&self) -> [&IdGen; 2] {
         [&self.reservations, &self.lease_ids]
     }
 
     fn lease_shard(&self, id: u64) -> &Mutex<AHashMap<u64, LeaseEntry>> {
         &self.leases[(id % LEASE_SHARDS as u64) as usize]
+    }
+
+    fn add_lease(&self, id: u64, subjects: &[Subject], expires_at: Nanos) {
+        let entry = LeaseEntry {
+            subjects: subjects.into(),
+            expires_at,
+        };
+        if self.lease_shard(id).lock().insert(id, entry).is_none() {
+            self.live_leases.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn remove_lease(&self, id: u64) -> Option<LeaseEntry> {
+        let entry = self.lease_shard(id).lock().remove(&id);
+        if entry.is_some() {
+            self.live_leases.fetch_sub(1, Ordering::Relaxed);
+        }
+        entry
     }
 
     /// The subjects as they are stored: API keys by their keyed hash.
@@ -262,254 +267,122 @@ impl<J: Journal> Embedded<J> {
             .map(|s| self.secret.stored_subject(s))
             .collect()
     }
+}
 
-    pub async fn apply(
+/// The embedded store: decisions on state in memory, changes logged by the
+/// journal `J` ([`Volatile`] for memory, sled's for the durable store).
+pub struct Embedded<J> {
+    // The journal first, so that it is dropped first: a durable one makes
+    // its last flush (and stops its thread) while the state is still there.
+    journal: J,
+    state: Arc<State>,
+}
+
+impl<J: std::fmt::Debug> std::fmt::Debug for Embedded<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("state", &self.state)
+            .field("journal", &self.journal)
+            .finish()
+    }
+}
+
+// The journal is how this crate's backends differ; it is not for other
+// crates to implement, so the bound names a crate-private trait.
+#[allow(private_bounds)]
+impl<J: Journal> Embedded<J> {
+    /// A store with these bounds, secret and id generators, and a journal
+    /// made with the state it will log (`journal` sees it first).
+    pub(crate) fn with_journal(
+        bounds: Bounds,
+        secret: Secret,
+        reservations: IdGen,
+        lease_ids: IdGen,
+        journal: impl FnOnce(&Arc<State>) -> J,
+    ) -> Self {
+        let state = Arc::new(State {
+            shards: Shards::new(SHARDS, bounds.subjects, bounds.counters),
+            leases: (0..LEASE_SHARDS)
+                .map(|_| Mutex::new(AHashMap::new()))
+                .collect(),
+            live_leases: AtomicUsize::new(0),
+            reservations,
+            lease_ids,
+            secret: Arc::new(secret),
+        });
+        Embedded {
+            journal: journal(&state),
+            state,
+        }
+    }
+
+    pub(crate) fn journal(&self) -> &J {
+        &self.journal
+    }
+
+    pub(crate) fn journal_mut(&mut self) -> &mut J {
+        &mut self.journal
+    }
+
+    pub(crate) fn state_arc(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// What the store holds.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Subjects currently held.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// Answers a call once its change is as durable as the journal makes
+    /// it: when the write asked for it, waits for the journal; when that
+    /// fails (or the write itself did), takes the operation back (`undo`,
+    /// given the instant it is undone at) before answering the error, so
+    /// that a call answered with an error leaves no trace.
+    async fn settle<T>(
         &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: Op<'_>,
+        out: T,
+        written: Result<bool, StoreError>,
         now: Nanos,
-    ) -> Result<Outcome, StoreError> {
-        // A store that cannot write refuses at once, changing nothing.
-        self.journal.writable()?;
-        let stored = self.stored(subjects);
-        let started = std::time::Instant::now();
-        let (outcome, written) = self.apply_now(&stored, limits, op, now)?;
+        started: std::time::Instant,
+        undo: impl FnOnce(&T, Nanos),
+    ) -> Result<T, StoreError> {
         let result = match written {
             Ok(true) => self.journal.durable(false).await,
             Ok(false) => Ok(()),
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => Ok(outcome),
+            Ok(()) => Ok(out),
             Err(e) => {
-                // The caller hears that the call failed, so it must leave no
-                // trace: a retried RecordUsage may not be charged twice.
-                let elapsed = Nanos::from(started.elapsed());
-                self.undo(
-                    &stored,
-                    limits,
-                    op,
-                    &outcome,
-                    now,
-                    now.saturating_add(elapsed),
-                );
+                undo(&out, now.saturating_add(Nanos::from(started.elapsed())));
                 Err(e)
             }
         }
     }
 
-    /// The synchronous part of [`apply`](Self::apply): the decision and the
-    /// journal write. The write's result says whether to wait for
-    /// durability before answering; when it failed, the operation has been
-    /// applied in memory and must be undone.
-    fn apply_now(
+    /// Runs an undo over `subjects` (their limits do not matter: nothing is
+    /// added) and logs the result; a journal that cannot take it catches up
+    /// when it recovers.
+    fn undo_with(
         &self,
         subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: Op<'_>,
-        now: Nanos,
-    ) -> Result<(Outcome, Result<bool, StoreError>), StoreError> {
-        let journal = &self.journal;
-        match op {
-            Op::Check {
-                attempts,
-                reserve_ttl,
-                tag,
-                policy,
-            } => {
-                let reserve = match reserve_ttl {
-                    Some(ttl) => {
-                        let id = self.reservations.next_id();
-                        journal.issued(IdKind::Reservation, &self.reservations)?;
-                        Some(Reserve {
-                            id,
-                            expires_at: now.saturating_add(ttl),
-                            tag,
-                        })
-                    }
-                    None => None,
-                };
-                let req = CheckRequest {
-                    attempts,
-                    reserve,
-                    policy,
-                };
-                let (out, wait) = self.shards.with_states_then(
-                    subjects,
-                    limits,
-                    |states| engine::check(states, limits, &req, now),
-                    |out, after| {
-                        if !out.allowed {
-                            // A denial moves nothing but expiry, which a
-                            // restart re-applies anyway.
-                            return Ok(false);
-                        }
-                        let kind = if out.reservation.is_some() {
-                            ChangeKind::Durable
-                        } else {
-                            ChangeKind::Counters
-                        };
-                        journal.write(&Change {
-                            subjects: after,
-                            lease: LeaseChange::None,
-                            kind,
-                        })
-                    },
-                )?;
-                Ok((Outcome::Check(out), wait))
-            }
-            Op::Record {
-                reservation,
-                cost,
-                tokens,
-                policy,
-            } => {
-                if let Some(id) = reservation
-                    && self.reservations.issued(id) == Issued::No
-                {
-                    return Err(StoreError::UnknownReservation);
-                }
-                let req = RecordRequest {
-                    reservation,
-                    cost,
-                    tokens,
-                };
-                let (out, wait) = self.shards.with_states_then(
-                    subjects,
-                    limits,
-                    |states| engine::record(states, limits, &req, policy, now),
-                    |out, after| {
-                        if out.duplicate {
-                            // Nothing changed, but the first record of this
-                            // reservation may not be durable yet: a retry must
-                            // not be acknowledged before it is.
-                            return Ok(true);
-                        }
-                        journal.write(&Change {
-                            subjects: after,
-                            lease: LeaseChange::None,
-                            kind: ChangeKind::Durable,
-                        })
-                    },
-                )?;
-                Ok((Outcome::Record(out), wait))
-            }
-            Op::Acquire { ttl } => {
-                let id = self.lease_ids.next_id();
-                journal.issued(IdKind::Lease, &self.lease_ids)?;
-                let expires_at = now.saturating_add(ttl);
-                let (out, wait) = self.shards.with_states_then(
-                    subjects,
-                    limits,
-                    |states| engine::acquire(states, limits, id, expires_at, now),
-                    |out, after| {
-                        if !out.acquired {
-                            return Ok(false);
-                        }
-                        journal.write(&Change {
-                            subjects: after,
-                            lease: LeaseChange::Added {
-                                id,
-                                subjects,
-                                expires_at,
-                            },
-                            kind: ChangeKind::Durable,
-                        })
-                    },
-                )?;
-                let lease = out.acquired.then_some((id, expires_at));
-                if out.acquired {
-                    let entry = LeaseEntry {
-                        subjects: subjects.into(),
-                        expires_at,
-                    };
-                    self.lease_shard(id).lock().insert(id, entry);
-                    self.live_leases.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok((Outcome::Acquire(out, lease), wait))
-            }
-            Op::Hit { charges } => {
-                let tokens = charges.iter().any(|c| c.tokens > 0);
-                let (out, wait) = self.shards.with_states_then(
-                    subjects,
-                    limits,
-                    |states| limits_core::hit::hit(states, limits, charges, now),
-                    |out, after| {
-                        // Tokens are usage and always charged: like a
-                        // RecordUsage, the caller hears of them once durable.
-                        // Requests alone are counters, like an unreserved
-                        // check.
-                        let kind = if tokens {
-                            ChangeKind::Durable
-                        } else if out.allowed {
-                            ChangeKind::Counters
-                        } else {
-                            return Ok(false);
-                        };
-                        journal.write(&Change {
-                            subjects: after,
-                            lease: LeaseChange::None,
-                            kind,
-                        })
-                    },
-                )?;
-                Ok((Outcome::Hit(out), wait))
-            }
-        }
-    }
-
-    /// Takes back an operation whose write failed: each subject loses what
-    /// the operation added (see `limits_core::undo`), the lease index the
-    /// lease it took, and the journal is told of the result. A journal that
-    /// cannot write now catches up when it recovers.
-    fn undo(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: Op<'_>,
-        outcome: &Outcome,
-        at: Nanos,
-        now: Nanos,
+        lease: LeaseChange<'_>,
+        f: impl FnOnce(&mut [&mut SubjectState]),
     ) {
-        let lease = match (op, outcome) {
-            (Op::Acquire { .. }, Outcome::Acquire(_, Some((id, _)))) => {
-                if self.lease_shard(*id).lock().remove(id).is_some() {
-                    self.live_leases.fetch_sub(1, Ordering::Relaxed);
-                }
-                LeaseChange::Removed(*id)
-            }
-            _ => LeaseChange::None,
-        };
-        let undone = self.shards.with_states_then(
+        let unlimited = [&SubjectLimits::UNLIMITED; crate::MAX_SUBJECTS];
+        let undone = self.state.shards.with_states_then(
             subjects,
-            limits,
-            |states| match (op, outcome) {
-                (Op::Check { .. }, Outcome::Check(out)) => undo::undo_check(states, out, at, now),
-                (
-                    Op::Record {
-                        reservation,
-                        cost,
-                        tokens,
-                        ..
-                    },
-                    Outcome::Record(out),
-                ) => {
-                    let req = RecordRequest {
-                        reservation,
-                        cost,
-                        tokens,
-                    };
-                    undo::undo_record(states, &req, out, at, now);
-                }
-                (Op::Acquire { .. }, Outcome::Acquire(_, Some((id, _)))) => {
-                    undo::undo_acquire(states, *id);
-                }
-                (Op::Hit { charges }, Outcome::Hit(out)) => {
-                    undo::undo_hit(states, charges, out, at, now);
-                }
-                _ => {}
-            },
+            &unlimited[..subjects.len()],
+            f,
             |_, after| {
                 self.journal.write(&Change {
                     subjects: after,
@@ -522,22 +395,220 @@ impl<J: Journal> Embedded<J> {
             self.journal.needs_catch_up();
         }
     }
+}
 
-    pub async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+#[allow(private_bounds)]
+impl<J: Journal> Store for Embedded<J> {
+    async fn check(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: CheckOp<'_>,
+        now: Nanos,
+    ) -> Result<CheckOutcome, StoreError> {
+        // A store that cannot write refuses at once, changing nothing.
         self.journal.writable()?;
-        let entry = self.lease_shard(lease_id).lock().remove(&lease_id);
-        let Some(entry) = entry else {
-            return match self.lease_ids.issued(lease_id) {
+        let state = &*self.state;
+        let stored = state.stored(subjects);
+        let started = std::time::Instant::now();
+        let reserve = match op.reserve_ttl {
+            Some(ttl) => {
+                let id = state.reservations.next_id();
+                self.journal
+                    .issued(IdKind::Reservation, &state.reservations)?;
+                Some(Reserve {
+                    id,
+                    expires_at: now.saturating_add(ttl),
+                    tag: op.tag,
+                })
+            }
+            None => None,
+        };
+        let req = CheckRequest {
+            attempts: op.attempts,
+            reserve,
+            policy: op.policy,
+        };
+        let (out, written) = state.shards.with_states_then(
+            &stored,
+            limits,
+            |states| engine::check(states, limits, &req, now),
+            |out, after| {
+                if !out.allowed() {
+                    // A denial moves nothing but expiry, which a restart
+                    // re-applies anyway.
+                    return Ok(false);
+                }
+                let kind = if out.reservation().is_some() {
+                    ChangeKind::Durable
+                } else {
+                    ChangeKind::Counters
+                };
+                self.journal.write(&Change {
+                    subjects: after,
+                    lease: LeaseChange::None,
+                    kind,
+                })
+            },
+        )?;
+        self.settle(out, written, now, started, |out, later| {
+            self.undo_with(&stored, LeaseChange::None, |states| {
+                undo::undo_check(states, out, now, later)
+            })
+        })
+        .await
+    }
+
+    async fn record(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: RecordOp<'_>,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.journal.writable()?;
+        let state = &*self.state;
+        if let Some(id) = op.reservation
+            && state.reservations.issued(id) == Issued::No
+        {
+            return Err(StoreError::UnknownReservation);
+        }
+        let stored = state.stored(subjects);
+        let started = std::time::Instant::now();
+        let req = RecordRequest {
+            reservation: op.reservation,
+            cost: op.cost,
+            tokens: op.tokens,
+        };
+        let (out, written) = state.shards.with_states_then(
+            &stored,
+            limits,
+            |states| engine::record(states, limits, &req, op.policy, now),
+            |out, after| {
+                if out.duplicate {
+                    // Nothing changed, but the first record of this
+                    // reservation may not be durable yet: a retry must not
+                    // be acknowledged before it is.
+                    return Ok(true);
+                }
+                self.journal.write(&Change {
+                    subjects: after,
+                    lease: LeaseChange::None,
+                    kind: ChangeKind::Durable,
+                })
+            },
+        )?;
+        self.settle(out, written, now, started, |out, later| {
+            self.undo_with(&stored, LeaseChange::None, |states| {
+                undo::undo_record(states, &req, out, now, later)
+            })
+        })
+        .await
+    }
+
+    async fn acquire(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        ttl: Nanos,
+        now: Nanos,
+    ) -> Result<AcquireOutcome, StoreError> {
+        self.journal.writable()?;
+        let state = &*self.state;
+        let stored = state.stored(subjects);
+        let started = std::time::Instant::now();
+        let id = state.lease_ids.next_id();
+        self.journal.issued(IdKind::Lease, &state.lease_ids)?;
+        let expires_at = now.saturating_add(ttl);
+        let (out, written) = state.shards.with_states_then(
+            &stored,
+            limits,
+            |states| engine::acquire(states, limits, id, expires_at, now),
+            |out, after| {
+                if !out.acquired() {
+                    return Ok(false);
+                }
+                self.journal.write(&Change {
+                    subjects: after,
+                    lease: LeaseChange::Added {
+                        id,
+                        subjects: &stored,
+                        expires_at,
+                    },
+                    kind: ChangeKind::Durable,
+                })
+            },
+        )?;
+        if out.acquired() {
+            state.add_lease(id, &stored, expires_at);
+        }
+        self.settle(out, written, now, started, |out, _| {
+            if let Some(lease) = out.lease() {
+                state.remove_lease(lease.id);
+                self.undo_with(&stored, LeaseChange::Removed(lease.id), |states| {
+                    undo::undo_acquire(states, lease.id)
+                });
+            }
+        })
+        .await
+    }
+
+    async fn hit(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        charges: &[Charge],
+        now: Nanos,
+    ) -> Result<HitOutcome, StoreError> {
+        self.journal.writable()?;
+        let state = &*self.state;
+        let stored = state.stored(subjects);
+        let started = std::time::Instant::now();
+        let tokens = charges.iter().any(|c| c.tokens > 0);
+        let (out, written) = state.shards.with_states_then(
+            &stored,
+            limits,
+            |states| limits_core::hit::hit(states, limits, charges, now),
+            |out, after| {
+                // Tokens are usage and always charged: like a RecordUsage,
+                // the caller hears of them once durable. Requests alone are
+                // counters, like an unreserved check.
+                let kind = if tokens {
+                    ChangeKind::Durable
+                } else if out.allowed() {
+                    ChangeKind::Counters
+                } else {
+                    return Ok(false);
+                };
+                self.journal.write(&Change {
+                    subjects: after,
+                    lease: LeaseChange::None,
+                    kind,
+                })
+            },
+        )?;
+        self.settle(out, written, now, started, |out, later| {
+            self.undo_with(&stored, LeaseChange::None, |states| {
+                undo::undo_hit(states, charges, out, now, later)
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        self.journal.writable()?;
+        let state = &*self.state;
+        let Some(entry) = state.remove_lease(lease_id) else {
+            return match state.lease_ids.issued(lease_id) {
                 Issued::Yes => Ok(false),
                 Issued::No => Err(StoreError::UnknownLease),
             };
         };
-        self.live_leases.fetch_sub(1, Ordering::Relaxed);
         let n = entry.subjects.len();
         let unlimited = [&SubjectLimits::UNLIMITED; crate::MAX_SUBJECTS];
         let mut held = [false; crate::MAX_SUBJECTS];
         let started = std::time::Instant::now();
-        let (released, written) = self.shards.with_states_then(
+        let (released, written) = state.shards.with_states_then(
             &entry.subjects,
             &unlimited[..n],
             |states| {
@@ -554,59 +625,38 @@ impl<J: Journal> Embedded<J> {
                 })
             },
         )?;
-        let result = match written {
-            Ok(true) => self.journal.durable(false).await,
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
+        let slot = LeaseSlot {
+            id: lease_id,
+            expires_at: entry.expires_at,
         };
-        if let Err(e) = result {
+        let released = released && entry.expires_at > now;
+        self.settle(released, written, now, started, |_, later| {
             // Not released: the lease and its slots come back, so that the
             // caller's retry releases them durably.
-            let later = now.saturating_add(Nanos::from(started.elapsed()));
-            let slot = LeaseSlot {
-                id: lease_id,
-                expires_at: entry.expires_at,
-            };
-            let undone = self.shards.with_states_then(
+            if entry.expires_at > later {
+                state.add_lease(lease_id, &entry.subjects, entry.expires_at);
+            }
+            self.undo_with(
                 &entry.subjects,
-                &unlimited[..n],
-                |states| undo::undo_release(states, &slot, &held[..n], later),
-                |_, after| {
-                    self.journal.write(&Change {
-                        subjects: after,
-                        lease: LeaseChange::Added {
-                            id: lease_id,
-                            subjects: &entry.subjects,
-                            expires_at: entry.expires_at,
-                        },
-                        kind: ChangeKind::Durable,
-                    })
+                LeaseChange::Added {
+                    id: lease_id,
+                    subjects: &entry.subjects,
+                    expires_at: entry.expires_at,
                 },
-            );
-            if entry.expires_at > later
-                && self
-                    .lease_shard(lease_id)
-                    .lock()
-                    .insert(lease_id, entry)
-                    .is_none()
-            {
-                self.live_leases.fetch_add(1, Ordering::Relaxed);
-            }
-            if !matches!(undone, Ok((_, Ok(_)))) {
-                self.journal.needs_catch_up();
-            }
-            return Err(e);
-        }
-        Ok(released && entry.expires_at > now)
+                |states| undo::undo_release(states, &slot, &held[..n], later),
+            )
+        })
+        .await
     }
 
-    pub fn reservation_issued(&self, id: u64) -> bool {
-        self.reservations.issued(id) == Issued::Yes
-    }
-
-    pub fn usage(&self, subject: &Subject, limits: &SubjectLimits, now: Nanos) -> UsageView {
-        let stored = self.secret.stored_subject(subject);
-        self.shards.peek(&stored, |state| UsageView {
+    async fn usage(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        let stored = self.state.secret.stored_subject(subject);
+        Ok(self.state.shards.peek(&stored, |state| UsageView {
             statuses: engine::usage(state, limits, now),
             holds: state
                 .holds()
@@ -615,24 +665,25 @@ impl<J: Journal> Embedded<J> {
                 .cloned()
                 .collect(),
             leases: state.leases().to_vec(),
-        })
+        }))
     }
 
     /// Expires everything, drops idle subjects and expired leases, and tells
     /// the journal what was dropped. A journal error does not stop the sweep;
     /// the first one is returned once it is done.
-    pub fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+    async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
+        let state = &*self.state;
         let mut first_error = None;
         let mut note = |r: Result<(), StoreError>| {
             if let Err(e) = r {
                 first_error.get_or_insert(e);
             }
         };
-        let swept = self
+        let swept = state
             .shards
             .sweep(table, now, |d, id| note(self.journal.dropped(d, id)));
         let mut expired = 0;
-        for shard in self.leases.iter() {
+        for shard in state.leases.iter() {
             shard.lock().retain(|&id, e| {
                 let live = e.expires_at > now;
                 if !live {
@@ -642,7 +693,7 @@ impl<J: Journal> Embedded<J> {
                 live
             });
         }
-        let live = self.live_leases.fetch_sub(expired, Ordering::Relaxed) - expired;
+        let live = state.live_leases.fetch_sub(expired, Ordering::Relaxed) - expired;
         match first_error {
             Some(e) => Err(e),
             None => Ok(SweepStats {
@@ -654,7 +705,15 @@ impl<J: Journal> Embedded<J> {
         }
     }
 
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    async fn flush(&self) -> Result<(), StoreError> {
         self.journal.durable(true).await
+    }
+
+    async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
+        Ok(self.state.secret.clone())
+    }
+
+    fn health(&self) -> Health {
+        self.journal.health()
     }
 }

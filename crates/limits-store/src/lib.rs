@@ -1,12 +1,14 @@
-//! Where the engine's state lives. The [`Store`] trait is one narrow atomic
-//! operation over the state of the 1–3 subjects of a request — load their
-//! state, apply the engine's pure decision, write back all or nothing — plus
-//! what reservations, leases, expiry and introspection need.
+//! Where the engine's state lives. The [`Store`] trait has one atomic
+//! operation per kind of call over the state of a request's subjects —
+//! load their state, apply the engine's pure decision, write back all or
+//! nothing — each with its own outcome type, plus what leases, expiry and
+//! introspection need.
 //!
-//! The operation is described as data ([`Op`]), not as a closure, so that a
-//! backend that cannot run Rust next to its data (a Redis script) can
-//! implement it too; the embedded backends run limits-core's functions under
-//! their locks.
+//! Operations are described as data ([`CheckOp`], [`RecordOp`], a TTL,
+//! charges), not as closures, so that a backend that cannot run Rust next
+//! to its data (a Redis script) can implement them too; the embedded store
+//! ([`Embedded`]: [`MemoryStore`], [`SledStore`]) runs limits-core's
+//! functions under its locks.
 
 #![forbid(unsafe_code)]
 
@@ -25,54 +27,43 @@ pub mod sled;
 use std::future::Future;
 use std::sync::Arc;
 
-use limits_core::engine::{AcquireOutcome, CheckOutcome, RecordOutcome};
 use limits_core::hit::{Charge, HitOutcome};
-use limits_core::{Attempt, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd, Nanos, Policy};
+use limits_core::{
+    AcquireOutcome, Attempt, CheckOutcome, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd,
+    Nanos, Policy, RecordOutcome,
+};
 use limits_core::{Subject, SubjectLimits};
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisOpenError, RedisOptions, RedisStore};
 #[cfg(feature = "sled")]
-pub use self::sled::{OpenError, SledOptions, SledStore};
-pub use embedded::Bounds;
+pub use self::sled::{OpenError, SledJournal, SledOptions, SledStore};
+pub use embedded::{Bounds, Embedded, State, Volatile};
 pub use ids::{IdGen, Issued};
 pub use memory::MemoryStore;
 pub use secret::{INTERNAL, MIN_SECRET_BYTES, Secret, SecretTooShort};
 pub use shards::MAX_SUBJECTS;
 
-/// What one store call does to the subjects of a request.
+/// What a check asks of the store.
 #[derive(Debug, Clone, Copy)]
-pub enum Op<'a> {
-    /// Decide a request; with `reserve_ttl`, hold its estimate that long,
-    /// keeping `tag` with the hold ([`Hold::tag`]).
-    Check {
-        attempts: &'a [Attempt],
-        reserve_ttl: Option<Nanos>,
-        tag: u32,
-        policy: &'a Policy,
-    },
-    /// Charge actual usage, settling a reservation if one is named.
-    Record {
-        reservation: Option<u64>,
-        cost: NanoUsd,
-        tokens: u64,
-        policy: &'a Policy,
-    },
-    /// Take a concurrency slot on every limited subject for `ttl`.
-    Acquire { ttl: Nanos },
-    /// Charge each subject requests (all or nothing) and tokens (always), one
-    /// charge per subject in order: the rate limit service path.
-    Hit { charges: &'a [Charge] },
+pub struct CheckOp<'a> {
+    /// The model asked for and, in downgrade mode, its cheaper alternatives.
+    pub attempts: &'a [Attempt],
+    /// Hold the estimate this long, if set.
+    pub reserve_ttl: Option<Nanos>,
+    /// Kept with the hold ([`Hold::tag`]).
+    pub tag: u32,
+    pub policy: &'a Policy,
 }
 
-/// The result of an [`Op`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Check(CheckOutcome),
-    Record(RecordOutcome),
-    /// With the lease id and its expiry when acquired.
-    Acquire(AcquireOutcome, Option<(u64, Nanos)>),
-    Hit(HitOutcome),
+/// What a usage record asks of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordOp<'a> {
+    /// The reservation being settled, if any.
+    pub reservation: Option<u64>,
+    pub cost: NanoUsd,
+    pub tokens: u64,
+    pub policy: &'a Policy,
 }
 
 /// One subject as an operator sees it.
@@ -151,22 +142,52 @@ pub enum Health {
     },
 }
 
-/// The engine's state, behind one narrow atomic operation.
+/// The engine's state, behind one atomic operation per kind of call.
 ///
-/// Every method takes `now` from the caller (a backend with its own clock may
-/// substitute it). Implementations must apply an [`Op`] to all its subjects
-/// or to none, and must return only once the change is as durable as the
-/// backend promises.
+/// Each operation names 1 to [`MAX_SUBJECTS`] distinct subjects (raw ids:
+/// the store keys API keys by their hash itself) with their limits, and
+/// applies to all of them or to none. Every method takes `now` from the
+/// caller (a backend with its own clock may substitute it), and returns only
+/// once the change is as durable as the backend promises; an operation
+/// answered with an error changed nothing.
 pub trait Store: Send + Sync + 'static {
-    /// Applies `op` to the subjects (1 to [`MAX_SUBJECTS`], all distinct)
-    /// atomically.
-    fn apply(
+    /// Decides a request and, if allowed, counts it (and holds its
+    /// estimate, with `reserve_ttl`).
+    fn check(
         &self,
         subjects: &[Subject],
         limits: &[&SubjectLimits],
-        op: Op<'_>,
+        op: CheckOp<'_>,
         now: Nanos,
-    ) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
+    ) -> impl Future<Output = Result<CheckOutcome, StoreError>> + Send;
+
+    /// Charges actual usage, settling a reservation if one is named.
+    fn record(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: RecordOp<'_>,
+        now: Nanos,
+    ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send;
+
+    /// Takes a concurrency slot on every limited subject for `ttl`.
+    fn acquire(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        ttl: Nanos,
+        now: Nanos,
+    ) -> impl Future<Output = Result<AcquireOutcome, StoreError>> + Send;
+
+    /// Charges each subject requests (all or nothing) and tokens (always),
+    /// one charge per subject in order: the rate limit service path.
+    fn hit(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        charges: &[Charge],
+        now: Nanos,
+    ) -> impl Future<Output = Result<HitOutcome, StoreError>> + Send;
 
     /// Gives back a lease's slots. `Ok(false)` when the lease was issued here
     /// but already released or expired; `UnknownLease` when it never was.
@@ -175,10 +196,6 @@ pub trait Store: Send + Sync + 'static {
         lease_id: u64,
         now: Nanos,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Whether a reservation id was issued by this store (it may have been
-    /// settled or expired since).
-    fn reservation_issued(&self, id: u64) -> bool;
 
     /// One subject's windows, open reservations and live leases.
     fn usage(
@@ -237,22 +254,48 @@ macro_rules! dispatch {
 }
 
 impl Store for AnyStore {
-    async fn apply(
+    async fn check(
         &self,
         subjects: &[Subject],
         limits: &[&SubjectLimits],
-        op: Op<'_>,
+        op: CheckOp<'_>,
         now: Nanos,
-    ) -> Result<Outcome, StoreError> {
-        dispatch!(self, s => s.apply(subjects, limits, op, now).await)
+    ) -> Result<CheckOutcome, StoreError> {
+        dispatch!(self, s => s.check(subjects, limits, op, now).await)
+    }
+
+    async fn record(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: RecordOp<'_>,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
+        dispatch!(self, s => s.record(subjects, limits, op, now).await)
+    }
+
+    async fn acquire(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        ttl: Nanos,
+        now: Nanos,
+    ) -> Result<AcquireOutcome, StoreError> {
+        dispatch!(self, s => s.acquire(subjects, limits, ttl, now).await)
+    }
+
+    async fn hit(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        charges: &[Charge],
+        now: Nanos,
+    ) -> Result<HitOutcome, StoreError> {
+        dispatch!(self, s => s.hit(subjects, limits, charges, now).await)
     }
 
     async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
         dispatch!(self, s => s.release(lease_id, now).await)
-    }
-
-    fn reservation_issued(&self, id: u64) -> bool {
-        dispatch!(self, s => s.reservation_issued(id))
     }
 
     async fn usage(

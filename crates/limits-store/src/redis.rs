@@ -73,8 +73,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use limits_core::engine::{AcquireOutcome, CheckOutcome, Denial, RecordOutcome, worse};
-use limits_core::hit::HitOutcome;
+use limits_core::engine::{
+    AcquireOutcome, Admission, CheckOutcome, Denial, RecordOutcome, Verdict, worse,
+};
+use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{
     Action, BUCKETS, EnforcementMode, Hold, LeaseSlot, LimitKind, LimitStatus, LimitTable, Nanos,
     Policy, Resource, Subject, SubjectLimits,
@@ -85,7 +87,7 @@ use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
 use crate::secret::Secret;
-use crate::{Health, Op, Outcome, Store, StoreError, SweepStats, UsageView};
+use crate::{CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
 
 /// The histogram of script round trips, by operation.
 pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
@@ -590,6 +592,22 @@ impl RedisStore {
         }
     }
 
+    /// The subjects' state keys (API keys by their keyed hash), checking
+    /// the request's shape.
+    fn keys_of(
+        &self,
+        secret: &Secret,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+    ) -> Vec<String> {
+        assert!(
+            (1..=crate::MAX_SUBJECTS).contains(&subjects.len()) && limits.len() == subjects.len(),
+            "1 to {} subjects, each with its limits",
+            crate::MAX_SUBJECTS
+        );
+        self.stored_keys(secret, subjects)
+    }
+
     /// The subjects' state keys, API keys by their keyed hash.
     fn stored_keys(&self, secret: &Secret, subjects: &[Subject]) -> Vec<String> {
         subjects
@@ -780,9 +798,6 @@ impl RedisStore {
             None => (last.0, last.1, Action::Block),
         };
         let reservation = (reservation > 0).then_some(reservation);
-        if let Some(id) = reservation {
-            self.saw_id(id);
-        }
         let statuses = reply.statuses(limits, &exceeded)?;
         let pending = if reservation.is_some() {
             0
@@ -795,13 +810,18 @@ impl RedisStore {
         } else {
             action
         };
+        let verdict = match (allowed, denial) {
+            (true, over) => Verdict::Allowed { reservation, over },
+            (false, Some(denial)) => Verdict::Denied {
+                denial,
+                retry_after: soonest.flatten(),
+            },
+            (false, None) => return Err(internal("a denial that names no limit")),
+        };
         Ok(CheckOutcome {
-            allowed,
+            verdict,
             action,
             attempt,
-            denial,
-            retry_after: if allowed { None } else { soonest.flatten() },
-            reservation,
             statuses,
             alert,
         })
@@ -821,186 +841,210 @@ fn ttl_arg(ttl: Nanos) -> u64 {
 }
 
 impl RedisStore {
-    async fn apply_once(
+    async fn check_once(
         &self,
         secret: &Secret,
         subjects: &[Subject],
         limits: &[&SubjectLimits],
-        op: Op<'_>,
+        op: CheckOp<'_>,
         now: Nanos,
-    ) -> Result<Outcome, StoreError> {
-        let n = subjects.len();
-        assert!(
-            (1..=crate::MAX_SUBJECTS).contains(&n) && limits.len() == n,
-            "1 to {} subjects, each with its limits",
-            crate::MAX_SUBJECTS
-        );
-        let keys = self.stored_keys(secret, subjects);
-        match op {
-            Op::Check {
-                attempts,
-                reserve_ttl,
-                tag,
-                policy,
-            } => {
-                let mut inv = self.invocation("check", &keys, now, secret);
-                inv.arg(self.max_entries);
-                Self::push_limits(&mut inv, limits);
-                inv.arg(mode_code(policy.mode));
-                match reserve_ttl {
-                    Some(ttl) => inv.arg(ttl_arg(ttl)),
-                    None => inv.arg(-1),
-                };
-                inv.arg(tag);
-                inv.arg(attempts.len());
-                for a in attempts {
-                    inv.arg(hi(a.cost.0))
-                        .arg(lo(a.cost.0))
-                        .arg(hi(a.tokens))
-                        .arg(lo(a.tokens));
-                }
-                let mut reply = self.call("check", &inv).await?;
-                match status_code(&mut reply)? {
-                    0 => {}
-                    1 => return Err(StoreError::Full(self.max_entries)),
-                    c => return Err(internal(format!("script status {c}"))),
-                }
-                let out = self.check_reply(reply, limits, attempts, policy)?;
-                Ok(Outcome::Check(out))
-            }
-            Op::Record {
-                reservation,
-                cost,
-                tokens,
-                policy,
-            } => {
-                let mut inv = self.invocation("record", &keys, now, secret);
-                inv.arg(self.max_entries);
-                Self::push_limits(&mut inv, limits);
-                inv.arg(reservation.unwrap_or(0))
-                    .arg(hi(cost.0))
-                    .arg(lo(cost.0))
-                    .arg(hi(tokens))
-                    .arg(lo(tokens));
-                let mut reply = self.call("record", &inv).await?;
-                match status_code(&mut reply)? {
-                    0 => {}
-                    1 => return Err(StoreError::Full(self.max_entries)),
-                    2 => return Err(StoreError::UnknownReservation),
-                    c => return Err(internal(format!("script status {c}"))),
-                }
-                let duplicate = reply.int()? == 1;
-                let held = [reply.int()?, reply.int()?, reply.int()?, reply.int()?];
-                let settled =
-                    (held[0] >= 0).then(|| (join(held[0], held[1]), join(held[2], held[3])));
-                let statuses = reply.statuses(limits, &[])?;
-                let alert = alert_flag(policy, &statuses, 0);
-                Ok(Outcome::Record(RecordOutcome {
-                    duplicate,
-                    settled,
-                    statuses,
-                    alert,
-                }))
-            }
-            Op::Acquire { ttl } => {
-                let mut inv = self.invocation("acquire", &keys, now, secret);
-                inv.arg(self.max_entries);
-                Self::push_limits(&mut inv, limits);
-                inv.arg(ttl_arg(ttl));
-                let mut reply = self.call("acquire", &inv).await?;
-                match status_code(&mut reply)? {
-                    0 => {}
-                    1 => return Err(StoreError::Full(self.max_entries)),
-                    c => return Err(internal(format!("script status {c}"))),
-                }
-                let acquired = reply.int()? == 1;
-                let id = reply.uint()?;
-                let expires_at = reply.instant()?;
-                let count = reply.uint()?;
-                let mut worst = None;
-                let mut exceeded = Vec::new();
-                for _ in 0..count {
-                    let subject = reply.uint()? as usize;
-                    let retry_after = reply.retry()?;
-                    let kind = LimitKind::MaxConcurrent;
-                    worst = Some(worse(
-                        worst,
-                        Denial {
-                            subject,
-                            kind,
-                            retry_after,
-                        },
-                    ));
-                    exceeded.push((subject, kind));
-                }
-                let statuses = reply
-                    .statuses(limits, &exceeded)?
-                    .into_iter()
-                    .filter(|s| s.kind == LimitKind::MaxConcurrent)
-                    .collect();
-                let lease = acquired.then_some((id, expires_at));
-                if acquired {
-                    self.saw_id(id);
-                }
-                Ok(Outcome::Acquire(
-                    AcquireOutcome {
-                        acquired,
-                        denial: worst,
-                        statuses,
-                    },
-                    lease,
-                ))
-            }
-            Op::Hit { charges } => {
-                assert_eq!(charges.len(), n, "one charge per subject");
-                let mut inv = self.invocation("hit", &keys, now, secret);
-                inv.arg(self.max_entries);
-                Self::push_limits(&mut inv, limits);
-                for c in charges {
-                    inv.arg(hi(c.requests))
-                        .arg(lo(c.requests))
-                        .arg(hi(c.tokens))
-                        .arg(lo(c.tokens));
-                }
-                let mut reply = self.call("hit", &inv).await?;
-                match status_code(&mut reply)? {
-                    0 => {}
-                    1 => return Err(StoreError::Full(self.max_entries)),
-                    c => return Err(internal(format!("script status {c}"))),
-                }
-                let allowed = reply.int()? == 1;
-                let count = reply.uint()?;
-                // As hit::hit picks its denial.
-                let mut worst: Option<Denial> = None;
-                let mut exceeded = Vec::new();
-                for _ in 0..count {
-                    let subject = reply.uint()? as usize;
-                    let kind = LimitKind::WINDOWED[reply.uint()? as usize];
-                    let retry_after = reply.retry()?;
-                    let d = Denial {
-                        subject,
-                        kind,
-                        retry_after,
-                    };
-                    worst = Some(match worst {
-                        Some(w) if w.retry_after.is_none() => w,
-                        Some(w) if d.retry_after.is_some() && w.retry_after >= d.retry_after => w,
-                        _ => d,
-                    });
-                    exceeded.push((subject, kind));
-                }
-                let statuses = reply
-                    .statuses(limits, &exceeded)?
-                    .into_iter()
-                    .filter(|s| matches!(s.kind.resource(), Resource::Requests | Resource::Tokens))
-                    .collect();
-                Ok(Outcome::Hit(HitOutcome {
-                    allowed,
-                    denial: worst,
-                    statuses,
-                }))
-            }
+    ) -> Result<CheckOutcome, StoreError> {
+        let keys = self.keys_of(secret, subjects, limits);
+        let CheckOp {
+            attempts,
+            reserve_ttl,
+            tag,
+            policy,
+        } = op;
+        let mut inv = self.invocation("check", &keys, now, secret);
+        inv.arg(self.max_entries);
+        Self::push_limits(&mut inv, limits);
+        inv.arg(mode_code(policy.mode));
+        match reserve_ttl {
+            Some(ttl) => inv.arg(ttl_arg(ttl)),
+            None => inv.arg(-1),
+        };
+        inv.arg(tag);
+        inv.arg(attempts.len());
+        for a in attempts {
+            inv.arg(hi(a.cost.0))
+                .arg(lo(a.cost.0))
+                .arg(hi(a.tokens))
+                .arg(lo(a.tokens));
         }
+        let mut reply = self.call("check", &inv).await?;
+        match status_code(&mut reply)? {
+            0 => {}
+            1 => return Err(StoreError::Full(self.max_entries)),
+            c => return Err(internal(format!("script status {c}"))),
+        }
+        let out = self.check_reply(reply, limits, attempts, policy)?;
+        if let Some(id) = out.reservation() {
+            self.saw_id(id);
+        }
+        Ok(out)
+    }
+
+    async fn record_once(
+        &self,
+        secret: &Secret,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: RecordOp<'_>,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
+        let keys = self.keys_of(secret, subjects, limits);
+        let RecordOp {
+            reservation,
+            cost,
+            tokens,
+            policy,
+        } = op;
+        let mut inv = self.invocation("record", &keys, now, secret);
+        inv.arg(self.max_entries);
+        Self::push_limits(&mut inv, limits);
+        inv.arg(reservation.unwrap_or(0))
+            .arg(hi(cost.0))
+            .arg(lo(cost.0))
+            .arg(hi(tokens))
+            .arg(lo(tokens));
+        let mut reply = self.call("record", &inv).await?;
+        match status_code(&mut reply)? {
+            0 => {}
+            1 => return Err(StoreError::Full(self.max_entries)),
+            2 => return Err(StoreError::UnknownReservation),
+            c => return Err(internal(format!("script status {c}"))),
+        }
+        let duplicate = reply.int()? == 1;
+        let held = [reply.int()?, reply.int()?, reply.int()?, reply.int()?];
+        let settled = (held[0] >= 0).then(|| (join(held[0], held[1]), join(held[2], held[3])));
+        let statuses = reply.statuses(limits, &[])?;
+        let alert = alert_flag(policy, &statuses, 0);
+        Ok(RecordOutcome {
+            duplicate,
+            settled,
+            statuses,
+            alert,
+        })
+    }
+
+    async fn acquire_once(
+        &self,
+        secret: &Secret,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        ttl: Nanos,
+        now: Nanos,
+    ) -> Result<AcquireOutcome, StoreError> {
+        let keys = self.keys_of(secret, subjects, limits);
+        let mut inv = self.invocation("acquire", &keys, now, secret);
+        inv.arg(self.max_entries);
+        Self::push_limits(&mut inv, limits);
+        inv.arg(ttl_arg(ttl));
+        let mut reply = self.call("acquire", &inv).await?;
+        match status_code(&mut reply)? {
+            0 => {}
+            1 => return Err(StoreError::Full(self.max_entries)),
+            c => return Err(internal(format!("script status {c}"))),
+        }
+        let acquired = reply.int()? == 1;
+        let id = reply.uint()?;
+        let expires_at = reply.instant()?;
+        let count = reply.uint()?;
+        let mut worst = None;
+        let mut exceeded = Vec::new();
+        for _ in 0..count {
+            let subject = reply.uint()? as usize;
+            let retry_after = reply.retry()?;
+            let kind = LimitKind::MaxConcurrent;
+            worst = Some(worse(
+                worst,
+                Denial {
+                    subject,
+                    kind,
+                    retry_after,
+                },
+            ));
+            exceeded.push((subject, kind));
+        }
+        let statuses = reply
+            .statuses(limits, &exceeded)?
+            .into_iter()
+            .filter(|s| s.kind == LimitKind::MaxConcurrent)
+            .collect();
+        let admission = match (acquired, worst) {
+            (true, _) => {
+                self.saw_id(id);
+                Admission::Acquired(LeaseSlot { id, expires_at })
+            }
+            (false, Some(denial)) => Admission::Full(denial),
+            (false, None) => return Err(internal("a full subject that names no limit")),
+        };
+        Ok(AcquireOutcome {
+            admission,
+            statuses,
+        })
+    }
+
+    async fn hit_once(
+        &self,
+        secret: &Secret,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        charges: &[Charge],
+        now: Nanos,
+    ) -> Result<HitOutcome, StoreError> {
+        let keys = self.keys_of(secret, subjects, limits);
+        let n = subjects.len();
+        assert_eq!(charges.len(), n, "one charge per subject");
+        let mut inv = self.invocation("hit", &keys, now, secret);
+        inv.arg(self.max_entries);
+        Self::push_limits(&mut inv, limits);
+        for c in charges {
+            inv.arg(hi(c.requests))
+                .arg(lo(c.requests))
+                .arg(hi(c.tokens))
+                .arg(lo(c.tokens));
+        }
+        let mut reply = self.call("hit", &inv).await?;
+        match status_code(&mut reply)? {
+            0 => {}
+            1 => return Err(StoreError::Full(self.max_entries)),
+            c => return Err(internal(format!("script status {c}"))),
+        }
+        let allowed = reply.int()? == 1;
+        let count = reply.uint()?;
+        // As hit::hit picks its denial.
+        let mut worst: Option<Denial> = None;
+        let mut exceeded = Vec::new();
+        for _ in 0..count {
+            let subject = reply.uint()? as usize;
+            let kind = LimitKind::WINDOWED[reply.uint()? as usize];
+            let retry_after = reply.retry()?;
+            let d = Denial {
+                subject,
+                kind,
+                retry_after,
+            };
+            worst = Some(match worst {
+                Some(w) if w.retry_after.is_none() => w,
+                Some(w) if d.retry_after.is_some() && w.retry_after >= d.retry_after => w,
+                _ => d,
+            });
+            exceeded.push((subject, kind));
+        }
+        let statuses = reply
+            .statuses(limits, &exceeded)?
+            .into_iter()
+            .filter(|s| matches!(s.kind.resource(), Resource::Requests | Resource::Tokens))
+            .collect();
+        if allowed != worst.is_none() {
+            return Err(internal("a hit's answer and its denials disagree"));
+        }
+        Ok(HitOutcome {
+            denial: worst,
+            statuses,
+        })
     }
 
     async fn release_once(
@@ -1134,15 +1178,48 @@ macro_rules! with_secret {
 }
 
 impl Store for RedisStore {
-    async fn apply(
+    async fn check(
         &self,
         subjects: &[Subject],
         limits: &[&SubjectLimits],
-        op: Op<'_>,
+        op: CheckOp<'_>,
         now: Nanos,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<CheckOutcome, StoreError> {
         with_secret!(self, |secret| self
-            .apply_once(&secret, subjects, limits, op, now))
+            .check_once(&secret, subjects, limits, op, now))
+    }
+
+    async fn record(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        op: RecordOp<'_>,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
+        with_secret!(self, |secret| self
+            .record_once(&secret, subjects, limits, op, now))
+    }
+
+    async fn acquire(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        ttl: Nanos,
+        now: Nanos,
+    ) -> Result<AcquireOutcome, StoreError> {
+        with_secret!(self, |secret| self
+            .acquire_once(&secret, subjects, limits, ttl, now))
+    }
+
+    async fn hit(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        charges: &[Charge],
+        now: Nanos,
+    ) -> Result<HitOutcome, StoreError> {
+        with_secret!(self, |secret| self
+            .hit_once(&secret, subjects, limits, charges, now))
     }
 
     async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
@@ -1161,13 +1238,6 @@ impl Store for RedisStore {
 
     async fn sweep(&self, _table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
         with_secret!(self, |secret| self.sweep_once(&secret, now))
-    }
-
-    fn reservation_issued(&self, id: u64) -> bool {
-        // Advisory: ids this instance has seen. RecordUsage itself checks
-        // against the shared counter, so another replica's ids are never
-        // refused there.
-        id != 0 && id <= self.highest_id.load(Ordering::Relaxed)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -96,15 +96,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::sled::{Batch, Db, Tree};
-use limits_core::{Dimension, LimitKind, LimitTable, Nanos, Subject, SubjectLimits};
+use limits_core::{Dimension, LimitKind, Nanos, Subject, SubjectLimits};
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, DecodeError};
-use crate::embedded::{Bounds, Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange};
+use crate::embedded::{Bounds, Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange, State};
 use crate::ids::IdGen;
 use crate::secret::Secret;
-use crate::{Health, Op, Outcome, Store, StoreError, SweepStats, UsageView};
+use crate::{Health, StoreError};
 
 /// Ids reserved per write of an id generator's high-water mark.
 pub const ID_BLOCK: u64 = 1024;
@@ -300,14 +300,10 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The durable store.
-#[derive(Debug)]
-pub struct SledStore {
-    inner: Arc<Embedded<SledJournal>>,
-    flusher: Option<JoinHandle<()>>,
-}
+/// The durable store: the embedded store with sled's journal.
+pub type SledStore = Embedded<SledJournal>;
 
-impl SledStore {
+impl Embedded<SledJournal> {
     /// Opens (or creates) the store at `path` and loads its state, expiring
     /// what has expired by `now`.
     pub fn open(path: &Path, options: SledOptions, now: Nanos) -> Result<SledStore, OpenError> {
@@ -405,8 +401,7 @@ impl SledStore {
             ),
         ];
 
-        let group = Arc::new(Group::new(options.snapshot_interval));
-        let journal = SledJournal {
+        let shared = Arc::new(Shared {
             path: path.to_owned(),
             high_water: [
                 AtomicU64::new(reservations.next_sequence()),
@@ -414,19 +409,18 @@ impl SledStore {
             ],
             bump: Mutex::new(()),
             tree: RwLock::new(Some(tree.clone())),
-            group: Arc::clone(&group),
-        };
+            group: Group::new(options.snapshot_interval),
+        });
         let bounds = Bounds {
             subjects: options.max_entries,
             counters: options.max_counters,
         };
-        let inner = Arc::new(Embedded::new(
-            bounds,
-            secret,
-            reservations,
-            lease_ids,
-            journal,
-        ));
+        let mut store =
+            Embedded::with_journal(bounds, secret, reservations, lease_ids, |_| SledJournal {
+                shared: shared.clone(),
+                flusher: None,
+            });
+        let inner = store.state();
 
         let mut stale = Vec::new();
         for item in tree.iter() {
@@ -478,37 +472,25 @@ impl SledStore {
         let flusher = std::thread::Builder::new()
             .name("limits-store-flush".into())
             .spawn({
-                let path = path.to_owned();
-                let inner = Arc::downgrade(&inner);
-                move || group.run(db, &path, &inner)
+                let state = Arc::downgrade(store.state_arc());
+                move || shared.group.run(db, &shared, &state)
             })
             .map_err(|e| OpenError::Sled {
                 path: path.to_owned(),
                 source: e.into(),
             })?;
-        Ok(SledStore {
-            inner,
-            flusher: Some(flusher),
-        })
+        store.journal_mut().flusher = Some(flusher);
+        Ok(store)
     }
 
     /// Where the store lives.
     pub fn path(&self) -> &Path {
-        &self.inner.journal().path
-    }
-
-    /// Subjects currently held.
-    pub fn len(&self) -> usize {
-        self.inner.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        &self.journal().shared.path
     }
 
     /// Flushes done (or attempted) since open.
     pub fn flushes(&self) -> u64 {
-        self.inner.journal().group.flushes.load(Ordering::Relaxed)
+        self.journal().shared.group.flushes.load(Ordering::Relaxed)
     }
 
     /// Makes every flush (and every attempt to recover) fail as a full disk
@@ -517,7 +499,7 @@ impl SledStore {
     /// success. The real thing is tested on a small filesystem.
     #[doc(hidden)]
     pub fn fail_flushes(&self, on: bool) {
-        let group = &self.inner.journal().group;
+        let group = &self.journal().shared.group;
         group.fail_flushes.store(on, Ordering::Relaxed);
         if !on {
             // Retry now rather than at the next backoff step.
@@ -528,8 +510,8 @@ impl SledStore {
     /// Writes and flushes that failed since open; each failed a call with
     /// [`StoreError::Unavailable`].
     pub fn write_errors(&self) -> u64 {
-        self.inner
-            .journal()
+        self.journal()
+            .shared
             .group
             .write_errors
             .load(Ordering::Relaxed)
@@ -537,68 +519,11 @@ impl SledStore {
 
     /// Times the store recovered from a failed write by itself.
     pub fn recoveries(&self) -> u64 {
-        self.inner
-            .journal()
+        self.journal()
+            .shared
             .group
             .recoveries
             .load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for SledStore {
-    /// Flushes what is still pending and stops the flusher, so that a store
-    /// reopened in the same process finds everything and sled's lock free.
-    fn drop(&mut self) {
-        self.inner.journal().group.close();
-        if let Some(flusher) = self.flusher.take() {
-            // A panicked flusher has nothing left to hand back.
-            let _ = flusher.join();
-        }
-    }
-}
-
-impl Store for SledStore {
-    async fn apply(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: Op<'_>,
-        now: Nanos,
-    ) -> Result<Outcome, StoreError> {
-        self.inner.apply(subjects, limits, op, now).await
-    }
-
-    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
-        self.inner.release(lease_id, now).await
-    }
-
-    fn reservation_issued(&self, id: u64) -> bool {
-        self.inner.reservation_issued(id)
-    }
-
-    async fn usage(
-        &self,
-        subject: &Subject,
-        limits: &SubjectLimits,
-        now: Nanos,
-    ) -> Result<UsageView, StoreError> {
-        Ok(self.inner.usage(subject, limits, now))
-    }
-
-    async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
-        self.inner.sweep(table, now)
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush().await
-    }
-
-    async fn secret(&self) -> Result<std::sync::Arc<Secret>, StoreError> {
-        Ok(self.inner.secret().clone())
-    }
-
-    fn health(&self) -> Health {
-        self.inner.journal().group.health()
     }
 }
 
@@ -758,13 +683,21 @@ fn tracing_note(path: &Path, entries: usize) {
     );
 }
 
-/// The journal: writes to the sled tree and hands durability to the group.
-struct SledJournal {
+/// The durable store's journal: writes to the sled tree and hands
+/// durability to the flusher thread, which it stops (after a last flush)
+/// when dropped.
+pub struct SledJournal {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+/// What the journal shares with its flusher thread.
+struct Shared {
     path: PathBuf,
     /// The tree, or `None` while the flusher reopens the database after a
     /// failed write.
     tree: RwLock<Option<Tree>>,
-    group: Arc<Group>,
+    group: Group,
     /// Per [`IdKind`]: a sequence number no issued id has reached, as
     /// persisted.
     high_water: [AtomicU64; 2],
@@ -772,14 +705,26 @@ struct SledJournal {
     bump: Mutex<()>,
 }
 
+impl Drop for SledJournal {
+    /// Flushes what is still pending and stops the flusher, so that a store
+    /// reopened in the same process finds everything and sled's lock free.
+    fn drop(&mut self) {
+        self.shared.group.close();
+        if let Some(flusher) = self.flusher.take() {
+            // A panicked flusher has nothing left to hand back.
+            let _ = flusher.join();
+        }
+    }
+}
+
 // By hand: sled's `Debug` for a tree walks and prints all of it, keys (API
 // keys among them) included.
 impl std::fmt::Debug for SledJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledJournal")
-            .field("path", &self.path)
-            .field("high_water", &self.high_water)
-            .field("group", &self.group)
+            .field("path", &self.shared.path)
+            .field("high_water", &self.shared.high_water)
+            .field("group", &self.shared.group)
             .finish_non_exhaustive()
     }
 }
@@ -797,7 +742,7 @@ fn reason_of(e: &::sled::Error) -> &'static str {
     }
 }
 
-impl SledJournal {
+impl Shared {
     fn failed(&self, e: ::sled::Error) -> StoreError {
         let detail = format!("writing to the store at {}: {e}", self.path.display());
         self.group.fail(reason_of(&e), detail.clone());
@@ -853,7 +798,7 @@ impl SledJournal {
     /// removed, the id high-water marks rewritten. Each subject is compared
     /// and written with its shard locked, so no operation's write can be
     /// overtaken.
-    fn catch_up(&self, inner: &Embedded<SledJournal>, tree: &Tree) -> Result<(), ::sled::Error> {
+    fn catch_up(&self, inner: &State, tree: &Tree) -> Result<(), ::sled::Error> {
         let mut first_error = None;
         let mut buf = Vec::new();
         inner.shards().for_each(|d, id, state| {
@@ -935,7 +880,7 @@ impl SledJournal {
 
 impl Journal for SledJournal {
     fn writable(&self) -> Result<(), StoreError> {
-        match self.group.health() {
+        match self.shared.group.health() {
             Health::Writable => Ok(()),
             Health::Unwritable { detail, .. } => Err(StoreError::Unavailable(format!(
                 "{detail}; writes are refused until the store recovers, which it retries by itself"
@@ -944,17 +889,17 @@ impl Journal for SledJournal {
     }
 
     fn needs_catch_up(&self) {
-        self.group.catch_up.store(true, Ordering::Release);
-        self.group.wake.notify_one();
+        self.shared.group.catch_up.store(true, Ordering::Release);
+        self.shared.group.wake.notify_one();
     }
 
     fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<(), StoreError> {
         let next = ids.next_sequence();
-        let high_water = &self.high_water[kind as usize];
+        let high_water = &self.shared.high_water[kind as usize];
         if next <= high_water.load(Ordering::Acquire) {
             return Ok(());
         }
-        let _bump = self.bump.lock();
+        let _bump = self.shared.bump.lock();
         if next <= high_water.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -965,12 +910,13 @@ impl Journal for SledJournal {
         };
         // This write precedes the operation's own in the log, so the flush
         // that acknowledges the operation covers it too.
-        self.with_tree(|tree| tree.insert(key, &codec::encode_ids(ids.prefix(), new)))?;
+        self.shared
+            .with_tree(|tree| tree.insert(key, &codec::encode_ids(ids.prefix(), new)))?;
         high_water.store(new, Ordering::Release);
         // Usually the operation's own write follows and is waited for; a
         // denied reserved check writes nothing else, so make sure this goes
         // to disk all the same.
-        self.group.mark_dirty();
+        self.shared.group.mark_dirty();
         Ok(())
     }
 
@@ -988,12 +934,13 @@ impl Journal for SledJournal {
                     }
                     if codec::encode_state(a.state, &mut buf) {
                         let key = codec::subject_key(a.subject.dimension, &a.subject.id);
-                        self.with_tree(|tree| tree.insert(key, buf.as_slice()))?;
+                        self.shared
+                            .with_tree(|tree| tree.insert(key, buf.as_slice()))?;
                         wrote = true;
                     }
                 }
                 if wrote {
-                    self.group.mark_dirty();
+                    self.shared.group.mark_dirty();
                 }
                 Ok(false)
             }
@@ -1024,7 +971,7 @@ impl Journal for SledJournal {
                 // outcome depended on no state, so there is nothing to wait
                 // for.
                 let wait = !writes.is_empty();
-                self.put(writes)?;
+                self.shared.put(writes)?;
                 Ok(wait)
             }
         }
@@ -1036,7 +983,7 @@ impl Journal for SledJournal {
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
         // Enqueue now, not when first polled: the write this waits for has
         // already happened, and the sooner the flusher knows the better.
-        let rx = self.group.enqueue(urgent);
+        let rx = self.shared.group.enqueue(urgent);
         async move {
             match rx {
                 Ok(rx) => rx.await.unwrap_or_else(|_| {
@@ -1050,17 +997,23 @@ impl Journal for SledJournal {
     }
 
     fn dropped(&self, dimension: Dimension, id: &str) -> Result<(), StoreError> {
-        self.with_tree(|tree| tree.remove(codec::subject_key(dimension, id)))?;
+        self.shared
+            .with_tree(|tree| tree.remove(codec::subject_key(dimension, id)))?;
         // A lost delete is harmless (the load drops idle state), so it waits
         // for the next flush rather than forcing one.
-        self.group.mark_dirty();
+        self.shared.group.mark_dirty();
         Ok(())
     }
 
     fn lease_expired(&self, id: u64) -> Result<(), StoreError> {
-        self.with_tree(|tree| tree.remove(codec::lease_key(id)))?;
-        self.group.mark_dirty();
+        self.shared
+            .with_tree(|tree| tree.remove(codec::lease_key(id)))?;
+        self.shared.group.mark_dirty();
         Ok(())
+    }
+
+    fn health(&self) -> Health {
+        self.shared.group.health()
     }
 }
 
@@ -1187,7 +1140,8 @@ impl Group {
     }
 
     /// The flusher thread's loop; returns after a last flush once closed.
-    fn run(&self, db: Db, path: &Path, inner: &Weak<Embedded<SledJournal>>) {
+    fn run(&self, db: Db, shared: &Shared, inner: &Weak<State>) {
+        let path = shared.path.as_path();
         // However this thread ends, even by a panic in sled, nobody may be
         // left waiting for it: close the group and drop every waiter.
         struct Stopped<'a>(&'a Group);
@@ -1228,7 +1182,7 @@ impl Group {
                 state.urgent = false;
                 let closed = state.closed;
                 let result = parking_lot::MutexGuard::unlocked(&mut state, || {
-                    self.recover(&mut db, path, inner)
+                    self.recover(&mut db, shared, inner)
                 });
                 match &result {
                     Ok(()) => retry = FIRST_RETRY,
@@ -1323,9 +1277,10 @@ impl Group {
     fn recover(
         &self,
         db: &mut Option<Db>,
-        path: &Path,
-        inner: &Weak<Embedded<SledJournal>>,
+        journal: &Shared,
+        inner: &Weak<State>,
     ) -> Result<(), StoreError> {
+        let path = journal.path.as_path();
         let fail = |e: ::sled::Error| {
             let detail = format!("recovering the store at {}: {e}", path.display());
             self.fail(reason_of(&e), detail.clone());
@@ -1337,7 +1292,6 @@ impl Group {
         let Some(inner) = inner.upgrade() else {
             return Err(StoreError::Unavailable("the store is closed".into()));
         };
-        let journal = inner.journal();
         // sled keeps an I/O error once it has seen one: start from a fresh
         // handle. Writers find no tree meanwhile, fail, and ask for another
         // catch-up.

@@ -80,20 +80,20 @@ async fn request_rate_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S
         let l = limits(&[(kind, 2)]);
         let r = Req::new(&[(key(kind.name()), &l)]);
         for _ in 0..2 {
-            assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+            assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
         }
         let denied = r.check(&store, 0, 0, None, T0).await.unwrap();
         assert!(
-            !denied.allowed,
+            !denied.allowed(),
             "{kind:?}: the third request is over the limit"
         );
-        assert_eq!(denied.denial.unwrap().kind, kind);
-        assert_eq!(denied.reservation, None);
-        let retry = denied.retry_after.expect("a rate limit clears with time");
+        assert_eq!(denied.denial().unwrap().kind, kind);
+        assert_eq!(denied.reservation(), None);
+        let retry = denied.retry_after().expect("a rate limit clears with time");
         assert_eq!(T0.saturating_add(retry), rolled(kind, T0));
         let later = r.check(&store, 0, 0, None, rolled(kind, T0)).await.unwrap();
         assert!(
-            later.allowed,
+            later.allowed(),
             "{kind:?}: allowed again once the window rolled"
         );
     }
@@ -110,29 +110,39 @@ async fn budgets_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
         let s = key(kind.name());
         let r = Req::new(&[(s.clone(), &l)]);
         // An unreserved check holds nothing.
-        assert!(r.check(&store, usd(4), 0, None, T0).await.unwrap().allowed);
+        assert!(
+            r.check(&store, usd(4), 0, None, T0)
+                .await
+                .unwrap()
+                .allowed()
+        );
         assert_eq!(used(&store, &s, &l, kind, T0).await, 0);
         r.record(&store, None, usd(8), 0, T0).await.unwrap();
         assert_eq!(used(&store, &s, &l, kind, T0).await, usd(8));
 
         let denied = r.check(&store, usd(3), 0, None, T0).await.unwrap();
-        assert!(!denied.allowed, "{kind:?}: 8 + 3 > 10");
-        assert_eq!(denied.denial.unwrap().kind, kind);
+        assert!(!denied.allowed(), "{kind:?}: 8 + 3 > 10");
+        assert_eq!(denied.denial().unwrap().kind, kind);
         assert_eq!(
-            T0.saturating_add(denied.retry_after.unwrap()),
+            T0.saturating_add(denied.retry_after().unwrap()),
             rolled(kind, T0)
         );
-        assert!(r.check(&store, usd(2), 0, None, T0).await.unwrap().allowed);
+        assert!(
+            r.check(&store, usd(2), 0, None, T0)
+                .await
+                .unwrap()
+                .allowed()
+        );
         let never = r.check(&store, usd(11), 0, None, T0).await.unwrap();
-        assert!(!never.allowed);
-        assert_eq!(never.retry_after, None, "more than the limit never fits");
+        assert!(!never.allowed());
+        assert_eq!(never.retry_after(), None, "more than the limit never fits");
 
         let later = rolled(kind, T0);
         assert!(
             r.check(&store, usd(3), 0, None, later)
                 .await
                 .unwrap()
-                .allowed
+                .allowed()
         );
         assert_eq!(used(&store, &s, &l, kind, later).await, 0);
     }
@@ -147,14 +157,14 @@ async fn token_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
         r.record(&store, None, 0, 90, T0).await.unwrap();
         assert_eq!(used(&store, &s, &l, kind, T0).await, 90);
         let denied = r.check(&store, 0, 20, None, T0).await.unwrap();
-        assert!(!denied.allowed);
-        assert_eq!(denied.denial.unwrap().kind, kind);
-        assert!(r.check(&store, 0, 10, None, T0).await.unwrap().allowed);
+        assert!(!denied.allowed());
+        assert_eq!(denied.denial().unwrap().kind, kind);
+        assert!(r.check(&store, 0, 10, None, T0).await.unwrap().allowed());
         assert!(
             r.check(&store, 0, 20, None, rolled(kind, T0))
                 .await
                 .unwrap()
-                .allowed
+                .allowed()
         );
     }
 }
@@ -167,10 +177,10 @@ async fn several_subjects_move_all_or_nothing<S: Store>(make: impl Fn(usize) -> 
     let (k, u, t) = (key("k"), user("u"), team("t"));
     let r = Req::new(&[(k.clone(), &kl), (u.clone(), &ul), (t.clone(), &tl)]);
 
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
     let denied = r.check(&store, 0, 0, None, T0).await.unwrap();
-    assert!(!denied.allowed);
-    let d = denied.denial.unwrap();
+    assert!(!denied.allowed());
+    let d = denied.denial().unwrap();
     assert_eq!((d.subject, d.kind), (1, LimitKind::RequestsPerMinute));
     let rpm = LimitKind::RequestsPerMinute;
     assert_eq!(
@@ -189,7 +199,7 @@ async fn several_subjects_move_all_or_nothing<S: Store>(make: impl Fn(usize) -> 
     let k2l = limits(&[(LimitKind::RequestsPerMinute, 10)]);
     let r2 = Req::new(&[(key("k2"), &k2l), (t.clone(), &tl)]);
     let denied = r2.check(&store, usd(1), 0, None, T0).await.unwrap();
-    assert_eq!(denied.denial.unwrap().subject, 1);
+    assert_eq!(denied.denial().unwrap().subject, 1);
     assert_eq!(used(&store, &key("k2"), &k2l, rpm, T0).await, 0);
 
     // Concurrency too: a full user blocks the key's slot.
@@ -201,11 +211,11 @@ async fn several_subjects_move_all_or_nothing<S: Store>(make: impl Fn(usize) -> 
             .await
             .unwrap()
             .0
-            .acquired
+            .acquired()
     );
     let (out, lease) = rc.acquire(&store, Nanos::MINUTE, T0).await.unwrap();
-    assert!(!out.acquired && lease.is_none());
-    assert_eq!(out.denial.unwrap().subject, 1);
+    assert!(!out.acquired() && lease.is_none());
+    assert_eq!(out.denial().unwrap().subject, 1);
     let mc = LimitKind::MaxConcurrent;
     assert_eq!(used(&store, &key("kc"), &kc, mc, T0).await, 1);
 }
@@ -222,9 +232,8 @@ async fn reservations_hold_settle_and_expire<S: Store>(make: impl Fn(usize) -> S
     let ttl = Some(Nanos::MINUTE);
 
     let c1 = r.check(&store, usd(6), 100, ttl, T0).await.unwrap();
-    assert!(c1.allowed);
-    let id1 = c1.reservation.expect("a reservation id");
-    assert!(store.reservation_issued(id1));
+    assert!(c1.allowed());
+    let id1 = c1.reservation().expect("a reservation id");
     assert_eq!(used(&store, &s, &l, daily, T0).await, usd(6), "held");
     assert_eq!(
         used(&store, &s, &l, LimitKind::TokensPerMinute, T0).await,
@@ -232,8 +241,8 @@ async fn reservations_hold_settle_and_expire<S: Store>(make: impl Fn(usize) -> S
     );
     // Held estimates count against concurrent requests.
     let c2 = r.check(&store, usd(6), 0, ttl, T0).await.unwrap();
-    assert!(!c2.allowed);
-    assert_eq!(c2.reservation, None);
+    assert!(!c2.allowed());
+    assert_eq!(c2.reservation(), None);
 
     // Settling smaller: the actual replaces the estimate.
     let rec = r.record(&store, Some(id1), usd(2), 50, T0).await.unwrap();
@@ -253,14 +262,13 @@ async fn reservations_hold_settle_and_expire<S: Store>(make: impl Fn(usize) -> S
         .check(&store, usd(1), 0, ttl, T0)
         .await
         .unwrap()
-        .reservation
+        .reservation()
         .unwrap();
     r.record(&store, Some(id3), usd(5), 0, T0).await.unwrap();
     assert_eq!(used(&store, &s, &l, daily, T0).await, usd(7));
 
     // An id this store never issued.
     let bogus = 0xdead_beef;
-    assert!(!store.reservation_issued(bogus));
     assert_eq!(
         r.record(&store, Some(bogus), usd(1), 0, T0).await,
         Err(StoreError::UnknownReservation)
@@ -272,8 +280,8 @@ async fn reservations_hold_settle_and_expire<S: Store>(make: impl Fn(usize) -> S
         .check(&store, usd(3), 0, Some(Nanos::from_secs(10)), at(1))
         .await
         .unwrap();
-    assert!(c4.allowed, "7 + 3 fits in 10");
-    let id4 = c4.reservation.unwrap();
+    assert!(c4.allowed(), "7 + 3 fits in 10");
+    let id4 = c4.reservation().unwrap();
     let view = store.usage(&s, &l, at(2)).await.unwrap();
     assert_eq!(view.holds.iter().map(|h| h.id).collect::<Vec<_>>(), [id4]);
     assert_eq!(used(&store, &s, &l, daily, at(2)).await, usd(10));
@@ -296,20 +304,20 @@ async fn leases_acquire_release_and_expire<S: Store>(make: impl Fn(usize) -> S) 
     let ttl = Nanos::from_secs(30);
 
     let (a1, lease1) = r.acquire(&store, ttl, T0).await.unwrap();
-    assert!(a1.acquired);
+    assert!(a1.acquired());
     let (id1, expires1) = lease1.unwrap();
     assert_eq!(expires1, at(30));
     let (_, lease2) = r.acquire(&store, ttl, T0).await.unwrap();
     let (id2, _) = lease2.unwrap();
     let (full, none) = r.acquire(&store, ttl, T0).await.unwrap();
-    assert!(!full.acquired && none.is_none(), "max + 1 is denied");
-    let d = full.denial.unwrap();
+    assert!(!full.acquired() && none.is_none(), "max + 1 is denied");
+    let d = full.denial().unwrap();
     assert_eq!(d.kind, LimitKind::MaxConcurrent);
     assert_eq!(d.retry_after, Some(ttl), "the oldest lease's expiry");
 
     assert_eq!(store.release(id1, at(1)).await, Ok(true));
     let (a3, lease3) = r.acquire(&store, ttl, at(1)).await.unwrap();
-    assert!(a3.acquired, "a release frees its slot");
+    assert!(a3.acquired(), "a release frees its slot");
     assert_eq!(
         store.release(id1, at(1)).await,
         Ok(false),
@@ -329,9 +337,9 @@ async fn leases_acquire_release_and_expire<S: Store>(make: impl Fn(usize) -> S) 
     // Leases expire: a caller that died holding a slot leaks it only until
     // its TTL.
     let after = at(31);
-    assert!(r.acquire(&store, ttl, after).await.unwrap().0.acquired);
-    assert!(r.acquire(&store, ttl, after).await.unwrap().0.acquired);
-    assert!(!r.acquire(&store, ttl, after).await.unwrap().0.acquired);
+    assert!(r.acquire(&store, ttl, after).await.unwrap().0.acquired());
+    assert!(r.acquire(&store, ttl, after).await.unwrap().0.acquired());
+    assert!(!r.acquire(&store, ttl, after).await.unwrap().0.acquired());
     assert_eq!(
         store.release(id2, after).await,
         Ok(false),
@@ -348,13 +356,13 @@ async fn usage_shows_windows_holds_and_leases<S: Store>(make: impl Fn(usize) -> 
     ]);
     let s = team("v");
     let r = Req::new(&[(s.clone(), &l)]);
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
     r.record(&store, None, usd(2), 0, T0).await.unwrap();
     let hold = r
         .check(&store, usd(1), 0, Some(Nanos::MINUTE), T0)
         .await
         .unwrap()
-        .reservation
+        .reservation()
         .unwrap();
     let (lease, _) = r
         .acquire(&store, Nanos::MINUTE, T0)
@@ -417,7 +425,7 @@ async fn sweep_drops_idle_subjects_and_keeps_live_ones<S: Store>(make: impl Fn(u
             .check(&store, 0, 0, None, T0)
             .await
             .unwrap()
-            .allowed
+            .allowed()
     );
     Req::new(&[(user("leased"), &conc)])
         .acquire(&store, Nanos::from_secs(10), T0)
@@ -529,10 +537,10 @@ async fn hits_charge_many_subjects_all_or_nothing<S: Store>(make: impl Fn(usize)
         tokens: 0,
     }; 5];
     for _ in 0..2 {
-        assert!(req.hit(&store, &one, T0).await.unwrap().allowed);
+        assert!(req.hit(&store, &one, T0).await.unwrap().allowed());
     }
     let denied = req.hit(&store, &one, T0).await.unwrap();
-    assert!(!denied.allowed);
+    assert!(!denied.allowed());
     assert_eq!(denied.denial.unwrap().subject, 4);
     for n in &names[..4] {
         let u = used(&store, &key(n), &roomy, LimitKind::RequestsPerMinute, T0).await;
@@ -545,7 +553,7 @@ async fn hits_charge_many_subjects_all_or_nothing<S: Store>(make: impl Fn(usize)
         tokens: 1_500,
     }];
     let over = t.hit(&store, &usage, T0).await.unwrap();
-    assert!(!over.allowed);
+    assert!(!over.allowed());
     assert_eq!(
         used(&store, &user("u"), &tokens, LimitKind::TokensPerMinute, T0).await,
         1_500,

@@ -9,10 +9,21 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 
 use limits_core::hit::Charge;
+use limits_core::hit::HitOutcome;
+use limits_core::{AcquireOutcome, Admission, CheckOutcome, LeaseSlot, RecordOutcome, Verdict};
 use limits_core::{
     Attempt, Dimension, EnforcementMode, LimitKind, NanoUsd, Nanos, Policy, Subject, SubjectLimits,
 };
-use limits_store::{MemoryStore, Op, Outcome, RedisStore, Store, StoreError, UsageView};
+use limits_store::{CheckOp, MemoryStore, RecordOp, RedisStore, Store, StoreError, UsageView};
+
+/// One outcome of any operation, so the two stores' are compared whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Check(CheckOutcome),
+    Record(RecordOutcome),
+    Acquire(AcquireOutcome),
+    Hit(HitOutcome),
+}
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -40,13 +51,18 @@ impl Ids {
     fn outcome(&mut self, memory: &Outcome, redis: Outcome) -> Outcome {
         match (memory, redis) {
             (Outcome::Check(m), Outcome::Check(mut r)) => {
-                self.pair(m.reservation, r.reservation);
-                r.reservation = r.reservation.map(|id| self.map(id));
+                self.pair(m.reservation(), r.reservation());
+                if let Verdict::Allowed { reservation, .. } = &mut r.verdict {
+                    *reservation = reservation.map(|id| self.map(id));
+                }
                 Outcome::Check(r)
             }
-            (Outcome::Acquire(_, m), Outcome::Acquire(a, r)) => {
-                self.pair(m.map(|l| l.0), r.map(|l| l.0));
-                Outcome::Acquire(a, r.map(|(id, at)| (self.map(id), at)))
+            (Outcome::Acquire(m), Outcome::Acquire(mut r)) => {
+                self.pair(m.lease().map(|l| l.id), r.lease().map(|l| l.id));
+                if let Admission::Acquired(lease) = &mut r.admission {
+                    lease.id = self.map(lease.id);
+                }
+                Outcome::Acquire(r)
             }
             (_, r) => r,
         }
@@ -156,15 +172,21 @@ async fn differential(seed: u64, server: &RedisServer) {
                 let reserve_ttl = rng
                     .random_bool(0.5)
                     .then(|| Nanos::from_millis(rng.random_range(1..120_000)));
-                let op = Op::Check {
+                let op = CheckOp {
                     attempts: &attempts,
                     reserve_ttl,
                     tag: 7,
                     policy: &policy,
                 };
                 (
-                    memory.apply(&subjects, &sl, op, now).await,
-                    redis.apply(&subjects, &sl, op, now).await,
+                    memory
+                        .check(&subjects, &sl, op, now)
+                        .await
+                        .map(Outcome::Check),
+                    redis
+                        .check(&subjects, &sl, op, now)
+                        .await
+                        .map(Outcome::Check),
                 )
             }
             40..60 => {
@@ -179,26 +201,34 @@ async fn differential(seed: u64, server: &RedisServer) {
                 };
                 let cost = NanoUsd(rng.random_range(0..40));
                 let tokens = rng.random_range(0..60);
-                let op = |reservation| Op::Record {
+                let op = |reservation| RecordOp {
                     reservation,
                     cost,
                     tokens,
                     policy: &policy,
                 };
                 (
-                    memory.apply(&subjects, &sl, op(reservation), now).await,
+                    memory
+                        .record(&subjects, &sl, op(reservation), now)
+                        .await
+                        .map(Outcome::Record),
                     redis
-                        .apply(&subjects, &sl, op(redis_reservation), now)
-                        .await,
+                        .record(&subjects, &sl, op(redis_reservation), now)
+                        .await
+                        .map(Outcome::Record),
                 )
             }
             60..75 => {
-                let op = Op::Acquire {
-                    ttl: Nanos::from_millis(rng.random_range(1..60_000)),
-                };
+                let ttl = Nanos::from_millis(rng.random_range(1..60_000));
                 (
-                    memory.apply(&subjects, &sl, op, now).await,
-                    redis.apply(&subjects, &sl, op, now).await,
+                    memory
+                        .acquire(&subjects, &sl, ttl, now)
+                        .await
+                        .map(Outcome::Acquire),
+                    redis
+                        .acquire(&subjects, &sl, ttl, now)
+                        .await
+                        .map(Outcome::Acquire),
                 )
             }
             75..85 => {
@@ -209,10 +239,15 @@ async fn differential(seed: u64, server: &RedisServer) {
                         tokens: rng.random_range(0..50),
                     })
                     .collect();
-                let op = Op::Hit { charges: &charges };
                 (
-                    memory.apply(&subjects, &sl, op, now).await,
-                    redis.apply(&subjects, &sl, op, now).await,
+                    memory
+                        .hit(&subjects, &sl, &charges, now)
+                        .await
+                        .map(Outcome::Hit),
+                    redis
+                        .hit(&subjects, &sl, &charges, now)
+                        .await
+                        .map(Outcome::Hit),
                 )
             }
             85..93 => {
@@ -253,7 +288,7 @@ async fn differential(seed: u64, server: &RedisServer) {
                 assert_eq!(m, &r, "step {step} (seed {seed})");
                 match (m, &r) {
                     (Outcome::Check(mc), Outcome::Check(_)) => {
-                        if let Some(id) = mc.reservation {
+                        if let Some(id) = mc.reservation() {
                             let rid = ids
                                 .to_memory
                                 .iter()
@@ -263,7 +298,13 @@ async fn differential(seed: u64, server: &RedisServer) {
                             reservations.push((id, rid));
                         }
                     }
-                    (Outcome::Acquire(_, Some((id, _))), _) => {
+                    (
+                        Outcome::Acquire(AcquireOutcome {
+                            admission: Admission::Acquired(LeaseSlot { id, .. }),
+                            ..
+                        }),
+                        _,
+                    ) => {
                         let rid = ids
                             .to_memory
                             .iter()
@@ -314,15 +355,18 @@ async fn money_stays_exact_beyond_two_to_the_fifty_three() {
     // the exact remainder fits.
     let rest = max - base - 10_000_000;
     let over = r.check(&store, rest + 1, 0, None, T0).await.unwrap();
-    assert!(!over.allowed);
+    assert!(!over.allowed());
     let fits = r
         .check(&store, rest, 0, Some(Nanos::MINUTE), T0)
         .await
         .unwrap();
-    assert!(fits.allowed, "the exact remainder fits");
+    assert!(fits.allowed(), "the exact remainder fits");
     assert_eq!(used(&store, &s, &l, daily, T0).await, max);
     let full = r.check(&store, 0, 0, None, T0).await.unwrap();
-    assert!(!full.allowed, "a full budget denies a call of unknown cost");
+    assert!(
+        !full.allowed(),
+        "a full budget denies a call of unknown cost"
+    );
     let status = common::status(&full.statuses, daily);
     assert_eq!((status.used, status.limit), (max, max));
 }
@@ -346,10 +390,10 @@ async fn instances_share_ids_reservations_and_leases() {
         .check(&a, usd(6), 0, Some(Nanos::MINUTE), T0)
         .await
         .unwrap()
-        .reservation
+        .reservation()
         .unwrap();
     assert!(
-        !r.check(&b, usd(6), 0, None, T0).await.unwrap().allowed,
+        !r.check(&b, usd(6), 0, None, T0).await.unwrap().allowed(),
         "b sees a's hold"
     );
     let first = r.record(&b, Some(id), usd(1), 0, T0).await.unwrap();
@@ -360,7 +404,7 @@ async fn instances_share_ids_reservations_and_leases() {
 
     let (_, lease) = r.acquire(&a, Nanos::MINUTE, T0).await.unwrap();
     let (lease, _) = lease.unwrap();
-    assert!(!r.acquire(&b, Nanos::MINUTE, T0).await.unwrap().0.acquired);
+    assert!(!r.acquire(&b, Nanos::MINUTE, T0).await.unwrap().0.acquired());
     assert_eq!(b.release(lease, at(1)).await, Ok(true));
     assert_eq!(
         a.release(lease, at(1)).await,
@@ -372,7 +416,7 @@ async fn instances_share_ids_reservations_and_leases() {
             .await
             .unwrap()
             .0
-            .acquired
+            .acquired()
     );
     assert_eq!(
         a.release(1 << 40, at(1)).await,
@@ -388,7 +432,7 @@ async fn unavailable_while_redis_is_down_then_recovers() {
     let store: RedisStore = server.store_with_clock(100, false);
     let l = limits(&[(LimitKind::RequestsPerMinute, 5)]);
     let r = Req::new(&[(key("k"), &l)]);
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
     let port = server.port;
     server.stop();
     let err = r.check(&store, 0, 0, None, T0).await.unwrap_err();
@@ -399,7 +443,7 @@ async fn unavailable_while_redis_is_down_then_recovers() {
     loop {
         match r.check(&store, 0, 0, None, T0).await {
             Ok(out) => {
-                assert!(out.allowed);
+                assert!(out.allowed());
                 break;
             }
             Err(StoreError::Unavailable(_)) => {
@@ -466,8 +510,8 @@ async fn rediss_speaks_tls() {
     }
     let l = limits(&[(LimitKind::RequestsPerMinute, 1)]);
     let r = Req::new(&[(key("tls"), &l)]);
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
-    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
+    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
 }
 
 /// `cluster: true`: the same operations through the cluster client on a
@@ -534,9 +578,9 @@ async fn a_redis_cluster_runs_the_same_script() {
         (common::user("c2"), &l),
         (common::team("c3"), &l),
     ]);
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
-    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
+    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
     let (_, lease) = r.acquire(&store, Nanos::MINUTE, T0).await.unwrap();
     assert_eq!(store.release(lease.unwrap().0, T0).await, Ok(true));
     let view = store.usage(&key("c1"), &l, T0).await.unwrap();
@@ -585,7 +629,7 @@ async fn replicas_agree_on_a_secret_after_redis_loses_its_data() {
     let a = server.store_on_prefix(&prefix, 100, true);
     let l = limits(&[(LimitKind::RequestsPerMinute, 3)]);
     let r = Req::new(&[(key("shared"), &l)]);
-    assert!(r.check(&a, 0, 0, None, T0).await.unwrap().allowed);
+    assert!(r.check(&a, 0, 0, None, T0).await.unwrap().allowed());
     let before = a.secret().await.unwrap();
 
     server.flush_all();
@@ -593,7 +637,7 @@ async fn replicas_agree_on_a_secret_after_redis_loses_its_data() {
     let b = server.store_on_prefix(&prefix, 100, true);
     let mut allowed = Vec::new();
     for store in [&b, &a, &b, &a] {
-        allowed.push(r.check(store, 0, 0, None, T0).await.unwrap().allowed);
+        allowed.push(r.check(store, 0, 0, None, T0).await.unwrap().allowed());
     }
     assert_eq!(allowed, [true, true, true, false], "one count across both");
     let (sa, sb) = (a.secret().await.unwrap(), b.secret().await.unwrap());
@@ -612,7 +656,7 @@ async fn replicas_agree_on_a_secret_after_redis_loses_its_data() {
     assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
     assert!(err.to_string().contains("security.secret"), "{err}");
     assert!(
-        !r.check(&a, 0, 0, None, T0).await.unwrap().allowed,
+        !r.check(&a, 0, 0, None, T0).await.unwrap().allowed(),
         "still 3 counted"
     );
 }

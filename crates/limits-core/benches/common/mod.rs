@@ -117,7 +117,7 @@ impl Population {
                         policy: &policy,
                     };
                     let out = check(&mut [&mut state], &[&limits], &req, at);
-                    assert!(out.allowed, "history must fit the limits");
+                    assert!(out.allowed(), "history must fit the limits");
                     record(&mut [&mut state], &[&limits], &actual, &policy, at);
                 }
                 map.insert(id.clone(), state);
@@ -185,10 +185,10 @@ impl Population {
             policy: &self.policy,
         };
         let out = check(&mut states, &limits, &req, self.now);
-        if record_usage && out.allowed {
+        if record_usage && out.allowed() {
             record(&mut states, &limits, &self.actual, &self.policy, self.now);
         }
-        out.allowed
+        out.allowed()
     }
 
     /// Bytes per subject by accounting: the state's own figure

@@ -12,7 +12,7 @@ use limits_core::{
     AcquireOutcome, Attempt, CheckOutcome, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos,
     Policy, RecordOutcome, Subject, SubjectLimits,
 };
-use limits_store::{Op, Outcome, SledOptions, SledStore, Store, StoreError};
+use limits_store::{CheckOp, RecordOp, SledOptions, SledStore, Store, StoreError};
 
 /// A start instant that is a whole number of 30-day windows since the epoch,
 /// so every window's buckets start exactly here.
@@ -95,16 +95,13 @@ impl<'a> Req<'a> {
             tokens,
         }];
         let policy = policy();
-        let op = Op::Check {
+        let op = CheckOp {
             attempts: &attempts,
             reserve_ttl,
             tag: 0,
             policy: &policy,
         };
-        match store.apply(&self.subjects, &self.limits, op, now).await? {
-            Outcome::Check(out) => Ok(out),
-            other => panic!("a check answered {other:?}"),
-        }
+        store.check(&self.subjects, &self.limits, op, now).await
     }
 
     pub async fn record<S: Store>(
@@ -116,16 +113,13 @@ impl<'a> Req<'a> {
         now: Nanos,
     ) -> Result<RecordOutcome, StoreError> {
         let policy = policy();
-        let op = Op::Record {
+        let op = RecordOp {
             reservation,
             cost: NanoUsd(cost),
             tokens,
             policy: &policy,
         };
-        match store.apply(&self.subjects, &self.limits, op, now).await? {
-            Outcome::Record(out) => Ok(out),
-            other => panic!("a record answered {other:?}"),
-        }
+        store.record(&self.subjects, &self.limits, op, now).await
     }
 
     pub async fn hit<S: Store>(
@@ -134,13 +128,7 @@ impl<'a> Req<'a> {
         charges: &[limits_core::hit::Charge],
         now: Nanos,
     ) -> Result<limits_core::hit::HitOutcome, StoreError> {
-        match store
-            .apply(&self.subjects, &self.limits, Op::Hit { charges }, now)
-            .await?
-        {
-            Outcome::Hit(out) => Ok(out),
-            other => panic!("a hit answered {other:?}"),
-        }
+        store.hit(&self.subjects, &self.limits, charges, now).await
     }
 
     pub async fn acquire<S: Store>(
@@ -149,13 +137,11 @@ impl<'a> Req<'a> {
         ttl: Nanos,
         now: Nanos,
     ) -> Result<(AcquireOutcome, Option<(u64, Nanos)>), StoreError> {
-        match store
-            .apply(&self.subjects, &self.limits, Op::Acquire { ttl }, now)
-            .await?
-        {
-            Outcome::Acquire(out, lease) => Ok((out, lease)),
-            other => panic!("an acquire answered {other:?}"),
-        }
+        let out = store
+            .acquire(&self.subjects, &self.limits, ttl, now)
+            .await?;
+        let lease = out.lease().map(|l| (l.id, l.expires_at));
+        Ok((out, lease))
     }
 }
 

@@ -2157,7 +2157,7 @@ const GRACE_RANGE: Range = Range {
 };
 /// Zero turns polling off; otherwise not so often that it burns a core.
 const RELOAD_RANGE: Range = Range {
-    min: Duration::from_millis(100),
+    min: Duration::from_millis(10),
     max: HOUR,
     zero: true,
 };

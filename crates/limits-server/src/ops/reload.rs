@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use limits_store::AnyStore;
 
+use crate::api::Shared;
 use crate::config::{self, Config, Overrides};
-use crate::metrics as m;
-use crate::service::Shared;
+use crate::ops::metrics as m;
 
 /// What the watcher compares: the file's bytes, read through any symlinks,
 /// so a swapped ConfigMap symlink counts as a change even when timestamps
@@ -30,7 +30,7 @@ fn fingerprint(path: &Path) -> Option<u64> {
 /// too. `None` while the config file itself cannot be read.
 fn fingerprint_all(shared: &Shared<AnyStore>, path: &Path) -> Option<u64> {
     let main = fingerprint(path)?;
-    let config = shared.config.load();
+    let config = shared.limiter.config();
     let rules: Vec<Option<u64>> = config
         .rls
         .config_files
@@ -55,6 +55,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.metrics != new.metrics {
         changed.push("limits.metrics");
     }
+    if old.secret != new.secret {
+        changed.push("limits.security");
+    }
     changed
 }
 
@@ -62,7 +65,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 pub fn reload(shared: &Shared<AnyStore>, path: &Path, overrides: &Overrides, why: &str) -> bool {
     match config::load_from_env(Some(path), overrides) {
         Ok(new) => {
-            let old = shared.config.load_full();
+            let old = shared.limiter.config();
             for key in restart_only_changes(&old, &new) {
                 tracing::warn!(
                     key,
@@ -75,9 +78,10 @@ pub fn reload(shared: &Shared<AnyStore>, path: &Path, overrides: &Overrides, why
                 server: old.server.clone(),
                 logging: old.logging.clone(),
                 metrics: old.metrics.clone(),
+                secret: old.secret.clone(),
                 ..new
             };
-            shared.config.store(Arc::new(new));
+            shared.limiter.reload(new);
             metrics::counter!(m::CONFIG_RELOADS, "result" => "success").increment(1);
             tracing::info!(path = %path.display(), trigger = why, "config reloaded");
             // New limits may admit what is queued.

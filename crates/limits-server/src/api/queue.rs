@@ -99,7 +99,7 @@ impl Queues {
             tickets.push_back(ticket);
         }
         let waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(waiting as f64);
+        metrics::gauge!(crate::ops::metrics::QUEUE_DEPTH).set(waiting as f64);
         Ok(Place {
             queues: self,
             key,
@@ -169,7 +169,7 @@ impl Drop for Place<'_> {
             tickets.is_empty()
         };
         let waiting = self.queues.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(waiting as f64);
+        metrics::gauge!(crate::ops::metrics::QUEUE_DEPTH).set(waiting as f64);
         if empty {
             let mut lines = self.queues.lines.lock();
             // Another request may have joined since; only drop an empty line.

@@ -38,6 +38,9 @@ pub const STORE_ERRORS: &str = "mercator_limits_store_errors_total";
 pub const RESERVATIONS_OPEN: &str = "mercator_limits_reservations_open";
 pub const SUBJECTS: &str = "mercator_limits_subjects";
 pub const FAIL_OPEN: &str = "mercator_limits_fail_open_total";
+/// The `operation` label of Envoy's `ShouldRateLimit`.
+pub const RLS_OPERATION: &str = "should_rate_limit";
+
 /// Calls refused before they reached a handler, by `reason`: `in_flight`,
 /// `message_size`, `memory`.
 pub const SHED: &str = "mercator_limits_shed_total";
@@ -75,7 +78,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "release",
         "usage",
         "sweep",
-        crate::rls::OPERATION,
+        RLS_OPERATION,
     ] {
         counter!(STORE_ERRORS, "operation" => operation).absolute(0);
     }
@@ -329,7 +332,7 @@ const OPERATIONS: [&str; 6] = [
     "acquire",
     "release",
     "usage",
-    crate::rls::OPERATION,
+    RLS_OPERATION,
 ];
 
 impl Labels {

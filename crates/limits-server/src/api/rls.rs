@@ -5,11 +5,11 @@
 //! `envoy.filters.http.ratelimit` filter.
 //!
 //! A request names a domain and descriptors (lists of key/value entries).
-//! [`crate::rls_config`] says what they mean: entries that carry an API key,
+//! [`limits::rls`] says what they mean: entries that carry an API key,
 //! user or team id (limits from the ordinary limit table), and rules from
 //! envoyproxy/ratelimit-format files (one counter per matched descriptor).
 //! Every counter the request's descriptors name is charged in **one**
-//! atomic store operation ([`Op::Hit`]):
+//! atomic store operation (a hit, [`limits::Limiter::hit`]):
 //!
 //! - a request descriptor charges its hits as requests, all or nothing
 //!   across every counter: if any descriptor is over its limit, no request
@@ -36,14 +36,17 @@ use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use limits::rls::{self as rls_config, Unit};
+use limits::validate::MAX_ID_BYTES;
 use limits_core::headers::{header_values, most_restrictive};
 use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{Dimension, LimitKind, LimitStatus, Nanos, Resource, Subject, SubjectLimits};
-use limits_store::{MAX_SUBJECTS, Op, Outcome, Store, StoreError};
+use limits_store::{MAX_SUBJECTS, Store};
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
-use crate::metrics as m;
+use crate::api::convert::invalid;
+use crate::api::limits::{Shared, failed};
+use crate::ops::metrics as m;
 use crate::pb::envoy::config::core::v3::HeaderValue;
 use crate::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as PbUnit;
 use crate::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -52,9 +55,7 @@ use crate::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 use crate::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use crate::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use crate::pb::envoy::r#type::v3::RateLimitUnit;
-use crate::rls_config::{self, Unit};
-use crate::service::{Shared, now};
-use crate::validate::{MAX_ID_BYTES, invalid};
+use limits::config::Config;
 
 /// The most descriptors one request may carry.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -66,7 +67,7 @@ pub const MAX_KEY_BYTES: usize = 256;
 pub const MAX_VALUE_BYTES: usize = 4096;
 
 /// The `operation` label of this API's duration histogram and store errors.
-pub const OPERATION: &str = "should_rate_limit";
+pub const OPERATION: &str = m::RLS_OPERATION;
 
 /// The gRPC service.
 #[derive(Debug)]
@@ -406,34 +407,20 @@ fn plan<'c>(config: &'c Config, req: &RateLimitRequest) -> Result<Plan<'c>, Stat
     Ok(plan)
 }
 
-/// Counts and logs a store failure, then maps it.
-fn store_failed(e: StoreError) -> Status {
-    crate::service::store_failed(OPERATION, e)
-}
-
 /// Charges one group of targets (all enforced, or all shadowed) in one
 /// atomic store operation, recording its metrics.
 async fn hit_group<S: Store>(
     shared: &Shared<S>,
     targets: &[Target<'_>],
-    now: Nanos,
 ) -> Result<HitOutcome, Status> {
     let subjects: Vec<Subject> = targets.iter().map(|t| t.subject.clone()).collect();
     let limits: Vec<&SubjectLimits> = targets.iter().map(|t| t.limits.as_ref()).collect();
     let charges: Vec<Charge> = targets.iter().map(|t| t.charge).collect();
-    let outcome = match shared
-        .store
-        .apply(&subjects, &limits, Op::Hit { charges: &charges }, now)
+    let outcome = shared
+        .limiter
+        .hit(&subjects, &limits, &charges)
         .await
-    {
-        Ok(Outcome::Hit(h)) => h,
-        Ok(other) => {
-            return Err(Status::internal(format!(
-                "unexpected store outcome {other:?}"
-            )));
-        }
-        Err(e) => return Err(store_failed(e)),
-    };
+        .map_err(|e| failed(OPERATION, e))?;
     m::record_statuses(&shared.labels, &subjects, &limits, &outcome.statuses, true);
     Ok(outcome)
 }
@@ -519,7 +506,7 @@ async fn should_rate_limit<S: Store>(
 ) -> Result<RateLimitResponse, Status> {
     check_request(req)?;
     let mut plan = plan(config, req)?;
-    let now = now();
+    let now = limits::now();
     let enforced = plan.partition();
     let (enforced_targets, shadow_targets) = plan.targets.split_at(enforced);
     if !plan.targets.is_empty() {
@@ -534,14 +521,14 @@ async fn should_rate_limit<S: Store>(
     let mut retry_after = None;
     let mut statuses: Vec<LimitStatus> = Vec::new();
     if !enforced_targets.is_empty() {
-        let out = hit_group(shared, enforced_targets, now).await?;
-        over = !out.allowed;
+        let out = hit_group(shared, enforced_targets).await?;
+        over = !out.allowed();
         retry_after = out.denial.and_then(|d| d.retry_after);
         statuses.extend(out.statuses);
     }
     let enforced_statuses = statuses.len();
     if !shadow_targets.is_empty() {
-        let out = hit_group(shared, shadow_targets, now).await?;
+        let out = hit_group(shared, shadow_targets).await?;
         statuses.extend(out.statuses.into_iter().map(|mut s| {
             s.subject += enforced;
             s
@@ -637,7 +624,7 @@ impl<S: Store> RateLimitService for RlsSvc<S> {
         let _call = self.shared.in_flight.enter();
         let started = std::time::Instant::now();
         let req = request.into_inner();
-        let config = self.shared.config.load_full();
+        let config = self.shared.limiter.config();
         if !config.rls.enabled {
             return Err(Status::unimplemented(
                 "the rate limit service is switched off (limits.rls.enabled: false)",
@@ -655,15 +642,14 @@ impl<S: Store> RateLimitService for RlsSvc<S> {
 
 #[cfg(test)]
 mod tests {
-    use arc_swap::ArcSwap;
-    use limits_core::LimitTable;
-    use limits_store::{SweepStats, UsageView};
+    use limits_core::{AcquireOutcome, CheckOutcome, LimitTable, RecordOutcome};
+    use limits_store::{CheckOp, RecordOp, StoreError, SweepStats, UsageView};
 
     use super::*;
-    use crate::metrics::Labels;
+    use crate::api::queue::Queues;
+    use crate::ops::metrics::Labels;
     use crate::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
     use crate::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-    use crate::queue::Queues;
 
     /// A store whose every operation fails as an unreachable backend would.
     struct Down;
@@ -673,20 +659,44 @@ mod tests {
     }
 
     impl Store for Down {
-        async fn apply(
+        async fn check(
             &self,
             _: &[Subject],
             _: &[&SubjectLimits],
-            _: Op<'_>,
+            _: CheckOp<'_>,
             _: Nanos,
-        ) -> Result<Outcome, StoreError> {
+        ) -> Result<CheckOutcome, StoreError> {
+            Err(down())
+        }
+        async fn record(
+            &self,
+            _: &[Subject],
+            _: &[&SubjectLimits],
+            _: RecordOp<'_>,
+            _: Nanos,
+        ) -> Result<RecordOutcome, StoreError> {
+            Err(down())
+        }
+        async fn acquire(
+            &self,
+            _: &[Subject],
+            _: &[&SubjectLimits],
+            _: Nanos,
+            _: Nanos,
+        ) -> Result<AcquireOutcome, StoreError> {
+            Err(down())
+        }
+        async fn hit(
+            &self,
+            _: &[Subject],
+            _: &[&SubjectLimits],
+            _: &[Charge],
+            _: Nanos,
+        ) -> Result<HitOutcome, StoreError> {
             Err(down())
         }
         async fn release(&self, _: u64, _: Nanos) -> Result<bool, StoreError> {
             Err(down())
-        }
-        fn reservation_issued(&self, _: u64) -> bool {
-            false
         }
         async fn usage(
             &self,
@@ -711,7 +721,7 @@ mod tests {
     }
 
     fn config() -> Config {
-        crate::config::parse_str(
+        limits::config::parse_str(
             r#"
 limits:
   rate_limits:
@@ -756,8 +766,7 @@ limits:
     async fn an_unavailable_store_is_unavailable_never_ok() {
         let config = config();
         let shared = Shared {
-            store: Down,
-            config: ArcSwap::from_pointee(config.clone()),
+            limiter: limits::Limiter::with_store(Down, config.clone()),
             queues: Queues::new(),
             labels: Labels::new(&config.metrics),
             in_flight: Default::default(),

@@ -141,7 +141,7 @@ where
         let limits = self.shared.limits;
         if self.shared.in_flight.fetch_add(1, Ordering::AcqRel) >= limits.max_in_flight {
             self.shared.in_flight.fetch_sub(1, Ordering::Release);
-            crate::metrics::shed("in_flight");
+            crate::ops::metrics::shed("in_flight");
             let status = Status::unavailable(format!(
                 "overloaded: {} calls are in progress (limits.server.max_in_flight); retry with backoff",
                 limits.max_in_flight
@@ -236,7 +236,7 @@ impl Guarded {
         }
         let limits = self.shared.limits;
         if len > limits.max_request_bytes {
-            crate::metrics::shed("message_size");
+            crate::ops::metrics::shed("message_size");
             return Err(Status::resource_exhausted(format!(
                 "request: the message is {len} bytes, more than the {} limitsd accepts \
                  (limits.server.max_request_bytes)",
@@ -246,7 +246,7 @@ impl Guarded {
         let before = self.shared.buffered.fetch_add(len, Ordering::AcqRel);
         if before + len > limits.memory_budget {
             self.shared.buffered.fetch_sub(len, Ordering::Release);
-            crate::metrics::shed("memory");
+            crate::ops::metrics::shed("memory");
             return Err(Status::resource_exhausted(format!(
                 "overloaded: requests being read hold {before} bytes, and this one would pass \
                  the memory budget of {} (limits.server.memory_budget); retry with backoff",

@@ -93,7 +93,7 @@ fn invalid_message(e: &prost::DecodeError) -> Status {
     } else {
         fields.join(".")
     };
-    crate::validate::invalid(&field, format!("the request does not decode: {reason}"))
+    crate::api::convert::invalid(&field, format!("the request does not decode: {reason}"))
 }
 
 #[cfg(test)]

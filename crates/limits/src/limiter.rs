@@ -1,0 +1,528 @@
+//! The facade: one value that owns the limits, the policy and a store, and
+//! answers the usage guide's calls — check before a model call, record
+//! after it, acquire and release a concurrency slot around it — with the
+//! same semantics and errors as limitsd's gRPC API, which is built on it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use limits_core::headers::{Headers, header_values};
+use limits_core::hit::{Charge, HitOutcome};
+use limits_core::{
+    AcquireOutcome, Attempt, CheckOutcome, Dimension, Hold, LeaseSlot, LimitStatus, NanoUsd, Nanos,
+    RecordOutcome, Subject, SubjectLimits,
+};
+use limits_store::{AnyStore, CheckOp, Health, RecordOp, Secret, Store, SweepStats};
+
+use crate::config::Config;
+use crate::explain::{self, Queued};
+use crate::{Error, identity, ids, validate};
+
+/// The wall clock, read once per call: the engine and the stores below
+/// only ever see this value.
+pub fn now() -> Nanos {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(Nanos::from)
+        .unwrap_or(Nanos::ZERO)
+}
+
+/// A request's subjects and the limits each has under one config.
+fn resolve<'c>(config: &'c Config, subjects: &[Subject]) -> Vec<&'c SubjectLimits> {
+    subjects
+        .iter()
+        .map(|s| config.table.resolve(s.dimension, &s.id))
+        .collect()
+}
+
+/// What a check asks (the usage guide's `CheckLimits(ctx, id, tokens,
+/// cost, model)`, for 1–3 subjects).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckRequest<'a> {
+    /// 1 to 3 subjects, at most one per dimension.
+    pub subjects: &'a [Subject],
+    /// The model asked for (downgrades start from it; pricing prices it).
+    pub model: &'a str,
+    pub estimated_tokens: u64,
+    /// The estimated cost; without one, the pricing table prices the tokens
+    /// (at the higher of the model's rates), else it is zero.
+    pub estimated_cost: Option<NanoUsd>,
+    /// Hold the estimate against budgets and token limits until it is
+    /// recorded (see the README: this is what makes concurrent requests
+    /// unable to overshoot a budget).
+    pub reserve: bool,
+    /// How long an unsettled hold lasts; `enforcement.reservation_ttl` by
+    /// default.
+    pub reservation_ttl: Option<Duration>,
+}
+
+/// What a usage record reports.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRequest<'a> {
+    /// The subjects of the check (a reservation must be settled with the
+    /// same ones).
+    pub subjects: &'a [Subject],
+    /// The reservation to settle, as the check returned it.
+    pub reservation_id: Option<&'a str>,
+    pub request_tokens: u64,
+    pub response_tokens: u64,
+    /// 0 means `request_tokens + response_tokens`.
+    pub total_tokens: u64,
+    /// The actual cost; without one, the pricing table prices the tokens.
+    pub cost: Option<NanoUsd>,
+    pub model: &'a str,
+}
+
+/// What a check decided: a denial carries the limit that decided it, and an
+/// admission cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The request may run, with `model` (the one asked for, or the
+    /// downgrade it fits under).
+    Allow {
+        model: String,
+        /// The reservation to settle with [`Limiter::record`].
+        reservation_id: Option<String>,
+    },
+    /// The request may not run.
+    Deny {
+        /// The limit that decided.
+        denial: limits_core::Denial,
+        /// How long until it could fit; `None` when it never can.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A decided check.
+#[derive(Debug)]
+pub struct Check<'a> {
+    pub decision: Decision,
+    /// The engine's outcome: action, attempt, every limit's status (with
+    /// subject indexes into the request's subjects), the alert flag.
+    pub outcome: CheckOutcome,
+    /// The estimate of the attempt decided, re-priced for a downgrade.
+    pub estimated_cost: NanoUsd,
+    /// The HTTP headers a gateway copies onto its response.
+    pub headers: Headers,
+    /// Each subject's limits, in request order.
+    pub limits: Vec<&'a SubjectLimits>,
+    attempts: Vec<Attempt>,
+    names: Names<'a>,
+}
+
+/// What a record charged.
+#[derive(Debug)]
+pub struct Recorded<'a> {
+    pub outcome: RecordOutcome,
+    pub cost: NanoUsd,
+    pub tokens: u64,
+    pub limits: Vec<&'a SubjectLimits>,
+}
+
+/// The outcome of an acquire.
+#[derive(Debug)]
+pub struct Acquired<'a> {
+    pub outcome: AcquireOutcome,
+    /// The lease to release, when acquired.
+    pub lease_id: Option<String>,
+    /// Why not, when not.
+    pub reason: String,
+    pub limits: Vec<&'a SubjectLimits>,
+}
+
+/// One subject as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub statuses: Vec<LimitStatus>,
+    /// Open reservations, with their ids.
+    pub reservations: Vec<(String, Hold)>,
+    /// Live leases, with their ids.
+    pub leases: Vec<(String, LeaseSlot)>,
+}
+
+/// How a request's subjects are named in reasons: by alias or keyed hash
+/// for API keys, user and team ids unless the config hides them.
+#[derive(Debug)]
+struct Names<'a> {
+    subjects: &'a [Subject],
+    secret: Arc<Secret>,
+    show_users: bool,
+    show_teams: bool,
+}
+
+impl Names<'_> {
+    fn show(&self, i: usize, limits: &SubjectLimits) -> String {
+        let subject = &self.subjects[i];
+        let hide = match subject.dimension {
+            Dimension::ApiKey => false,
+            Dimension::User => !self.show_users,
+            Dimension::Team => !self.show_teams,
+        };
+        identity::display(&self.secret, subject, limits, hide)
+    }
+}
+
+impl Check<'_> {
+    pub fn allowed(&self) -> bool {
+        matches!(self.decision, Decision::Allow { .. })
+    }
+
+    /// The model the check was decided for: the admitted one, or the last
+    /// tried.
+    pub fn model(&self) -> &str {
+        &self.attempts[self.outcome.attempt].model
+    }
+
+    /// The cheaper model admitted instead of the one asked for.
+    pub fn downgrade_to(&self) -> Option<&str> {
+        (self.allowed() && self.outcome.attempt > 0).then(|| self.model())
+    }
+
+    /// How subject `i` may be named (never a raw API key).
+    pub fn shown(&self, i: usize) -> String {
+        self.names.show(i, self.limits[i])
+    }
+
+    /// The reason, given how queueing went (`Queued::No` without a queue).
+    pub fn reason(&self, queued: Queued) -> String {
+        explain::reason(
+            &self.outcome,
+            queued,
+            |i| self.shown(i),
+            &self.attempts[0].model,
+            self.downgrade_to().unwrap_or(""),
+        )
+    }
+}
+
+/// The limits engine, its store and its config, embedded.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use limits::{CheckRequest, Decision, Limiter, RecordRequest, Subject, Dimension};
+///
+/// let limiter = Limiter::from_yaml_str(
+///     "limits:\n  budgets:\n    by_api_key:\n      sk-1: { daily: 1.00 }\n",
+/// )?;
+/// let config = limiter.config();
+/// let key = [Subject::new(Dimension::ApiKey, "sk-1")];
+/// let check = limiter
+///     .check(&config, CheckRequest {
+///         subjects: &key,
+///         model: "gpt-4",
+///         estimated_tokens: 1000,
+///         estimated_cost: Some(limits::usd(0.40)?),
+///         reserve: true,
+///         reservation_ttl: None,
+///     })
+///     .await?;
+/// let Decision::Allow { reservation_id, .. } = &check.decision else {
+///     panic!("$0.40 of a $1.00 budget fits");
+/// };
+/// // ... the model call runs, then its actual usage is recorded:
+/// limiter
+///     .record(&config, RecordRequest {
+///         subjects: &key,
+///         reservation_id: reservation_id.as_deref(),
+///         request_tokens: 800,
+///         response_tokens: 150,
+///         total_tokens: 0,
+///         cost: Some(limits::usd(0.35)?),
+///         model: "gpt-4",
+///     })
+///     .await?;
+/// let usage = limiter.usage(&config, &key[0]).await?;
+/// assert_eq!(usage.statuses[0].used, 350_000_000); // nano-dollars
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Limiter<S = AnyStore> {
+    store: S,
+    config: ArcSwap<Config>,
+}
+
+impl Limiter<AnyStore> {
+    /// Opens the store `config` names (a sled store is loaded from disk
+    /// here) and serves under `config`.
+    pub fn open(config: Config) -> Result<Limiter, crate::OpenError> {
+        let store = crate::open::open_store(&config)?;
+        Ok(Limiter::with_store(store, config))
+    }
+
+    /// Loads the config from a YAML file and the `MERCATOR_LIMITS_*`
+    /// environment, as limitsd does, then opens it.
+    pub fn from_yaml(path: impl AsRef<std::path::Path>) -> Result<Limiter, crate::OpenError> {
+        let config = crate::config::load_from_env(Some(path.as_ref()), &Default::default())?;
+        Limiter::open(config)
+    }
+
+    /// Parses a YAML config (no environment) and opens it.
+    pub fn from_yaml_str(yaml: &str) -> Result<Limiter, crate::OpenError> {
+        Limiter::open(crate::config::parse_str(yaml)?)
+    }
+}
+
+impl<S: Store> Limiter<S> {
+    /// A limiter on a store made by the caller.
+    pub fn with_store(store: S, config: Config) -> Limiter<S> {
+        Limiter {
+            store,
+            config: ArcSwap::from_pointee(config),
+        }
+    }
+
+    /// The config now: pass it to the calls of one request, so that a
+    /// reload during the request cannot mix two versions.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the limits and the policy; counters, reservations and
+    /// leases carry over. (Storage and server settings are not changed.)
+    pub fn reload(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The server secret, as the store has settled it.
+    pub async fn secret(&self) -> Result<Arc<Secret>, Error> {
+        Ok(self.store.secret().await?)
+    }
+
+    /// Decides a request under `config`, counting it if allowed (and
+    /// holding its estimate, with `reserve`). A denial is an `Ok`.
+    pub async fn check<'a>(
+        &self,
+        config: &'a Config,
+        req: CheckRequest<'a>,
+    ) -> Result<Check<'a>, Error> {
+        validate::subjects(req.subjects)?;
+        validate::model("model", req.model)?;
+        let reserve_ttl = if req.reserve {
+            Some(validate::ttl(
+                "reservation_ttl",
+                req.reservation_ttl,
+                config.reservation_ttl,
+            )?)
+        } else {
+            None
+        };
+        let limits = resolve(config, req.subjects);
+        let attempts = config
+            .policy
+            .attempts(req.model, req.estimated_tokens, req.estimated_cost);
+        let secret = self.store.secret().await?;
+        let bind = secret.subjects_tag(req.subjects);
+        let op = CheckOp {
+            attempts: &attempts,
+            reserve_ttl,
+            tag: bind,
+            policy: &config.policy,
+        };
+        let now = now();
+        let outcome = self.store.check(req.subjects, &limits, op, now).await?;
+        let headers = header_values(&outcome.statuses, outcome.retry_after(), now);
+        let decision = match outcome.verdict {
+            limits_core::Verdict::Allowed { reservation, .. } => Decision::Allow {
+                model: attempts[outcome.attempt].model.clone(),
+                reservation_id: reservation.map(|id| ids::reservation_id(&secret, id, bind)),
+            },
+            limits_core::Verdict::Denied {
+                denial,
+                retry_after,
+            } => Decision::Deny {
+                denial,
+                retry_after: retry_after.map(Nanos::as_duration),
+            },
+        };
+        Ok(Check {
+            decision,
+            estimated_cost: attempts[outcome.attempt].cost,
+            headers,
+            limits,
+            names: Names {
+                subjects: req.subjects,
+                secret,
+                show_users: config.metrics.show_user_ids,
+                show_teams: config.metrics.show_team_ids,
+            },
+            attempts,
+            outcome,
+        })
+    }
+
+    /// Charges what a request used; with a reservation, the actual replaces
+    /// the held estimate, and recording it again charges nothing more.
+    pub async fn record<'a>(
+        &self,
+        config: &'a Config,
+        req: RecordRequest<'a>,
+    ) -> Result<Recorded<'a>, Error> {
+        validate::subjects(req.subjects)?;
+        validate::model("model", req.model)?;
+        let secret = self.store.secret().await?;
+        let reservation = req
+            .reservation_id
+            .filter(|id| !id.is_empty())
+            .map(|id| ids::parse_reservation_id(&secret, id, req.subjects))
+            .transpose()?;
+        let tokens =
+            validate::total_tokens(req.request_tokens, req.response_tokens, req.total_tokens)?;
+        let cost = match req.cost {
+            Some(c) => c,
+            None => config
+                .policy
+                .pricing
+                .cost(req.model, req.request_tokens, req.response_tokens)
+                .unwrap_or(NanoUsd::ZERO),
+        };
+        let limits = resolve(config, req.subjects);
+        let op = RecordOp {
+            reservation,
+            cost,
+            tokens,
+            policy: &config.policy,
+        };
+        let outcome = self
+            .store
+            .record(req.subjects, &limits, op, now())
+            .await
+            .map_err(not_found)?;
+        Ok(Recorded {
+            outcome,
+            cost,
+            tokens,
+            limits,
+        })
+    }
+
+    /// Takes a concurrency slot on every subject with `max_concurrent`, for
+    /// `ttl` (`rate_limits.lease_ttl` by default) unless released sooner.
+    pub async fn acquire<'a>(
+        &self,
+        config: &'a Config,
+        subjects: &'a [Subject],
+        ttl: Option<Duration>,
+    ) -> Result<Acquired<'a>, Error> {
+        validate::subjects(subjects)?;
+        let ttl = validate::ttl("ttl", ttl, config.lease_ttl)?;
+        let limits = resolve(config, subjects);
+        let secret = self.store.secret().await?;
+        let outcome = self.store.acquire(subjects, &limits, ttl, now()).await?;
+        let reason = match outcome.denial() {
+            Some(d) => {
+                let names = Names {
+                    subjects,
+                    secret: secret.clone(),
+                    show_users: config.metrics.show_user_ids,
+                    show_teams: config.metrics.show_team_ids,
+                };
+                let max = limits[d.subject]
+                    .get(limits_core::LimitKind::MaxConcurrent)
+                    .unwrap_or(0);
+                format!(
+                    "concurrency limit of {max} reached for {}",
+                    names.show(d.subject, limits[d.subject])
+                )
+            }
+            None => String::new(),
+        };
+        Ok(Acquired {
+            lease_id: outcome.lease().map(|l| ids::lease_id(&secret, l.id)),
+            outcome,
+            reason,
+            limits,
+        })
+    }
+
+    /// Gives a slot back: `true` if the lease was live, `false` if it was
+    /// already released or expired (releasing twice is harmless).
+    pub async fn release(&self, lease_id: &str) -> Result<bool, Error> {
+        if lease_id.is_empty() {
+            return Err(Error::invalid("lease_id", "is required"));
+        }
+        let secret = self.store.secret().await?;
+        let id = ids::parse_lease_id(&secret, lease_id)?;
+        self.store.release(id, now()).await.map_err(not_found)
+    }
+
+    /// One subject's windows, open reservations and live leases.
+    pub async fn usage(&self, config: &Config, subject: &Subject) -> Result<Usage, Error> {
+        validate::subject_id("subject", &subject.id)?;
+        let limits = config.table.resolve(subject.dimension, &subject.id);
+        let secret = self.store.secret().await?;
+        let view = self.store.usage(subject, limits, now()).await?;
+        Ok(Usage {
+            statuses: view.statuses,
+            reservations: view
+                .holds
+                .into_iter()
+                .map(|h| (ids::reservation_id(&secret, h.id, h.tag), h))
+                .collect(),
+            leases: view
+                .leases
+                .into_iter()
+                .map(|l| (ids::lease_id(&secret, l.id), l))
+                .collect(),
+        })
+    }
+
+    /// Charges counters by count (the rate limit service's path): requests
+    /// all or nothing, tokens always. The subjects may include the rate
+    /// limit service's internal counters, and up to
+    /// [`limits_store::MAX_SUBJECTS`] of them.
+    pub async fn hit(
+        &self,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+        charges: &[Charge],
+    ) -> Result<HitOutcome, Error> {
+        Ok(self.store.hit(subjects, limits, charges, now()).await?)
+    }
+
+    /// Expires what has expired and drops idle subjects (every operation
+    /// also expires lazily; this reclaims memory and refreshes counts).
+    pub async fn sweep(&self) -> Result<SweepStats, Error> {
+        let config = self.config();
+        Ok(self.store.sweep(&config.table, now()).await?)
+    }
+
+    /// Makes everything acknowledged durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        Ok(self.store.flush().await?)
+    }
+
+    /// Flushes and lets go of the store.
+    pub async fn close(self) -> Result<(), Error> {
+        self.flush().await
+    }
+
+    /// Whether the store can take writes now.
+    pub fn health(&self) -> Health {
+        self.store.health()
+    }
+}
+
+/// The store's "never issued" errors, as the API names them.
+fn not_found(e: limits_store::StoreError) -> Error {
+    match e {
+        limits_store::StoreError::UnknownReservation => Error::NotFound(
+            "reservation_id: unknown reservation (never issued by this service)".into(),
+        ),
+        limits_store::StoreError::UnknownLease => {
+            Error::NotFound("lease_id: unknown lease (never issued by this service)".into())
+        }
+        e => Error::Store(e),
+    }
+}
+
+/// A USD amount as nano-dollars, validated (finite, not negative, at most
+/// 1e9) and rounded up.
+pub fn usd(amount: f64) -> Result<NanoUsd, Error> {
+    NanoUsd::try_from_usd(amount).map_err(|e| Error::invalid("usd", e.to_string()))
+}
