@@ -296,7 +296,7 @@ async fn redis_down_is_unavailable_or_fail_open_and_service_resumes() {
 #[tokio::test]
 async fn replicas_with_skewed_clocks_agree() {
     use limits_core::{Attempt, LimitKind, NanoUsd, Nanos, Policy, Subject, SubjectLimits};
-    use limits_store::{CheckOp, RedisOptions, RedisStore, Store};
+    use limits_store::{Call, CheckOp, RedisOptions, RedisStore, Store};
     use std::num::NonZeroU64;
 
     let redis = RedisServer::start();
@@ -338,7 +338,17 @@ async fn replicas_with_skewed_clocks_agree() {
     };
     let mut outcomes = Vec::new();
     for (store, now) in [(&a, now_a), (&b, now_b), (&a, now_a), (&b, now_b)] {
-        outcomes.push(store.check(&subjects, &[&limits], op, now).await.unwrap());
+        outcomes.push(
+            store
+                .check(Call {
+                    subjects: &subjects,
+                    limits: &[&limits],
+                    op,
+                    now,
+                })
+                .await
+                .unwrap(),
+        );
     }
     let allowed: Vec<_> = outcomes.iter().map(|c| c.allowed()).collect();
     assert_eq!(allowed, [true, true, true, false], "one shared window of 3");
@@ -381,10 +391,15 @@ async fn replicas_with_skewed_clocks_agree() {
     let mut local = Vec::new();
     for now in [now_a, now_a, now_a, now_b] {
         local.push(
-            fa.check(&subjects, &[&limits], op, now)
-                .await
-                .unwrap()
-                .allowed(),
+            fa.check(Call {
+                subjects: &subjects,
+                limits: &[&limits],
+                op,
+                now,
+            })
+            .await
+            .unwrap()
+            .allowed(),
         );
     }
     assert_eq!(

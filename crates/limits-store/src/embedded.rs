@@ -28,7 +28,7 @@ use ahash::AHashMap;
 use crate::ids::{IdGen, Issued};
 use crate::secret::Secret;
 use crate::shards::{After, Shards};
-use crate::{CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
+use crate::{Call, CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
 
 /// How many subjects, and how many of the rate limit service's internal
 /// counters, an embedded store keeps at most. Separate bounds, so that a
@@ -399,13 +399,13 @@ impl<J: Journal> Embedded<J> {
 
 #[allow(private_bounds)]
 impl<J: Journal> Store for Embedded<J> {
-    async fn check(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: CheckOp<'_>,
-        now: Nanos,
-    ) -> Result<CheckOutcome, StoreError> {
+    async fn check(&self, call: Call<'_, CheckOp<'_>>) -> Result<CheckOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op,
+            now,
+        } = call;
         // A store that cannot write refuses at once, changing nothing.
         self.journal.writable()?;
         let state = &*self.state;
@@ -459,13 +459,13 @@ impl<J: Journal> Store for Embedded<J> {
         .await
     }
 
-    async fn record(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: RecordOp<'_>,
-        now: Nanos,
-    ) -> Result<RecordOutcome, StoreError> {
+    async fn record(&self, call: Call<'_, RecordOp<'_>>) -> Result<RecordOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op,
+            now,
+        } = call;
         self.journal.writable()?;
         let state = &*self.state;
         if let Some(id) = op.reservation
@@ -506,13 +506,13 @@ impl<J: Journal> Store for Embedded<J> {
         .await
     }
 
-    async fn acquire(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        ttl: Nanos,
-        now: Nanos,
-    ) -> Result<AcquireOutcome, StoreError> {
+    async fn acquire(&self, call: Call<'_, Nanos>) -> Result<AcquireOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op: ttl,
+            now,
+        } = call;
         self.journal.writable()?;
         let state = &*self.state;
         let stored = state.stored(subjects);
@@ -553,13 +553,13 @@ impl<J: Journal> Store for Embedded<J> {
         .await
     }
 
-    async fn hit(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        charges: &[Charge],
-        now: Nanos,
-    ) -> Result<HitOutcome, StoreError> {
+    async fn hit(&self, call: Call<'_, &[Charge]>) -> Result<HitOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op: charges,
+            now,
+        } = call;
         self.journal.writable()?;
         let state = &*self.state;
         let stored = state.stored(subjects);

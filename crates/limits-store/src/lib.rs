@@ -44,6 +44,16 @@ pub use memory::MemoryStore;
 pub use secret::{INTERNAL, MIN_SECRET_BYTES, Secret, SecretTooShort};
 pub use shards::MAX_SUBJECTS;
 
+/// One operation: its subjects (1 to [`MAX_SUBJECTS`], distinct, raw ids),
+/// their limits in the same order, what it does, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a, O> {
+    pub subjects: &'a [Subject],
+    pub limits: &'a [&'a SubjectLimits],
+    pub op: O,
+    pub now: Nanos,
+}
+
 /// What a check asks of the store.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckOp<'a> {
@@ -144,9 +154,9 @@ pub enum Health {
 
 /// The engine's state, behind one atomic operation per kind of call.
 ///
-/// Each operation names 1 to [`MAX_SUBJECTS`] distinct subjects (raw ids:
-/// the store keys API keys by their hash itself) with their limits, and
-/// applies to all of them or to none. Every method takes `now` from the
+/// Each operation (a [`Call`]) names 1 to [`MAX_SUBJECTS`] distinct
+/// subjects (raw ids: the store keys API keys by their hash itself) with
+/// their limits, and applies to all of them or to none. Every method takes `now` from the
 /// caller (a backend with its own clock may substitute it), and returns only
 /// once the change is as durable as the backend promises; an operation
 /// answered with an error changed nothing.
@@ -155,38 +165,26 @@ pub trait Store: Send + Sync + 'static {
     /// estimate, with `reserve_ttl`).
     fn check(
         &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: CheckOp<'_>,
-        now: Nanos,
+        call: Call<'_, CheckOp<'_>>,
     ) -> impl Future<Output = Result<CheckOutcome, StoreError>> + Send;
 
     /// Charges actual usage, settling a reservation if one is named.
     fn record(
         &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: RecordOp<'_>,
-        now: Nanos,
+        call: Call<'_, RecordOp<'_>>,
     ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send;
 
-    /// Takes a concurrency slot on every limited subject for `ttl`.
+    /// Takes a concurrency slot on every limited subject for the TTL given.
     fn acquire(
         &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        ttl: Nanos,
-        now: Nanos,
+        call: Call<'_, Nanos>,
     ) -> impl Future<Output = Result<AcquireOutcome, StoreError>> + Send;
 
     /// Charges each subject requests (all or nothing) and tokens (always),
     /// one charge per subject in order: the rate limit service path.
     fn hit(
         &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        charges: &[Charge],
-        now: Nanos,
+        call: Call<'_, &[Charge]>,
     ) -> impl Future<Output = Result<HitOutcome, StoreError>> + Send;
 
     /// Gives back a lease's slots. `Ok(false)` when the lease was issued here
@@ -253,73 +251,32 @@ macro_rules! dispatch {
     };
 }
 
-impl Store for AnyStore {
-    async fn check(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: CheckOp<'_>,
-        now: Nanos,
-    ) -> Result<CheckOutcome, StoreError> {
-        dispatch!(self, s => s.check(subjects, limits, op, now).await)
-    }
+/// Implements [`Store`] for [`AnyStore`] by handing each call to the backend
+/// inside: one line per method.
+macro_rules! forward {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        impl Store for AnyStore {
+            $(
+                async fn $name(&self, $($arg: $ty),*) -> Result<$out, StoreError> {
+                    dispatch!(self, s => s.$name($($arg),*).await)
+                }
+            )*
 
-    async fn record(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: RecordOp<'_>,
-        now: Nanos,
-    ) -> Result<RecordOutcome, StoreError> {
-        dispatch!(self, s => s.record(subjects, limits, op, now).await)
-    }
+            fn health(&self) -> Health {
+                dispatch!(self, s => s.health())
+            }
+        }
+    };
+}
 
-    async fn acquire(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        ttl: Nanos,
-        now: Nanos,
-    ) -> Result<AcquireOutcome, StoreError> {
-        dispatch!(self, s => s.acquire(subjects, limits, ttl, now).await)
-    }
-
-    async fn hit(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        charges: &[Charge],
-        now: Nanos,
-    ) -> Result<HitOutcome, StoreError> {
-        dispatch!(self, s => s.hit(subjects, limits, charges, now).await)
-    }
-
-    async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.release(lease_id, now).await)
-    }
-
-    async fn usage(
-        &self,
-        subject: &Subject,
-        limits: &SubjectLimits,
-        now: Nanos,
-    ) -> Result<UsageView, StoreError> {
-        dispatch!(self, s => s.usage(subject, limits, now).await)
-    }
-
-    async fn sweep(&self, table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
-        dispatch!(self, s => s.sweep(table, now).await)
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.flush().await)
-    }
-
-    async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
-        dispatch!(self, s => s.secret().await)
-    }
-
-    fn health(&self) -> Health {
-        dispatch!(self, s => s.health())
-    }
+forward! {
+    check(call: Call<'_, CheckOp<'_>>) -> CheckOutcome;
+    record(call: Call<'_, RecordOp<'_>>) -> RecordOutcome;
+    acquire(call: Call<'_, Nanos>) -> AcquireOutcome;
+    hit(call: Call<'_, &[Charge]>) -> HitOutcome;
+    release(lease_id: u64, now: Nanos) -> bool;
+    usage(subject: &Subject, limits: &SubjectLimits, now: Nanos) -> UsageView;
+    sweep(table: &LimitTable, now: Nanos) -> SweepStats;
+    flush() -> ();
+    secret() -> Arc<Secret>;
 }

@@ -87,7 +87,7 @@ use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
 use crate::secret::Secret;
-use crate::{CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
+use crate::{Call, CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
 
 /// The histogram of script round trips, by operation.
 pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
@@ -844,11 +844,14 @@ impl RedisStore {
     async fn check_once(
         &self,
         secret: &Secret,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: CheckOp<'_>,
-        now: Nanos,
+        call: Call<'_, CheckOp<'_>>,
     ) -> Result<CheckOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op,
+            now,
+        } = call;
         let keys = self.keys_of(secret, subjects, limits);
         let CheckOp {
             attempts,
@@ -888,11 +891,14 @@ impl RedisStore {
     async fn record_once(
         &self,
         secret: &Secret,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: RecordOp<'_>,
-        now: Nanos,
+        call: Call<'_, RecordOp<'_>>,
     ) -> Result<RecordOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op,
+            now,
+        } = call;
         let keys = self.keys_of(secret, subjects, limits);
         let RecordOp {
             reservation,
@@ -931,11 +937,14 @@ impl RedisStore {
     async fn acquire_once(
         &self,
         secret: &Secret,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        ttl: Nanos,
-        now: Nanos,
+        call: Call<'_, Nanos>,
     ) -> Result<AcquireOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op: ttl,
+            now,
+        } = call;
         let keys = self.keys_of(secret, subjects, limits);
         let mut inv = self.invocation("acquire", &keys, now, secret);
         inv.arg(self.max_entries);
@@ -989,11 +998,14 @@ impl RedisStore {
     async fn hit_once(
         &self,
         secret: &Secret,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        charges: &[Charge],
-        now: Nanos,
+        call: Call<'_, &[Charge]>,
     ) -> Result<HitOutcome, StoreError> {
+        let Call {
+            subjects,
+            limits,
+            op: charges,
+            now,
+        } = call;
         let keys = self.keys_of(secret, subjects, limits);
         let n = subjects.len();
         assert_eq!(charges.len(), n, "one charge per subject");
@@ -1178,48 +1190,20 @@ macro_rules! with_secret {
 }
 
 impl Store for RedisStore {
-    async fn check(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: CheckOp<'_>,
-        now: Nanos,
-    ) -> Result<CheckOutcome, StoreError> {
-        with_secret!(self, |secret| self
-            .check_once(&secret, subjects, limits, op, now))
+    async fn check(&self, call: Call<'_, CheckOp<'_>>) -> Result<CheckOutcome, StoreError> {
+        with_secret!(self, |secret| self.check_once(&secret, call))
     }
 
-    async fn record(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        op: RecordOp<'_>,
-        now: Nanos,
-    ) -> Result<RecordOutcome, StoreError> {
-        with_secret!(self, |secret| self
-            .record_once(&secret, subjects, limits, op, now))
+    async fn record(&self, call: Call<'_, RecordOp<'_>>) -> Result<RecordOutcome, StoreError> {
+        with_secret!(self, |secret| self.record_once(&secret, call))
     }
 
-    async fn acquire(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        ttl: Nanos,
-        now: Nanos,
-    ) -> Result<AcquireOutcome, StoreError> {
-        with_secret!(self, |secret| self
-            .acquire_once(&secret, subjects, limits, ttl, now))
+    async fn acquire(&self, call: Call<'_, Nanos>) -> Result<AcquireOutcome, StoreError> {
+        with_secret!(self, |secret| self.acquire_once(&secret, call))
     }
 
-    async fn hit(
-        &self,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-        charges: &[Charge],
-        now: Nanos,
-    ) -> Result<HitOutcome, StoreError> {
-        with_secret!(self, |secret| self
-            .hit_once(&secret, subjects, limits, charges, now))
+    async fn hit(&self, call: Call<'_, &[Charge]>) -> Result<HitOutcome, StoreError> {
+        with_secret!(self, |secret| self.hit_once(&secret, call))
     }
 
     async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {

@@ -14,7 +14,9 @@ use limits_core::{AcquireOutcome, Admission, CheckOutcome, LeaseSlot, RecordOutc
 use limits_core::{
     Attempt, Dimension, EnforcementMode, LimitKind, NanoUsd, Nanos, Policy, Subject, SubjectLimits,
 };
-use limits_store::{CheckOp, MemoryStore, RecordOp, RedisStore, Store, StoreError, UsageView};
+use limits_store::{
+    Call, CheckOp, MemoryStore, RecordOp, RedisStore, Store, StoreError, UsageView,
+};
 
 /// One outcome of any operation, so the two stores' are compared whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,11 +182,21 @@ async fn differential(seed: u64, server: &RedisServer) {
                 };
                 (
                     memory
-                        .check(&subjects, &sl, op, now)
+                        .check(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op,
+                            now,
+                        })
                         .await
                         .map(Outcome::Check),
                     redis
-                        .check(&subjects, &sl, op, now)
+                        .check(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op,
+                            now,
+                        })
                         .await
                         .map(Outcome::Check),
                 )
@@ -209,11 +221,21 @@ async fn differential(seed: u64, server: &RedisServer) {
                 };
                 (
                     memory
-                        .record(&subjects, &sl, op(reservation), now)
+                        .record(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op: op(reservation),
+                            now,
+                        })
                         .await
                         .map(Outcome::Record),
                     redis
-                        .record(&subjects, &sl, op(redis_reservation), now)
+                        .record(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op: op(redis_reservation),
+                            now,
+                        })
                         .await
                         .map(Outcome::Record),
                 )
@@ -222,11 +244,21 @@ async fn differential(seed: u64, server: &RedisServer) {
                 let ttl = Nanos::from_millis(rng.random_range(1..60_000));
                 (
                     memory
-                        .acquire(&subjects, &sl, ttl, now)
+                        .acquire(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op: ttl,
+                            now,
+                        })
                         .await
                         .map(Outcome::Acquire),
                     redis
-                        .acquire(&subjects, &sl, ttl, now)
+                        .acquire(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op: ttl,
+                            now,
+                        })
                         .await
                         .map(Outcome::Acquire),
                 )
@@ -241,11 +273,21 @@ async fn differential(seed: u64, server: &RedisServer) {
                     .collect();
                 (
                     memory
-                        .hit(&subjects, &sl, &charges, now)
+                        .hit(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op: &charges,
+                            now,
+                        })
                         .await
                         .map(Outcome::Hit),
                     redis
-                        .hit(&subjects, &sl, &charges, now)
+                        .hit(Call {
+                            subjects: &subjects,
+                            limits: &sl,
+                            op: &charges,
+                            now,
+                        })
                         .await
                         .map(Outcome::Hit),
                 )

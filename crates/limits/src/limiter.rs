@@ -13,7 +13,7 @@ use limits_core::{
     AcquireOutcome, Attempt, CheckOutcome, Dimension, Hold, LeaseSlot, LimitStatus, NanoUsd, Nanos,
     RecordOutcome, Subject, SubjectLimits,
 };
-use limits_store::{AnyStore, CheckOp, Health, RecordOp, Secret, Store, SweepStats};
+use limits_store::{AnyStore, Call, CheckOp, Health, RecordOp, Secret, Store, SweepStats};
 
 use crate::config::Config;
 use crate::explain::{self, Queued};
@@ -325,7 +325,15 @@ impl<S: Store> Limiter<S> {
             policy: &config.policy,
         };
         let now = now();
-        let outcome = self.store.check(req.subjects, &limits, op, now).await?;
+        let outcome = self
+            .store
+            .check(Call {
+                subjects: req.subjects,
+                limits: &limits,
+                op,
+                now,
+            })
+            .await?;
         let headers = header_values(&outcome.statuses, outcome.retry_after(), now);
         let decision = match outcome.verdict {
             limits_core::Verdict::Allowed { reservation, .. } => Decision::Allow {
@@ -390,7 +398,12 @@ impl<S: Store> Limiter<S> {
         };
         let outcome = self
             .store
-            .record(req.subjects, &limits, op, now())
+            .record(Call {
+                subjects: req.subjects,
+                limits: &limits,
+                op,
+                now: now(),
+            })
             .await
             .map_err(not_found)?;
         Ok(Recorded {
@@ -413,7 +426,15 @@ impl<S: Store> Limiter<S> {
         let ttl = validate::ttl("ttl", ttl, config.lease_ttl)?;
         let limits = resolve(config, subjects);
         let secret = self.store.secret().await?;
-        let outcome = self.store.acquire(subjects, &limits, ttl, now()).await?;
+        let outcome = self
+            .store
+            .acquire(Call {
+                subjects,
+                limits: &limits,
+                op: ttl,
+                now: now(),
+            })
+            .await?;
         let reason = match outcome.denial() {
             Some(d) => {
                 let names = Names {
@@ -482,7 +503,15 @@ impl<S: Store> Limiter<S> {
         limits: &[&SubjectLimits],
         charges: &[Charge],
     ) -> Result<HitOutcome, Error> {
-        Ok(self.store.hit(subjects, limits, charges, now()).await?)
+        Ok(self
+            .store
+            .hit(Call {
+                subjects,
+                limits,
+                op: charges,
+                now: now(),
+            })
+            .await?)
     }
 
     /// Expires what has expired and drops idle subjects (every operation

@@ -643,7 +643,7 @@ impl<S: Store> RateLimitService for RlsSvc<S> {
 #[cfg(test)]
 mod tests {
     use limits_core::{AcquireOutcome, CheckOutcome, LimitTable, RecordOutcome};
-    use limits_store::{CheckOp, RecordOp, StoreError, SweepStats, UsageView};
+    use limits_store::{Call, CheckOp, RecordOp, StoreError, SweepStats, UsageView};
 
     use super::*;
     use crate::api::queue::Queues;
@@ -659,40 +659,16 @@ mod tests {
     }
 
     impl Store for Down {
-        async fn check(
-            &self,
-            _: &[Subject],
-            _: &[&SubjectLimits],
-            _: CheckOp<'_>,
-            _: Nanos,
-        ) -> Result<CheckOutcome, StoreError> {
+        async fn check(&self, _: Call<'_, CheckOp<'_>>) -> Result<CheckOutcome, StoreError> {
             Err(down())
         }
-        async fn record(
-            &self,
-            _: &[Subject],
-            _: &[&SubjectLimits],
-            _: RecordOp<'_>,
-            _: Nanos,
-        ) -> Result<RecordOutcome, StoreError> {
+        async fn record(&self, _: Call<'_, RecordOp<'_>>) -> Result<RecordOutcome, StoreError> {
             Err(down())
         }
-        async fn acquire(
-            &self,
-            _: &[Subject],
-            _: &[&SubjectLimits],
-            _: Nanos,
-            _: Nanos,
-        ) -> Result<AcquireOutcome, StoreError> {
+        async fn acquire(&self, _: Call<'_, Nanos>) -> Result<AcquireOutcome, StoreError> {
             Err(down())
         }
-        async fn hit(
-            &self,
-            _: &[Subject],
-            _: &[&SubjectLimits],
-            _: &[Charge],
-            _: Nanos,
-        ) -> Result<HitOutcome, StoreError> {
+        async fn hit(&self, _: Call<'_, &[Charge]>) -> Result<HitOutcome, StoreError> {
             Err(down())
         }
         async fn release(&self, _: u64, _: Nanos) -> Result<bool, StoreError> {

@@ -12,7 +12,7 @@ use limits_core::{
     AcquireOutcome, Attempt, CheckOutcome, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos,
     Policy, RecordOutcome, Subject, SubjectLimits,
 };
-use limits_store::{CheckOp, RecordOp, SledOptions, SledStore, Store, StoreError};
+use limits_store::{Call, CheckOp, RecordOp, SledOptions, SledStore, Store, StoreError};
 
 /// A start instant that is a whole number of 30-day windows since the epoch,
 /// so every window's buckets start exactly here.
@@ -101,7 +101,14 @@ impl<'a> Req<'a> {
             tag: 0,
             policy: &policy,
         };
-        store.check(&self.subjects, &self.limits, op, now).await
+        store
+            .check(Call {
+                subjects: &self.subjects,
+                limits: &self.limits,
+                op,
+                now,
+            })
+            .await
     }
 
     pub async fn record<S: Store>(
@@ -119,7 +126,14 @@ impl<'a> Req<'a> {
             tokens,
             policy: &policy,
         };
-        store.record(&self.subjects, &self.limits, op, now).await
+        store
+            .record(Call {
+                subjects: &self.subjects,
+                limits: &self.limits,
+                op,
+                now,
+            })
+            .await
     }
 
     pub async fn hit<S: Store>(
@@ -128,7 +142,14 @@ impl<'a> Req<'a> {
         charges: &[limits_core::hit::Charge],
         now: Nanos,
     ) -> Result<limits_core::hit::HitOutcome, StoreError> {
-        store.hit(&self.subjects, &self.limits, charges, now).await
+        store
+            .hit(Call {
+                subjects: &self.subjects,
+                limits: &self.limits,
+                op: charges,
+                now,
+            })
+            .await
     }
 
     pub async fn acquire<S: Store>(
@@ -138,7 +159,12 @@ impl<'a> Req<'a> {
         now: Nanos,
     ) -> Result<(AcquireOutcome, Option<(u64, Nanos)>), StoreError> {
         let out = store
-            .acquire(&self.subjects, &self.limits, ttl, now)
+            .acquire(Call {
+                subjects: &self.subjects,
+                limits: &self.limits,
+                op: ttl,
+                now,
+            })
             .await?;
         let lease = out.lease().map(|l| (l.id, l.expires_at));
         Ok((out, lease))
