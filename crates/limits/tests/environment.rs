@@ -410,3 +410,20 @@ fn load_from_env_reads_the_file() {
     .expect("loads");
     assert_eq!(cfg.policy.alert_threshold_ppm, Some(800_000));
 }
+
+/// Regression: a variable naming a key that is set in the file only (such
+/// as `limits.rls.enabled`) was told that no key has that name.
+#[test]
+fn a_file_only_key_in_the_environment_is_named() {
+    let e = load(
+        None,
+        env(&[("MERCATOR_LIMITS_RLS_ENABLED", "true")]),
+        &Overrides::default(),
+    )
+    .expect_err("file only");
+    check_error(
+        &e,
+        "MERCATOR_LIMITS_RLS_ENABLED",
+        "limits.rls.enabled is set in the config file only",
+    );
+}

@@ -296,3 +296,26 @@ fn bad_rule_files_are_rejected_naming_the_key() {
     .expect_err("missing");
     check_error(&e, "limits.rls.config_files.0", "cannot read");
 }
+
+/// Rule files are read as upstream reads them: merge keys are resolved, a
+/// numeric key is a key like any other, and a type error shows the value.
+#[test]
+fn rule_files_resolve_merge_keys_and_name_every_key() {
+    let rules = "domain: d\ndescriptors:\n  - &base\n    key: a\n    rate_limit: { unit: second, requests_per_unit: 2 }\n  - <<: *base\n    key: b\n";
+    limits::rls::check_rule_file(rules).expect("a merge key loads");
+    let e = limits::rls::check_rule_file("domain: d\n1: 2\n").unwrap_err();
+    check_error(
+        &e,
+        "rules.yaml:1",
+        "unknown key; expected one of: domain, descriptors",
+    );
+    let e = limits::rls::check_rule_file(
+        "domain: d\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n",
+    )
+    .unwrap_err();
+    check_error(
+        &e,
+        "rules.yaml:descriptors.0.shadow_mode",
+        "expected true or false, found string \"maybe\"",
+    );
+}

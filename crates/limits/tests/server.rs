@@ -93,3 +93,14 @@ fn a_bad_secret_names_its_key() {
     assert_eq!(e.key, "limits.security.secret_file");
     assert!(e.reason.contains("cannot read"), "{e}");
 }
+
+/// Regression: a range that starts at zero read "between 1ns and 1h (or 0
+/// for off)".
+#[test]
+fn the_shutdown_grace_range_starts_at_zero() {
+    assert_rejects(
+        "server:\n  shutdown_grace: 2h\n",
+        "limits.server.shutdown_grace",
+        "must be between 0s and 1h, got 2h",
+    );
+}
