@@ -66,9 +66,10 @@
 //!
 //! # Environment
 //!
-//! Every scalar key of the fixed sections can be set from the environment
-//! (but `rls.enabled`, `rls.dry_run` and `rls.ietf_headers`); per-id maps,
-//! `model_downgrades`, `pricing` and the lists only from the file. The
+//! Every scalar key of the fixed sections can be set from the environment,
+//! except `rls.enabled`, `rls.dry_run` and `rls.ietf_headers` (declared
+//! file-only, as they always were); per-id maps, `model_downgrades`,
+//! `pricing` and the lists only from the file. The
 //! variable name is the key path upper-cased with `.` replaced by `_`, and it
 //! is matched against the known keys (key names contain underscores
 //! themselves, so the name cannot simply be split at `_`). A variable with the

@@ -46,8 +46,11 @@ pub(crate) trait Setting {
     /// The reference table's "Type" column.
     fn type_doc(&self) -> String;
 
-    /// The reference table's "Default" column.
-    fn default_doc(&self) -> String;
+    /// The reference table's "Default" column; most keys without a default
+    /// are simply unset.
+    fn default_doc(&self) -> String {
+        "none".to_owned()
+    }
 }
 
 fn greater_than_zero(key: &str) -> ConfigError {
@@ -144,10 +147,6 @@ impl Setting for Fraction {
 
     fn type_doc(&self) -> String {
         "float in (0, 1]".to_owned()
-    }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
     }
 }
 
@@ -580,10 +579,6 @@ impl Setting for Password {
     fn type_doc(&self) -> String {
         "string".to_owned()
     }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
-    }
 }
 
 /// The server secret, given inline; surrounding whitespace is ignored.
@@ -603,10 +598,6 @@ impl Setting for ServerSecret {
 
     fn type_doc(&self) -> String {
         format!("string, ≥ {} bytes", limits_store::MIN_SECRET_BYTES)
-    }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
     }
 }
 
@@ -662,10 +653,6 @@ impl Setting for Usd {
     fn type_doc(&self) -> String {
         "USD, > 0, ≤ 1e9".to_owned()
     }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
-    }
 }
 
 /// A price in USD, which must be given (zero is a price).
@@ -706,10 +693,6 @@ impl Setting for Limit {
     fn type_doc(&self) -> String {
         "integer > 0".to_owned()
     }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
-    }
 }
 
 /// A per-id concurrency limit: unset, or a positive 32-bit integer.
@@ -727,10 +710,6 @@ impl Setting for Slots {
 
     fn type_doc(&self) -> String {
         "integer > 0".to_owned()
-    }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
     }
 }
 
@@ -753,10 +732,6 @@ impl Setting for Alias {
 
     fn type_doc(&self) -> String {
         "string".to_owned()
-    }
-
-    fn default_doc(&self) -> String {
-        "none".to_owned()
     }
 }
 
