@@ -31,7 +31,8 @@
 //! - `replaces`, `detailed_metric` and `value_to_metric` are accepted and
 //!   ignored with a start-up warning: without `replaces` every matching
 //!   limit applies (stricter); the other two only shape upstream's stats.
-//! - Any other key is an error, as upstream.
+//! - Any other key is an error, as upstream. YAML merge keys (`<<: *anchor`)
+//!   are resolved, as upstream's YAML reader resolves them.
 //! - A domain defined by two files is an error (upstream's default).
 //!
 //! In a domain that also has a mapping with `tokens` keys, a rule below a
