@@ -31,7 +31,8 @@
 //! - `replaces`, `detailed_metric` and `value_to_metric` are accepted and
 //!   ignored with a start-up warning: without `replaces` every matching
 //!   limit applies (stricter); the other two only shape upstream's stats.
-//! - Any other key is an error, as upstream.
+//! - Any other key is an error, as upstream. YAML merge keys (`<<: *anchor`)
+//!   are resolved, as upstream's YAML reader resolves them.
 //! - A domain defined by two files is an error (upstream's default).
 //!
 //! In a domain that also has a mapping with `tokens` keys, a rule below a
@@ -44,11 +45,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
+use figment::value::Value;
 use limits_core::{Dimension, LimitKind, SubjectLimits};
 use serde::Deserialize;
-use serde_yaml::Value as Yaml;
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde_path_to_error::Segment;
 
 use crate::config::ConfigError;
+use crate::config::error::describe;
+use crate::config::keys::RawRls;
+use crate::config::yaml;
 
 /// Every internal counter id starts with this character. Subject ids from
 /// the LimitsService API may not contain control characters, so no client
@@ -62,10 +68,7 @@ const KV: char = '\u{2}';
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 fn error(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::new(key, reason)
 }
 
 // ---------------------------------------------------------------------------
@@ -292,28 +295,8 @@ impl Unit {
 // The raw stage: `limits.rls` as written.
 // ---------------------------------------------------------------------------
 
-/// `limits.rls`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(
-    default,
-    deny_unknown_fields,
-    expecting = "a mapping of rate limit service settings"
-)]
-pub(crate) struct RawRls {
-    /// bool, default true when any domain or rule file is configured.
-    enabled: Option<bool>,
-    /// bool, default false: count and report, always answer OK.
-    dry_run: Option<bool>,
-    /// bool, default false: add the IETF draft RateLimit fields.
-    ietf_headers: Option<bool>,
-    /// Domains whose descriptors map onto subjects.
-    domains: Vec<RawDomain>,
-    /// envoyproxy/ratelimit-format rule files.
-    config_files: Vec<String>,
-    /// positive integer, default 100000: descriptor counters kept at most
-    /// (embedded stores), apart from the subjects' `max_entries`.
-    max_counters: Option<u64>,
-}
+// `limits.rls` itself is declared with the other sections (in the config's
+// `keys`); its domain mappings are ordinary serde types.
 
 /// `limits.rls.domains[i]`.
 #[derive(Debug, Default, Deserialize)]
@@ -322,7 +305,7 @@ pub(crate) struct RawRls {
     deny_unknown_fields,
     expecting = "a mapping with domain, subjects, tokens and shadow_mode"
 )]
-struct RawDomain {
+pub(crate) struct RawDomain {
     domain: Option<String>,
     shadow_mode: Option<bool>,
     subjects: RawSubjects,
@@ -357,6 +340,7 @@ pub(crate) fn build(
     extra_files: &[PathBuf],
     warnings: &mut Vec<String>,
 ) -> Result<RlsConfig> {
+    let keys = raw.check()?;
     let mut domains: AHashMap<String, RlsDomain> = AHashMap::new();
     let mut all_keys = AHashSet::new();
     for (i, d) in raw.domains.iter().enumerate() {
@@ -468,18 +452,12 @@ pub(crate) fn build(
 
     let configured = !domains.is_empty();
     Ok(RlsConfig {
-        enabled: raw.enabled.unwrap_or(configured),
-        dry_run: raw.dry_run.unwrap_or(false),
-        ietf_headers: raw.ietf_headers.unwrap_or(false),
+        enabled: keys.enabled.unwrap_or(configured),
+        dry_run: keys.dry_run,
+        ietf_headers: keys.ietf_headers,
         domains,
         config_files: loaded,
-        max_counters: match raw.max_counters {
-            None => DEFAULT_MAX_COUNTERS,
-            Some(0) => return Err(error("limits.rls.max_counters", "must be greater than 0")),
-            Some(n) => {
-                usize::try_from(n).map_err(|_| error("limits.rls.max_counters", "is too large"))?
-            }
-        },
+        max_counters: keys.max_counters,
     })
 }
 
@@ -493,80 +471,87 @@ fn check_key(field: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// envoyproxy/ratelimit rule files.
+// ---------------------------------------------------------------------------
+
+/// A rule file, as written. Unknown keys are errors, as upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+struct RawRuleFile {
+    domain: Scalar,
+    #[serde(default)]
+    descriptors: Vec<RawDescriptor>,
+}
+
+/// One level of a rule file's descriptor tree.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+struct RawDescriptor {
+    key: Scalar,
+    value: Option<Scalar>,
+    rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    descriptors: Vec<RawDescriptor>,
+    #[serde(default)]
+    shadow_mode: bool,
+    /// Accepted and ignored: it only shapes upstream's own stats.
+    detailed_metric: Option<bool>,
+    /// Accepted and ignored, as `detailed_metric`.
+    value_to_metric: Option<bool>,
+}
+
+/// A leaf's `rate_limit`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+struct RawRateLimit {
+    unit: Option<Scalar>,
+    requests_per_unit: Option<u64>,
+    #[serde(default)]
+    unlimited: bool,
+    name: Option<Scalar>,
+    /// Accepted and ignored: every matching limit applies.
+    replaces: Option<Vec<IgnoredAny>>,
+}
+
 /// A YAML scalar as text (upstream reads `value: 42` as "42").
-fn scalar(v: &Yaml) -> Option<String> {
-    match v {
-        Yaml::String(s) => Some(s.clone()),
-        Yaml::Number(n) => Some(n.to_string()),
-        Yaml::Bool(b) => Some(b.to_string()),
-        _ => None,
+#[derive(Debug)]
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(ScalarVisitor)
     }
 }
 
-fn kind_of(v: &Yaml) -> &'static str {
-    match v {
-        Yaml::Null => "nothing",
-        Yaml::Bool(_) => "a boolean",
-        Yaml::Number(_) => "a number",
-        Yaml::String(_) => "a string",
-        Yaml::Sequence(_) => "a list",
-        Yaml::Mapping(_) => "a mapping",
-        Yaml::Tagged(_) => "a tagged value",
+struct ScalarVisitor;
+
+impl Visitor<'_> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
     }
-}
 
-/// The entries of a mapping as `(key, value)`, rejecting keys outside
-/// `allowed` (upstream rejects unknown keys too).
-fn entries<'y>(at: &str, v: &'y Yaml, allowed: &[&str]) -> Result<Vec<(&'y str, &'y Yaml)>> {
-    let Yaml::Mapping(map) = v else {
-        return Err(error(
-            at,
-            format!("expected a mapping, found {}", kind_of(v)),
-        ));
-    };
-    let mut out = Vec::with_capacity(map.len());
-    for (k, value) in map {
-        let Yaml::String(k) = k else {
-            return Err(error(
-                at,
-                format!("keys must be strings, found {}", kind_of(k)),
-            ));
-        };
-        if !allowed.contains(&k.as_str()) {
-            return Err(error(
-                join(at, k),
-                format!("unknown key; expected one of: {}", allowed.join(", ")),
-            ));
-        }
-        // `key:` with nothing is the same as leaving the key out.
-        if !matches!(value, Yaml::Null) {
-            out.push((k.as_str(), value));
-        }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar(v.to_owned()))
     }
-    Ok(out)
-}
 
-fn join(at: &str, key: &str) -> String {
-    if at.ends_with(':') {
-        format!("{at}{key}")
-    } else {
-        format!("{at}.{key}")
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar(v.to_string()))
     }
-}
 
-fn text(at: &str, v: &Yaml) -> Result<String> {
-    scalar(v).ok_or_else(|| error(at, format!("expected a string, found {}", kind_of(v))))
-}
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar(v.to_string()))
+    }
 
-fn boolean(at: &str, v: &Yaml) -> Result<bool> {
-    v.as_bool()
-        .ok_or_else(|| error(at, format!("expected true or false, found {}", kind_of(v))))
-}
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar(v.to_string()))
+    }
 
-fn sequence<'y>(at: &str, v: &'y Yaml) -> Result<&'y [Yaml]> {
-    v.as_sequence()
-        .map(Vec::as_slice)
-        .ok_or_else(|| error(at, format!("expected a list, found {}", kind_of(v))))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar(v.to_string()))
+    }
 }
 
 /// Parses one envoyproxy/ratelimit rule file's text, as loading it would,
@@ -577,38 +562,53 @@ pub fn check_rule_file(text: &str) -> Result<()> {
     load_rule_file("rules.yaml", text, &AHashMap::new(), &mut warnings).map(drop)
 }
 
-/// Loads one envoyproxy/ratelimit file: its domain and rule tree. Keys in
-/// errors are `FILE:descriptors.0.rate_limit.unit`.
+/// Reads a rule file into its raw form. Keys in errors are
+/// `FILE:descriptors.0.rate_limit.unit`.
+fn parse_rule_file(origin: &str, text: &str) -> Result<RawRuleFile> {
+    let mut doc = yaml::parse(text).map_err(|e| error(origin, format!("invalid YAML: {e}")))?;
+    if !matches!(doc, Value::Dict(..)) {
+        return Err(error(
+            format!("{origin}:"),
+            format!("expected a mapping, found {}", yaml::shape(&doc)),
+        ));
+    }
+    // `key:` with nothing is the same as leaving the key out.
+    yaml::strip_nulls(&mut doc);
+    serde_path_to_error::deserialize(&doc).map_err(|e| {
+        let mut path: Vec<String> = e
+            .path()
+            .iter()
+            .map(|segment| match segment {
+                Segment::Seq { index } => index.to_string(),
+                Segment::Map { key } => key.clone(),
+                Segment::Enum { variant } => variant.clone(),
+                Segment::Unknown => "?".to_owned(),
+            })
+            .collect();
+        let reason = describe(&e.inner().kind, &mut path);
+        error(format!("{origin}:{}", path.join(".")), reason)
+    })
+}
+
+/// Loads one envoyproxy/ratelimit file: its domain and rule tree.
 fn load_rule_file(
     origin: &str,
-    text_in: &str,
+    text: &str,
     domains: &AHashMap<String, RlsDomain>,
     warnings: &mut Vec<String>,
 ) -> Result<(String, Node)> {
-    let doc: Yaml =
-        serde_yaml::from_str(text_in).map_err(|e| error(origin, format!("invalid YAML: {e}")))?;
+    let file = parse_rule_file(origin, text)?;
     let at = format!("{origin}:");
-    let mut domain = None;
-    let mut descriptors: &[Yaml] = &[];
-    for (k, v) in entries(&at, &doc, &["domain", "descriptors"])? {
-        match k {
-            "domain" => domain = Some(text(&join(&at, k), v)?),
-            _ => descriptors = sequence(&join(&at, k), v)?,
-        }
+    let Scalar(domain) = file.domain;
+    if domain.trim().is_empty() {
+        return Err(error(format!("{at}domain"), "must not be empty"));
     }
-    let domain = match domain {
-        None => return Err(error(join(&at, "domain"), "required key is missing")),
-        Some(d) if d.trim().is_empty() => {
-            return Err(error(join(&at, "domain"), "must not be empty"));
-        }
-        Some(d) if has_control(&d) => {
-            return Err(error(
-                join(&at, "domain"),
-                "must not contain control characters",
-            ));
-        }
-        Some(d) => d,
-    };
+    if has_control(&domain) {
+        return Err(error(
+            format!("{at}domain"),
+            "must not contain control characters",
+        ));
+    }
     let token_keys = domains
         .get(&domain)
         .and_then(|d| d.mapping.as_ref())
@@ -620,7 +620,12 @@ fn load_rule_file(
         ignored: Vec::new(),
     };
     let mut root = Node::default();
-    loader.descriptors(&join(&at, "descriptors"), descriptors, &mut root, false)?;
+    loader.descriptors(
+        &format!("{at}descriptors"),
+        &file.descriptors,
+        &mut root,
+        false,
+    )?;
     for (what, first) in loader.ignored {
         loader.warnings.push(format!(
             "{origin}: {what} is not supported and ignored (first at {first}){}",
@@ -651,74 +656,50 @@ impl Loader<'_> {
     fn descriptors(
         &mut self,
         at: &str,
-        list: &[Yaml],
+        list: &[RawDescriptor],
         parent: &mut Node,
         under_token: bool,
     ) -> Result<()> {
         for (i, d) in list.iter().enumerate() {
             let at = format!("{at}.{i}");
-            let mut key = None;
-            let mut value = None;
-            let mut rate_limit = None;
-            let mut children: &[Yaml] = &[];
-            let mut shadow_mode = false;
-            for (k, v) in entries(
-                &at,
-                d,
-                &[
-                    "key",
-                    "value",
-                    "rate_limit",
-                    "descriptors",
-                    "shadow_mode",
-                    "detailed_metric",
-                    "value_to_metric",
-                ],
-            )? {
-                let field = join(&at, k);
-                match k {
-                    "key" => key = Some(text(&field, v)?),
-                    "value" => value = Some(text(&field, v)?),
-                    "rate_limit" => rate_limit = Some((field, v)),
-                    "descriptors" => children = sequence(&field, v)?,
-                    "shadow_mode" => shadow_mode = boolean(&field, v)?,
-                    "detailed_metric" => {
-                        boolean(&field, v)?;
-                        self.ignore("detailed_metric", field);
-                    }
-                    _ => {
-                        boolean(&field, v)?;
-                        self.ignore("value_to_metric", field);
-                    }
-                }
+            if d.detailed_metric.is_some() {
+                self.ignore("detailed_metric", format!("{at}.detailed_metric"));
             }
-            let key = match key {
-                None => return Err(error(join(&at, "key"), "required key is missing")),
-                Some(k) => k,
-            };
-            check_key(&join(&at, "key"), &key)?;
-            let value = value.filter(|v| !v.is_empty());
-            if value.as_deref().is_some_and(has_control) {
+            if d.value_to_metric.is_some() {
+                self.ignore("value_to_metric", format!("{at}.value_to_metric"));
+            }
+            let Scalar(key) = &d.key;
+            check_key(&format!("{at}.key"), key)?;
+            let value = d
+                .value
+                .as_ref()
+                .map(|Scalar(v)| v.as_str())
+                .filter(|v| !v.is_empty());
+            if value.is_some_and(has_control) {
                 return Err(error(
-                    join(&at, "value"),
+                    format!("{at}.value"),
                     "must not contain control characters",
                 ));
             }
-            let tokens = under_token || self.token_keys.contains(&key);
+            let tokens = under_token || self.token_keys.contains(key);
             let mut node = Node::default();
-            if let Some((field, rl)) = rate_limit {
-                node.rule = Some(self.rule(&field, rl, shadow_mode, tokens)?);
+            if let Some(rl) = &d.rate_limit {
+                node.rule =
+                    Some(self.rule(&format!("{at}.rate_limit"), rl, d.shadow_mode, tokens)?);
             }
-            self.descriptors(&join(&at, "descriptors"), children, &mut node, tokens)?;
+            self.descriptors(
+                &format!("{at}.descriptors"),
+                &d.descriptors,
+                &mut node,
+                tokens,
+            )?;
 
             let slot = parent.children.entry(key.clone()).or_default();
             let duplicate = error(
                 at.clone(),
                 format!(
                     "duplicate descriptor: key {key:?} with {} is already defined at this level",
-                    value
-                        .as_deref()
-                        .map_or("no value".to_owned(), |v| format!("value {v:?}"))
+                    value.map_or("no value".to_owned(), |v| format!("value {v:?}"))
                 ),
             );
             match value {
@@ -736,10 +717,10 @@ impl Loader<'_> {
                         slot.wildcards.push((prefix.to_owned(), node));
                     }
                     None => {
-                        if slot.exact.contains_key(&v) {
+                        if slot.exact.contains_key(v) {
                             return Err(duplicate);
                         }
-                        slot.exact.insert(v, node);
+                        slot.exact.insert(v.to_owned(), node);
                     }
                 },
             }
@@ -747,48 +728,33 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn rule(&mut self, at: &str, v: &Yaml, shadow_mode: bool, tokens: bool) -> Result<Rule> {
-        let mut unit = None;
-        let mut per_unit = None;
-        let mut unlimited = false;
+    fn rule(
+        &mut self,
+        at: &str,
+        raw: &RawRateLimit,
+        shadow_mode: bool,
+        tokens: bool,
+    ) -> Result<Rule> {
+        if raw.replaces.is_some() {
+            self.ignore("replaces", format!("{at}.replaces"));
+        }
         let mut name = None;
-        for (k, v) in entries(
-            at,
-            v,
-            &["unit", "requests_per_unit", "unlimited", "name", "replaces"],
-        )? {
-            let field = join(at, k);
-            match k {
-                "unit" => unit = Some((text(&field, v)?, field)),
-                "requests_per_unit" => {
-                    let n = v.as_u64().ok_or_else(|| {
-                        error(
-                            &field,
-                            format!("expected a whole number, found {}", kind_of(v)),
-                        )
-                    })?;
-                    per_unit = Some((n, field));
-                }
-                "unlimited" => unlimited = boolean(&field, v)?,
-                "name" => {
-                    let n = text(&field, v)?;
-                    if has_control(&n) {
-                        return Err(error(field, "must not contain control characters"));
-                    }
-                    if !n.is_empty() {
-                        name = Some(Arc::<str>::from(n));
-                    }
-                }
-                _ => {
-                    sequence(&field, v)?;
-                    self.ignore("replaces", field);
-                }
+        if let Some(Scalar(n)) = &raw.name {
+            if has_control(n) {
+                return Err(error(
+                    format!("{at}.name"),
+                    "must not contain control characters",
+                ));
+            }
+            if !n.is_empty() {
+                name = Some(Arc::<str>::from(n.as_str()));
             }
         }
-        if unlimited {
-            if let Some((_, field)) = unit {
+        let unit_field = format!("{at}.unit");
+        if raw.unlimited {
+            if raw.unit.is_some() {
                 return Err(error(
-                    field,
+                    unit_field,
                     "must not be set when unlimited is true (as in envoyproxy/ratelimit)",
                 ));
             }
@@ -799,26 +765,24 @@ impl Loader<'_> {
                 tokens,
             });
         }
-        let Some((unit_text, unit_field)) = unit else {
+        let Some(Scalar(unit)) = &raw.unit else {
             return Err(error(
-                join(at, "unit"),
+                unit_field,
                 "required key is missing (second, minute or hour; or set unlimited: true)",
             ));
         };
-        let parsed = Unit::parse(&unit_text).ok_or_else(|| {
+        let parsed = Unit::parse(unit).ok_or_else(|| {
             error(
                 &unit_field,
-                format!("unknown unit {unit_text:?}; expected second, minute or hour"),
+                format!("unknown unit {unit:?}; expected second, minute or hour"),
             )
         })?;
         let kind = parsed
             .kind(tokens)
             .map_err(|reason| error(&unit_field, reason))?;
-        let Some((n, per_unit_field)) = per_unit else {
-            return Err(error(
-                join(at, "requests_per_unit"),
-                "required key is missing",
-            ));
+        let per_unit_field = format!("{at}.requests_per_unit");
+        let Some(n) = raw.requests_per_unit else {
+            return Err(error(per_unit_field, "required key is missing"));
         };
         if n > u64::from(u32::MAX) {
             return Err(error(

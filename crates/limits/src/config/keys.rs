@@ -1,0 +1,405 @@
+//! The declaration of every config key: its kind, default, range and one
+//! line of documentation. The raw structs serde fills, the environment
+//! names, the checks that name the key and the reference table in README.md
+//! all come from here (see `declare`), so a key is added in one place.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use limits_core::EnforcementMode;
+use serde::Deserialize;
+
+use super::LogFormat;
+use super::declare::{FieldDoc, declare};
+use super::setting::{
+    Addr, Alias, Auto, Choice, Count, FileOnly, FilePath, Flag, Fraction, KeyPrefix, Limit,
+    LogFilter, Password, Price, Range, RedisUrl, ServerSecret, Size, Slots, Span, Usd,
+};
+use crate::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
+
+/// Default `enforcement.queue_depth`.
+pub const DEFAULT_QUEUE_DEPTH: usize = 100;
+/// Default `enforcement.queue_timeout`.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `enforcement.reservation_ttl`.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(10 * 60);
+/// Default `rate_limits.lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Default `storage.memory.max_entries`.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// Default `storage.memory.cleanup_interval`.
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Default `storage.sled.snapshot_interval` (and `storage.sqlite.snapshot_interval`).
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(10);
+/// Default `storage.redis.url`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default `storage.redis.key_prefix`.
+pub const DEFAULT_REDIS_PREFIX: &str = "limits";
+/// Default `storage.redis.connect_timeout`.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `storage.redis.command_timeout`.
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default `storage.redis.max_entries`.
+pub const DEFAULT_REDIS_MAX_ENTRIES: usize = 10_000_000;
+/// Default `server.grpc_addr`.
+pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 50051);
+/// Default `server.metrics_addr`.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
+/// Default `server.reload_interval`.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `server.max_request_bytes`: the largest valid request is a few
+/// KiB (three subjects of 256 bytes, a model name, a rate limit service
+/// call of 64 descriptors of small entries).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * KIB;
+/// Default `server.memory_budget`.
+pub const DEFAULT_MEMORY_BUDGET: usize = 64 * MIB;
+/// Default `server.max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default `server.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `server.max_concurrent_streams`.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Default `server.shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default `logging.level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default `metrics.identifier_cap`.
+pub const DEFAULT_IDENTIFIER_CAP: usize = 1000;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Reservation and lease TTLs, as a caller may also ask for per call.
+const TTL_RANGE: Range = Range::new(SECOND, crate::MAX_TTL);
+const QUEUE_TIMEOUT_RANGE: Range = Range::new(MILLISECOND, HOUR);
+const CLEANUP_RANGE: Range = Range::new(SECOND, DAY);
+const REDIS_TIMEOUT_RANGE: Range = Range::new(MILLISECOND, Duration::from_secs(300));
+/// The guide's `snapshot_interval: 5m` must still load (it is capped to
+/// the longest group wait at start-up, with a warning).
+const SNAPSHOT_RANGE: Range = Range::new(Duration::from_micros(100), HOUR);
+const GRACE_RANGE: Range = Range::new(Duration::ZERO, HOUR).or_zero();
+/// Zero turns polling off; otherwise not so often that it burns a core.
+const RELOAD_RANGE: Range = Range::new(Duration::from_millis(10), HOUR).or_zero();
+
+const ACTIONS: &[(&str, EnforcementMode)] = &[
+    ("block", EnforcementMode::Block),
+    ("queue", EnforcementMode::Queue),
+    ("downgrade", EnforcementMode::Downgrade),
+    ("alert", EnforcementMode::Alert),
+];
+
+/// `storage.backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Memory,
+    Sled,
+    Sqlite,
+    Redis,
+}
+
+const BACKENDS: &[(&str, Backend)] = &[
+    ("memory", Backend::Memory),
+    ("sled", Backend::Sled),
+    ("sqlite", Backend::Sqlite),
+    ("redis", Backend::Redis),
+];
+
+const LOG_FORMATS: &[(&str, LogFormat)] =
+    &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)];
+
+/// A per-id map: id → entry.
+pub(crate) type IdMap<T> = BTreeMap<String, T>;
+
+/// The row every per-id map shares.
+const PER_ID: FieldDoc = FieldDoc::new("map", "`{}`", ".<id>");
+
+declare! {
+    /// `limits.budgets`.
+    section RawBudgets at "budgets", expecting "a mapping of budget settings" => BudgetSettings {
+        /// `false` removes every budget limit (including defaults).
+        enabled: Flag = Flag(true),
+        /// A request that takes any budget to this fraction is allowed with action ALERT.
+        alert_threshold: Fraction = Fraction,
+    } and {
+        /// Per-id budgets. The id `default` applies to unlisted ids of that dimension; `{}`
+        /// exempts an id from the default.
+        by_api_key, by_user, by_team: IdMap<RawBudget> => PER_ID;
+    };
+
+    /// `limits.budgets.by_*.<id>`: one id's budgets.
+    entry RawBudget at "budgets.by_*.<id>", expecting "a mapping of budget limits" => BudgetKeys {
+        /// Spend allowed over a rolling hour.
+        hourly: Usd = Usd,
+        /// Spend allowed over a rolling 24 hours.
+        daily: Usd = Usd,
+        /// Spend allowed over a rolling 30 days.
+        monthly: Usd = Usd,
+        /// Name shown in reasons and metrics instead of the id (API keys are secrets).
+        alias: Alias = Alias,
+    };
+
+    /// `limits.rate_limits`.
+    section RawRateLimits at "rate_limits", expecting "a mapping of rate-limit settings" => RateSettings {
+        /// `false` removes every request, token and concurrency limit.
+        enabled: Flag = Flag(true),
+        /// A concurrency lease that is never released is freed after this.
+        lease_ttl: Span = Span(DEFAULT_LEASE_TTL, TTL_RANGE),
+    } and {
+        /// Per-id rate limits; `default` and `{}` work as for budgets. An id in only one family
+        /// gets the other family's `default`.
+        by_api_key, by_user, by_team: IdMap<RawRate> => PER_ID;
+    };
+
+    /// `limits.rate_limits.by_*.<id>`: one id's rate and concurrency limits.
+    entry RawRate at "rate_limits.by_*.<id>", expecting "a mapping of rate limits" => RateKeys {
+        /// Requests admitted per rolling second.
+        requests_per_second: Limit = Limit,
+        /// Requests admitted per rolling minute.
+        requests_per_minute: Limit = Limit,
+        /// Requests admitted per rolling hour.
+        requests_per_hour: Limit = Limit,
+        /// Tokens admitted per rolling minute.
+        tokens_per_minute: Limit = Limit,
+        /// Tokens admitted per rolling hour.
+        tokens_per_hour: Limit = Limit,
+        /// In-flight requests (leases) at once.
+        max_concurrent: Slots = Slots,
+        /// As the budgets' `alias`; an id's aliases must agree.
+        alias: Alias = Alias,
+    };
+
+    /// `limits`: the sections, and the entries that combine both families.
+    /// Other top-level keys of the file are ignored.
+    section RawLimits at "", expecting "a mapping of limits settings" => LimitsKeys {
+    } and {
+        budgets: RawBudgets;
+        rate_limits: RawRateLimits;
+        /// Combined entry: any budget and rate keys plus `alias`, with no family default. An id
+        /// may not also appear under `budgets`/`rate_limits`.
+        by_api_key, by_user, by_team: IdMap<RawCombined> => PER_ID;
+        enforcement: RawEnforcement;
+        pricing: IdMap<RawPrice>;
+        storage: RawStorage;
+        server: RawServer;
+        logging: RawLogging;
+        metrics: RawMetrics;
+        rls: RawRls;
+        security: RawSecurity;
+    };
+
+    /// `limits.enforcement`.
+    section RawEnforcement at "enforcement", expecting "a mapping of enforcement settings" => EnforcementSettings {
+        /// What happens when a request would exceed a limit.
+        action: Choice<EnforcementMode> = Choice(EnforcementMode::Block, ACTIONS),
+        /// Requests waiting per subject in queue mode.
+        queue_depth: Count<usize> = Count(DEFAULT_QUEUE_DEPTH),
+        /// Longest a queued request waits (never past the caller's deadline).
+        queue_timeout: Span = Span(DEFAULT_QUEUE_TIMEOUT, QUEUE_TIMEOUT_RANGE),
+        /// An unsettled reservation is released after this.
+        reservation_ttl: Span = Span(DEFAULT_RESERVATION_TTL, TTL_RANGE),
+    } and {
+        /// Downgrade chain. No self-maps, no cycles, at most 16 steps.
+        model_downgrades: BTreeMap<String, String> => FieldDoc::new("map model → model", "`{}`", "");
+    };
+
+    /// `limits.pricing.<model>`.
+    entry RawPrice at "pricing.<model>", expecting "a mapping with input_per_1k and output_per_1k" => PriceKeys {
+        /// USD per 1000 prompt tokens. Prices usage sent without a cost (exactly, in
+        /// nano-dollars), and re-prices downgraded estimates.
+        input_per_1k: Price = Price,
+        /// USD per 1000 completion tokens; estimates without a cost are priced at the higher of
+        /// the two rates.
+        output_per_1k: Price = Price,
+    };
+
+    /// `limits.storage`.
+    section RawStorage at "storage", expecting "a mapping of storage settings" => StorageSettings {
+        /// `sqlite` is served by the sled store at `storage.sqlite.path`, with a start-up
+        /// warning; `redis` shares counters between replicas (see below).
+        backend: Choice<Backend> = Choice(Backend::Memory, BACKENDS),
+    } and {
+        memory: RawMemory;
+        sled: RawSled;
+        sqlite: RawSqlite;
+        redis: RawRedis;
+    };
+
+    /// `limits.storage.memory`.
+    section RawMemory at "storage.memory", expecting "a mapping of memory-store settings" => MemorySettings {
+        /// Most subjects kept in memory; past it, new subjects get `RESOURCE_EXHAUSTED` (spend is
+        /// never forgotten to make room).
+        max_entries: Count<usize> = Count(DEFAULT_MAX_ENTRIES),
+        /// How often idle, empty subjects are dropped and expired holds swept.
+        cleanup_interval: Span = Span(DEFAULT_CLEANUP_INTERVAL, CLEANUP_RANGE),
+    };
+
+    /// `limits.storage.sled`.
+    section RawSled at "storage.sled", expecting "a mapping with path and snapshot_interval" => SledSettings {
+        /// The sled database directory (created on first start).
+        path: FilePath = FilePath("required for `sled`"),
+        /// Longest a durable write waits for its group flush (capped at 1 s at start-up).
+        snapshot_interval: Span = Span(DEFAULT_SNAPSHOT_INTERVAL, SNAPSHOT_RANGE),
+    };
+
+    /// `limits.storage.sqlite`: the usage guide's name for a file store,
+    /// served by sled.
+    section RawSqlite at "storage.sqlite", expecting "a mapping with path and snapshot_interval" => SqliteSettings {
+        /// Where `backend: sqlite` keeps its store: a sled database at this path.
+        path: FilePath = FilePath("required for `sqlite`"),
+        /// As `storage.sled.snapshot_interval`, for `backend: sqlite`.
+        snapshot_interval: Span = Span(DEFAULT_SNAPSHOT_INTERVAL, SNAPSHOT_RANGE),
+    };
+
+    /// `limits.storage.redis`.
+    section RawRedis at "storage.redis", expecting "a mapping of Redis settings" => RedisKeys {
+        /// `redis://[user:password@]host:port[/db]`; for a cluster, any node.
+        url: RedisUrl = RedisUrl(DEFAULT_REDIS_URL),
+        /// Talk to a Redis Cluster.
+        cluster: Flag = Flag(false),
+        /// Used when the URL has none; set it with `MERCATOR_LIMITS_STORAGE_REDIS_PASSWORD`.
+        password: Password = Password,
+        /// Every key starts with `{prefix}:` (a hash tag); different prefixes are separate
+        /// counters.
+        key_prefix: KeyPrefix = KeyPrefix(DEFAULT_REDIS_PREFIX),
+        /// Longest a connection attempt may take before the call is `UNAVAILABLE`.
+        connect_timeout: Span = Span(DEFAULT_REDIS_CONNECT_TIMEOUT, REDIS_TIMEOUT_RANGE),
+        /// Longest one decision may take before the call is `UNAVAILABLE`.
+        command_timeout: Span = Span(DEFAULT_REDIS_COMMAND_TIMEOUT, REDIS_TIMEOUT_RANGE),
+        /// Most subjects kept; past it, new subjects get `RESOURCE_EXHAUSTED`.
+        max_entries: Count<usize> = Count(DEFAULT_REDIS_MAX_ENTRIES),
+        /// With Redis unreachable, allow `CheckLimits` / `AcquireConcurrent` (logged, counted)
+        /// instead of `UNAVAILABLE`.
+        fail_open: Flag = Flag(false),
+    } and {
+        /// Further seed nodes of a Redis Cluster.
+        nodes: Vec<String> => FieldDoc::new("list of URLs", "`[]`", "");
+    };
+
+    /// `limits.server`.
+    section RawServer at "server", expecting "a mapping of server settings" => ServerKeys {
+        /// gRPC listen address; port 0 picks a free port.
+        grpc_addr: Addr = Addr(DEFAULT_GRPC_ADDR),
+        /// Prometheus `/metrics` address.
+        metrics_addr: Addr = Addr(DEFAULT_METRICS_ADDR),
+        /// Time in-flight calls get to finish after SIGTERM.
+        shutdown_grace: Span = Span(DEFAULT_SHUTDOWN_GRACE, GRACE_RANGE),
+        /// How often the config file is checked for changes; `0s` leaves reloads to SIGHUP.
+        reload_interval: Span = Span(DEFAULT_RELOAD_INTERVAL, RELOAD_RANGE),
+        /// Largest request message; a larger one is `RESOURCE_EXHAUSTED` as soon as its header
+        /// arrives (see Overload).
+        max_request_bytes: Size = Size(DEFAULT_MAX_REQUEST_BYTES, 1024..=4 << 20),
+        /// Request bytes being read at once; a message that would pass it is
+        /// `RESOURCE_EXHAUSTED`.
+        memory_budget: Size = Size(DEFAULT_MEMORY_BUDGET, 1 << 20..=1 << 40),
+        /// Calls in progress at once; one more is `UNAVAILABLE` at once.
+        max_in_flight: Count<usize> = Count(DEFAULT_MAX_IN_FLIGHT),
+        /// Client connections at once; past it the listener stops accepting.
+        max_connections: Count<usize> = Count(DEFAULT_MAX_CONNECTIONS),
+        /// Calls at once on one HTTP/2 connection.
+        max_concurrent_streams: Count<u32> = Count(DEFAULT_MAX_CONCURRENT_STREAMS),
+    };
+
+    /// `limits.security`.
+    section RawSecurity at "security", expecting "a mapping with secret or secret_file" => SecurityKeys {
+        /// The server secret: keys the hash API keys are stored under and authenticates
+        /// reservation and lease ids. The same on every replica. Better set with
+        /// `MERCATOR_LIMITS_SECURITY_SECRET` or `secret_file` than inline. See "Secrets".
+        secret: ServerSecret = ServerSecret,
+        /// A file holding the secret (e.g. a mounted Kubernetes Secret); surrounding whitespace
+        /// is ignored.
+        secret_file: FilePath = FilePath("none"),
+    };
+
+    /// `limits.rls`: Envoy's rate limit service API; see [`crate::rls`].
+    section RawRls at "rls", expecting "a mapping of rate limit service settings" => RlsKeys {
+        /// Off: `ShouldRateLimit` answers `UNIMPLEMENTED`.
+        enabled: FileOnly<Auto> = FileOnly(Auto("`true` once a domain or rule file is configured, else `false`")),
+        /// Count and report everything, but always answer `OK` overall.
+        dry_run: FileOnly<Flag> = FileOnly(Flag(false)),
+        /// Also return the IETF draft `RateLimit` and `RateLimit-Policy` fields.
+        ietf_headers: FileOnly<Flag> = FileOnly(Flag(false)),
+        /// Most rate limit service counters kept (memory and sled), apart from
+        /// `storage.*.max_entries`, so a flood of descriptors (one per client address, say)
+        /// cannot lock out API keys.
+        max_counters: Count<usize> = Count(DEFAULT_MAX_COUNTERS),
+    } and {
+        domains: Vec<RawDomain>;
+        config_files: Vec<String>;
+    };
+
+    /// `limits.logging`.
+    section RawLogging at "logging", expecting "a mapping of logging settings" => LoggingKeys {
+        /// Log line format (stderr).
+        format: Choice<LogFormat> = Choice(LogFormat::Pretty, LOG_FORMATS),
+        /// e.g. `info,limits_server=debug`; `RUST_LOG` overrides it.
+        level: LogFilter = LogFilter(DEFAULT_LOG_LEVEL),
+    };
+
+    /// `limits.metrics`.
+    section RawMetrics at "metrics", expecting "a mapping of metrics settings" => MetricsKeys {
+        /// Most distinct `identifier` label values; the rest are `other`.
+        identifier_cap: Count<usize> = Count(DEFAULT_IDENTIFIER_CAP),
+        /// Whether user ids may appear raw in labels and reasons (else hashed).
+        show_user_ids: Flag = Flag(true),
+        /// Whether team ids may appear raw in labels and reasons (else hashed).
+        show_team_ids: Flag = Flag(true),
+    };
+}
+
+/// `limits.by_*.<id>`: budget and rate-limit keys in one entry. Its keys
+/// are those of [`RawBudget`] and [`RawRate`], which [`split`](Self::split)
+/// checks at compile time: a key added to either must be added here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a mapping of limits")]
+pub(crate) struct RawCombined {
+    hourly: Option<f64>,
+    daily: Option<f64>,
+    monthly: Option<f64>,
+    requests_per_second: Option<u64>,
+    requests_per_minute: Option<u64>,
+    requests_per_hour: Option<u64>,
+    tokens_per_minute: Option<u64>,
+    tokens_per_hour: Option<u64>,
+    max_concurrent: Option<u32>,
+    alias: Option<String>,
+}
+
+impl RawCombined {
+    /// The entry as a budget entry and a rate entry, both with its alias.
+    pub(crate) fn split(&self) -> (RawBudget, RawRate) {
+        let RawCombined {
+            hourly,
+            daily,
+            monthly,
+            requests_per_second,
+            requests_per_minute,
+            requests_per_hour,
+            tokens_per_minute,
+            tokens_per_hour,
+            max_concurrent,
+            alias,
+        } = self;
+        let budget = RawBudget {
+            hourly: *hourly,
+            daily: *daily,
+            monthly: *monthly,
+            alias: alias.clone(),
+        };
+        let rate = RawRate {
+            requests_per_second: *requests_per_second,
+            requests_per_minute: *requests_per_minute,
+            requests_per_hour: *requests_per_hour,
+            tokens_per_minute: *tokens_per_minute,
+            tokens_per_hour: *tokens_per_hour,
+            max_concurrent: *max_concurrent,
+            alias: alias.clone(),
+        };
+        (budget, rate)
+    }
+}

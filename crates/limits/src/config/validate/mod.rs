@@ -1,0 +1,153 @@
+//! Validation: the raw config (what the sources said) turned into the
+//! [`Config`] the engine runs on. Each key's own check comes from its
+//! declaration; what is here is what spans several keys.
+
+mod server;
+mod storage;
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use limits_core::enforcement::MAX_DOWNGRADE_STEPS;
+use limits_core::{EnforcementMode, ModelPrice, Policy, Pricing};
+use limits_store::Secret;
+
+use super::error::{ConfigError, Result};
+use super::keys::{IdMap, RawLimits, RawPrice, RawSecurity};
+use super::{Config, LoggingSettings, MetricsSettings};
+
+pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
+    let mut warnings = Vec::new();
+
+    // The root has no keys of its own; checking it keeps one added there
+    // from going unchecked.
+    raw.check()?;
+    let budgets = raw.budgets.check()?;
+    let rates = raw.rate_limits.check()?;
+    let table = table::build(&raw, budgets.enabled, rates.enabled)?;
+
+    let enforcement = raw.enforcement.check()?;
+    let downgrades = &raw.enforcement.model_downgrades;
+    check_downgrades(downgrades)?;
+    if enforcement.action == EnforcementMode::Downgrade && downgrades.is_empty() {
+        warnings.push(
+            "enforcement.action is downgrade but enforcement.model_downgrades is empty: \
+             requests over a limit are blocked"
+                .to_owned(),
+        );
+    }
+    let policy = Policy {
+        mode: enforcement.action,
+        alert_threshold_ppm: budgets.alert_threshold,
+        downgrades: downgrades
+            .iter()
+            .map(|(from, to)| (from.clone(), to.clone()))
+            .collect(),
+        pricing: build_pricing(&raw.pricing)?,
+    };
+
+    let storage = storage::build(&raw.storage, &mut warnings)?;
+    let server = server::build(&raw.server)?;
+    let logging = raw.logging.check()?;
+    let metrics = raw.metrics.check()?;
+    let rls = crate::rls::build(&raw.rls, rls_files, &mut warnings)?;
+    let secret = build_secret(&raw.security)?;
+
+    Ok(Config {
+        table,
+        policy,
+        queue_depth: enforcement.queue_depth,
+        queue_timeout: enforcement.queue_timeout,
+        reservation_ttl: enforcement.reservation_ttl,
+        lease_ttl: rates.lease_ttl,
+        storage,
+        server,
+        logging: LoggingSettings {
+            format: logging.format,
+            level: logging.level,
+        },
+        metrics: MetricsSettings {
+            identifier_cap: metrics.identifier_cap,
+            show_user_ids: metrics.show_user_ids,
+            show_team_ids: metrics.show_team_ids,
+        },
+        rls,
+        secret,
+        warnings,
+    })
+}
+
+/// The secret is given inline or in a file, not both.
+fn build_secret(raw: &RawSecurity) -> Result<Option<Secret>> {
+    let keys = raw.check()?;
+    match (keys.secret, keys.secret_file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "limits.security.secret_file",
+            "set either limits.security.secret or limits.security.secret_file, not both",
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => {
+            let key = "limits.security.secret_file";
+            let text = std::fs::read(&path)
+                .map_err(|e| ConfigError::new(key, format!("cannot read {path:?}: {e}")))?;
+            Secret::new(text.trim_ascii())
+                .map(Some)
+                .map_err(|e| ConfigError::new(key, e.to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_downgrades(map: &BTreeMap<String, String>) -> Result<()> {
+    for (from, to) in map {
+        let key = format!("limits.enforcement.model_downgrades.{from}");
+        if from.trim().is_empty() {
+            return Err(ConfigError::new(key, "model name must not be empty"));
+        }
+        if to.trim().is_empty() {
+            return Err(ConfigError::new(key, "must name the model to downgrade to"));
+        }
+        if from == to {
+            return Err(ConfigError::new(key, format!("maps {from:?} to itself")));
+        }
+        let mut chain = vec![from.as_str()];
+        let mut next = Some(to.as_str());
+        while let Some(model) = next {
+            if chain.contains(&model) {
+                chain.push(model);
+                return Err(ConfigError::new(
+                    key,
+                    format!("downgrade chain loops: {}", chain.join(" -> ")),
+                ));
+            }
+            chain.push(model);
+            next = map.get(model).map(String::as_str);
+        }
+        if chain.len() - 1 > MAX_DOWNGRADE_STEPS {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "downgrade chain has {} steps; at most {MAX_DOWNGRADE_STEPS} are followed",
+                    chain.len() - 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn build_pricing(raw: &IdMap<RawPrice>) -> Result<Pricing> {
+    let mut pricing = Pricing::new();
+    for (model, price) in raw {
+        let price = price.check_at(&format!("limits.pricing.{model}"))?;
+        pricing.insert(
+            model.clone(),
+            ModelPrice {
+                input_per_1k: price.input_per_1k,
+                output_per_1k: price.output_per_1k,
+            },
+        );
+    }
+    Ok(pricing)
+}
