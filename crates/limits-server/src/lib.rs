@@ -19,6 +19,7 @@ pub use limits::rls as rls_config;
 
 pub mod api;
 pub mod ops;
+pub mod reload;
 pub mod server;
 
 /// The generated protobuf types and gRPC stubs, one module per protobuf

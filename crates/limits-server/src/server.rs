@@ -183,7 +183,7 @@ impl Bound {
             background.push(tokio::spawn(m::serve(metrics_listener, handle)));
         }
         if let Some(path) = source.path.clone() {
-            background.push(tokio::spawn(crate::ops::reload::watch(
+            background.push(tokio::spawn(crate::reload::watch(
                 shared.clone(),
                 path,
                 source.overrides,

@@ -32,7 +32,7 @@ pub fn display(
     limits: &SubjectLimits,
     hide_ids: bool,
 ) -> String {
-    if crate::rls::is_internal(&subject.id) {
+    if crate::config::rls::is_internal(&subject.id) {
         return match limits.alias() {
             Some(name) => format!("descriptor:{name}"),
             None => format!("descriptor:{}", short_hash(secret, &subject.id)),
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn descriptor_counters_are_never_shown_raw() {
         let secret = secret();
-        let id = crate::rls::counter_id("d", [("api_key", "sk-secret-123")]);
+        let id = crate::config::rls::counter_id("d", [("api_key", "sk-secret-123")]);
         let counter = Subject::new(Dimension::ApiKey, id.as_str());
         let shown = display(&secret, &counter, &SubjectLimits::UNLIMITED, false);
         assert_eq!(shown, format!("descriptor:{}", short_hash(&secret, &id)));

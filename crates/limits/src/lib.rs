@@ -15,6 +15,7 @@
 //! `default-features = false` only the memory store is compiled.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
 mod error;
@@ -23,9 +24,9 @@ pub mod identity;
 pub mod ids;
 mod limiter;
 mod open;
-pub mod rls;
 pub mod validate;
 
+pub use config::rls;
 pub use error::Error;
 pub use explain::Queued;
 pub use limiter::{

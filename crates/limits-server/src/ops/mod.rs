@@ -1,6 +1,6 @@
-//! Operating limitsd: metrics, logs and traces, config reload, signals.
+//! Operating limitsd: metrics, logs and traces, signals. These are leaves:
+//! they depend on no other module of the server.
 
 pub mod metrics;
-pub mod reload;
 pub mod signal;
 pub mod telemetry;

@@ -16,7 +16,7 @@ use super::setting::{
     Addr, Alias, Auto, Choice, Count, FileOnly, FilePath, Flag, Fraction, KeyPrefix, Limit,
     LogFilter, Password, Price, Range, RedisUrl, ServerSecret, Size, Slots, Span, Usd,
 };
-use crate::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
+use crate::config::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
 
 /// Default `enforcement.queue_depth`.
 pub const DEFAULT_QUEUE_DEPTH: usize = 100;
@@ -316,7 +316,7 @@ declare! {
         secret_file: FilePath = FilePath("none"),
     };
 
-    /// `limits.rls`: Envoy's rate limit service API; see [`crate::rls`].
+    /// `limits.rls`: Envoy's rate limit service API; see [`crate::config::rls`].
     section RawRls at "rls", expecting "a mapping of rate limit service settings" => RlsKeys {
         /// Off: `ShouldRateLimit` answers `UNIMPLEMENTED`.
         enabled: FileOnly<Auto> = FileOnly(Auto("`true` once a domain or rule file is configured, else `false`")),

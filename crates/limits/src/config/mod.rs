@@ -31,7 +31,7 @@
 //!   server: { ... }
 //!   logging: { ... }
 //!   metrics: { ... }
-//!   rls: { ... }      # Envoy's rate limit service API, see crate::rls
+//!   rls: { ... }      # Envoy's rate limit service API, see config::rls
 //! ```
 //!
 //! Other top-level keys are ignored, so the `limits:` section can sit in a
@@ -91,6 +91,7 @@ mod declare;
 mod docs;
 pub(crate) mod error;
 pub(crate) mod keys;
+pub mod rls;
 mod setting;
 mod sources;
 mod validate;
@@ -144,13 +145,17 @@ pub struct Config {
     pub reservation_ttl: Duration,
     /// A concurrency lease lives this long unless released.
     pub lease_ttl: Duration,
+    /// Where counters, reservations and leases are kept (`limits.storage`).
     pub storage: Storage,
+    /// Listening addresses, request bounds, reloads (`limits.server`).
     pub server: ServerSettings,
+    /// Log format and level (`limits.logging`).
     pub logging: LoggingSettings,
+    /// Bounds on metric labels (`limits.metrics`).
     pub metrics: MetricsSettings,
     /// Envoy's rate limit service API (`limits.rls`): domain mappings and
     /// envoyproxy/ratelimit-format rules.
-    pub rls: crate::rls::RlsConfig,
+    pub rls: rls::RlsConfig,
     /// The server secret (`limits.security`), which keys the hashes API keys
     /// are stored under and authenticates reservation and lease ids; `None`
     /// lets the store keep one of its own.
@@ -174,7 +179,7 @@ impl Default for Config {
             server: ServerSettings::default(),
             logging: LoggingSettings::default(),
             metrics: MetricsSettings::default(),
-            rls: crate::rls::RlsConfig::default(),
+            rls: rls::RlsConfig::default(),
             secret: None,
             warnings: Vec::new(),
         }
@@ -193,6 +198,7 @@ pub enum Storage {
     },
     /// The embedded durable sled store (also what `backend: sqlite` means).
     Sled {
+        /// The database directory (created if missing).
         path: PathBuf,
         /// The longest a write waits before its group is flushed to disk.
         snapshot_interval: Duration,
@@ -209,13 +215,17 @@ pub struct RedisSettings {
     pub url: String,
     /// Further cluster seed nodes.
     pub nodes: Vec<String>,
+    /// Talk to a Redis Cluster (keys of one subject share a hash slot).
     pub cluster: bool,
     /// Used when the URL carries none (`MERCATOR_LIMITS_STORAGE_REDIS_PASSWORD`).
     pub password: Option<String>,
     /// The hash tag of every key: separate prefixes are separate counters.
     pub key_prefix: String,
+    /// The longest a connection attempt may take.
     pub connect_timeout: Duration,
+    /// The longest one decision may take before the call is `UNAVAILABLE`.
     pub command_timeout: Duration,
+    /// The most subjects the Redis store keeps; a new one past it is refused.
     pub max_entries: usize,
     /// Allow (logged and counted) instead of answering UNAVAILABLE when
     /// Redis cannot be reached.
@@ -266,7 +276,9 @@ impl Default for Storage {
 /// Listening addresses and shutdown behaviour.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
+    /// The gRPC listen address (port 0 picks a free port).
     pub grpc_addr: SocketAddr,
+    /// The Prometheus `/metrics` listen address.
     pub metrics_addr: SocketAddr,
     /// How long in-flight calls may run after SIGTERM before the server stops.
     pub shutdown_grace: Duration,
@@ -312,7 +324,9 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// How limitsd logs (`limits.logging`).
 pub struct LoggingSettings {
+    /// Human-readable lines or one JSON object per line.
     pub format: LogFormat,
     /// A `tracing_subscriber::EnvFilter` directive, e.g. `info` or
     /// `info,limits_server=debug`.
@@ -353,7 +367,9 @@ impl Default for MetricsSettings {
 /// Values from command-line flags; they override the file and environment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
+    /// `--grpc-addr`.
     pub grpc_addr: Option<SocketAddr>,
+    /// `--metrics-addr`.
     pub metrics_addr: Option<SocketAddr>,
     /// `--rls-config FILE` (repeatable): envoyproxy/ratelimit-format files
     /// loaded after those in `limits.rls.config_files`.

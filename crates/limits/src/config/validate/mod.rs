@@ -51,7 +51,7 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
     let server = server::build(&raw.server)?;
     let logging = raw.logging.check()?;
     let metrics = raw.metrics.check()?;
-    let rls = crate::rls::build(&raw.rls, rls_files, &mut warnings)?;
+    let rls = crate::config::rls::build(&raw.rls, rls_files, &mut warnings)?;
     let secret = build_secret(&raw.security)?;
 
     Ok(Config {

@@ -51,10 +51,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde_path_to_error::Segment;
 
-use crate::config::ConfigError;
-use crate::config::error::describe;
-use crate::config::keys::RawRls;
-use crate::config::yaml;
+use super::ConfigError;
+use super::error::describe;
+use super::keys::RawRls;
+use super::yaml;
 
 /// Every internal counter id starts with this character. Subject ids from
 /// the LimitsService API may not contain control characters, so no client
@@ -111,6 +111,7 @@ impl Default for RlsConfig {
 /// Everything configured for one domain.
 #[derive(Clone, Debug, Default)]
 pub struct RlsDomain {
+    /// How the domain's descriptors map to limitsd's subjects and limits, from `limits.rls.domains`.
     pub mapping: Option<Mapping>,
     /// The root of the rule tree from an envoyproxy/ratelimit file.
     pub rules: Option<Node>,
@@ -230,6 +231,7 @@ pub fn is_internal(id: &str) -> bool {
 
 /// A rate limit unit, from a rule file or a request's limit override.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // The units are their names.
 pub enum Unit {
     Second,
     Minute,
