@@ -36,7 +36,9 @@ use crate::{Call, CheckOp, Health, RecordOp, Store, StoreError, SweepStats, Usag
 /// the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
+    /// The most API keys, users and teams held at once.
     pub subjects: usize,
+    /// The most rate limit service counters held at once.
     pub counters: usize,
 }
 
@@ -190,6 +192,7 @@ impl State {
         self.shards.len()
     }
 
+    /// Whether no subject is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -338,6 +341,7 @@ impl<J: Journal> Embedded<J> {
         self.state.len()
     }
 
+    /// Whether no subject is held.
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()
     }
@@ -347,6 +351,17 @@ impl<J: Journal> Embedded<J> {
     /// fails (or the write itself did), takes the operation back (`undo`,
     /// given the instant it is undone at) before answering the error, so
     /// that a call answered with an error leaves no trace.
+    /// What every subject operation starts with: a store that cannot write
+    /// refuses at once, changing nothing; then the subjects as stored, and
+    /// the operation's start (the durability wait is measured from it).
+    fn begin(
+        &self,
+        subjects: &[Subject],
+    ) -> Result<(Vec<Subject>, std::time::Instant), StoreError> {
+        self.journal.writable()?;
+        Ok((self.state.stored(subjects), std::time::Instant::now()))
+    }
+
     async fn settle<T>(
         &self,
         out: T,
@@ -400,17 +415,8 @@ impl<J: Journal> Embedded<J> {
 #[allow(private_bounds)]
 impl<J: Journal> Store for Embedded<J> {
     async fn check(&self, call: Call<'_, CheckOp<'_>>) -> Result<CheckOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op,
-            now,
-        } = call;
-        // A store that cannot write refuses at once, changing nothing.
-        self.journal.writable()?;
-        let state = &*self.state;
-        let stored = state.stored(subjects);
-        let started = std::time::Instant::now();
+        let (stored, started) = self.begin(call.subjects)?;
+        let (state, limits, op, now) = (&*self.state, call.limits, call.op, call.now);
         let reserve = match op.reserve_ttl {
             Some(ttl) => {
                 let id = state.reservations.next_id();
@@ -460,21 +466,13 @@ impl<J: Journal> Store for Embedded<J> {
     }
 
     async fn record(&self, call: Call<'_, RecordOp<'_>>) -> Result<RecordOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op,
-            now,
-        } = call;
-        self.journal.writable()?;
-        let state = &*self.state;
+        let (stored, started) = self.begin(call.subjects)?;
+        let (state, limits, op, now) = (&*self.state, call.limits, call.op, call.now);
         if let Some(id) = op.reservation
             && state.reservations.issued(id) == Issued::No
         {
             return Err(StoreError::UnknownReservation);
         }
-        let stored = state.stored(subjects);
-        let started = std::time::Instant::now();
         let req = RecordRequest {
             reservation: op.reservation,
             cost: op.cost,
@@ -507,16 +505,8 @@ impl<J: Journal> Store for Embedded<J> {
     }
 
     async fn acquire(&self, call: Call<'_, Nanos>) -> Result<AcquireOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op: ttl,
-            now,
-        } = call;
-        self.journal.writable()?;
-        let state = &*self.state;
-        let stored = state.stored(subjects);
-        let started = std::time::Instant::now();
+        let (stored, started) = self.begin(call.subjects)?;
+        let (state, limits, ttl, now) = (&*self.state, call.limits, call.op, call.now);
         let id = state.lease_ids.next_id();
         self.journal.issued(IdKind::Lease, &state.lease_ids)?;
         let expires_at = now.saturating_add(ttl);
@@ -554,16 +544,8 @@ impl<J: Journal> Store for Embedded<J> {
     }
 
     async fn hit(&self, call: Call<'_, &[Charge]>) -> Result<HitOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op: charges,
-            now,
-        } = call;
-        self.journal.writable()?;
-        let state = &*self.state;
-        let stored = state.stored(subjects);
-        let started = std::time::Instant::now();
+        let (stored, started) = self.begin(call.subjects)?;
+        let (state, limits, charges, now) = (&*self.state, call.limits, call.op, call.now);
         let tokens = charges.iter().any(|c| c.tokens > 0);
         let (out, written) = state.shards.with_states_then(
             &stored,

@@ -1,5 +1,5 @@
 //! The Redis backend: several limitsd replicas sharing one exact set of
-//! counters. Every [`Op`] over the subjects of a request is one call of one
+//! counters. Every operation (a [`Call`]) over the subjects of a request is one call of one
 //! Lua script (`redis/limits.lua`, sent as EVALSHA and loaded again on
 //! NOSCRIPT), which Redis runs atomically: the whole decision — expiry,
 //! every window of every subject, all-or-nothing commit — happens inside
@@ -155,8 +155,10 @@ impl Default for RedisOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisOpenError {
     #[error("storage.redis.url: {0}")]
+    /// The URL (or a cluster node's) cannot be used.
     Url(String),
     #[error("storage.redis.key_prefix: {0}")]
+    /// The key prefix is empty or has braces (it is the hash tag).
     Prefix(&'static str),
 }
 
@@ -729,6 +731,41 @@ impl RedisStore {
         inv
     }
 
+    /// The invocation every subject operation's script starts with: the
+    /// store's and the subjects' keys, the clock and the secret's
+    /// fingerprint, the subject bound, and each subject's limits.
+    fn subject_invocation<O>(
+        &self,
+        script: &'static str,
+        secret: &Secret,
+        call: &Call<'_, O>,
+    ) -> ScriptInvocation<'_> {
+        let keys = self.keys_of(secret, call.subjects, call.limits);
+        let mut inv = self.invocation(script, &keys, call.now, secret);
+        inv.arg(self.max_entries);
+        Self::push_limits(&mut inv, call.limits);
+        inv
+    }
+
+    /// Runs a subject operation's script and reads its status: 0 goes on
+    /// to the answer, 1 is the subject bound, 2 is `unknown` (an id never
+    /// issued) for the operations that name one; anything else is a reply
+    /// this build cannot read.
+    async fn run(
+        &self,
+        script: &'static str,
+        inv: &ScriptInvocation<'_>,
+        unknown: Option<StoreError>,
+    ) -> Result<Reply, StoreError> {
+        let mut reply = self.call(script, inv).await?;
+        match (status_code(&mut reply)?, unknown) {
+            (0, _) => Ok(reply),
+            (1, _) => Err(StoreError::Full(self.max_entries)),
+            (2, Some(unknown)) => Err(unknown),
+            (c, _) => Err(internal(format!("script status {c}"))),
+        }
+    }
+
     fn push_limits(inv: &mut ScriptInvocation<'_>, limits: &[&SubjectLimits]) {
         for lim in limits {
             inv.arg(lim.all().count());
@@ -846,22 +883,14 @@ impl RedisStore {
         secret: &Secret,
         call: Call<'_, CheckOp<'_>>,
     ) -> Result<CheckOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op,
-            now,
-        } = call;
-        let keys = self.keys_of(secret, subjects, limits);
+        let (limits, op) = (call.limits, call.op);
         let CheckOp {
             attempts,
             reserve_ttl,
             tag,
             policy,
         } = op;
-        let mut inv = self.invocation("check", &keys, now, secret);
-        inv.arg(self.max_entries);
-        Self::push_limits(&mut inv, limits);
+        let mut inv = self.subject_invocation("check", secret, &call);
         inv.arg(mode_code(policy.mode));
         match reserve_ttl {
             Some(ttl) => inv.arg(ttl_arg(ttl)),
@@ -875,12 +904,7 @@ impl RedisStore {
                 .arg(hi(a.tokens))
                 .arg(lo(a.tokens));
         }
-        let mut reply = self.call("check", &inv).await?;
-        match status_code(&mut reply)? {
-            0 => {}
-            1 => return Err(StoreError::Full(self.max_entries)),
-            c => return Err(internal(format!("script status {c}"))),
-        }
+        let reply = self.run("check", &inv, None).await?;
         let out = self.check_reply(reply, limits, attempts, policy)?;
         if let Some(id) = out.reservation() {
             self.saw_id(id);
@@ -893,34 +917,22 @@ impl RedisStore {
         secret: &Secret,
         call: Call<'_, RecordOp<'_>>,
     ) -> Result<RecordOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op,
-            now,
-        } = call;
-        let keys = self.keys_of(secret, subjects, limits);
+        let (limits, op) = (call.limits, call.op);
         let RecordOp {
             reservation,
             cost,
             tokens,
             policy,
         } = op;
-        let mut inv = self.invocation("record", &keys, now, secret);
-        inv.arg(self.max_entries);
-        Self::push_limits(&mut inv, limits);
+        let mut inv = self.subject_invocation("record", secret, &call);
         inv.arg(reservation.unwrap_or(0))
             .arg(hi(cost.0))
             .arg(lo(cost.0))
             .arg(hi(tokens))
             .arg(lo(tokens));
-        let mut reply = self.call("record", &inv).await?;
-        match status_code(&mut reply)? {
-            0 => {}
-            1 => return Err(StoreError::Full(self.max_entries)),
-            2 => return Err(StoreError::UnknownReservation),
-            c => return Err(internal(format!("script status {c}"))),
-        }
+        let mut reply = self
+            .run("record", &inv, Some(StoreError::UnknownReservation))
+            .await?;
         let duplicate = reply.int()? == 1;
         let held = [reply.int()?, reply.int()?, reply.int()?, reply.int()?];
         let settled = (held[0] >= 0).then(|| (join(held[0], held[1]), join(held[2], held[3])));
@@ -939,23 +951,10 @@ impl RedisStore {
         secret: &Secret,
         call: Call<'_, Nanos>,
     ) -> Result<AcquireOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op: ttl,
-            now,
-        } = call;
-        let keys = self.keys_of(secret, subjects, limits);
-        let mut inv = self.invocation("acquire", &keys, now, secret);
-        inv.arg(self.max_entries);
-        Self::push_limits(&mut inv, limits);
+        let (limits, ttl) = (call.limits, call.op);
+        let mut inv = self.subject_invocation("acquire", secret, &call);
         inv.arg(ttl_arg(ttl));
-        let mut reply = self.call("acquire", &inv).await?;
-        match status_code(&mut reply)? {
-            0 => {}
-            1 => return Err(StoreError::Full(self.max_entries)),
-            c => return Err(internal(format!("script status {c}"))),
-        }
+        let mut reply = self.run("acquire", &inv, None).await?;
         let acquired = reply.int()? == 1;
         let id = reply.uint()?;
         let expires_at = reply.instant()?;
@@ -1000,30 +999,16 @@ impl RedisStore {
         secret: &Secret,
         call: Call<'_, &[Charge]>,
     ) -> Result<HitOutcome, StoreError> {
-        let Call {
-            subjects,
-            limits,
-            op: charges,
-            now,
-        } = call;
-        let keys = self.keys_of(secret, subjects, limits);
-        let n = subjects.len();
-        assert_eq!(charges.len(), n, "one charge per subject");
-        let mut inv = self.invocation("hit", &keys, now, secret);
-        inv.arg(self.max_entries);
-        Self::push_limits(&mut inv, limits);
+        let (limits, charges) = (call.limits, call.op);
+        assert_eq!(charges.len(), call.subjects.len(), "one charge per subject");
+        let mut inv = self.subject_invocation("hit", secret, &call);
         for c in charges {
             inv.arg(hi(c.requests))
                 .arg(lo(c.requests))
                 .arg(hi(c.tokens))
                 .arg(lo(c.tokens));
         }
-        let mut reply = self.call("hit", &inv).await?;
-        match status_code(&mut reply)? {
-            0 => {}
-            1 => return Err(StoreError::Full(self.max_entries)),
-            c => return Err(internal(format!("script status {c}"))),
-        }
+        let mut reply = self.run("hit", &inv, None).await?;
         let allowed = reply.int()? == 1;
         let count = reply.uint()?;
         // As hit::hit picks its denial.
