@@ -17,7 +17,9 @@ pub struct IdGen {
 /// Whether an id came from this generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Issued {
+    /// It was issued here (it may since have been settled or expired).
     Yes,
+    /// It was never issued here (or by another instance).
     No,
 }
 
@@ -35,6 +37,7 @@ impl IdGen {
         }
     }
 
+    /// This instance's 32-bit prefix, the high half of every id it issues.
     pub fn prefix(&self) -> u64 {
         self.prefix
     }
@@ -44,6 +47,7 @@ impl IdGen {
         self.next.load(Ordering::Relaxed)
     }
 
+    /// A new id: the prefix, then the next sequence number.
     pub fn next_id(&self) -> u64 {
         // The sequence wraps after 2^32 ids; by then the oldest are long
         // expired.
@@ -51,6 +55,7 @@ impl IdGen {
         self.prefix << 32 | seq
     }
 
+    /// Whether `id` carries this prefix and a sequence number already handed out.
     pub fn issued(&self, id: u64) -> Issued {
         let seq = id & 0xffff_ffff;
         if id >> 32 == self.prefix && seq != 0 && seq < self.next.load(Ordering::Relaxed) {

@@ -11,6 +11,7 @@
 //! functions under its locks.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 #[cfg(feature = "sled")]
 mod codec;
@@ -48,9 +49,13 @@ pub use shards::MAX_SUBJECTS;
 /// their limits in the same order, what it does, and when.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a, O> {
+    /// The subjects, in request order.
     pub subjects: &'a [Subject],
+    /// Each subject's limits, in the same order.
     pub limits: &'a [&'a SubjectLimits],
+    /// What the operation does.
     pub op: O,
+    /// The caller's clock (the Redis store reads Redis's own instead).
     pub now: Nanos,
 }
 
@@ -63,6 +68,7 @@ pub struct CheckOp<'a> {
     pub reserve_ttl: Option<Nanos>,
     /// Kept with the hold ([`Hold::tag`]).
     pub tag: u32,
+    /// Enforcement mode, alert threshold and grace: how a check decides.
     pub policy: &'a Policy,
 }
 
@@ -71,14 +77,18 @@ pub struct CheckOp<'a> {
 pub struct RecordOp<'a> {
     /// The reservation being settled, if any.
     pub reservation: Option<u64>,
+    /// The actual cost, charged to every budget.
     pub cost: NanoUsd,
+    /// The actual tokens, charged to every token limit.
     pub tokens: u64,
+    /// Grace and policy for the windows charged.
     pub policy: &'a Policy,
 }
 
 /// One subject as an operator sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageView {
+    /// Every configured limit: its size, what it holds and when it resets.
     pub statuses: Vec<LimitStatus>,
     /// Open (unsettled, unexpired) reservations.
     pub holds: Vec<Hold>,
@@ -142,12 +152,15 @@ impl StoreError {
 /// Whether a store can take writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
+    /// Writes are accepted.
     Writable,
     /// Every write is refused until the store recovers by itself;
     /// `reason` is a short label (`no_space`, `io`, ...) and `detail` the
     /// error.
     Unwritable {
+        /// A short label: `no_space`, `io`, ...
         reason: &'static str,
+        /// The error, as the store reported it.
         detail: String,
     },
 }
@@ -231,10 +244,13 @@ pub trait Store: Send + Sync + 'static {
 // One per process, made once: the size of the largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum AnyStore {
+    /// The in-memory store (`backend: memory`).
     Memory(MemoryStore),
     #[cfg(feature = "sled")]
+    /// The durable embedded store (`backend: sled`).
     Sled(SledStore),
     #[cfg(feature = "redis")]
+    /// The shared store (`backend: redis`).
     Redis(RedisStore),
 }
 

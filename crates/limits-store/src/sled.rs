@@ -63,11 +63,11 @@
 //! answered [`StoreError::Unavailable`] and undone in memory
 //! (`limits_core::undo`), so a gateway that retries is charged once; from
 //! then on the store refuses every operation at once, changing nothing, and
-//! [`Store::health`] says why, until it has recovered by itself. The flusher
+//! [`Store::health`](crate::Store::health) says why, until it has recovered by itself. The flusher
 //! retries, backing off from 250 ms to 5 s: it reopens the database (sled
 //! keeps an I/O error once it has seen one), writes memory out where the
 //! disk differs from it, drops what memory no longer holds, flushes, and
-//! takes writes again. [`Store::flush`] (shutdown) tries to recover at once
+//! takes writes again. [`Store::flush`](crate::Store::flush) (shutdown) tries to recover at once
 //! and fails only if it cannot.
 //!
 //! # Start-up
@@ -83,7 +83,7 @@
 //! then refused until a sweep makes room.
 //!
 //! API-key subjects are stored under their keyed hash (see
-//! [`Secret`](crate::Secret)); a store written by an earlier version with
+//! [`Secret`]); a store written by an earlier version with
 //! raw keys (format 1) is rewritten on open into a fresh database beside it,
 //! which then replaces it, so that no raw key is left in sled's log. The
 //! secret's fingerprint is kept with the data, and opening with another
@@ -155,27 +155,47 @@ impl Default for SledOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("store at {} is locked by another process", path.display())]
-    Locked { path: PathBuf },
-    #[error("cannot create the store directory {}: {source}", path.display())]
-    CreateDir {
+    /// Another process has the database open.
+    Locked {
+        /// The store directory.
         path: PathBuf,
+    },
+    #[error("cannot create the store directory {}: {source}", path.display())]
+    /// The directory is missing and cannot be made.
+    CreateDir {
+        /// The store directory.
+        path: PathBuf,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
     #[error("store at {} is corrupt or unreadable: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    /// A record cannot be decoded.
+    Corrupt {
+        /// The store directory.
+        path: PathBuf,
+        /// What could not be read.
+        reason: String,
+    },
     #[error(
         "store at {} has format version {found}, this build reads version {supported}",
         path.display()
     )]
+    /// The store was written by a newer build.
     UnsupportedVersion {
+        /// The store directory.
         path: PathBuf,
+        /// The version on disk.
         found: u8,
+        /// The newest version this build reads.
         supported: u8,
     },
     #[error("cannot open the store at {}: {source}", path.display())]
+    /// sled itself failed to open the database.
     Sled {
+        /// The store directory.
         path: PathBuf,
+        /// sled's error.
         #[source]
         source: ::sled::Error,
     },
@@ -190,10 +210,15 @@ pub enum OpenError {
             ""
         }
     )]
+    /// The store's keyed hashes were made with another secret.
     SecretMismatch {
+        /// The store directory.
         path: PathBuf,
+        /// The fingerprint of the secret the store was written with.
         stored: String,
+        /// The fingerprint of the secret configured now.
         configured: String,
+        /// Whether the store had made its own secret (none was configured).
         generated: bool,
     },
     #[error(
@@ -201,9 +226,21 @@ pub enum OpenError {
          configured now: set security.secret (or security.secret_file) to it",
         path.display()
     )]
-    SecretMissing { path: PathBuf, stored: String },
+    /// The store was written with a configured secret and none is now.
+    SecretMissing {
+        /// The store directory.
+        path: PathBuf,
+        /// The fingerprint of the secret the store was written with.
+        stored: String,
+    },
     #[error("cannot rewrite the store at {} without raw API keys: {reason}", path.display())]
-    Migrate { path: PathBuf, reason: String },
+    /// A store of an older format could not be rewritten.
+    Migrate {
+        /// The store directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// How long opening waits for a file lock that is being released.

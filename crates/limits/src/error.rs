@@ -9,7 +9,12 @@ pub enum Error {
     /// The request is wrong; `field` names the part that is (as a path:
     /// `subjects[1].id`). Nothing was changed.
     #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    InvalidArgument {
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A reservation or lease id that was never issued (with this secret).
     #[error("{0}")]
     NotFound(String),

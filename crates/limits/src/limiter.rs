@@ -44,6 +44,7 @@ pub struct CheckRequest<'a> {
     pub subjects: &'a [Subject],
     /// The model asked for (downgrades start from it; pricing prices it).
     pub model: &'a str,
+    /// The tokens the call is expected to use (prompt plus expected completion).
     pub estimated_tokens: u64,
     /// The estimated cost; without one, the pricing table prices the tokens
     /// (at the higher of the model's rates), else it is zero.
@@ -65,12 +66,15 @@ pub struct RecordRequest<'a> {
     pub subjects: &'a [Subject],
     /// The reservation to settle, as the check returned it.
     pub reservation_id: Option<&'a str>,
+    /// Prompt tokens used.
     pub request_tokens: u64,
+    /// Completion tokens used.
     pub response_tokens: u64,
     /// 0 means `request_tokens + response_tokens`.
     pub total_tokens: u64,
     /// The actual cost; without one, the pricing table prices the tokens.
     pub cost: Option<NanoUsd>,
+    /// The model that served the call (prices the tokens without a cost).
     pub model: &'a str,
 }
 
@@ -81,6 +85,7 @@ pub enum Decision {
     /// The request may run, with `model` (the one asked for, or the
     /// downgrade it fits under).
     Allow {
+        /// The model to call.
         model: String,
         /// The reservation to settle with [`Limiter::record`].
         reservation_id: Option<String>,
@@ -97,6 +102,7 @@ pub enum Decision {
 /// A decided check.
 #[derive(Debug)]
 pub struct Check<'a> {
+    /// Allow or deny, with what each needs.
     pub decision: Decision,
     /// The engine's outcome: action, attempt, every limit's status (with
     /// subject indexes into the request's subjects), the alert flag.
@@ -114,26 +120,33 @@ pub struct Check<'a> {
 /// What a record charged.
 #[derive(Debug)]
 pub struct Recorded<'a> {
+    /// The engine's outcome: whether a reservation was settled, and the windows after.
     pub outcome: RecordOutcome,
+    /// The cost charged (given, or priced from the tokens).
     pub cost: NanoUsd,
+    /// The tokens charged.
     pub tokens: u64,
+    /// Each subject's limits, in request order.
     pub limits: Vec<&'a SubjectLimits>,
 }
 
 /// The outcome of an acquire.
 #[derive(Debug)]
 pub struct Acquired<'a> {
+    /// The engine's outcome: the slot taken, or the limit that is full.
     pub outcome: AcquireOutcome,
     /// The lease to release, when acquired.
     pub lease_id: Option<String>,
     /// Why not, when not.
     pub reason: String,
+    /// Each subject's limits, in request order.
     pub limits: Vec<&'a SubjectLimits>,
 }
 
 /// One subject as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
+    /// Every configured limit: its size, what it holds now and when it resets.
     pub statuses: Vec<LimitStatus>,
     /// Open reservations, with their ids.
     pub reservations: Vec<(String, Hold)>,
@@ -164,6 +177,7 @@ impl Names<'_> {
 }
 
 impl Check<'_> {
+    /// Whether the request may run.
     pub fn allowed(&self) -> bool {
         matches!(self.decision, Decision::Allow { .. })
     }
@@ -285,6 +299,7 @@ impl<S: Store> Limiter<S> {
         self.config.store(Arc::new(config));
     }
 
+    /// The store the limiter decides on.
     pub fn store(&self) -> &S {
         &self.store
     }

@@ -22,9 +22,11 @@ pub enum OpenError {
     NotBuilt(&'static str),
     #[cfg(feature = "sled")]
     #[error(transparent)]
+    /// The sled store could not be opened (its error names the path).
     Sled(#[from] limits_store::OpenError),
     #[cfg(feature = "redis")]
     #[error(transparent)]
+    /// The Redis settings could not be used (a bad URL or TLS setting).
     Redis(#[from] limits_store::RedisOpenError),
 }
 

@@ -70,6 +70,7 @@ pub fn subjects(subjects: &[Subject]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A model name: at most [`MAX_MODEL_BYTES`] bytes.
 pub fn model(field: &str, model: &str) -> Result<(), Error> {
     if model.len() > MAX_MODEL_BYTES {
         return Err(Error::invalid(

@@ -13,7 +13,9 @@ use super::sources::{SOURCE_ENV, SOURCE_FLAGS, env_name};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {reason}")]
 pub struct ConfigError {
+    /// The key (or variable, or file) at fault.
     pub key: String,
+    /// What is wrong with it, and what would be accepted.
     pub reason: String,
 }
 
