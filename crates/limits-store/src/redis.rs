@@ -42,12 +42,26 @@
 //! - `{p}:s:<dimension>:<id>` — one subject's state (msgpack), with a
 //!   `PEXPIRE` a little past its last content, so a dead replica's holds
 //!   and leases free themselves;
-//! - `{p}:idx` — sorted set of subject keys by the instant they become
-//!   idle: the sweep's work list and the `max_entries` count;
+//! - `{p}:idx` — sorted set of every state key by the instant it becomes
+//!   idle: the sweep's work list;
+//! - `{p}:idx:counters` — the members of `{p}:idx` that are the rate limit
+//!   service's counters (ids with the [`INTERNAL`](crate::INTERNAL)
+//!   marker), with the same instants: counted against `max_counters`,
+//!   while the rest of `{p}:idx` is counted against `max_entries`, so a
+//!   flood of counters (one per client address) cannot lock out API keys;
 //! - `{p}:ids` — the id counter (`INCR`): reservation and lease ids are
 //!   its values, so every replica recognises every replica's ids;
 //! - `{p}:leases` / `{p}:lease` — lease expiries (sorted set) and lease id
 //!   -> subjects (hash), for `release` by id.
+//!
+//! The counter index is a subset of `{p}:idx` rather than a split of it, so
+//! that `{p}:idx` means what it meant to earlier versions, which counted
+//! counters as subjects and knew no counter index. Their data is read as it
+//! is: a counter they wrote keeps its state and counts as a subject until
+//! it is next written (then it joins the counter index, even past
+//! `max_counters`: what is kept is never dropped for a bound) or is swept; a
+//! counter one of them deletes during a rolling upgrade leaves a counter
+//! index entry that the next sweep removes.
 //!
 //! # Redis Cluster
 //!
@@ -78,8 +92,8 @@ use limits_core::engine::{
 };
 use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{
-    Action, BUCKETS, EnforcementMode, Hold, LeaseSlot, LimitKind, LimitStatus, LimitTable, Nanos,
-    Policy, Resource, Subject, SubjectLimits,
+    Action, BUCKETS, Dimension, EnforcementMode, Hold, LeaseSlot, LimitKind, LimitStatus,
+    LimitTable, Nanos, Policy, Resource, Subject, SubjectLimits,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -126,8 +140,12 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// How long one call (a script round trip) may take.
     pub command_timeout: Duration,
-    /// The most subjects kept (see [`StoreError::Full`]).
+    /// The most subjects kept (see [`StoreError::Full`]); the rate limit
+    /// service's counters are not among them.
     pub max_entries: usize,
+    /// The most rate limit service counters kept (see
+    /// [`StoreError::CountersFull`]).
+    pub max_counters: usize,
     /// The configured server secret, the same on every replica. Without
     /// one, the first replica to reach Redis makes one and keeps it there
     /// (under the key prefix), and every replica uses it.
@@ -145,6 +163,7 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(500),
             max_entries: 10_000_000,
+            max_counters: 100_000,
             secret: None,
         }
     }
@@ -178,6 +197,7 @@ struct Cluster {
 #[derive(Debug)]
 struct Keys {
     index: String,
+    counter_index: String,
     ids: String,
     lease_expiries: String,
     lease_index: String,
@@ -192,6 +212,7 @@ impl Keys {
     fn new(prefix: &str) -> Keys {
         Keys {
             index: format!("{{{prefix}}}:idx"),
+            counter_index: format!("{{{prefix}}}:idx:counters"),
             ids: format!("{{{prefix}}}:ids"),
             lease_expiries: format!("{{{prefix}}}:leases"),
             lease_index: format!("{{{prefix}}}:lease"),
@@ -212,6 +233,7 @@ pub struct RedisStore {
     script: Script,
     keys: Keys,
     max_entries: usize,
+    max_counters: usize,
     command_timeout: Duration,
     fake_clock: bool,
     /// The highest id this instance has seen issued, for the advisory
@@ -233,6 +255,7 @@ impl std::fmt::Debug for RedisStore {
             .field("keys", &self.keys)
             .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
             .field("max_entries", &self.max_entries)
+            .field("max_counters", &self.max_counters)
             .field("fake_clock", &self.fake_clock)
             .finish_non_exhaustive()
     }
@@ -421,6 +444,12 @@ impl Reply {
     }
 }
 
+/// Whether a subject is one of the rate limit service's counters, which
+/// have their own bound (as the embedded stores' `Class`).
+fn is_counter(subject: &Subject) -> bool {
+    subject.dimension == Dimension::ApiKey && subject.id.starts_with(crate::INTERNAL)
+}
+
 /// engine's `alert_flag`.
 fn alert_flag(policy: &Policy, statuses: &[LimitStatus], pending_cost: u64) -> bool {
     statuses
@@ -494,6 +523,7 @@ impl RedisStore {
             script: Script::new(&script_source()),
             keys: Keys::new(&options.key_prefix),
             max_entries: options.max_entries,
+            max_counters: options.max_counters,
             command_timeout: options.command_timeout,
             fake_clock: false,
             highest_id: AtomicU64::new(0),
@@ -717,7 +747,8 @@ impl RedisStore {
             .key(&self.keys.ids)
             .key(&self.keys.lease_expiries)
             .key(&self.keys.lease_index)
-            .key(&self.keys.fingerprint);
+            .key(&self.keys.fingerprint)
+            .key(&self.keys.counter_index);
         for k in subjects {
             inv.key(k);
         }
@@ -733,7 +764,8 @@ impl RedisStore {
 
     /// The invocation every subject operation's script starts with: the
     /// store's and the subjects' keys, the clock and the secret's
-    /// fingerprint, the subject bound, and each subject's limits.
+    /// fingerprint, the bounds of subjects and of counters, and each
+    /// subject's class and limits.
     fn subject_invocation<O>(
         &self,
         script: &'static str,
@@ -742,15 +774,15 @@ impl RedisStore {
     ) -> ScriptInvocation<'_> {
         let keys = self.keys_of(secret, call.subjects, call.limits);
         let mut inv = self.invocation(script, &keys, call.now, secret);
-        inv.arg(self.max_entries);
-        Self::push_limits(&mut inv, call.limits);
+        inv.arg(self.max_entries).arg(self.max_counters);
+        Self::push_subjects(&mut inv, call.subjects, call.limits);
         inv
     }
 
     /// Runs a subject operation's script and reads its status: 0 goes on
-    /// to the answer, 1 is the subject bound, 2 is `unknown` (an id never
-    /// issued) for the operations that name one; anything else is a reply
-    /// this build cannot read.
+    /// to the answer, 1 is the subject bound and 7 the counter bound, 2 is
+    /// `unknown` (an id never issued) for the operations that name one;
+    /// anything else is a reply this build cannot read.
     async fn run(
         &self,
         script: &'static str,
@@ -761,13 +793,23 @@ impl RedisStore {
         match (status_code(&mut reply)?, unknown) {
             (0, _) => Ok(reply),
             (1, _) => Err(StoreError::Full(self.max_entries)),
+            (7, _) => Err(StoreError::CountersFull(self.max_counters)),
             (2, Some(unknown)) => Err(unknown),
             (c, _) => Err(internal(format!("script status {c}"))),
         }
     }
 
-    fn push_limits(inv: &mut ScriptInvocation<'_>, limits: &[&SubjectLimits]) {
-        for lim in limits {
+    /// Each subject's class (1 for a rate limit service counter, which the
+    /// script counts against its own bound) and limits. The class is read
+    /// from the raw id, as the embedded stores read it; the stored id keeps
+    /// the marker too, but the script is not asked to parse key names.
+    fn push_subjects(
+        inv: &mut ScriptInvocation<'_>,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+    ) {
+        for (subject, lim) in subjects.iter().zip(limits) {
+            inv.arg(u8::from(is_counter(subject)));
             inv.arg(lim.all().count());
             for (kind, limit) in lim.all() {
                 inv.arg(kind.index()).arg(hi(limit)).arg(lo(limit));
@@ -1082,7 +1124,7 @@ impl RedisStore {
     ) -> Result<UsageView, StoreError> {
         let keys = self.stored_keys(secret, std::slice::from_ref(subject));
         let mut inv = self.invocation("usage", &keys, now, secret);
-        Self::push_limits(&mut inv, &[limits]);
+        Self::push_subjects(&mut inv, std::slice::from_ref(subject), &[limits]);
         let mut reply = self.call("usage", &inv).await?;
         match status_code(&mut reply)? {
             0 => {}
@@ -1134,7 +1176,8 @@ impl RedisStore {
             stats.dropped += idle;
             stats.subjects = reply.uint()? as usize;
             stats.live_leases = reply.uint()? as usize;
-            if idle < SWEEP_BATCH && leases < SWEEP_BATCH {
+            let late_counters = reply.uint()? as usize;
+            if idle < SWEEP_BATCH && leases < SWEEP_BATCH && late_counters < SWEEP_BATCH {
                 break;
             }
         }

@@ -1,7 +1,9 @@
 //! The Redis backend beyond the shared behaviour suite: it decides exactly
 //! as the engine does (a differential run against the memory store over
-//! random operations), its money stays exact past 2^53 nano-dollars, and
-//! separate instances on one Redis share ids, windows and leases.
+//! random operations), its money stays exact past 2^53 nano-dollars,
+//! separate instances on one Redis share ids, windows and leases, and the
+//! rate limit service's counters have their own bound, as on the memory
+//! store, also over data an earlier version wrote.
 
 mod common;
 
@@ -630,11 +632,13 @@ async fn a_redis_cluster_runs_the_same_script() {
         common::status(&view.statuses, LimitKind::RequestsPerMinute).used,
         2
     );
-    // The sweep deletes keys it finds in the index (not declared in KEYS):
-    // allowed because they share the index's slot.
+    // A rate limit service counter, kept in the counter index too.
+    assert_eq!(hit(&store, &[(counter(0), &l)], T0).await, Ok(true));
+    // The sweep deletes keys it finds in the indexes (not declared in
+    // KEYS): allowed because they share the indexes' slot.
     let table = limits_core::LimitTable::new();
     let swept = store.sweep(&table, at(3_600)).await.unwrap();
-    assert_eq!((swept.dropped, swept.subjects), (3, 0));
+    assert_eq!((swept.dropped, swept.subjects), (4, 0));
 }
 
 /// A script that answers what this build cannot read, or fails, is an
@@ -700,5 +704,310 @@ async fn replicas_agree_on_a_secret_after_redis_loses_its_data() {
     assert!(
         !r.check(&a, 0, 0, None, T0).await.unwrap().allowed(),
         "still 3 counted"
+    );
+}
+
+/// A rate limit service counter, as `limits::config::rls::counter_id`
+/// names one: an API-key subject whose id starts with the internal marker
+/// (here, a rule keyed per client address).
+fn counter(i: usize) -> Subject {
+    key(&format!(
+        "{}rls\u{2}d\u{2}ip\u{3}10.0.0.{i}",
+        limits_store::INTERNAL
+    ))
+}
+
+/// One request, as `ShouldRateLimit` charges each of its counters.
+const ONE: Charge = Charge {
+    requests: 1,
+    tokens: 0,
+};
+
+/// The bounds of the stores the counter-bound tests compare: two subjects,
+/// three counters.
+const BOUNDS: limits_store::Bounds = limits_store::Bounds {
+    subjects: 2,
+    counters: 3,
+};
+
+/// One request on each subject, all or nothing: whether it was allowed.
+async fn hit<S: Store>(
+    store: &S,
+    pairs: &[(Subject, &SubjectLimits)],
+    now: Nanos,
+) -> Result<bool, StoreError> {
+    let charges = vec![ONE; pairs.len()];
+    Ok(Req::new(pairs).hit(store, &charges, now).await?.allowed())
+}
+
+/// A check of one subject at no cost: whether it was allowed.
+async fn checked<S: Store>(
+    store: &S,
+    subject: Subject,
+    l: &SubjectLimits,
+) -> Result<bool, StoreError> {
+    Ok(Req::new(&[(subject, l)])
+        .check(store, 0, 0, None, T0)
+        .await?
+        .allowed())
+}
+
+/// Issue 15 item 7 (Redis): a flood of counters (one per client address
+/// through `ShouldRateLimit`) filled the one bound Redis had, and every new
+/// API key's `CheckLimits` answered `RESOURCE_EXHAUSTED`. Counters now
+/// have their own bound, refused as `CountersFull`, exactly as the memory
+/// store answers.
+async fn a_flood_of_counters_leaves_room_for_api_keys<S: Store>(store: &S) {
+    let l = limits(&[(LimitKind::RequestsPerHour, 100)]);
+    for i in 0..3 {
+        assert_eq!(hit(store, &[(counter(i), &l)], T0).await, Ok(true));
+    }
+    assert_eq!(
+        hit(store, &[(counter(99), &l)], T0).await,
+        Err(StoreError::CountersFull(3))
+    );
+    // API keys still get in, up to their own bound.
+    for k in ["a", "b"] {
+        assert_eq!(checked(store, key(k), &l).await, Ok(true), "{k}");
+    }
+    assert_eq!(checked(store, key("c"), &l).await, Err(StoreError::Full(2)));
+    // With both bounds reached, a call that would add one of each is
+    // refused by the subjects' bound first, as the embedded stores check.
+    assert_eq!(
+        hit(store, &[(key("c"), &l), (counter(99), &l)], T0).await,
+        Err(StoreError::Full(2))
+    );
+    assert_eq!(
+        hit(store, &[(key("a"), &l), (counter(99), &l)], T0).await,
+        Err(StoreError::CountersFull(3))
+    );
+    // What is kept is still served, and the refusals moved nothing.
+    assert_eq!(
+        hit(store, &[(key("a"), &l), (counter(0), &l)], T0).await,
+        Ok(true)
+    );
+    let hourly = LimitKind::RequestsPerHour;
+    assert_eq!(used(store, &counter(0), &l, hourly, T0).await, 2);
+    assert_eq!(used(store, &key("a"), &l, hourly, T0).await, 2);
+}
+
+/// The other way round: subjects up to `max_entries` are refused as
+/// `Full`, and a new counter still gets in.
+async fn full_subjects_leave_room_for_counters<S: Store>(store: &S) {
+    let l = limits(&[(LimitKind::RequestsPerHour, 100)]);
+    for k in ["a", "b"] {
+        assert_eq!(checked(store, key(k), &l).await, Ok(true), "{k}");
+    }
+    assert_eq!(checked(store, key("c"), &l).await, Err(StoreError::Full(2)));
+    for i in 0..3 {
+        assert_eq!(hit(store, &[(counter(i), &l)], T0).await, Ok(true), "{i}");
+    }
+    assert_eq!(
+        hit(store, &[(counter(3), &l)], T0).await,
+        Err(StoreError::CountersFull(3))
+    );
+}
+
+/// Counters that expired leave room for new ones once the sweep has
+/// dropped them (or an operation found them idle), and the room is exact:
+/// as many new counters as were dropped, not one more.
+async fn expired_counters_make_room_after_a_sweep<S: Store>(store: &S) {
+    let l = limits(&[(LimitKind::RequestsPerMinute, 100)]);
+    let subject = limits(&[(LimitKind::RequestsPerHour, 100)]);
+    assert_eq!(checked(store, key("a"), &subject).await, Ok(true));
+    for i in 0..3 {
+        assert_eq!(hit(store, &[(counter(i), &l)], T0).await, Ok(true));
+    }
+    let later = at(120);
+    assert_eq!(
+        hit(store, &[(counter(3), &l)], later).await,
+        Err(StoreError::CountersFull(3)),
+        "expired, but still counted until swept"
+    );
+    let table = limits_core::LimitTable::new();
+    let swept = store.sweep(&table, later).await.unwrap();
+    assert_eq!((swept.dropped, swept.subjects), (3, 1), "the API key stays");
+    for i in 10..13 {
+        assert_eq!(
+            hit(store, &[(counter(i), &l)], later).await,
+            Ok(true),
+            "{i}"
+        );
+    }
+    assert_eq!(
+        hit(store, &[(counter(13), &l)], later).await,
+        Err(StoreError::CountersFull(3))
+    );
+    // An operation that finds a counter idle drops it there and then
+    // (a hit of nothing, after its window): room again without a sweep.
+    let nothing = [Charge {
+        requests: 0,
+        tokens: 0,
+    }];
+    let idle = Req::new(&[(counter(10), &l)]);
+    assert!(idle.hit(store, &nothing, at(240)).await.unwrap().allowed());
+    assert_eq!(hit(store, &[(counter(13), &l)], at(240)).await, Ok(true));
+    // The API key was never in the counters' way, nor they in its.
+    assert_eq!(checked(store, key("b"), &subject).await, Ok(true));
+}
+
+/// Each of the counter-bound behaviours on Redis and on the memory store
+/// with the same bounds: the answers are the same, error for error.
+#[tokio::test]
+async fn counters_have_their_own_bound_as_on_the_memory_store() {
+    let server = RedisServer::start();
+    let redis = || {
+        server.store_with_bounds(
+            &common::unique_prefix(),
+            BOUNDS.subjects,
+            BOUNDS.counters,
+            true,
+        )
+    };
+    let memory = || MemoryStore::with_options(BOUNDS, None);
+    a_flood_of_counters_leaves_room_for_api_keys(&memory()).await;
+    a_flood_of_counters_leaves_room_for_api_keys(&redis()).await;
+    full_subjects_leave_room_for_counters(&memory()).await;
+    full_subjects_leave_room_for_counters(&redis()).await;
+    expired_counters_make_room_after_a_sweep(&memory()).await;
+    expired_counters_make_room_after_a_sweep(&redis()).await;
+}
+
+/// A store's raw view of one counter: its score in the index of every
+/// state key and in the counter index.
+async fn scores(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    state_key: &str,
+) -> (Option<u64>, Option<u64>) {
+    let mut out = [None, None];
+    for (score, index) in out.iter_mut().zip(["idx", "idx:counters"]) {
+        *score = redis::cmd("ZSCORE")
+            .arg(format!("{{{prefix}}}:{index}"))
+            .arg(state_key)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+    (out[0], out[1])
+}
+
+async fn state_key(store: &RedisStore, prefix: &str, subject: &Subject) -> String {
+    let stored = store.secret().await.unwrap().stored_subject(subject);
+    format!("{{{prefix}}}:s:{}:{}", stored.dimension.index(), stored.id)
+}
+
+/// Data an earlier version wrote has no counter index: its counters are in
+/// the one index, counted as subjects. Read by this version, such a counter
+/// keeps its state, counts as a subject (never as nothing) until it is next
+/// written, and from then on against the counters' bound.
+#[tokio::test]
+async fn counters_an_earlier_version_wrote_keep_their_state_and_move_bound() {
+    let server = RedisServer::start();
+    let prefix = common::unique_prefix();
+    let store = server.store_with_bounds(&prefix, 2, 2, true);
+    let mut conn = server.connection().await;
+    let l = limits(&[(LimitKind::RequestsPerHour, 100)]);
+    let hourly = LimitKind::RequestsPerHour;
+    for _ in 0..2 {
+        assert_eq!(hit(&store, &[(counter(0), &l)], T0).await, Ok(true));
+    }
+    // As the earlier version left it: in the index, not in a counter index.
+    let c0 = state_key(&store, &prefix, &counter(0)).await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{{prefix}}}:idx:counters"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        scores(&mut conn, &prefix, &c0).await,
+        (Some(_), None)
+    ));
+
+    assert_eq!(
+        used(&store, &counter(0), &l, hourly, T0).await,
+        2,
+        "state kept"
+    );
+    assert_eq!(checked(&store, key("a"), &l).await, Ok(true));
+    assert_eq!(
+        checked(&store, key("b"), &l).await,
+        Err(StoreError::Full(2)),
+        "the old counter counts as a subject until it is written again"
+    );
+    assert_eq!(hit(&store, &[(counter(0), &l)], T0).await, Ok(true));
+    assert_eq!(used(&store, &counter(0), &l, hourly, T0).await, 3);
+    let (all, counters) = scores(&mut conn, &prefix, &c0).await;
+    assert!(all.is_some() && all == counters, "{all:?} {counters:?}");
+    assert_eq!(checked(&store, key("b"), &l).await, Ok(true));
+    assert_eq!(hit(&store, &[(counter(1), &l)], T0).await, Ok(true));
+    assert_eq!(
+        hit(&store, &[(counter(2), &l)], T0).await,
+        Err(StoreError::CountersFull(2))
+    );
+}
+
+/// During a rolling upgrade an earlier version, which knows no counter
+/// index, deletes idle counters from the one index only, and moves a
+/// counter's instant there only. The sweep removes the first kind from the
+/// counter index (or it would count forever) and keeps the second.
+#[tokio::test]
+async fn the_sweep_repairs_what_an_earlier_version_changed() {
+    let server = RedisServer::start();
+    let prefix = common::unique_prefix();
+    let store = server.store_with_bounds(&prefix, 10, 2, true);
+    let mut conn = server.connection().await;
+    let l = limits(&[(LimitKind::RequestsPerMinute, 100)]);
+    for i in 0..2 {
+        assert_eq!(hit(&store, &[(counter(i), &l)], T0).await, Ok(true));
+    }
+    let (c0, c1) = (
+        state_key(&store, &prefix, &counter(0)).await,
+        state_key(&store, &prefix, &counter(1)).await,
+    );
+    let (_, stale) = scores(&mut conn, &prefix, &c1).await;
+    // A later hit on counter 1, then its counter index entry put back as
+    // an earlier version's write would have left it.
+    assert_eq!(hit(&store, &[(counter(1), &l)], at(100)).await, Ok(true));
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{{{prefix}}}:idx:counters"))
+        .arg(stale.unwrap())
+        .arg(&c1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Counter 0, idle, deleted as an earlier version's sweep deletes.
+    let _: () = redis::cmd("DEL")
+        .arg(&c0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{{{prefix}}}:idx"))
+        .arg(&c0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let later = at(120);
+    assert_eq!(
+        hit(&store, &[(counter(2), &l)], later).await,
+        Err(StoreError::CountersFull(2)),
+        "until the sweep, the deleted counter is still counted"
+    );
+    let table = limits_core::LimitTable::new();
+    let swept = store.sweep(&table, later).await.unwrap();
+    assert_eq!((swept.dropped, swept.subjects), (0, 1));
+    assert_eq!(
+        used(&store, &counter(1), &l, LimitKind::RequestsPerMinute, later).await,
+        1,
+        "the counter an earlier version moved is kept"
+    );
+    let (all, counters) = scores(&mut conn, &prefix, &c1).await;
+    assert!(all.is_some() && all == counters, "{all:?} {counters:?}");
+    assert_eq!(scores(&mut conn, &prefix, &c0).await, (None, None));
+    assert_eq!(hit(&store, &[(counter(2), &l)], later).await, Ok(true));
+    assert_eq!(
+        hit(&store, &[(counter(3), &l)], later).await,
+        Err(StoreError::CountersFull(2))
     );
 }

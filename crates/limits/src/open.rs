@@ -72,6 +72,7 @@ pub fn open_store(config: &Config) -> Result<AnyStore, OpenError> {
                 connect_timeout: r.connect_timeout,
                 command_timeout: r.command_timeout,
                 max_entries: r.max_entries,
+                max_counters: config.rls.max_counters,
                 secret: config.secret.clone(),
             };
             Ok(AnyStore::Redis(limits_store::RedisStore::open(&options)?))

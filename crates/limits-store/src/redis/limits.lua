@@ -8,16 +8,28 @@
 -- (index kind + 1) its window length `L` and bucket width `w` in ns, and
 -- how to find the bucket of an instant exactly (see `bucket_of`).
 --
--- KEYS: [1] subject index (zset: subject key -> instant, in ms, after which
---           the subject holds nothing)
+-- KEYS: [1] index of every kept state key (zset: state key -> instant,
+--           in ms, after which the subject holds nothing)
 --       [2] id counter (reservation and lease ids, INCR)
 --       [3] lease expiries (zset: lease id -> expiry ms)
 --       [4] lease index (hash: lease id -> msgpack {es, en, subject keys})
 --       [5] the fingerprint of the secret the data is keyed with
---       [6..] the subjects' state keys, in request order
+--       [6] counter index (zset, same scores): the members of [1] that are
+--           rate limit service counters, so that they have a bound of
+--           their own; subjects are the others
+--       [7..] the subjects' state keys, in request order
 -- ARGV: [1] operation, [2] [3] a caller-given now as seconds and
 --       nanoseconds, or '' to read Redis TIME, [4] the fingerprint of the
 --       caller's secret, then the operation's numbers.
+--
+-- The counter index is a subset of [1], not a split of it, so that [1]
+-- stays what an earlier version of this script reads and writes: during a
+-- rolling upgrade both versions share one list of what to sweep. A counter
+-- an earlier version wrote is in [1] only, and counts as a subject until
+-- it is next written here (it joins [6] then, even past max_counters:
+-- what is kept is never dropped for a bound) or swept; a counter an
+-- earlier version deleted leaves a member of [6] that is not in [1], which
+-- the sweep removes.
 --
 -- A call whose fingerprint is not the one kept with the data changes
 -- nothing and answers { 5 } (another secret) or { 6 } (none kept: Redis
@@ -412,13 +424,21 @@ local function idle_in(st)
   return m
 end
 
--- Writes a subject back: an idle one is deleted and leaves the index.
-local function save(key, st, existed)
+-- The keys before the subjects' (see KEYS above).
+local FIXED = 6
+
+-- Writes a subject back: an idle one is deleted and leaves the indexes.
+-- `counter` says whether it is a rate limit service counter; nil (release,
+-- which reads its keys from the lease index) keeps whatever it was.
+local function save(key, st, existed, counter)
   local m = idle_in(st)
   if not m then
     if existed then
       redis.call('DEL', key)
       redis.call('ZREM', KEYS[1], key)
+      if counter ~= false then
+        redis.call('ZREM', KEYS[6], key)
+      end
     end
     return
   end
@@ -426,47 +446,70 @@ local function save(key, st, existed)
   if ttl < 1 then
     ttl = 1
   end
+  local at = at_ms(m)
   redis.call('SET', key, cmsgpack.pack(st), 'PX', ttl + MARGIN)
-  redis.call('ZADD', KEYS[1], at_ms(m), key)
+  redis.call('ZADD', KEYS[1], at, key)
+  if counter then
+    redis.call('ZADD', KEYS[6], at, key)
+  elseif counter == nil then
+    redis.call('ZADD', KEYS[6], 'XX', at, key)
+  end
 end
 
--- The operations over n subjects share their start: limits, the
--- max_entries check (as the embedded store: a subject not in the index
--- with limits is new), load and expire.
-local ns, lims, sts, existed, dirty = 0, {}, {}, {}, {}
+-- The operations over n subjects share their start: each subject's class
+-- and limits, the bounds (as the embedded store: a subject not in the
+-- index with limits is new, and subjects and counters each have their
+-- own bound), load and expire.
+local ns, counter, lims, sts, existed, dirty = 0, {}, {}, {}, {}, {}
 
+-- ARGV per subject: class (1: a rate limit service counter, 0: a
+-- subject), then its limits.
 local function read_subjects()
-  ns = #KEYS - 5
+  ns = #KEYS - FIXED
   for i = 1, ns do
+    counter[i] = nx() == 1
     lims[i] = read_limits()
   end
 end
 
-local function open_all(max_entries)
-  local new = 0
+-- 0 when the subjects are open; else the status of the bound a new one
+-- would pass: 1 subjects (max_entries), 7 counters (max_counters).
+local function open_all(max_entries, max_counters)
+  local new_subjects, new_counters = 0, 0
   local indexed = {}
   for i = 1, ns do
-    indexed[i] = redis.call('ZSCORE', KEYS[1], KEYS[5 + i]) ~= false
+    indexed[i] = redis.call('ZSCORE', KEYS[1], KEYS[FIXED + i]) ~= false
     if not indexed[i] and lims[i].any then
-      new = new + 1
+      if counter[i] then
+        new_counters = new_counters + 1
+      else
+        new_subjects = new_subjects + 1
+      end
     end
   end
-  if new > 0 and redis.call('ZCARD', KEYS[1]) + new > max_entries then
-    return false
+  if new_subjects > 0 or new_counters > 0 then
+    local counters = redis.call('ZCARD', KEYS[6])
+    local subjects = redis.call('ZCARD', KEYS[1]) - counters
+    if new_subjects > 0 and subjects + new_subjects > max_entries then
+      return 1
+    end
+    if new_counters > 0 and counters + new_counters > max_counters then
+      return 7
+    end
   end
   for i = 1, ns do
-    local st, had = load(KEYS[5 + i])
+    local st, had = load(KEYS[FIXED + i])
     sts[i] = st
     existed[i] = had or indexed[i]
     dirty[i] = expire(st, lims[i])
   end
-  return true
+  return 0
 end
 
 local function save_all()
   for i = 1, ns do
     if dirty[i] then
-      save(KEYS[5 + i], sts[i], existed[i])
+      save(KEYS[FIXED + i], sts[i], existed[i], counter[i])
     end
   end
 end
@@ -477,18 +520,19 @@ local function has_holdable(lim)
 end
 
 if op == 'check' then
-  -- ARGV: max_entries, limits..., mode (0 block, 1 downgrade, 2 alert),
-  -- reserve ttl ns (-1: none), the reservation's tag, attempts: count,
-  -- then (cost hi, lo, tokens hi, lo) each.
-  local max_entries = nx()
+  -- ARGV: max_entries, max_counters, subjects..., mode (0 block, 1
+  -- downgrade, 2 alert), reserve ttl ns (-1: none), the reservation's tag,
+  -- attempts: count, then (cost hi, lo, tokens hi, lo) each.
+  local max_entries, max_counters = nx(), nx()
   read_subjects()
   local mode, ttl, tag, na = nx(), nx(), nx(), nx()
   local at = {}
   for j = 1, na do
     at[j] = { nx(), nx(), nx(), nx() }
   end
-  if not open_all(max_entries) then
-    return { 1 }
+  local refused = open_all(max_entries, max_counters)
+  if refused ~= 0 then
+    return { refused }
   end
   local tries = 1
   if mode == 1 then
@@ -568,9 +612,9 @@ if op == 'check' then
   save_all()
   return out
 elseif op == 'record' then
-  -- ARGV: max_entries, limits..., reservation id (0: none), cost hi, lo,
-  -- tokens hi, lo.
-  local max_entries = nx()
+  -- ARGV: max_entries, max_counters, subjects..., reservation id (0:
+  -- none), cost hi, lo, tokens hi, lo.
+  local max_entries, max_counters = nx(), nx()
   read_subjects()
   local rid = nx()
   local ch, cl, th, tl = nx(), nx(), nx(), nx()
@@ -580,8 +624,9 @@ elseif op == 'record' then
       return { 2 }
     end
   end
-  if not open_all(max_entries) then
-    return { 1 }
+  local refused = open_all(max_entries, max_counters)
+  if refused ~= 0 then
+    return { refused }
   end
   local dup = false
   if rid > 0 then
@@ -629,12 +674,13 @@ elseif op == 'record' then
   save_all()
   return out
 elseif op == 'acquire' then
-  -- ARGV: max_entries, limits..., lease ttl ns.
-  local max_entries = nx()
+  -- ARGV: max_entries, max_counters, subjects..., lease ttl ns.
+  local max_entries, max_counters = nx(), nx()
   read_subjects()
   local ttl = nx()
-  if not open_all(max_entries) then
-    return { 1 }
+  local refused = open_all(max_entries, max_counters)
+  if refused ~= 0 then
+    return { refused }
   end
   -- Reply: 0, acquired, lease id, expiry (es, en), count of full
   -- subjects, (subject, retry) each, statuses.
@@ -670,7 +716,7 @@ elseif op == 'acquire' then
         st.l[#st.l + 1] = { id, es, en }
         dirty[i] = true
       end
-      keys[i] = KEYS[5 + i]
+      keys[i] = KEYS[FIXED + i]
     end
     redis.call('HSET', KEYS[4], id, cmsgpack.pack({ es, en, keys }))
     redis.call('ZADD', KEYS[3], at_ms(ttl), id)
@@ -691,16 +737,17 @@ elseif op == 'acquire' then
   save_all()
   return out
 elseif op == 'hit' then
-  -- ARGV: max_entries, limits..., then per subject (requests hi, lo,
-  -- tokens hi, lo).
-  local max_entries = nx()
+  -- ARGV: max_entries, max_counters, subjects..., then per subject
+  -- (requests hi, lo, tokens hi, lo).
+  local max_entries, max_counters = nx(), nx()
   read_subjects()
   local cg = {}
   for i = 1, ns do
     cg[i] = { nx(), nx(), nx(), nx() }
   end
-  if not open_all(max_entries) then
-    return { 1 }
+  local refused = open_all(max_entries, max_counters)
+  if refused ~= 0 then
+    return { refused }
   end
   -- Reply: 0, allowed, count exceeded, (subject, kind, retry) each,
   -- statuses.
@@ -748,7 +795,7 @@ elseif op == 'hit' then
   save_all()
   return out
 elseif op == 'release' then
-  -- ARGV: lease id. KEYS[6..]: the lease's subjects as the caller read
+  -- ARGV: lease id. KEYS[7..]: the lease's subjects as the caller read
   -- them from the index; if they are not given, the reply asks for them.
   local id = nx()
   local v = redis.call('HGET', KEYS[4], id)
@@ -761,7 +808,7 @@ elseif op == 'release' then
   end
   local e = cmsgpack.unpack(v)
   local keys = e[3]
-  if #KEYS - 5 ~= #keys then
+  if #KEYS - FIXED ~= #keys then
     local out = { 4 }
     for j, key in ipairs(keys) do
       out[j + 1] = key
@@ -772,7 +819,7 @@ elseif op == 'release' then
   redis.call('ZREM', KEYS[3], id)
   local live = false
   for j = 1, #keys do
-    local key = KEYS[5 + j]
+    local key = KEYS[FIXED + j]
     local raw = redis.call('GET', key)
     if raw then
       local st = decode(raw)
@@ -795,9 +842,9 @@ elseif op == 'release' then
   end
   return { 0, 0 }
 elseif op == 'usage' then
-  -- ARGV: limits of the one subject. Reads only.
+  -- ARGV: the one subject's class and limits. Reads only.
   read_subjects()
-  local st = load(KEYS[6])
+  local st = load(KEYS[FIXED + 1])
   expire(st, lims[1])
   -- Reply: 0, statuses, open holds (count, then id, cost hi, lo, tokens
   -- hi, lo, es, en, tag each), live leases (count, then id, es, en each).
@@ -825,20 +872,43 @@ elseif op == 'usage' then
   return out
 elseif op == 'sweep' then
   -- ARGV: batch. Drops up to `batch` idle subjects and expired lease
-  -- index entries. The subject keys come from the index, so they are not
-  -- in KEYS; they share the index's hash tag, so they live on its node.
+  -- index entries, and looks at up to `batch` counter index entries past
+  -- their instant. The subject keys come from the indexes, so they are not
+  -- in KEYS; they share the indexes' hash tag, so they live on their node.
   local batch = nx()
-  local idle = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW_MS, 'LIMIT', 0, batch)
-  for _, key in ipairs(idle) do
+  local dropped = 0
+  local function drop(key)
     redis.call('DEL', key)
     redis.call('ZREM', KEYS[1], key)
+    redis.call('ZREM', KEYS[6], key)
+    dropped = dropped + 1
+  end
+  local idle = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW_MS, 'LIMIT', 0, batch)
+  for _, key in ipairs(idle) do
+    drop(key)
+  end
+  -- What is left here past its instant was dropped by an earlier version
+  -- (which does not know this index), or kept longer by one (its instant
+  -- here is stale), or is idle beyond this call's batch of [1].
+  local late = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', NOW_MS, 'LIMIT', 0, batch)
+  for _, key in ipairs(late) do
+    local at = redis.call('ZSCORE', KEYS[1], key)
+    if not at then
+      redis.call('ZREM', KEYS[6], key)
+    elseif tonumber(at) > NOW_MS then
+      redis.call('ZADD', KEYS[6], at, key)
+    else
+      drop(key)
+    end
   end
   local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', NOW_MS, 'LIMIT', 0, batch)
   for _, id in ipairs(old) do
     redis.call('HDEL', KEYS[4], id)
     redis.call('ZREM', KEYS[3], id)
   end
-  return { 0, #idle, #old, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[3]) }
+  -- Reply: 0, dropped, lease entries dropped, subjects and counters kept,
+  -- live lease entries, counter index entries looked at.
+  return { 0, dropped, #old, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[3]), #late }
 elseif op == 'count' then
   -- ARGV: from, batch. Open reservations of the subjects at index ranks
   -- [from, from + batch), for the sweep's gauge.

@@ -269,6 +269,16 @@ impl RedisServer {
         }
     }
 
+    /// A plain connection, for tests that look at (or rewrite) the keys a
+    /// store keeps, as another version of limitsd would.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test's redis-server")
+    }
+
     /// Kills the server and waits for it to be gone.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -285,16 +295,30 @@ impl RedisServer {
         self.store_on_prefix(&unique_prefix(), max_entries, fake)
     }
 
+    /// A store on `prefix` with room for `max_entries` subjects and as
+    /// many rate limit service counters, as `MemoryStore::new` has.
     pub fn store_on_prefix(
         &self,
         prefix: &str,
         max_entries: usize,
         fake: bool,
     ) -> limits_store::RedisStore {
+        self.store_with_bounds(prefix, max_entries, max_entries, fake)
+    }
+
+    /// A store on `prefix` with its own bounds for subjects and counters.
+    pub fn store_with_bounds(
+        &self,
+        prefix: &str,
+        max_entries: usize,
+        max_counters: usize,
+        fake: bool,
+    ) -> limits_store::RedisStore {
         let options = limits_store::RedisOptions {
             url: self.url(),
             key_prefix: prefix.to_owned(),
             max_entries,
+            max_counters,
             command_timeout: Duration::from_secs(5),
             ..limits_store::RedisOptions::default()
         };

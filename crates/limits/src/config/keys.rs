@@ -324,7 +324,7 @@ declare! {
         dry_run: FileOnly<Flag> = FileOnly(Flag(false)),
         /// Also return the IETF draft `RateLimit` and `RateLimit-Policy` fields.
         ietf_headers: FileOnly<Flag> = FileOnly(Flag(false)),
-        /// Most rate limit service counters kept (memory and sled), apart from
+        /// Most rate limit service counters kept (every backend), apart from
         /// `storage.*.max_entries`, so a flood of descriptors (one per client address, say)
         /// cannot lock out API keys.
         max_counters: Count<usize> = Count(DEFAULT_MAX_COUNTERS),
