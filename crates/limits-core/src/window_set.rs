@@ -9,11 +9,12 @@
 //!
 //! Layout: one header per window, in [`STORAGE_ORDER`], then the windows'
 //! buckets, oldest first, in the same order. A header is `(meta, total)`,
-//! where `meta` packs the header count, which ranks have a window (so that
-//! a kind's header is found by one table lookup), the storage rank and where
-//! the window's buckets are; a bucket is `(bucket index, amount)`, as in
-//! [`RollingWindow`](crate::RollingWindow). Both are 16 bytes, so the buffer
-//! is one `Vec` of pairs.
+//! where `meta` packs the window's rank (its place in the storage order),
+//! which ranks have a window, and where the window's buckets are; a bucket
+//! is `(bucket index, amount)`, as in [`RollingWindow`](crate::RollingWindow).
+//! Both are 16 bytes, so the buffer is one `Vec` of pairs. Since headers are
+//! in rank order, the header of a kind is the number of ranks below its own
+//! that have a window: the first header's mask says where every window is.
 //!
 //! Expiry only moves a window's start past the buckets that left it: the
 //! usual check (buckets leaving the short windows, others arriving) moves
@@ -88,17 +89,13 @@ const fn capacity_for(entries: usize) -> usize {
     entries.div_ceil(GRAIN) * GRAIN
 }
 
-/// A header's `meta` word:
-/// `count << 60 | rank << 56 | ranks << 48 | start << 24 | len`, where
-/// `count` is the number of headers and `ranks` has bit `r` set for each
-/// rank `r` that has a window (every header carries both, so that the first
-/// says where the headers end and which header holds each kind), and the
-/// window's buckets are `buf[start..start + len]`. `count` is the number of
-/// bits in `ranks`, kept as a field because the loops over headers read it
-/// on every operation and the default target has no popcount instruction.
+/// A header's `meta` word: `rank << 56 | ranks << 48 | start << 24 | len`,
+/// where `ranks` has bit `r` set for each rank `r` that has a window (every
+/// header carries the same mask, so that the first says how many headers
+/// there are and which one holds each kind), and the window's buckets are
+/// `buf[start..start + len]`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct Meta {
-    count: usize,
     rank: usize,
     ranks: u8,
     start: usize,
@@ -111,6 +108,8 @@ struct Meta {
 const FIELD_BITS: u32 = 24;
 const FIELD: u64 = (1 << FIELD_BITS) - 1;
 
+const _: () = assert!(WINDOW_KINDS <= 8, "a mask of ranks is one byte");
+
 /// The most buckets [`WindowSet::from_windows`] keeps in one window: with
 /// eight windows and their headers, every position fits in [`FIELD`].
 const MAX_DECODED_BUCKETS: usize = 1 << 16;
@@ -118,23 +117,21 @@ const MAX_DECODED_BUCKETS: usize = 1 << 16;
 impl Meta {
     #[inline(always)]
     const fn pack(self) -> u64 {
-        debug_assert!(self.count <= WINDOW_KINDS && self.rank < WINDOW_KINDS);
+        debug_assert!(self.rank < WINDOW_KINDS);
         debug_assert!(self.start as u64 <= FIELD && self.len as u64 <= FIELD);
-        (self.count as u64) << 60
-            | (self.rank as u64) << 56
+        (self.rank as u64) << 56
             | (self.ranks as u64) << 48
             | (self.start as u64 & FIELD) << FIELD_BITS
             | (self.len as u64 & FIELD)
     }
 
-    /// The fields of a header's `meta`. The rank is masked to the table size
-    /// (a no-op for a header this module wrote), so that the tables indexed
-    /// by it need no bounds check on the check path.
+    /// The fields of a header's `meta`. The rank is masked to the number of
+    /// ranks (a no-op for a header this module wrote), so that indexing
+    /// [`SPANS`] and [`STORAGE_ORDER`] by it needs no bounds check.
     #[inline(always)]
     const fn parse(word: u64) -> Meta {
         const _: () = assert!(WINDOW_KINDS.is_power_of_two());
         Meta {
-            count: (word >> 60) as usize,
             rank: (word >> 56) as usize & (WINDOW_KINDS - 1),
             ranks: (word >> 48) as u8,
             start: ((word >> FIELD_BITS) & FIELD) as usize,
@@ -146,6 +143,23 @@ impl Meta {
     const fn end(self) -> usize {
         self.start + self.len
     }
+}
+
+/// The number of ranks below `r` that have a window, in a set whose ranks
+/// are `ranks`: the header of rank `r`'s window, or where it would go. The
+/// default x86-64 target has no popcount instruction, but `count_ones` of
+/// a byte still compiles to five register instructions (two
+/// multiplications, two shifts and a mask), so no table is needed.
+#[inline(always)]
+fn headers_below(ranks: u8, r: usize) -> usize {
+    let below = (1u16 << r) - 1;
+    (u16::from(ranks) & below).count_ones() as usize
+}
+
+/// The header of rank `r`'s window, if the set has one.
+#[inline(always)]
+fn header_of(ranks: u8, r: usize) -> Option<usize> {
+    (u16::from(ranks) >> r & 1 == 1).then(|| headers_below(ranks, r))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -189,50 +203,20 @@ impl<'a> Iterator for Windows<'a> {
     }
 }
 
-/// The windows of a [`WindowSet`] by kind, from [`WindowSet::by_kind`].
+/// The windows of a [`WindowSet`] by kind, from [`WindowSet::by_kind`]: the
+/// buffer and its mask of ranks, read once for all the kinds a caller asks
+/// for.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct ByKind<'a> {
     buf: &'a [Entry],
-    /// The header of each windowed kind (by `LimitKind::index`), or
-    /// [`NO_HEADER`].
-    header: [u8; WINDOW_KINDS],
+    ranks: u8,
 }
-
-/// No window: a set has at most [`WINDOW_KINDS`] headers.
-const NO_HEADER: u8 = u8::MAX;
-
-/// For each `ranks` mask of a header: the header of each windowed kind (by
-/// `LimitKind::index`), or [`NO_HEADER`]. Headers are in rank order, so a
-/// kind's header is the number of ranks below its own that are present.
-/// 2 KiB, so that finding the headers of a subject's windows is one load
-/// rather than a walk over the headers.
-static HEADERS: [[u8; WINDOW_KINDS]; 256] = {
-    const _: () = assert!(WINDOW_KINDS == 8, "a ranks mask is one byte");
-    let mut out = [[NO_HEADER; WINDOW_KINDS]; 256];
-    let mut mask = 0;
-    while mask < 256 {
-        let mut r = 0;
-        let mut h = 0u8;
-        while r < WINDOW_KINDS {
-            if mask & (1 << r) != 0 {
-                out[mask][STORAGE_ORDER[r].index()] = h;
-                h += 1;
-            }
-            r += 1;
-        }
-        mask += 1;
-    }
-    out
-};
 
 impl<'a> ByKind<'a> {
     #[inline(always)]
     pub(crate) fn get(&self, kind: LimitKind) -> Option<WindowRef<'a>> {
-        let h = *self.header.get(kind.index())?;
-        if h == NO_HEADER {
-            return None;
-        }
-        let &(word, total) = self.buf.get(usize::from(h))?;
+        let h = header_of(self.ranks, rank(kind))?;
+        let &(word, total) = self.buf.get(h)?;
         let m = Meta::parse(word);
         let buckets = self.buf.get(m.start..m.end()).unwrap_or_default();
         Some(WindowRef::new(buckets, total))
@@ -287,7 +271,6 @@ impl WindowSet {
                 .iter()
                 .fold(0u64, |acc, &(_, a)| acc.saturating_add(a));
             let meta = Meta {
-                count,
                 rank,
                 ranks,
                 start,
@@ -305,7 +288,7 @@ impl WindowSet {
     /// The number of windows (and of headers at the buffer's front).
     #[inline(always)]
     fn count(&self) -> usize {
-        self.buf.first().map_or(0, |&(w, _)| Meta::parse(w).count)
+        self.ranks().count_ones() as usize
     }
 
     #[inline(always)]
@@ -327,17 +310,15 @@ impl WindowSet {
     }
 
     pub(crate) fn get(&self, kind: LimitKind) -> Option<WindowRef<'_>> {
-        self.iter().find(|(k, _)| *k == kind).map(|(_, w)| w)
+        self.by_kind().get(kind)
     }
 
-    /// The windows indexed by kind: which header each kind has, read from
-    /// [`HEADERS`] by the first header's mask of ranks; a window's view is
-    /// made when asked for.
+    /// The windows indexed by kind; a window's view is made when asked for.
     #[inline]
     pub(crate) fn by_kind(&self) -> ByKind<'_> {
         ByKind {
             buf: &self.buf,
-            header: HEADERS[usize::from(self.ranks())],
+            ranks: self.ranks(),
         }
     }
 
@@ -461,8 +442,7 @@ impl WindowSet {
     /// [`STORAGE_ORDER`], or the header count if none follows.
     #[inline(always)]
     pub(crate) fn position_from(&self, kind: LimitKind) -> usize {
-        let below = (1u16 << rank(kind)) - 1;
-        (u16::from(self.ranks()) & below).count_ones() as usize
+        headers_below(self.ranks(), rank(kind))
     }
 
     /// Adds `amount` to the window of `kind`, with `pos` at that window's
@@ -519,7 +499,7 @@ impl WindowSet {
         if amount == 0 || at.saturating_add(length) <= now {
             return;
         }
-        let Some(h) = (0..self.count()).find(|&h| self.meta(h).rank == rank(kind)) else {
+        let Some(h) = header_of(self.ranks(), rank(kind)) else {
             return;
         };
         let first = span.bucket_at(at);
@@ -633,8 +613,8 @@ impl WindowSet {
         self.buf.capacity() * std::mem::size_of::<Entry>()
     }
 
-    /// Panics unless the layout holds: every header carries the count and
-    /// the ranks present, ranks rise, bucket ranges follow the headers in
+    /// Panics unless the layout holds: every header carries the ranks
+    /// present, ranks rise, bucket ranges follow the headers in
     /// order without overlapping, the last one ends the buffer, and totals
     /// match.
     #[cfg(test)]
@@ -646,7 +626,6 @@ impl WindowSet {
         let mut prev_end = count;
         for h in 0..count {
             let m = self.meta(h);
-            assert_eq!(m.count, count, "header {h} count");
             assert_eq!(m.ranks, ranks, "header {h} ranks");
             assert!(prev_rank.is_none_or(|r| r < m.rank), "ranks rise");
             assert!(m.start >= prev_end, "header {h} overlaps the one before");
@@ -901,8 +880,8 @@ mod tests {
 
     #[test]
     fn a_bucket_is_never_read_as_a_header() {
-        // The first bucket after the headers has the bits of a header count
-        // set: iteration must still stop after the one real window.
+        // The first bucket after the headers has every bit of a header's
+        // `meta` set: iteration must still stop after the one real window.
         let set = WindowSet::from_windows([(LimitKind::BudgetDaily, &[(u64::MAX, 1)][..])]);
         let kinds: Vec<_> = set.iter().map(|(k, _)| k).collect();
         assert_eq!(kinds, [LimitKind::BudgetDaily]);
