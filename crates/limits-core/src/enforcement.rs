@@ -10,14 +10,20 @@ use crate::time::Nanos;
 /// What the service did with a request.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// The request runs.
     Allow,
+    /// The request is refused.
     Block,
+    /// The request waited for room (the server's queue mode) before an answer.
     Queue,
+    /// The request runs on a cheaper model.
     Downgrade,
+    /// The request runs, flagged: a limit was reached or the alert threshold crossed.
     Alert,
 }
 
 impl Action {
+    /// The name used in the API, metrics and logs (`allow`, `block`, ...).
     pub const fn as_str(self) -> &'static str {
         match self {
             Action::Allow => "allow",
@@ -33,17 +39,22 @@ impl Action {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum EnforcementMode {
     #[default]
+    /// Refuse a request that does not fit.
     Block,
     /// The engine answers as for `Block`; the server waits and retries.
     Queue,
+    /// Try the model's cheaper alternatives, in order, and run the first that fits.
     Downgrade,
+    /// Let the request run, flagged, even past a limit.
     Alert,
 }
 
 /// The price of a model, per 1000 tokens.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelPrice {
+    /// Dollars per 1000 input (prompt) tokens.
     pub input_per_1k: NanoUsd,
+    /// Dollars per 1000 output (completion) tokens.
     pub output_per_1k: NanoUsd,
 }
 
@@ -58,18 +69,22 @@ fn per_1k(tokens: u64, price: NanoUsd) -> u128 {
 }
 
 impl Pricing {
+    /// An empty table.
     pub fn new() -> Pricing {
         Pricing::default()
     }
 
+    /// Sets the price of a model, replacing any earlier one.
     pub fn insert(&mut self, model: impl Into<String>, price: ModelPrice) {
         self.models.insert(model.into(), price);
     }
 
+    /// The price of a model, if it has one.
     pub fn get(&self, model: &str) -> Option<ModelPrice> {
         self.models.get(model).copied()
     }
 
+    /// Whether no model has a price.
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
@@ -98,8 +113,11 @@ impl Pricing {
 /// check tries its attempts in order and admits the first that fits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
+    /// The model name.
     pub model: String,
+    /// The estimated cost on this model.
     pub cost: NanoUsd,
+    /// The estimated tokens on this model.
     pub tokens: u64,
 }
 
@@ -110,12 +128,14 @@ pub const MAX_DOWNGRADE_STEPS: usize = 16;
 /// How the service enforces limits.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
+    /// What happens when a limit would be exceeded.
     pub mode: EnforcementMode,
     /// Flag a request when a budget reaches this fraction, in parts per
     /// million (800_000 = 80 %). `None` never flags.
     pub alert_threshold_ppm: Option<u32>,
     /// `model -> cheaper model`.
     pub downgrades: AHashMap<String, String>,
+    /// Model prices, to re-price a downgraded request.
     pub pricing: Pricing,
 }
 

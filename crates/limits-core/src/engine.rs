@@ -17,6 +17,7 @@ use crate::window::WindowRef;
 pub struct Denial {
     /// Index of the subject in the request.
     pub subject: usize,
+    /// The limit that decided.
     pub kind: LimitKind,
     /// How long until this limit could let the request through; `None` when
     /// it never can (the request alone is larger than the limit).
@@ -26,7 +27,9 @@ pub struct Denial {
 /// A reservation to open if the check is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reserve {
+    /// The reservation's id, unique within its subjects.
     pub id: u64,
+    /// When the reservation's holds lapse unless settled.
     pub expires_at: Nanos,
     /// Kept with each hold as [`Hold::tag`].
     pub tag: u32,
@@ -38,7 +41,9 @@ pub struct CheckRequest<'a> {
     /// The model asked for and, in downgrade mode, its cheaper alternatives,
     /// in order. Never empty.
     pub attempts: &'a [Attempt],
+    /// Open a reservation (hold the estimate) when the check is allowed.
     pub reserve: Option<Reserve>,
+    /// How limits are enforced.
     pub policy: &'a Policy,
 }
 
@@ -66,7 +71,9 @@ pub enum Verdict {
 /// The decision of a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckOutcome {
+    /// Allowed (with what was opened) or denied (with why).
     pub verdict: Verdict,
+    /// What the service does with the request.
     pub action: Action,
     /// The attempt admitted, or the last one tried when denied.
     pub attempt: usize,
@@ -77,6 +84,7 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
+    /// Whether the request may run.
     pub fn allowed(&self) -> bool {
         matches!(self.verdict, Verdict::Allowed { .. })
     }
@@ -113,7 +121,9 @@ impl CheckOutcome {
 pub struct RecordRequest {
     /// The reservation being settled, if any.
     pub reservation: Option<u64>,
+    /// The actual cost to charge.
     pub cost: NanoUsd,
+    /// The actual tokens to charge.
     pub tokens: u64,
 }
 
@@ -125,7 +135,9 @@ pub struct RecordOutcome {
     /// The estimate (nano-dollars, tokens) the settled reservation held,
     /// when this record settled one that was still held.
     pub settled: Option<(u64, u64)>,
+    /// Every limit of every subject after the record.
     pub statuses: Vec<LimitStatus>,
+    /// A budget reached the alert threshold (counting this record).
     pub alert: bool,
 }
 
@@ -141,11 +153,14 @@ pub enum Admission {
 /// The result of acquiring concurrency slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcquireOutcome {
+    /// Whether the slots were taken.
     pub admission: Admission,
+    /// Every limit of every subject after the acquire.
     pub statuses: Vec<LimitStatus>,
 }
 
 impl AcquireOutcome {
+    /// Whether the slots were taken.
     pub fn acquired(&self) -> bool {
         matches!(self.admission, Admission::Acquired(_))
     }

@@ -48,17 +48,28 @@ fn reset_secs(reset_at: Option<Nanos>, now: Nanos) -> u64 {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Name {
     #[default]
+    /// `X-RateLimit-Limit`: the most restrictive request-rate limit.
     RateLimitLimit,
+    /// `X-RateLimit-Remaining`: requests left under that limit.
     RateLimitRemaining,
+    /// `X-RateLimit-Reset`: when that limit's oldest requests expire (Unix
+    /// seconds, rounded up).
     RateLimitReset,
+    /// `Retry-After`: seconds before a denied request could fit.
     RetryAfter,
+    /// `X-Budget-Limit`: the most restrictive budget, in USD.
     BudgetLimit,
+    /// `X-Budget-Used`: USD used of that budget.
     BudgetUsed,
+    /// `X-Budget-Remaining`: USD left of that budget.
     BudgetRemaining,
+    /// `X-Budget-Reset`: when that budget's oldest spend expires (Unix
+    /// seconds, rounded up).
     BudgetReset,
 }
 
 impl Name {
+    /// Every header name, in the order an answer gives them.
     pub const ALL: [Name; 8] = [
         Name::RateLimitLimit,
         Name::RateLimitRemaining,
@@ -134,6 +145,7 @@ impl Value {
         &self.text[..usize::from(self.len)]
     }
 
+    /// The value as text (ASCII digits and at most one point).
     pub fn as_str(&self) -> &str {
         // Only digits and a point are ever written.
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
@@ -160,10 +172,12 @@ impl Headers {
         self.len += 1;
     }
 
+    /// How many headers the answer has.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the answer has no headers.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

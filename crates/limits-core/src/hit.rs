@@ -18,7 +18,9 @@ use crate::time::Nanos;
 /// What one subject is charged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Charge {
+    /// Requests to count.
     pub requests: u64,
+    /// Tokens to count.
     pub tokens: u64,
 }
 

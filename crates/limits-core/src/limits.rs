@@ -11,14 +11,19 @@ use crate::time::Nanos;
 /// What kind of identity a subject is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dimension {
+    /// An API key (a secret: shown by alias or keyed hash).
     ApiKey = 0,
+    /// A user.
     User = 1,
+    /// A team.
     Team = 2,
 }
 
 impl Dimension {
+    /// Every dimension, in index order.
     pub const ALL: [Dimension; 3] = [Dimension::ApiKey, Dimension::User, Dimension::Team];
 
+    /// The name used in config, the API and metrics (`api_key`, `user`, `team`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Dimension::ApiKey => "api_key",
@@ -27,6 +32,7 @@ impl Dimension {
         }
     }
 
+    /// A dense index (0, 1, 2) for per-dimension arrays.
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -35,11 +41,14 @@ impl Dimension {
 /// One identity whose limits apply to a request.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Subject {
+    /// What kind of identity it is.
     pub dimension: Dimension,
+    /// The identity (for API keys, the key or its keyed hash).
     pub id: String,
 }
 
 impl Subject {
+    /// A subject of a dimension.
     pub fn new(dimension: Dimension, id: impl Into<String>) -> Subject {
         Subject {
             dimension,
@@ -65,14 +74,23 @@ pub enum Resource {
 /// last is the concurrency limit.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LimitKind {
+    /// USD spent over the last hour.
     BudgetHourly = 0,
+    /// USD spent over the last 24 hours.
     BudgetDaily = 1,
+    /// USD spent over the last 30 days.
     BudgetMonthly = 2,
+    /// Requests over the last second.
     RequestsPerSecond = 3,
+    /// Requests over the last minute.
     RequestsPerMinute = 4,
+    /// Requests over the last hour.
     RequestsPerHour = 5,
+    /// Tokens over the last minute.
     TokensPerMinute = 6,
+    /// Tokens over the last hour.
     TokensPerHour = 7,
+    /// Leases held at once.
     MaxConcurrent = 8,
 }
 
@@ -80,6 +98,7 @@ pub enum LimitKind {
 pub const WINDOW_KINDS: usize = 8;
 
 impl LimitKind {
+    /// The windowed kinds, in index order.
     pub const WINDOWED: [LimitKind; WINDOW_KINDS] = [
         LimitKind::BudgetHourly,
         LimitKind::BudgetDaily,
@@ -91,6 +110,7 @@ impl LimitKind {
         LimitKind::TokensPerHour,
     ];
 
+    /// What this limit counts.
     pub const fn resource(self) -> Resource {
         match self {
             LimitKind::BudgetHourly | LimitKind::BudgetDaily | LimitKind::BudgetMonthly => {
@@ -148,10 +168,12 @@ impl LimitKind {
         }
     }
 
+    /// Whether this is a USD budget.
     pub const fn is_budget(self) -> bool {
         matches!(self.resource(), Resource::Cost)
     }
 
+    /// A dense index for per-kind arrays (windowed kinds first).
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -189,18 +211,22 @@ impl SubjectLimits {
         self
     }
 
+    /// Sets or clears a windowed limit. Panics if `kind` is the concurrency
+    /// limit; use [`set_max_concurrent`](Self::set_max_concurrent) for that.
     pub fn set(&mut self, kind: LimitKind, limit: Option<NonZeroU64>) {
         assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
         self.windows[kind.index()] = limit;
         self.recount();
     }
 
+    /// Sets the concurrency limit.
     pub fn with_max_concurrent(mut self, limit: NonZeroU32) -> SubjectLimits {
         self.max_concurrent = Some(limit);
         self.recount();
         self
     }
 
+    /// Sets or clears the concurrency limit.
     pub fn set_max_concurrent(&mut self, limit: Option<NonZeroU32>) {
         self.max_concurrent = limit;
         self.recount();
@@ -212,15 +238,18 @@ impl SubjectLimits {
         self.count = (windows + usize::from(self.max_concurrent.is_some())) as u8;
     }
 
+    /// Sets the name shown for the subject instead of its id.
     pub fn with_alias(mut self, alias: impl Into<Arc<str>>) -> SubjectLimits {
         self.alias = Some(alias.into());
         self
     }
 
+    /// Sets or clears the name shown for the subject instead of its id.
     pub fn set_alias(&mut self, alias: Option<Arc<str>>) {
         self.alias = alias;
     }
 
+    /// The name shown for the subject instead of its id, if any.
     pub fn alias(&self) -> Option<&str> {
         self.alias.as_deref()
     }
@@ -260,10 +289,12 @@ impl SubjectLimits {
         usize::from(self.count)
     }
 
+    /// Whether any USD budget is set.
     pub fn has_budget(&self) -> bool {
         self.windowed().any(|(k, _)| k.is_budget())
     }
 
+    /// Whether no limit of any kind is set.
     pub fn is_unlimited(&self) -> bool {
         self.windows.iter().all(Option::is_none) && self.max_concurrent.is_none()
     }
@@ -279,14 +310,17 @@ pub struct LimitTable {
 }
 
 impl LimitTable {
+    /// An empty table: every subject is unlimited.
     pub fn new() -> LimitTable {
         LimitTable::default()
     }
 
+    /// Sets the limits of one id, replacing any earlier entry.
     pub fn insert(&mut self, dimension: Dimension, id: impl Into<Box<str>>, limits: SubjectLimits) {
         self.explicit[dimension.index()].insert(id.into(), limits);
     }
 
+    /// Sets or clears the limits of ids of a dimension that have no entry.
     pub fn set_default(&mut self, dimension: Dimension, limits: Option<SubjectLimits>) {
         self.defaults[dimension.index()] = limits;
     }
@@ -312,6 +346,7 @@ impl LimitTable {
             .map(|(k, v)| (&**k, v))
     }
 
+    /// The limits of ids of a dimension that have no entry, if set.
     pub fn default_for(&self, dimension: Dimension) -> Option<&SubjectLimits> {
         self.defaults[dimension.index()].as_ref()
     }
@@ -322,6 +357,7 @@ impl LimitTable {
 pub struct LimitStatus {
     /// Index of the subject in the request.
     pub subject: usize,
+    /// Which limit.
     pub kind: LimitKind,
     /// The limit, in nano-dollars for budgets, otherwise a count.
     pub limit: u64,
@@ -334,6 +370,7 @@ pub struct LimitStatus {
 }
 
 impl LimitStatus {
+    /// How much is left before the limit (0 when at or over it).
     pub fn remaining(&self) -> u64 {
         self.limit.saturating_sub(self.used)
     }

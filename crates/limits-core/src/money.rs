@@ -15,14 +15,18 @@ pub struct NanoUsd(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
     #[error("must be a finite number")]
+    /// Not a finite number (NaN or infinite).
     NotFinite,
     #[error("must not be negative")]
+    /// Below zero.
     Negative,
     #[error("must be at most {MAX_USD:e} USD")]
+    /// Above [`MAX_USD`].
     TooLarge,
 }
 
 impl NanoUsd {
+    /// No money.
     pub const ZERO: NanoUsd = NanoUsd(0);
 
     /// Converts a caller's USD amount, rounding up to the next nano-dollar so
@@ -50,10 +54,12 @@ impl NanoUsd {
         Ok(NanoUsd(nanos as u64))
     }
 
+    /// The amount in USD, as a float (for display and the API; never summed).
     pub fn as_usd(self) -> f64 {
         self.0 as f64 / NANOS_PER_USD
     }
 
+    /// The sum, capped at the largest amount rather than wrapping.
     pub const fn saturating_add(self, other: NanoUsd) -> NanoUsd {
         NanoUsd(self.0.saturating_add(other.0))
     }
@@ -61,24 +67,14 @@ impl NanoUsd {
 
 /// Writes `n` in decimal at the start of `out` and returns the length.
 /// `core::fmt` costs more than the formatting itself on the response path
-/// (three amounts and four integers per answer), so this is by hand.
+/// (three amounts and four integers per answer), so this uses `itoa`.
 ///
 /// Panics if `out` is shorter than the number (20 bytes always suffice).
 pub fn write_u64(out: &mut [u8], n: u64) -> usize {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut n = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - start;
-    out[..len].copy_from_slice(&digits[start..]);
-    len
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
+    out[..digits.len()].copy_from_slice(digits);
+    digits.len()
 }
 
 /// The longest text of a `NanoUsd`: 11 whole digits, a point, 9 decimals.
@@ -92,15 +88,14 @@ impl NanoUsd {
     /// always suffice).
     pub fn write_text(self, out: &mut [u8]) -> usize {
         let whole = self.0 / 1_000_000_000;
-        let mut frac = self.0 % 1_000_000_000;
+        let frac = self.0 % 1_000_000_000;
         let mut len = write_u64(out, whole);
         out[len] = b'.';
         len += 1;
-        let mut decimals = [0u8; 9];
-        for d in decimals.iter_mut().rev() {
-            *d = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
+        // The nine decimals with their leading zeros: `1_frac` has ten
+        // digits, and its first one is dropped.
+        let mut buf = itoa::Buffer::new();
+        let decimals = &buf.format(frac + 1_000_000_000).as_bytes()[1..];
         // At least two decimals, and as many more as the amount needs.
         let mut keep = decimals.len();
         while keep > 2 && decimals[keep - 1] == b'0' {
@@ -171,8 +166,8 @@ mod tests {
         assert_eq!(NanoUsd(u64::MAX).to_string(), "18446744073.709551615");
     }
 
-    /// The hand-written text is byte-identical to the `core::fmt` one it
-    /// replaced, which stays here as the reference.
+    /// The text is byte-identical to the `core::fmt` one it replaced,
+    /// which stays here as the reference.
     #[test]
     fn text_matches_the_fmt_reference() {
         fn reference(n: u64) -> String {

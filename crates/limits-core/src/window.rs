@@ -124,6 +124,7 @@ impl<'a> WindowRef<'a> {
         self.total
     }
 
+    /// Whether the window holds no buckets.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
@@ -161,6 +162,7 @@ impl<'a> WindowRef<'a> {
 }
 
 impl RollingWindow {
+    /// An empty window.
     pub const fn new() -> RollingWindow {
         RollingWindow {
             buckets: Vec::new(),
@@ -212,6 +214,7 @@ impl RollingWindow {
         self.total
     }
 
+    /// Whether the window holds no buckets.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
