@@ -7,7 +7,9 @@
 //! about protobuf.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod adjust;
 pub mod enforcement;
 pub mod engine;
 pub mod headers;
@@ -20,6 +22,7 @@ pub mod undo;
 pub mod window;
 mod window_set;
 
+pub use adjust::{Adjustment, adjust, undo_adjust};
 pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
 pub use engine::{
     AcquireOutcome, Admission, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest,

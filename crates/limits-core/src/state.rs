@@ -10,11 +10,13 @@ use crate::window_set::{ByKind, WindowSet, Windows};
 /// reserved check, until it is settled or expires.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
+    /// The reservation's id.
     pub id: u64,
     /// Nano-dollars held.
     pub cost: u64,
     /// Tokens held.
     pub tokens: u64,
+    /// When the hold lapses unless settled.
     pub expires_at: Nanos,
     /// Settled holds stay, holding nothing, until `expires_at`, so that a
     /// retried RecordUsage for the same reservation charges once.
@@ -26,6 +28,7 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// Whether the hold still holds its estimate at `now`.
     pub fn is_open(&self, now: Nanos) -> bool {
         !self.settled && self.expires_at > now
     }
@@ -34,7 +37,9 @@ impl Hold {
 /// One concurrency slot held by a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseSlot {
+    /// The lease's id.
     pub id: u64,
+    /// When the slot frees itself unless the lease is released or renewed.
     pub expires_at: Nanos,
 }
 
@@ -57,6 +62,7 @@ struct Extra {
 }
 
 impl SubjectState {
+    /// An empty state: no windows, holds or leases.
     pub fn new() -> SubjectState {
         SubjectState::default()
     }
@@ -82,10 +88,12 @@ impl SubjectState {
         self.windows.iter()
     }
 
+    /// The reservations held or recently settled.
     pub fn holds(&self) -> &[Hold] {
         self.extra.as_ref().map_or(&[], |e| &e.holds)
     }
 
+    /// The concurrency slots held.
     pub fn leases(&self) -> &[LeaseSlot] {
         self.extra.as_ref().map_or(&[], |e| &e.leases)
     }
@@ -94,6 +102,7 @@ impl SubjectState {
         self.extra.get_or_insert_with(Box::default)
     }
 
+    /// The window of a kind, if the subject has one.
     pub fn window(&self, kind: LimitKind) -> Option<WindowRef<'_>> {
         self.windows.get(kind)
     }
@@ -169,6 +178,7 @@ impl SubjectState {
             })
     }
 
+    /// How many leases are live at `now`.
     pub fn live_leases(&self, now: Nanos) -> usize {
         self.leases().iter().filter(|l| l.expires_at > now).count()
     }
@@ -266,6 +276,34 @@ impl SubjectState {
         for &kind in kinds_counting(resource) {
             self.windows.remove(kind, at, now, amount);
         }
+    }
+
+    /// Adds `amount` to the window of one kind, if the subject is limited
+    /// on it (or already counts it); returns what the window gained.
+    pub(crate) fn add_to(
+        &mut self,
+        kind: LimitKind,
+        limits: &SubjectLimits,
+        now: Nanos,
+        amount: u64,
+    ) -> u64 {
+        let before = self.window(kind).map_or(0, |w| w.total());
+        let mut pos = self.windows.position_from(kind);
+        self.windows.add(&mut pos, kind, limits, now, amount);
+        self.window(kind)
+            .map_or(0, |w| w.total())
+            .saturating_sub(before)
+    }
+
+    /// Takes up to `amount` out of the window of one kind, newest first;
+    /// returns what was taken.
+    pub(crate) fn take_newest(&mut self, kind: LimitKind, amount: u64) -> u64 {
+        self.windows.take_newest(kind, amount)
+    }
+
+    /// Takes back what [`add_to`](Self::add_to) added at `at`.
+    pub(crate) fn remove_from(&mut self, kind: LimitKind, at: Nanos, now: Nanos, amount: u64) {
+        self.windows.remove(kind, at, now, amount);
     }
 
     /// Removes a hold; true if it was there.

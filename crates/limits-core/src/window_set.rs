@@ -178,7 +178,8 @@ impl PartialEq for WindowSet {
 
 impl Eq for WindowSet {}
 
-/// Iterates the windows of a [`WindowSet`] in storage order.
+/// Iterates the windows of a subject's state in storage order (see
+/// [`SubjectState::windows`](crate::state::SubjectState::windows)).
 #[derive(Clone, Debug)]
 pub struct Windows<'a> {
     buf: &'a [Entry],
@@ -535,6 +536,42 @@ impl WindowSet {
         } else {
             total.saturating_sub(removed)
         };
+    }
+
+    /// Takes up to `amount` out of the window of `kind`, newest buckets
+    /// first (an operator's credit: the usage it refunds is the most
+    /// recent), and returns how much was taken: at most what the window
+    /// holds, so a window never goes below zero.
+    pub(crate) fn take_newest(&mut self, kind: LimitKind, amount: u64) -> u64 {
+        let Some(h) = header_of(self.ranks(), rank(kind)) else {
+            return 0;
+        };
+        let mut m = self.meta(h);
+        let mut left = amount;
+        while left > 0 && m.len > 0 {
+            let i = m.end() - 1;
+            let a = self.buf[i].1;
+            let taken = a.min(left);
+            left -= taken;
+            if taken == a {
+                m.len -= 1;
+            } else {
+                self.buf[i].1 = a - taken;
+            }
+        }
+        let removed = amount - left;
+        self.set_meta(h, m);
+        if h + 1 == self.count() {
+            // The last window ends the buffer.
+            self.buf.truncate(m.end().max(self.count()));
+        }
+        let total = &mut self.buf[h].1;
+        *total = if m.len == 0 {
+            0
+        } else {
+            total.saturating_sub(removed)
+        };
+        removed
     }
 
     /// Puts `bucket` after the newest bucket of the window of header `h`:
