@@ -320,9 +320,10 @@ fn commit(
     reserve.map(|r| r.id)
 }
 
-/// The state of every limit of every subject.
-pub fn statuses(
-    states: &[&mut SubjectState],
+/// The state of every limit of every subject (`states` as `&mut` or `&`
+/// references).
+pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
+    states: &[S],
     limits: &[&SubjectLimits],
     exceeded: &[(usize, LimitKind)],
     now: Nanos,

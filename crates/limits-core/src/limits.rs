@@ -334,6 +334,11 @@ impl LimitTable {
             .unwrap_or(&SubjectLimits::UNLIMITED)
     }
 
+    /// The id's own entry, if it has one (not the default).
+    pub fn entry(&self, dimension: Dimension, id: &str) -> Option<&SubjectLimits> {
+        self.explicit[dimension.index()].get(id)
+    }
+
     /// Whether the id has an entry of its own (not the default).
     pub fn is_listed(&self, dimension: Dimension, id: &str) -> bool {
         self.explicit[dimension.index()].contains_key(id)

@@ -13,6 +13,12 @@
 //! | `m1/ids/r`, `m1/ids/l`           | an id generator's prefix and high-water |
 //! | `m1/secret`                      | the store's own secret (32 bytes), if it made one |
 //! | `m1/secret-fp`                   | the fingerprint of the secret the data was written with |
+//! | `r1/<record key bytes>`          | an admin record (runtime limits, budget increases) |
+//! | `a1/<sequence, u64 big-endian>`  | an audit event                          |
+//!
+//! Admin records and audit events are the admin API's own bytes, kept as
+//! they are after the version byte: the store neither reads nor changes
+//! them.
 //!
 //! Every value starts with its format version byte; a reader rejects a
 //! version it does not know instead of guessing. Subject states are at
@@ -52,6 +58,8 @@ pub(crate) const RESERVATION_IDS_KEY: &[u8] = b"m1/ids/r";
 pub(crate) const LEASE_IDS_KEY: &[u8] = b"m1/ids/l";
 pub(crate) const SECRET_KEY: &[u8] = b"m1/secret";
 pub(crate) const SECRET_FINGERPRINT_KEY: &[u8] = b"m1/secret-fp";
+pub(crate) const RECORD_PREFIX: &[u8] = b"r1/";
+pub(crate) const AUDIT_PREFIX: &[u8] = b"a1/";
 
 /// Why a key or value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -277,6 +285,50 @@ pub(crate) fn decode_lease(bytes: &[u8]) -> Result<(Box<[Subject]>, Nanos), Deco
 
 /// An id generator's persisted state: its prefix and a sequence number that
 /// no id handed out so far has reached.
+pub(crate) fn record_key(key: &str) -> Vec<u8> {
+    [RECORD_PREFIX, key.as_bytes()].concat()
+}
+
+pub(crate) fn decode_record_key(key: &[u8]) -> Result<String, DecodeError> {
+    let rest = key
+        .strip_prefix(RECORD_PREFIX)
+        .ok_or(DecodeError::Invalid("not a record key"))?;
+    String::from_utf8(rest.to_vec()).map_err(|_| DecodeError::Invalid("record key is not UTF-8"))
+}
+
+pub(crate) fn audit_key(seq: u64) -> [u8; 11] {
+    let mut key = [0u8; 11];
+    key[..3].copy_from_slice(AUDIT_PREFIX);
+    key[3..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(crate) fn decode_audit_key(key: &[u8]) -> Result<u64, DecodeError> {
+    let rest = key
+        .strip_prefix(AUDIT_PREFIX)
+        .ok_or(DecodeError::Invalid("not an audit key"))?;
+    let bytes: [u8; 8] = rest
+        .try_into()
+        .map_err(|_| DecodeError::Invalid("audit key has the wrong length"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// An admin record's or audit event's bytes, behind the version byte.
+pub(crate) fn encode_blob(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + bytes.len());
+    out.push(VERSION);
+    out.extend_from_slice(bytes);
+    out
+}
+
+pub(crate) fn decode_blob(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    match bytes.split_first() {
+        Some((&VERSION, rest)) => Ok(rest.to_vec()),
+        Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+        None => Err(DecodeError::Truncated),
+    }
+}
+
 pub(crate) fn encode_ids(prefix: u64, high_water: u64) -> [u8; 17] {
     let mut out = [0u8; 17];
     out[0] = VERSION;

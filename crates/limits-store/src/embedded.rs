@@ -11,6 +11,7 @@
 // What a journal is shown is read only by the durable backend's journal.
 #![cfg_attr(not(feature = "sled"), allow(dead_code))]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +29,10 @@ use ahash::AHashMap;
 use crate::ids::{IdGen, Issued};
 use crate::secret::Secret;
 use crate::shards::{After, Shards};
-use crate::{Call, CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
+use crate::{
+    AdjustOp, Adjusted, AuditEntry, Call, CheckOp, Health, RecordOp, RecordSwap, Records, Store,
+    StoreError, Swapped, SweepStats, UsageView,
+};
 
 /// How many subjects, and how many of the rate limit service's internal
 /// counters, an embedded store keeps at most. Separate bounds, so that a
@@ -85,6 +89,15 @@ pub(crate) struct Change<'a> {
     pub kind: ChangeKind,
 }
 
+/// One write of admin data, as shown to [`Journal::admin_write`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AdminWrite<'a> {
+    /// A record now holds this (`None`: it is gone).
+    Record(&'a str, Option<&'a [u8]>),
+    /// An audit event now holds this (`None`: it was dropped).
+    Audit(u64, Option<&'a [u8]>),
+}
+
 /// How a backend makes changes outlive the process. Every hook runs in the
 /// operation's own thread; `write` and `dropped` run with the subjects' shard
 /// locks held, which orders the log writes of one subject.
@@ -114,6 +127,11 @@ pub(crate) trait Journal: Send + Sync + 'static {
 
     /// A sweep dropped an expired lease from the index.
     fn lease_expired(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Logs admin data (records and audit events), all or nothing. Runs
+    /// with the admin lock held, which orders them. Returns whether the
+    /// caller must wait for [`durable`](Self::durable).
+    fn admin_write(&self, writes: &[AdminWrite<'_>]) -> Result<bool, StoreError>;
 
     /// Whether the journal can take writes now.
     fn health(&self) -> Health;
@@ -150,9 +168,25 @@ impl Journal for Volatile {
         Ok(())
     }
 
+    fn admin_write(&self, _: &[AdminWrite<'_>]) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     fn health(&self) -> Health {
         Health::Writable
     }
+}
+
+/// The admin data an embedded store holds: records by key, and the audit
+/// trail, oldest first. Memory is the truth; a durable journal follows it.
+#[derive(Debug, Default)]
+pub(crate) struct Admin {
+    pub records: BTreeMap<String, Vec<u8>>,
+    /// Moves with every change of a record.
+    pub version: u64,
+    pub audit: VecDeque<AuditEntry>,
+    /// The sequence number the next audit event gets.
+    pub next_audit: u64,
 }
 
 /// Where a lease's slots are, so ReleaseConcurrent needs only the lease id.
@@ -171,6 +205,7 @@ pub struct State {
     reservations: IdGen,
     lease_ids: IdGen,
     secret: Arc<Secret>,
+    admin: Mutex<Admin>,
 }
 
 // By hand, like `Shards`: the lease index names subjects, API keys among
@@ -233,6 +268,12 @@ impl State {
     pub(crate) fn with_lease_present<R>(&self, id: u64, f: impl FnOnce(bool) -> R) -> R {
         let shard = self.lease_shard(id).lock();
         f(shard.contains_key(&id))
+    }
+
+    /// The admin data, locked (start-up recovery, and a journal writing
+    /// memory out).
+    pub(crate) fn admin(&self) -> parking_lot::MutexGuard<'_, Admin> {
+        self.admin.lock()
     }
 
     /// The id generators, for a journal that persists their high-water
@@ -312,6 +353,10 @@ impl<J: Journal> Embedded<J> {
             reservations,
             lease_ids,
             secret: Arc::new(secret),
+            admin: Mutex::new(Admin {
+                next_audit: 1,
+                ..Admin::default()
+            }),
         });
         Embedded {
             journal: journal(&state),
@@ -409,6 +454,83 @@ impl<J: Journal> Embedded<J> {
         if !matches!(undone, Ok((_, Ok(_)))) {
             self.journal.needs_catch_up();
         }
+    }
+
+    /// Appends an audit event (and drops the oldest beyond `keep`) to the
+    /// admin data locked in `admin`, written together with `with`: all of
+    /// it is in memory and in the journal, or none of it. Returns the
+    /// event's sequence number and whether to wait for durability.
+    fn admin_change(
+        &self,
+        admin: &mut Admin,
+        with: Option<AdminWrite<'_>>,
+        event: Option<&[u8]>,
+        keep: usize,
+    ) -> Result<(u64, bool), StoreError> {
+        let Some(event) = event else {
+            let wait = self.journal.admin_write(&Vec::from_iter(with))?;
+            return Ok((0, wait));
+        };
+        let seq = admin.next_audit;
+        let excess = (admin.audit.len() + 1).saturating_sub(keep.max(1));
+        let mut writes: Vec<AdminWrite<'_>> = with.into_iter().collect();
+        writes.push(AdminWrite::Audit(seq, Some(event)));
+        writes.extend(
+            admin
+                .audit
+                .iter()
+                .take(excess)
+                .map(|(s, _)| AdminWrite::Audit(*s, None)),
+        );
+        let wait = self.journal.admin_write(&writes)?;
+        admin.next_audit += 1;
+        admin.audit.push_back((seq, event.to_vec()));
+        admin.audit.drain(..excess);
+        Ok((seq, wait))
+    }
+
+    /// Takes back what [`admin_change`](Self::admin_change) did, but for
+    /// the events it dropped: the record goes back to `previous` if it still
+    /// holds `new`, and the audit event goes. A journal that cannot take it
+    /// catches up when it recovers.
+    fn admin_undo(&self, record: Option<RecordUndo<'_>>, seq: u64) {
+        let mut admin = self.state.admin.lock();
+        let mut writes = Vec::with_capacity(2);
+        if let Some((key, new, previous)) = record
+            && admin.records.get(key).map(Vec::as_slice) == new
+        {
+            match previous {
+                Some(v) => admin.records.insert(key.to_owned(), v.to_vec()),
+                None => admin.records.remove(key),
+            };
+            admin.version += 1;
+            writes.push(AdminWrite::Record(key, previous));
+        }
+        if seq > 0 {
+            admin.audit.retain(|(s, _)| *s != seq);
+            writes.push(AdminWrite::Audit(seq, None));
+        }
+        if self.journal.admin_write(&writes).is_err() {
+            self.journal.needs_catch_up();
+        }
+    }
+}
+
+/// A record to put back: its key, what the change wrote, and what it held
+/// before.
+type RecordUndo<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// A subject as an operator sees it, from its state (expired by `now`).
+fn view(state: &SubjectState, limits: &SubjectLimits, now: Nanos) -> UsageView {
+    UsageView {
+        statuses: engine::statuses(&[state], &[limits], &[], now),
+        holds: state
+            .holds()
+            .iter()
+            .filter(|h| h.is_open(now))
+            .cloned()
+            .collect(),
+        leases: state.leases().to_vec(),
     }
 }
 
@@ -638,15 +760,18 @@ impl<J: Journal> Store for Embedded<J> {
         now: Nanos,
     ) -> Result<UsageView, StoreError> {
         let stored = self.state.secret.stored_subject(subject);
-        Ok(self.state.shards.peek(&stored, |state| UsageView {
-            statuses: engine::usage(state, limits, now),
-            holds: state
-                .holds()
-                .iter()
-                .filter(|h| h.is_open(now))
-                .cloned()
-                .collect(),
-            leases: state.leases().to_vec(),
+        self.usage_stored(&stored, limits, now).await
+    }
+
+    async fn usage_stored(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        Ok(self.state.shards.peek(subject, |state| {
+            state.expire(limits, now);
+            view(state, limits, now)
         }))
     }
 
@@ -693,6 +818,136 @@ impl<J: Journal> Store for Embedded<J> {
 
     async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
         Ok(self.state.secret.clone())
+    }
+
+    async fn adjust(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        op: AdjustOp<'_>,
+        now: Nanos,
+    ) -> Result<Adjusted, StoreError> {
+        self.journal.writable()?;
+        let started = std::time::Instant::now();
+        let subjects = std::slice::from_ref(subject);
+        let (applied, written) = self.state.shards.with_states_then(
+            subjects,
+            &[limits],
+            |states| {
+                op.changes
+                    .iter()
+                    .map(|&(kind, change)| {
+                        limits_core::adjust(states[0], limits, kind, change, now)
+                    })
+                    .collect::<Vec<u64>>()
+            },
+            |_, after| {
+                let wait = self.journal.write(&Change {
+                    subjects: after,
+                    lease: LeaseChange::None,
+                    kind: ChangeKind::Durable,
+                })?;
+                Ok::<_, StoreError>((wait, view(after[0].state, limits, now)))
+            },
+        )?;
+        let undo_state = |later: Nanos| {
+            self.undo_with(subjects, LeaseChange::None, |states| {
+                for (&(kind, change), &moved) in op.changes.iter().zip(&applied).rev() {
+                    limits_core::undo_adjust(states[0], limits, kind, change, moved, now, later);
+                }
+            })
+        };
+        let later = || now.saturating_add(Nanos::from(started.elapsed()));
+        let (wait, usage) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                undo_state(later());
+                return Err(e);
+            }
+        };
+        let logged = {
+            let mut admin = self.state.admin.lock();
+            self.admin_change(&mut admin, None, Some(op.audit), op.audit_keep)
+        };
+        let (seq, audit_wait) = match logged {
+            Ok(l) => l,
+            Err(e) => {
+                undo_state(later());
+                return Err(e);
+            }
+        };
+        if (wait || audit_wait)
+            && let Err(e) = self.journal.durable(false).await
+        {
+            undo_state(later());
+            self.admin_undo(None, seq);
+            return Err(e);
+        }
+        Ok(Adjusted {
+            applied,
+            usage,
+            audit_seq: seq,
+        })
+    }
+
+    async fn records(&self) -> Result<Records, StoreError> {
+        let admin = self.state.admin.lock();
+        Ok(Records {
+            version: admin.version,
+            records: admin
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
+    async fn records_version(&self) -> Result<u64, StoreError> {
+        Ok(self.state.admin.lock().version)
+    }
+
+    async fn swap_record(&self, swap: RecordSwap<'_>) -> Result<Swapped, StoreError> {
+        self.journal.writable()?;
+        let (seq, wait) = {
+            let mut admin = self.state.admin.lock();
+            let current = admin.records.get(swap.key).map(Vec::as_slice);
+            if current != swap.expect {
+                return Ok(Swapped::Conflict(current.map(<[u8]>::to_vec)));
+            }
+            let (seq, wait) = self.admin_change(
+                &mut admin,
+                Some(AdminWrite::Record(swap.key, swap.new)),
+                swap.audit,
+                swap.audit_keep,
+            )?;
+            match swap.new {
+                Some(v) => admin.records.insert(swap.key.to_owned(), v.to_vec()),
+                None => admin.records.remove(swap.key),
+            };
+            admin.version += 1;
+            (seq, wait)
+        };
+        if wait && let Err(e) = self.journal.durable(false).await {
+            self.admin_undo(Some((swap.key, swap.new, swap.expect)), seq);
+            return Err(e);
+        }
+        Ok(Swapped::Done { audit_seq: seq })
+    }
+
+    async fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let admin = self.state.admin.lock();
+        Ok(admin
+            .audit
+            .iter()
+            .rev()
+            .filter(|(seq, _)| before.is_none_or(|b| *seq < b))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     fn health(&self) -> Health {

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{
-    AcquireOutcome, Attempt, CheckOutcome, Hold, LeaseSlot, LimitStatus, LimitTable, NanoUsd,
-    Nanos, Policy, RecordOutcome,
+    AcquireOutcome, Adjustment, Attempt, CheckOutcome, Hold, LeaseSlot, LimitKind, LimitStatus,
+    LimitTable, NanoUsd, Nanos, Policy, RecordOutcome,
 };
 use limits_core::{Subject, SubjectLimits};
 
@@ -84,6 +84,72 @@ pub struct RecordOp<'a> {
     /// Grace and policy for the windows charged.
     pub policy: &'a Policy,
 }
+
+/// An operator's change to one subject's usage (the admin API's adjust
+/// and reset): each change applies to one window, all of them or none.
+#[derive(Debug, Clone, Copy)]
+pub struct AdjustOp<'a> {
+    /// The changes, each to the window of its kind.
+    pub changes: &'a [(LimitKind, Adjustment)],
+    /// The audit event kept with the change, in the same write.
+    pub audit: &'a [u8],
+    /// How many audit events are kept at most; older ones are dropped.
+    pub audit_keep: usize,
+}
+
+/// What an adjustment did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Adjusted {
+    /// What each change moved (added for a debit, taken for a credit or a
+    /// reset), in the order of [`AdjustOp::changes`].
+    pub applied: Vec<u64>,
+    /// The subject after the change.
+    pub usage: UsageView,
+    /// The audit event's sequence number.
+    pub audit_seq: u64,
+}
+
+/// A change to one admin record ([`Store::swap_record`]): made only if the
+/// record is still what the caller read.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordSwap<'a> {
+    /// The record's key (opaque to the store).
+    pub key: &'a str,
+    /// What the record must hold now; `None`: it must not exist.
+    pub expect: Option<&'a [u8]>,
+    /// What it holds afterwards; `None` removes it.
+    pub new: Option<&'a [u8]>,
+    /// The audit event kept with the change, in the same write (`None`
+    /// for housekeeping, such as dropping an entry that has expired).
+    pub audit: Option<&'a [u8]>,
+    /// How many audit events are kept at most; older ones are dropped.
+    pub audit_keep: usize,
+}
+
+/// How a [`RecordSwap`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swapped {
+    /// Made; the audit event has this sequence number (0 without one).
+    Done {
+        /// The audit event's sequence number.
+        audit_seq: u64,
+    },
+    /// Not made: the record holds this instead of what was expected.
+    Conflict(Option<Vec<u8>>),
+}
+
+/// Every admin record, and the version they are at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    /// Changes whenever a record does (anywhere, for a shared store): a
+    /// replica that polls [`Store::records_version`] reloads when it moves.
+    pub version: u64,
+    /// Key and value of each record, by key.
+    pub records: Vec<(String, Vec<u8>)>,
+}
+
+/// One audit event as stored: its sequence number (rising) and bytes.
+pub type AuditEntry = (u64, Vec<u8>);
 
 /// One subject as an operator sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -216,6 +282,15 @@ pub trait Store: Send + Sync + 'static {
         now: Nanos,
     ) -> impl Future<Output = Result<UsageView, StoreError>> + Send;
 
+    /// [`usage`](Self::usage) of a subject named in its stored form (an
+    /// API key by its keyed hash), as the admin API may name it.
+    fn usage_stored(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> impl Future<Output = Result<UsageView, StoreError>> + Send;
+
     /// Expires what has expired and drops idle subjects. Expiry is also
     /// applied lazily by every operation, so a sweep only reclaims memory and
     /// refreshes counts; it never changes a decision.
@@ -233,6 +308,41 @@ pub trait Store: Send + Sync + 'static {
     /// May change at runtime: a Redis store that finds Redis has lost its
     /// data settles again, so callers ask each time rather than keep it.
     fn secret(&self) -> impl Future<Output = Result<Arc<Secret>, StoreError>> + Send;
+
+    /// Adjusts one subject's usage, as an operator asks (all changes or
+    /// none), and keeps the audit event with it. `subject` is in its stored
+    /// form ([`Secret::stored_subject`]): the admin API may name an API key
+    /// by its keyed hash only.
+    fn adjust(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        op: AdjustOp<'_>,
+        now: Nanos,
+    ) -> impl Future<Output = Result<Adjusted, StoreError>> + Send;
+
+    /// Every admin record (runtime limits, budget increases), opaque to the
+    /// store, with their version.
+    fn records(&self) -> impl Future<Output = Result<Records, StoreError>> + Send;
+
+    /// The version of the admin records: cheap, for polling.
+    fn records_version(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Changes one admin record if it still holds what the caller read
+    /// (compare and swap), keeping the audit event with it; acknowledged
+    /// only once durable.
+    fn swap_record(
+        &self,
+        swap: RecordSwap<'_>,
+    ) -> impl Future<Output = Result<Swapped, StoreError>> + Send;
+
+    /// Up to `limit` audit events, newest first, older than `before` (a
+    /// sequence number) when given.
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
 
     /// Whether the store can take writes now.
     fn health(&self) -> Health;
@@ -292,7 +402,13 @@ forward! {
     hit(call: Call<'_, &[Charge]>) -> HitOutcome;
     release(lease_id: u64, now: Nanos) -> bool;
     usage(subject: &Subject, limits: &SubjectLimits, now: Nanos) -> UsageView;
+    usage_stored(subject: &Subject, limits: &SubjectLimits, now: Nanos) -> UsageView;
     sweep(table: &LimitTable, now: Nanos) -> SweepStats;
     flush() -> ();
     secret() -> Arc<Secret>;
+    adjust(subject: &Subject, limits: &SubjectLimits, op: AdjustOp<'_>, now: Nanos) -> Adjusted;
+    records() -> Records;
+    records_version() -> u64;
+    swap_record(swap: RecordSwap<'_>) -> Swapped;
+    audit(before: Option<u64>, limit: usize) -> Vec<AuditEntry>;
 }

@@ -101,7 +101,11 @@ use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
 use crate::secret::Secret;
-use crate::{Call, CheckOp, Health, RecordOp, Store, StoreError, SweepStats, UsageView};
+use crate::{
+    AdjustOp, Adjusted, AuditEntry, Call, CheckOp, Health, RecordOp, RecordSwap, Records, Store,
+    StoreError, Swapped, SweepStats, UsageView,
+};
+use limits_core::Adjustment;
 
 /// The histogram of script round trips, by operation.
 pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
@@ -206,6 +210,12 @@ struct Keys {
     secret: String,
     /// The fingerprint of the secret the data is keyed with.
     fingerprint: String,
+    /// Admin records (hash), their version, the audit list and its
+    /// sequence.
+    records: String,
+    records_version: String,
+    audit: String,
+    audit_seq: String,
 }
 
 impl Keys {
@@ -219,6 +229,10 @@ impl Keys {
             subject_prefix: format!("{{{prefix}}}:s:"),
             secret: format!("{{{prefix}}}:secret"),
             fingerprint: format!("{{{prefix}}}:secret-fp"),
+            records: format!("{{{prefix}}}:admin:records"),
+            records_version: format!("{{{prefix}}}:admin:version"),
+            audit: format!("{{{prefix}}}:admin:audit"),
+            audit_seq: format!("{{{prefix}}}:admin:audit-seq"),
         }
     }
 
@@ -231,6 +245,8 @@ impl Keys {
 pub struct RedisStore {
     conn: Conn,
     script: Script,
+    /// Admin records and the audit trail (`redis/admin.lua`).
+    admin_script: Script,
     keys: Keys,
     max_entries: usize,
     max_counters: usize,
@@ -398,6 +414,18 @@ impl Reply {
         Ok((r >= 0).then_some(Nanos(r as u64)))
     }
 
+    fn bytes(&mut self) -> Result<Vec<u8>, StoreError> {
+        match self.items.next() {
+            Some(Value::BulkString(b)) => Ok(b),
+            Some(Value::SimpleString(s)) => Ok(s.into_bytes()),
+            other => Err(internal(format!("unexpected script reply item {other:?}"))),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.len() == 0
+    }
+
     fn string(&mut self) -> Result<String, StoreError> {
         match self.items.next() {
             Some(Value::BulkString(b)) => String::from_utf8(b).map_err(internal),
@@ -521,6 +549,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             script: Script::new(&script_source()),
+            admin_script: Script::new(include_str!("redis/admin.lua")),
             keys: Keys::new(&options.key_prefix),
             max_entries: options.max_entries,
             max_counters: options.max_counters,
@@ -1122,7 +1151,19 @@ impl RedisStore {
         limits: &SubjectLimits,
         now: Nanos,
     ) -> Result<UsageView, StoreError> {
-        let keys = self.stored_keys(secret, std::slice::from_ref(subject));
+        let stored = secret.stored_subject(subject);
+        self.usage_stored_once(secret, &stored, limits, now).await
+    }
+
+    async fn usage_stored_once(
+        &self,
+        secret: &Secret,
+        stored: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        let keys = [self.keys.subject(stored)];
+        let subject = stored;
         let mut inv = self.invocation("usage", &keys, now, secret);
         Self::push_subjects(&mut inv, std::slice::from_ref(subject), &[limits]);
         let mut reply = self.call("usage", &inv).await?;
@@ -1130,38 +1171,142 @@ impl RedisStore {
             0 => {}
             c => return Err(internal(format!("script status {c}"))),
         }
-        let statuses = reply.statuses(&[limits], &[])?;
-        let holds_count = reply.uint()?;
-        let mut holds = Vec::with_capacity(holds_count as usize);
-        for _ in 0..holds_count {
-            let id = reply.uint()?;
-            let cost = reply.amount()?;
-            let tokens = reply.amount()?;
-            let expires_at = reply.instant()?;
-            let tag = u32::try_from(reply.uint()?).map_err(internal)?;
-            holds.push(Hold {
-                id,
-                cost,
-                tokens,
-                expires_at,
-                settled: false,
-                tag,
-            });
+        read_usage(&mut reply, limits)
+    }
+
+    async fn adjust_once(
+        &self,
+        secret: &Secret,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        op: AdjustOp<'_>,
+        now: Nanos,
+    ) -> Result<Adjusted, StoreError> {
+        // The subject is in its stored form already.
+        let key = self.keys.subject(subject);
+        let mut inv = self.invocation("adjust", &[key], now, secret);
+        inv.key(&self.keys.audit).key(&self.keys.audit_seq);
+        inv.arg(self.max_entries).arg(self.max_counters);
+        Self::push_subjects(&mut inv, std::slice::from_ref(subject), &[limits]);
+        inv.arg(op.audit_keep.max(1))
+            .arg(op.audit)
+            .arg(op.changes.len());
+        for &(kind, change) in op.changes {
+            let (code, amount) = match change {
+                Adjustment::Debit(a) => (0, a),
+                Adjustment::Credit(a) => (1, a),
+                Adjustment::Reset => (2, 0),
+            };
+            inv.arg(kind.index())
+                .arg(code)
+                .arg(hi(amount))
+                .arg(lo(amount));
         }
-        let leases_count = reply.uint()?;
-        let mut leases = Vec::with_capacity(leases_count as usize);
-        for _ in 0..leases_count {
-            let id = reply.uint()?;
-            let expires_at = reply.instant()?;
-            leases.push(LeaseSlot { id, expires_at });
-        }
-        Ok(UsageView {
-            statuses,
-            holds,
-            leases,
+        let mut reply = self.run("adjust", &inv, None).await?;
+        let audit_seq = reply.uint()?;
+        let applied = op
+            .changes
+            .iter()
+            .map(|_| reply.amount())
+            .collect::<Result<Vec<_>, _>>()?;
+        let usage = read_usage(&mut reply, limits)?;
+        Ok(Adjusted {
+            applied,
+            usage,
+            audit_seq,
         })
     }
 
+    /// An admin script invocation: its keys, the operation and the
+    /// caller's fingerprint.
+    fn admin_invocation(&self, op: &str, secret: &Secret) -> ScriptInvocation<'_> {
+        let mut inv = self.admin_script.prepare_invoke();
+        inv.key(&self.keys.records)
+            .key(&self.keys.records_version)
+            .key(&self.keys.audit)
+            .key(&self.keys.audit_seq)
+            .key(&self.keys.fingerprint);
+        inv.arg(op).arg(hex::encode(secret.fingerprint()));
+        inv
+    }
+
+    async fn swap_once(
+        &self,
+        secret: &Secret,
+        swap: RecordSwap<'_>,
+    ) -> Result<Swapped, StoreError> {
+        let mut inv = self.admin_invocation("swap", secret);
+        inv.arg(swap.key)
+            .arg(u8::from(swap.expect.is_some()))
+            .arg(swap.expect.unwrap_or_default())
+            .arg(u8::from(swap.new.is_some()))
+            .arg(swap.new.unwrap_or_default())
+            .arg(u8::from(swap.audit.is_some()))
+            .arg(swap.audit.unwrap_or_default())
+            .arg(swap.audit_keep.max(1));
+        let mut reply = self.call("admin", &inv).await?;
+        match reply.int()? {
+            0 => Ok(Swapped::Done {
+                audit_seq: reply.uint()?,
+            }),
+            1 => match reply.int()? {
+                0 => Ok(Swapped::Conflict(None)),
+                _ => Ok(Swapped::Conflict(Some(reply.bytes()?))),
+            },
+            c => Err(internal(format!("admin script status {c}"))),
+        }
+    }
+}
+
+/// The rest of a `usage` reply (after its status): statuses, holds and
+/// leases.
+fn read_usage(reply: &mut Reply, limits: &SubjectLimits) -> Result<UsageView, StoreError> {
+    let statuses = reply.statuses(&[limits], &[])?;
+    let holds_count = reply.uint()?;
+    let mut holds = Vec::with_capacity(holds_count as usize);
+    for _ in 0..holds_count {
+        let id = reply.uint()?;
+        let cost = reply.amount()?;
+        let tokens = reply.amount()?;
+        let expires_at = reply.instant()?;
+        let tag = u32::try_from(reply.uint()?).map_err(internal)?;
+        holds.push(Hold {
+            id,
+            cost,
+            tokens,
+            expires_at,
+            settled: false,
+            tag,
+        });
+    }
+    let leases_count = reply.uint()?;
+    let mut leases = Vec::with_capacity(leases_count as usize);
+    for _ in 0..leases_count {
+        let id = reply.uint()?;
+        let expires_at = reply.instant()?;
+        leases.push(LeaseSlot { id, expires_at });
+    }
+    Ok(UsageView {
+        statuses,
+        holds,
+        leases,
+    })
+}
+
+/// An audit list item, "sequence:event".
+fn audit_item(item: Vec<u8>) -> Result<AuditEntry, StoreError> {
+    let colon = item
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(|| internal("an audit event without its sequence"))?;
+    let seq = std::str::from_utf8(&item[..colon])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| internal("an audit event with an unreadable sequence"))?;
+    Ok((seq, item[colon + 1..].to_vec()))
+}
+
+impl RedisStore {
     async fn sweep_once(&self, secret: &Secret, now: Nanos) -> Result<SweepStats, StoreError> {
         // Idle subjects and expired lease entries, a batch at a time; the
         // limits are not needed: a subject's idle instant is in the index.
@@ -1248,6 +1393,16 @@ impl Store for RedisStore {
             .usage_once(&secret, subject, limits, now))
     }
 
+    async fn usage_stored(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        with_secret!(self, |secret| self
+            .usage_stored_once(&secret, subject, limits, now))
+    }
+
     async fn sweep(&self, _table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
         with_secret!(self, |secret| self.sweep_once(&secret, now))
     }
@@ -1260,6 +1415,57 @@ impl Store for RedisStore {
 
     async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
         self.settled_secret().await
+    }
+
+    async fn adjust(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        op: AdjustOp<'_>,
+        now: Nanos,
+    ) -> Result<Adjusted, StoreError> {
+        with_secret!(self, |secret| self
+            .adjust_once(&secret, subject, limits, op, now))
+    }
+
+    async fn records(&self) -> Result<Records, StoreError> {
+        let secret = self.settled_secret().await?;
+        let inv = self.admin_invocation("read", &secret);
+        let mut reply = self.call("admin", &inv).await?;
+        let version = reply.uint()?;
+        let mut records = Vec::new();
+        while !reply.is_empty() {
+            let key = reply.string()?;
+            records.push((key, reply.bytes()?));
+        }
+        records.sort();
+        Ok(Records { version, records })
+    }
+
+    async fn records_version(&self) -> Result<u64, StoreError> {
+        let secret = self.settled_secret().await?;
+        let inv = self.admin_invocation("version", &secret);
+        self.call("admin", &inv).await?.uint()
+    }
+
+    async fn swap_record(&self, swap: RecordSwap<'_>) -> Result<Swapped, StoreError> {
+        with_secret!(self, |secret| self.swap_once(&secret, swap))
+    }
+
+    async fn audit(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let secret = self.settled_secret().await?;
+        let mut inv = self.admin_invocation("audit", &secret);
+        inv.arg(before.unwrap_or(0)).arg(limit);
+        let mut reply = self.call("admin", &inv).await?;
+        let mut out = Vec::new();
+        while !reply.is_empty() {
+            out.push(audit_item(reply.bytes()?)?);
+        }
+        Ok(out)
     }
 
     fn health(&self) -> Health {

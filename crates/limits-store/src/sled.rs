@@ -101,7 +101,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, DecodeError};
-use crate::embedded::{Bounds, Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange, State};
+use crate::embedded::{
+    AdminWrite, Bounds, Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange, State,
+};
 use crate::ids::IdGen;
 use crate::secret::Secret;
 use crate::{Health, StoreError};
@@ -482,6 +484,17 @@ impl Embedded<SledJournal> {
                 } else {
                     stale.push(key);
                 }
+            } else if key.starts_with(codec::RECORD_PREFIX) {
+                let name = codec::decode_record_key(&key).map_err(decode_err)?;
+                let value = codec::decode_blob(&value).map_err(decode_err)?;
+                inner.admin().records.insert(name, value);
+            } else if key.starts_with(codec::AUDIT_PREFIX) {
+                let seq = codec::decode_audit_key(&key).map_err(decode_err)?;
+                let value = codec::decode_blob(&value).map_err(decode_err)?;
+                // Keys sort by sequence: the trail loads oldest first.
+                let mut admin = inner.admin();
+                admin.next_audit = admin.next_audit.max(seq + 1);
+                admin.audit.push_back((seq, value));
             } else if ![
                 codec::FORMAT_KEY,
                 codec::RESERVATION_IDS_KEY,
@@ -899,6 +912,43 @@ impl Shared {
                 }
             })?;
         }
+        // Admin data, with the admin lock held, as every admin write.
+        {
+            let admin = inner.admin();
+            for (name, value) in &admin.records {
+                let key = codec::record_key(name);
+                let blob = codec::encode_blob(value);
+                if tree.get(&key)?.as_deref() != Some(blob.as_slice()) {
+                    tree.insert(key, blob)?;
+                }
+            }
+            for item in tree.scan_prefix(codec::RECORD_PREFIX) {
+                let (key, _) = item?;
+                match codec::decode_record_key(&key) {
+                    Ok(name) if admin.records.contains_key(&name) => {}
+                    _ => {
+                        tree.remove(&key)?;
+                    }
+                }
+            }
+            let kept: std::collections::HashSet<u64> =
+                admin.audit.iter().map(|(seq, _)| *seq).collect();
+            for (seq, value) in &admin.audit {
+                let key = codec::audit_key(*seq);
+                if tree.get(key)?.is_none() {
+                    tree.insert(key, codec::encode_blob(value))?;
+                }
+            }
+            for item in tree.scan_prefix(codec::AUDIT_PREFIX) {
+                let (key, _) = item?;
+                match codec::decode_audit_key(&key) {
+                    Ok(seq) if kept.contains(&seq) => {}
+                    _ => {
+                        tree.remove(&key)?;
+                    }
+                }
+            }
+        }
         let [reservations, leases] = inner.id_generators();
         for (kind, ids, key) in [
             (
@@ -1047,6 +1097,24 @@ impl Journal for SledJournal {
             .with_tree(|tree| tree.remove(codec::lease_key(id)))?;
         self.shared.group.mark_dirty();
         Ok(())
+    }
+
+    fn admin_write(&self, writes: &[AdminWrite<'_>]) -> Result<bool, StoreError> {
+        let writes = writes
+            .iter()
+            .map(|w| match *w {
+                AdminWrite::Record(key, value) => {
+                    (codec::record_key(key), value.map(codec::encode_blob))
+                }
+                AdminWrite::Audit(seq, value) => (
+                    codec::audit_key(seq).to_vec(),
+                    value.map(codec::encode_blob),
+                ),
+            })
+            .collect::<Vec<_>>();
+        let wait = !writes.is_empty();
+        self.shared.put(writes)?;
+        Ok(wait)
     }
 
     fn health(&self) -> Health {

@@ -397,6 +397,68 @@ local function statuses(out, st, lim)
   end
 end
 
+-- Appends what `usage` answers: statuses, open holds (count, then id,
+-- cost hi, lo, tokens hi, lo, es, en, tag each), live leases (count, then
+-- id, es, en each).
+local function usage_out(out, st, lim)
+  statuses(out, st, lim)
+  local hs = {}
+  for _, h in ipairs(st.h) do
+    if h[8] == 0 then
+      hs[#hs + 1] = h
+    end
+  end
+  out[#out + 1] = #hs
+  for _, h in ipairs(hs) do
+    for j = 1, 7 do
+      out[#out + 1] = h[j]
+    end
+    out[#out + 1] = h[9] or 0
+  end
+  out[#out + 1] = #st.l
+  for _, x in ipairs(st.l) do
+    out[#out + 1] = x[1]
+    out[#out + 1] = x[2]
+    out[#out + 1] = x[3]
+  end
+end
+
+-- limits_core::adjust's credit: takes up to (h, l) out of a window, newest
+-- buckets first, never more than it holds; returns what was taken.
+local function wtake(st, k, h, l)
+  local wb = st.w[k]
+  if not wb then
+    return 0, 0
+  end
+  local th, tl = 0, 0
+  local n = #wb
+  while n > 0 and (h > 0 or l > 0) do
+    local bh, bl = wb[n - 1], wb[n]
+    if le(bh, bl, h, l) then
+      h, l = sub(h, l, bh, bl)
+      th, tl = add(th, tl, bh, bl)
+      wb[n], wb[n - 1], wb[n - 2] = nil, nil, nil
+      n = n - 3
+    else
+      wb[n - 1], wb[n] = sub(bh, bl, h, l)
+      th, tl = add(th, tl, h, l)
+      h, l = 0, 0
+    end
+  end
+  TOT[wb] = nil
+  return th, tl
+end
+
+-- Appends an audit event ("sequence:event", newest first) and keeps the
+-- newest `keep`; returns its sequence number. Sequence numbers are
+-- consecutive, so the event of sequence s is at index (newest - s).
+local function audit_append(list, seq_key, event, keep)
+  local seq = redis.call('INCR', seq_key)
+  redis.call('LPUSH', list, seq .. ':' .. event)
+  redis.call('LTRIM', list, 0, keep - 1)
+  return seq
+end
+
 -- ns from now until the subject holds nothing, or nil if it is idle.
 local function idle_in(st)
   local m = nil
@@ -846,29 +908,52 @@ elseif op == 'usage' then
   read_subjects()
   local st = load(KEYS[FIXED + 1])
   expire(st, lims[1])
-  -- Reply: 0, statuses, open holds (count, then id, cost hi, lo, tokens
-  -- hi, lo, es, en, tag each), live leases (count, then id, es, en each).
   local out = { 0 }
-  statuses(out, st, lims[1])
-  local hs = {}
-  for _, h in ipairs(st.h) do
-    if h[8] == 0 then
-      hs[#hs + 1] = h
+  usage_out(out, st, lims[1])
+  return out
+elseif op == 'adjust' then
+  -- An operator's change to one subject, with its audit event.
+  -- KEYS: the fixed ones, [7] the subject, [8] the audit list (newest
+  -- first, "sequence:event"), [9] the audit sequence.
+  -- ARGV: max_entries, max_counters, the subject's class and limits, how
+  -- many audit events to keep, the event, the number of changes, then
+  -- (kind, change (0 debit, 1 credit, 2 reset), amount hi, lo) each.
+  local max_entries, max_counters = nx(), nx()
+  ns = 1
+  counter[1] = nx() == 1
+  lims[1] = read_limits()
+  local keep = nx()
+  ai = ai + 1
+  local event = ARGV[ai]
+  local nc = nx()
+  local refused = open_all(max_entries, max_counters)
+  if refused ~= 0 then
+    return { refused }
+  end
+  local st = sts[1]
+  -- Reply: 0, the audit sequence, what each change moved (hi, lo), then
+  -- the subject's usage as `usage` answers it.
+  local out = { 0, 0 }
+  for _ = 1, nc do
+    local k, m, h, l = nx() + 1, nx(), nx(), nx()
+    local mh, ml = 0, 0
+    if m == 0 then
+      if (h > 0 or l > 0) and (st.w[k] or lims[1].win[k]) then
+        wadd(st, k, h, l)
+        mh, ml = h, l
+      end
+    elseif m == 1 then
+      mh, ml = wtake(st, k, h, l)
+    else
+      mh, ml = wtake(st, k, 4503599627370496, 0)
     end
+    out[#out + 1] = mh
+    out[#out + 1] = ml
   end
-  out[#out + 1] = #hs
-  for _, h in ipairs(hs) do
-    for j = 1, 7 do
-      out[#out + 1] = h[j]
-    end
-    out[#out + 1] = h[9] or 0
-  end
-  out[#out + 1] = #st.l
-  for _, x in ipairs(st.l) do
-    out[#out + 1] = x[1]
-    out[#out + 1] = x[2]
-    out[#out + 1] = x[3]
-  end
+  dirty[1] = true
+  usage_out(out, st, lims[1])
+  save_all()
+  out[2] = audit_append(KEYS[FIXED + 2], KEYS[FIXED + 3], event, keep)
   return out
 elseif op == 'sweep' then
   -- ARGV: batch. Drops up to `batch` idle subjects and expired lease
