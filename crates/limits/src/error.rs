@@ -15,9 +15,21 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A reservation or lease id that was never issued (with this secret).
+    /// A reservation or lease id that was never issued (with this secret),
+    /// or a runtime entry that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A runtime entry that exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The call needs something the subject does not have (a limit to
+    /// raise, an entry to match). Nothing was changed.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// An etag that no longer matches: the entry changed since it was read.
+    /// Nothing was changed.
+    #[error("{0}")]
+    Aborted(String),
     /// The store could not decide: full (`Full`, `CountersFull`), unable to
     /// answer (`Unavailable`, transient), or answering what cannot be read
     /// (`Internal`, never a reason to allow). Nothing was changed.

@@ -118,7 +118,7 @@ mod tests {
         match e {
             Error::InvalidArgument { .. } => "invalid",
             Error::NotFound(_) => "not found",
-            Error::Store(_) => "store",
+            _ => "other",
         }
     }
 

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 mod error;
 pub mod explain;
@@ -24,19 +25,22 @@ pub mod identity;
 pub mod ids;
 mod limiter;
 mod open;
+pub mod runtime;
 pub mod validate;
 
 pub use config::rls;
 pub use error::Error;
 pub use explain::Queued;
 pub use limiter::{
-    Acquired, Check, CheckRequest, Decision, Limiter, RecordRequest, Recorded, Usage, now, usd,
+    Acquired, Check, CheckRequest, Decision, Limiter, Limits, RecordRequest, Recorded, Usage, now,
+    usd,
 };
 pub use limits_core::{
     Action, Denial, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Subject, SubjectLimits,
 };
 pub use limits_store::{AnyStore, Health, Secret, Store, StoreError};
 pub use open::{MAX_GROUP_WAIT, OpenError, open_store};
+pub use runtime::Source;
 
 /// The longest TTL a caller may ask for a reservation or a lease (and the
 /// longest configured one).

@@ -3,7 +3,9 @@
 //! after it, acquire and release a concurrency slot around it — with the
 //! same semantics and errors as limitsd's gRPC API, which is built on it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -17,6 +19,7 @@ use limits_store::{AnyStore, Call, CheckOp, Health, RecordOp, Secret, Store, Swe
 
 use crate::config::Config;
 use crate::explain::{self, Queued};
+use crate::runtime::{self, Runtime, Source};
 use crate::{Error, identity, ids, validate};
 
 /// The wall clock, read once per call: the engine and the stores below
@@ -28,12 +31,13 @@ pub fn now() -> Nanos {
         .unwrap_or(Nanos::ZERO)
 }
 
-/// A request's subjects and the limits each has under one config.
-fn resolve<'c>(config: &'c Config, subjects: &[Subject]) -> Vec<&'c SubjectLimits> {
-    subjects
-        .iter()
-        .map(|s| config.table.resolve(s.dimension, &s.id))
-        .collect()
+/// One subject's limits: borrowed from the config, or made for a runtime
+/// entry or an increase.
+pub type Limits<'a> = Cow<'a, SubjectLimits>;
+
+/// The plain references a store call takes.
+fn refs<'a>(limits: &'a [Limits<'_>]) -> Vec<&'a SubjectLimits> {
+    limits.iter().map(|l| &**l).collect()
 }
 
 /// What a check asks (the usage guide's `CheckLimits(ctx, id, tokens,
@@ -112,7 +116,7 @@ pub struct Check<'a> {
     /// The HTTP headers a gateway copies onto its response.
     pub headers: Headers,
     /// Each subject's limits, in request order.
-    pub limits: Vec<&'a SubjectLimits>,
+    pub limits: Vec<Limits<'a>>,
     attempts: Vec<Attempt>,
     names: Names<'a>,
 }
@@ -127,7 +131,7 @@ pub struct Recorded<'a> {
     /// The tokens charged.
     pub tokens: u64,
     /// Each subject's limits, in request order.
-    pub limits: Vec<&'a SubjectLimits>,
+    pub limits: Vec<Limits<'a>>,
 }
 
 /// The outcome of an acquire.
@@ -140,7 +144,7 @@ pub struct Acquired<'a> {
     /// Why not, when not.
     pub reason: String,
     /// Each subject's limits, in request order.
-    pub limits: Vec<&'a SubjectLimits>,
+    pub limits: Vec<Limits<'a>>,
 }
 
 /// One subject as an operator sees it.
@@ -152,6 +156,10 @@ pub struct Usage {
     pub reservations: Vec<(String, Hold)>,
     /// Live leases, with their ids.
     pub leases: Vec<(String, LeaseSlot)>,
+    /// Where the subject's limits come from (every status shares it).
+    pub source: Source,
+    /// Of each limit, how much is a live temporary increase.
+    pub raised: Vec<(limits_core::LimitKind, u64)>,
 }
 
 /// How a request's subjects are named in reasons: by alias or keyed hash
@@ -195,7 +203,7 @@ impl Check<'_> {
 
     /// How subject `i` may be named (never a raw API key).
     pub fn shown(&self, i: usize) -> String {
-        self.names.show(i, self.limits[i])
+        self.names.show(i, &self.limits[i])
     }
 
     /// The reason, given how queueing went (`Queued::No` without a queue).
@@ -253,8 +261,16 @@ impl Check<'_> {
 /// ```
 #[derive(Debug)]
 pub struct Limiter<S = AnyStore> {
-    store: S,
+    pub(crate) store: S,
     config: ArcSwap<Config>,
+    /// The admin API's runtime entries and increases, as loaded from the
+    /// store.
+    pub(crate) runtime: Runtime,
+    /// Whether `runtime` has been loaded from the store once.
+    loaded: AtomicBool,
+    /// Admin changes one at a time in this process (the store's compare
+    /// and swap orders them across replicas).
+    pub(crate) admin: tokio::sync::Mutex<()>,
 }
 
 impl Limiter<AnyStore> {
@@ -284,7 +300,108 @@ impl<S: Store> Limiter<S> {
         Limiter {
             store,
             config: ArcSwap::from_pointee(config),
+            runtime: Runtime::new(),
+            loaded: AtomicBool::new(false),
+            admin: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Loads the admin API's records from the store if the store's copy
+    /// changed since the last load (or never was loaded): another replica's
+    /// change on a shared store, or this store's records after a restart.
+    /// Every call loads them once before it decides; a server polls this
+    /// to follow other replicas. Returns whether anything was reloaded.
+    pub async fn sync(&self) -> Result<bool, Error> {
+        let current = self.store.records_version().await?;
+        if self.runtime.version() == Some(current) {
+            return Ok(false);
+        }
+        let records = self.store.records().await?;
+        self.runtime
+            .replace_all(records)
+            .map_err(|e| Error::Store(limits_store::StoreError::Internal(e)))?;
+        self.loaded.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Makes sure the admin records have been loaded from the store once
+    /// (every call does this itself).
+    pub async fn ready(&self) -> Result<(), Error> {
+        if !self.loaded.load(Ordering::Acquire) {
+            let _one = self.admin.lock().await;
+            if !self.loaded.load(Ordering::Acquire) {
+                self.sync().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits of each subject under `config` at `now`, runtime entries
+    /// and increases included, and where each comes from.
+    fn resolve<'c>(
+        &self,
+        config: &'c Config,
+        secret: &Secret,
+        subjects: &[Subject],
+        now: Nanos,
+    ) -> Vec<(Limits<'c>, Source)> {
+        subjects
+            .iter()
+            .map(|s| {
+                runtime::effective(
+                    config,
+                    &self.runtime,
+                    s.dimension,
+                    Some(&s.id),
+                    || stored_id(secret, s),
+                    now,
+                )
+            })
+            .collect()
+    }
+
+    /// The limits one subject has under `config` at `now`: its runtime
+    /// entry, config entry or the dimension's default, with live increases
+    /// (call [`ready`](Self::ready) first).
+    pub fn limits_for<'c>(
+        &self,
+        config: &'c Config,
+        secret: &Secret,
+        subject: &Subject,
+        now: Nanos,
+    ) -> Limits<'c> {
+        if self.runtime.is_empty() {
+            return Cow::Borrowed(config.table.resolve(subject.dimension, &subject.id));
+        }
+        runtime::effective(
+            config,
+            &self.runtime,
+            subject.dimension,
+            Some(&subject.id),
+            || stored_id(secret, subject),
+            now,
+        )
+        .0
+    }
+
+    /// Only the limits of [`resolve`](Self::resolve).
+    fn limits_of<'c>(
+        &self,
+        config: &'c Config,
+        secret: &Secret,
+        subjects: &[Subject],
+        now: Nanos,
+    ) -> Vec<Limits<'c>> {
+        if self.runtime.is_empty() {
+            return subjects
+                .iter()
+                .map(|s| Cow::Borrowed(config.table.resolve(s.dimension, &s.id)))
+                .collect();
+        }
+        self.resolve(config, secret, subjects, now)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect()
     }
 
     /// The config now: pass it to the calls of one request, so that a
@@ -327,11 +444,13 @@ impl<S: Store> Limiter<S> {
         } else {
             None
         };
-        let limits = resolve(config, req.subjects);
+        self.ready().await?;
         let attempts = config
             .policy
             .attempts(req.model, req.estimated_tokens, req.estimated_cost);
         let secret = self.store.secret().await?;
+        let now = now();
+        let limits = self.limits_of(config, &secret, req.subjects, now);
         let bind = secret.subjects_tag(req.subjects);
         let op = CheckOp {
             attempts: &attempts,
@@ -339,12 +458,11 @@ impl<S: Store> Limiter<S> {
             tag: bind,
             policy: &config.policy,
         };
-        let now = now();
         let outcome = self
             .store
             .check(Call {
                 subjects: req.subjects,
-                limits: &limits,
+                limits: &refs(&limits),
                 op,
                 now,
             })
@@ -404,7 +522,9 @@ impl<S: Store> Limiter<S> {
                 .cost(req.model, req.request_tokens, req.response_tokens)
                 .unwrap_or(NanoUsd::ZERO),
         };
-        let limits = resolve(config, req.subjects);
+        self.ready().await?;
+        let now = now();
+        let limits = self.limits_of(config, &secret, req.subjects, now);
         let op = RecordOp {
             reservation,
             cost,
@@ -415,9 +535,9 @@ impl<S: Store> Limiter<S> {
             .store
             .record(Call {
                 subjects: req.subjects,
-                limits: &limits,
+                limits: &refs(&limits),
                 op,
-                now: now(),
+                now,
             })
             .await
             .map_err(not_found)?;
@@ -439,15 +559,17 @@ impl<S: Store> Limiter<S> {
     ) -> Result<Acquired<'a>, Error> {
         validate::subjects(subjects)?;
         let ttl = validate::ttl("ttl", ttl, config.lease_ttl)?;
-        let limits = resolve(config, subjects);
+        self.ready().await?;
         let secret = self.store.secret().await?;
+        let now = now();
+        let limits = self.limits_of(config, &secret, subjects, now);
         let outcome = self
             .store
             .acquire(Call {
                 subjects,
-                limits: &limits,
+                limits: &refs(&limits),
                 op: ttl,
-                now: now(),
+                now,
             })
             .await?;
         let reason = match outcome.denial() {
@@ -463,7 +585,7 @@ impl<S: Store> Limiter<S> {
                     .unwrap_or(0);
                 format!(
                     "concurrency limit of {max} reached for {}",
-                    names.show(d.subject, limits[d.subject])
+                    names.show(d.subject, &limits[d.subject])
                 )
             }
             None => String::new(),
@@ -490,10 +612,24 @@ impl<S: Store> Limiter<S> {
     /// One subject's windows, open reservations and live leases.
     pub async fn usage(&self, config: &Config, subject: &Subject) -> Result<Usage, Error> {
         validate::subject_id("subject", &subject.id)?;
-        let limits = config.table.resolve(subject.dimension, &subject.id);
+        self.ready().await?;
         let secret = self.store.secret().await?;
-        let view = self.store.usage(subject, limits, now()).await?;
+        let now = now();
+        let (limits, source) = self
+            .resolve(config, &secret, std::slice::from_ref(subject), now)
+            .pop()
+            .expect("one subject");
+        let raised = match self
+            .runtime
+            .get(subject.dimension, &stored_id(&secret, subject))
+        {
+            Some(held) => raised_by(&held.record, &limits, now),
+            None => Vec::new(),
+        };
+        let view = self.store.usage(subject, &limits, now).await?;
         Ok(Usage {
+            source,
+            raised,
             statuses: view.statuses,
             reservations: view
                 .holds
@@ -550,6 +686,33 @@ impl<S: Store> Limiter<S> {
     pub fn health(&self) -> Health {
         self.store.health()
     }
+}
+
+/// A subject's id as the store keeps it: an API key's keyed hash.
+pub(crate) fn stored_id<'a>(secret: &Secret, subject: &'a Subject) -> Cow<'a, str> {
+    match subject.dimension {
+        Dimension::ApiKey => Cow::Owned(secret.stored_key(&subject.id)),
+        Dimension::User | Dimension::Team => Cow::Borrowed(&subject.id),
+    }
+}
+
+/// How much of each of `limits` is a live increase of `record`.
+pub(crate) fn raised_by(
+    record: &runtime::Record,
+    limits: &SubjectLimits,
+    now: Nanos,
+) -> Vec<(limits_core::LimitKind, u64)> {
+    let mut out: Vec<(limits_core::LimitKind, u64)> = Vec::new();
+    for inc in record.live_increases(now) {
+        if limits.get(inc.kind).is_none() {
+            continue;
+        }
+        match out.iter_mut().find(|(k, _)| *k == inc.kind) {
+            Some((_, n)) => *n = n.saturating_add(inc.amount),
+            None => out.push((inc.kind, inc.amount)),
+        }
+    }
+    out
 }
 
 /// The store's "never issued" errors, as the API names them.

@@ -150,6 +150,20 @@ fn every_environment_variable_sets_its_key() {
         ("limits.server.max_in_flight", "99"),
         ("limits.server.max_connections", "98"),
         ("limits.server.max_concurrent_streams", "97"),
+        ("limits.server.admin_addr", "127.0.0.1:7002"),
+        ("limits.server.tls.cert_file", "/tls/cert.pem"),
+        ("limits.server.tls.key_file", "/tls/key.pem"),
+        ("limits.server.tls.client_ca_file", "/tls/ca.pem"),
+        ("limits.server.tls.client_auth", "optional"),
+        (
+            "limits.security.admin_token_sha256",
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ),
+        // Read when set: checked with a real file in the security tests.
+        ("limits.security.tokens_file", ""),
+        ("limits.security.data_plane_auth", "true"),
+        ("limits.admin.audit_max_events", "500"),
+        ("limits.admin.sync_interval", "100ms"),
     ];
     let vars: Vec<(String, String)> = env_vars().collect();
     assert_eq!(vars.len(), samples.len());
@@ -192,6 +206,21 @@ fn every_environment_variable_sets_its_key() {
         "127.0.0.1:7001".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(cfg.server.shutdown_grace, Duration::from_secs(3));
+    assert_eq!(
+        cfg.server.admin_addr,
+        Some("127.0.0.1:7002".parse::<SocketAddr>().unwrap())
+    );
+    let tls = cfg.server.tls.as_ref().expect("TLS from the environment");
+    assert_eq!(tls.cert_file, PathBuf::from("/tls/cert.pem"));
+    assert_eq!(tls.key_file, PathBuf::from("/tls/key.pem"));
+    assert_eq!(tls.client_ca_file, Some(PathBuf::from("/tls/ca.pem")));
+    assert_eq!(tls.client_auth, limits::config::ClientAuth::Optional);
+    assert_eq!(cfg.security.tokens.len(), 1);
+    assert_eq!(cfg.security.tokens[0].name, "admin");
+    assert_eq!(cfg.security.tokens[0].scope, limits::config::Scope::Write);
+    assert!(cfg.security.data_plane_auth);
+    assert_eq!(cfg.admin.audit_max_events, 500);
+    assert_eq!(cfg.admin.sync_interval, Duration::from_millis(100));
     assert_eq!(cfg.logging.format, LogFormat::Json);
     assert_eq!(cfg.logging.level, "debug");
     assert_eq!(cfg.metrics.identifier_cap, 12);

@@ -10,12 +10,12 @@ use std::time::Duration;
 use limits_core::EnforcementMode;
 use serde::Deserialize;
 
-use super::LogFormat;
 use super::declare::{FieldDoc, declare};
 use super::setting::{
-    Addr, Alias, Auto, Choice, Count, FileOnly, FilePath, Flag, Fraction, KeyPrefix, Limit,
-    LogFilter, Password, Price, Range, RedisUrl, ServerSecret, Size, Slots, Span, Usd,
+    Addr, Alias, Auto, Choice, Count, Digest, FileOnly, FilePath, Flag, Fraction, KeyPrefix, Limit,
+    LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret, Size, Slots, Span, Usd,
 };
+use super::{ClientAuth, LogFormat, Scope};
 use crate::config::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
 
 /// Default `enforcement.queue_depth`.
@@ -63,6 +63,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Default `server.shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default `admin.audit_max_events`.
+pub const DEFAULT_AUDIT_MAX_EVENTS: usize = 10_000;
+/// Default `admin.sync_interval`.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// Default `logging.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default `metrics.identifier_cap`.
@@ -86,6 +90,21 @@ const SNAPSHOT_RANGE: Range = Range::new(Duration::from_micros(100), HOUR);
 const GRACE_RANGE: Range = Range::new(Duration::ZERO, HOUR).or_zero();
 /// Zero turns polling off; otherwise not so often that it burns a core.
 const RELOAD_RANGE: Range = Range::new(Duration::from_millis(10), HOUR).or_zero();
+/// Often enough to follow other replicas closely, not so often that it
+/// loads the store.
+const SYNC_RANGE: Range = Range::new(Duration::from_millis(10), Duration::from_secs(60));
+
+const CLIENT_AUTHS: &[(&str, ClientAuth)] = &[
+    ("required", ClientAuth::Required),
+    ("optional", ClientAuth::Optional),
+];
+
+/// The scopes a credential may have.
+pub(crate) const SCOPES: &[(&str, Scope)] = &[
+    ("data", Scope::Data),
+    ("read", Scope::Read),
+    ("write", Scope::Write),
+];
 
 const ACTIONS: &[(&str, EnforcementMode)] = &[
     ("block", EnforcementMode::Block),
@@ -191,6 +210,7 @@ declare! {
         metrics: RawMetrics;
         rls: RawRls;
         security: RawSecurity;
+        admin: RawAdmin;
     };
 
     /// `limits.enforcement`.
@@ -303,10 +323,30 @@ declare! {
         max_connections: Count<usize> = Count(DEFAULT_MAX_CONNECTIONS),
         /// Calls at once on one HTTP/2 connection.
         max_concurrent_streams: Count<u32> = Count(DEFAULT_MAX_CONCURRENT_STREAMS),
+        /// A listener of its own for the admin API (e.g. reachable only from the operator
+        /// network), which then is not served on `grpc_addr`. Same TLS as `grpc_addr`.
+        admin_addr: OptAddr = OptAddr("unset: served on `grpc_addr`"),
+    } and {
+        tls: RawTls;
+    };
+
+    /// `limits.server.tls`: TLS on the gRPC listeners.
+    section RawTls at "server.tls", expecting "a mapping with cert_file, key_file and client_ca_file" => TlsKeys {
+        /// PEM certificate chain the gRPC listeners present; with `key_file` it turns TLS on.
+        /// Both files are read again when they change.
+        cert_file: FilePath = FilePath("none (plaintext)"),
+        /// PEM private key of `cert_file`.
+        key_file: FilePath = FilePath("none"),
+        /// PEM CA bundle client certificates are verified against (mTLS); read again when it
+        /// changes.
+        client_ca_file: FilePath = FilePath("none (no client certificates)"),
+        /// With `client_ca_file`: `required` refuses a client without a valid certificate,
+        /// `optional` lets it in (and its calls need a token).
+        client_auth: Choice<ClientAuth> = Choice(ClientAuth::Required, CLIENT_AUTHS),
     };
 
     /// `limits.security`.
-    section RawSecurity at "security", expecting "a mapping with secret or secret_file" => SecurityKeys {
+    section RawSecurity at "security", expecting "a mapping of security settings (secret, tokens, clients)" => SecurityKeys {
         /// The server secret: keys the hash API keys are stored under and authenticates
         /// reservation and lease ids. The same on every replica. Better set with
         /// `MERCATOR_LIMITS_SECURITY_SECRET` or `secret_file` than inline. See "Secrets".
@@ -314,6 +354,32 @@ declare! {
         /// A file holding the secret (e.g. a mounted Kubernetes Secret); surrounding whitespace
         /// is ignored.
         secret_file: FilePath = FilePath("none"),
+        /// SHA-256 of a bearer token with the `write` scope, named `admin`: the shortest way to
+        /// turn the admin API on. Best set with `MERCATOR_LIMITS_SECURITY_ADMIN_TOKEN_SHA256`.
+        admin_token_sha256: Digest = Digest,
+        /// A YAML file with a list of tokens as in `tokens` (e.g. a mounted Kubernetes Secret);
+        /// read at start-up and on reload.
+        tokens_file: FilePath = FilePath("none"),
+        /// Require a token (any scope) or a mapped client certificate on the LimitsService and
+        /// Envoy's rate limit service too, not only on the admin API.
+        data_plane_auth: Flag = Flag(false),
+    } and {
+        /// Bearer tokens, each `{name, sha256, scope}`: the SHA-256 of the token (never the
+        /// token), and `read` (get, list, audit), `write` (every admin call) or `data` (the data
+        /// plane only, with `data_plane_auth`).
+        tokens: Vec<RawToken> => FieldDoc::new("list", "`[]`", "");
+        /// Client certificates (mTLS) allowed in, each `{subject, scope}`: matched against the
+        /// certificate's common name or DNS names.
+        clients: Vec<RawClient> => FieldDoc::new("list", "`[]`", "");
+    };
+
+    /// `limits.admin`: the admin API (runtime limits, budget operations, audit).
+    section RawAdmin at "admin", expecting "a mapping of admin API settings" => AdminKeys {
+        /// Audit events kept in the store; the oldest beyond it are dropped.
+        audit_max_events: Count<usize> = Count(DEFAULT_AUDIT_MAX_EVENTS),
+        /// How often a replica looks for admin changes made through other replicas (Redis):
+        /// the longest a change takes to be enforced everywhere.
+        sync_interval: Span = Span(DEFAULT_SYNC_INTERVAL, SYNC_RANGE),
     };
 
     /// `limits.rls`: Envoy's rate limit service API; see [`crate::config::rls`].
@@ -402,4 +468,29 @@ impl RawCombined {
         };
         (budget, rate)
     }
+}
+
+/// `limits.security.tokens[i]`: one bearer token, by its SHA-256.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with name, sha256 and scope"
+)]
+pub(crate) struct RawToken {
+    pub name: Option<String>,
+    pub sha256: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// `limits.security.clients[i]`: one client certificate identity.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with subject and scope"
+)]
+pub(crate) struct RawClient {
+    pub subject: Option<String>,
+    pub scope: Option<String>,
 }

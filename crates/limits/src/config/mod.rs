@@ -160,6 +160,11 @@ pub struct Config {
     /// are stored under and authenticates reservation and lease ids; `None`
     /// lets the store keep one of its own.
     pub secret: Option<Secret>,
+    /// Credentials: bearer tokens and client certificates, with their
+    /// scopes (`limits.security`).
+    pub security: SecuritySettings,
+    /// The admin API's audit trail and replica sync (`limits.admin`).
+    pub admin: AdminSettings,
     /// Things the server should log at start-up, e.g. that `sqlite` is served
     /// by the sled store.
     pub warnings: Vec<String>,
@@ -181,7 +186,124 @@ impl Default for Config {
             metrics: MetricsSettings::default(),
             rls: rls::RlsConfig::default(),
             secret: None,
+            security: SecuritySettings::default(),
+            admin: AdminSettings::default(),
             warnings: Vec::new(),
+        }
+    }
+}
+
+/// What a credential may do. Each scope includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The data plane (LimitsService, Envoy's rate limit service) only,
+    /// where `data_plane_auth` asks for a credential.
+    Data,
+    /// The data plane, and the admin API's reads: get, list, the audit
+    /// trail.
+    Read,
+    /// Everything: the admin API's changes too.
+    Write,
+}
+
+impl Scope {
+    /// The scope's name in the config (`data`, `read`, `write`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::Data => "data",
+            Scope::Read => "read",
+            Scope::Write => "write",
+        }
+    }
+}
+
+/// A bearer token, known only by its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// Its name, as the audit trail shows who acted.
+    pub name: String,
+    /// The SHA-256 of the token.
+    pub sha256: [u8; 32],
+    /// What it may do.
+    pub scope: Scope,
+}
+
+// By hand: even a digest is not for logs.
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client certificate identity allowed in, and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// Matched against the certificate's common name or DNS names.
+    pub subject: String,
+    /// What it may do.
+    pub scope: Scope,
+}
+
+/// Whether a client must present a certificate (with `client_ca_file`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client without a valid certificate is refused during the handshake.
+    #[default]
+    Required,
+    /// A client may come without one (its calls then need a token); one it
+    /// presents must be valid.
+    Optional,
+}
+
+/// TLS on the gRPC listeners (`limits.server.tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The PEM certificate chain presented.
+    pub cert_file: PathBuf,
+    /// Its PEM private key.
+    pub key_file: PathBuf,
+    /// The PEM CA bundle client certificates are verified against.
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client certificate is required (with `client_ca_file`).
+    pub client_auth: ClientAuth,
+}
+
+/// Credentials (`limits.security`, but for the secret).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecuritySettings {
+    /// Bearer tokens: `tokens`, `tokens_file` and `admin_token_sha256`.
+    pub tokens: Vec<Token>,
+    /// Client certificate identities mapped to scopes.
+    pub clients: Vec<ClientIdentity>,
+    /// Whether the data plane needs a credential too.
+    pub data_plane_auth: bool,
+}
+
+impl SecuritySettings {
+    /// Whether any credential is configured (the admin API is off without
+    /// one).
+    pub fn any_credential(&self) -> bool {
+        !self.tokens.is_empty() || !self.clients.is_empty()
+    }
+}
+
+/// The admin API's settings (`limits.admin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Audit events kept.
+    pub audit_max_events: usize,
+    /// How often a replica looks for other replicas' admin changes.
+    pub sync_interval: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> AdminSettings {
+        AdminSettings {
+            audit_max_events: keys::DEFAULT_AUDIT_MAX_EVENTS,
+            sync_interval: keys::DEFAULT_SYNC_INTERVAL,
         }
     }
 }
@@ -295,6 +417,10 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Calls at once on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// The admin API's own listener; `None` serves it on `grpc_addr`.
+    pub admin_addr: Option<SocketAddr>,
+    /// TLS on the gRPC listeners; `None` is plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerSettings {
@@ -309,6 +435,8 @@ impl Default for ServerSettings {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            admin_addr: None,
+            tls: None,
         }
     }
 }

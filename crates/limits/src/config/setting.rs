@@ -460,6 +460,61 @@ impl Setting for Addr {
     }
 }
 
+/// A listen address that is unset by default; the text says what unset
+/// means.
+pub(crate) struct OptAddr(pub &'static str);
+
+impl Setting for OptAddr {
+    type Raw = String;
+    type Value = Option<SocketAddr>;
+    const ENV: Option<EnvKind> = Some(EnvKind::Text);
+
+    fn check(&self, key: &str, raw: Option<&String>) -> Result<Option<SocketAddr>> {
+        raw.map(|text| Addr(super::DEFAULT_GRPC_ADDR).check(key, Some(text)))
+            .transpose()
+    }
+
+    fn type_doc(&self) -> String {
+        "IP:PORT".to_owned()
+    }
+
+    fn default_doc(&self) -> String {
+        self.0.to_owned()
+    }
+}
+
+/// The SHA-256 digest of a credential, as 64 hex digits: the credential
+/// itself is never configured.
+pub(crate) struct Digest;
+
+impl Setting for Digest {
+    type Raw = SecretText;
+    type Value = Option<[u8; 32]>;
+    const ENV: Option<EnvKind> = Some(EnvKind::Text);
+
+    fn check(&self, key: &str, raw: Option<&SecretText>) -> Result<Option<[u8; 32]>> {
+        raw.map(|SecretText(text)| parse_digest(key, text))
+            .transpose()
+    }
+
+    fn type_doc(&self) -> String {
+        "64 hex digits".to_owned()
+    }
+}
+
+/// 64 hex digits as a SHA-256 digest, or an error naming `key`.
+pub(crate) fn parse_digest(key: &str, text: &str) -> Result<[u8; 32]> {
+    let bad = || {
+        ConfigError::new(
+            key,
+            "must be the SHA-256 of the token as 64 hex digits (e.g. `printf %s \"$TOKEN\" | \
+             sha256sum`), never the token itself",
+        )
+    };
+    let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
+    bytes.try_into().map_err(|_| bad())
+}
+
 /// A path, unset by default; the text says what an unset path means.
 pub(crate) struct FilePath(pub &'static str);
 

@@ -117,6 +117,8 @@ const LIST_KEYS: &[&str] = &[
     "limits.rls.domains.*.tokens",
     "limits.rls.config_files",
     "limits.storage.redis.nodes",
+    "limits.security.tokens",
+    "limits.security.clients",
 ];
 
 pub(crate) fn check_lists(value: &Value, path: &str) -> Result<()> {

@@ -2,6 +2,7 @@
 //! [`Config`] the engine runs on. Each key's own check comes from its
 //! declaration; what is here is what spans several keys.
 
+pub(crate) mod security;
 mod server;
 mod storage;
 mod table;
@@ -15,7 +16,7 @@ use limits_store::Secret;
 
 use super::error::{ConfigError, Result};
 use super::keys::{IdMap, RawLimits, RawPrice, RawSecurity};
-use super::{Config, LoggingSettings, MetricsSettings};
+use super::{AdminSettings, Config, LoggingSettings, MetricsSettings};
 
 pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
     let mut warnings = Vec::new();
@@ -53,6 +54,8 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
     let metrics = raw.metrics.check()?;
     let rls = crate::config::rls::build(&raw.rls, rls_files, &mut warnings)?;
     let secret = build_secret(&raw.security)?;
+    let security = security::build(&raw.security)?;
+    let admin = raw.admin.check()?;
 
     Ok(Config {
         table,
@@ -74,6 +77,11 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
         },
         rls,
         secret,
+        security,
+        admin: AdminSettings {
+            audit_max_events: admin.audit_max_events,
+            sync_interval: admin.sync_interval,
+        },
         warnings,
     })
 }
