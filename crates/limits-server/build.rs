@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Names relative to the include roots, as imports spell them.
     let files = [
         "mercator/limits/v1/limits.proto",
+        "mercator/limits/admin/v1/admin.proto",
         "envoy/service/ratelimit/v3/rls.proto",
     ];
     println!("cargo:rerun-if-changed={}", root.display());

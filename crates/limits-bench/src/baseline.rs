@@ -114,6 +114,7 @@ fn statuses(n: usize, now: i64) -> Vec<pb::LimitStatus> {
                 remaining: limit - limit / 7.0,
                 reset_at: Some(timestamp(now + window.unwrap_or(600))),
                 exceeded: false,
+                ..Default::default()
             }
         })
         .collect()

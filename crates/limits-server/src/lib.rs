@@ -1,10 +1,12 @@
 //! limitsd: the limits library (`limits`) served over gRPC.
 //!
-//! - [`api`]: the services — the LimitsService handlers and Envoy's rate
-//!   limit service — with the conversions between their messages and the
-//!   library's types, the request guard in front of them and the codec;
+//! - [`api`]: the services — the LimitsService handlers, the admin API and
+//!   Envoy's rate limit service — with the conversions between their
+//!   messages and the library's types, the request guard and the
+//!   credential check in front of them, and the codec;
 //! - [`ops`]: what operating it needs — metrics, logs and traces, config
 //!   reload, signals;
+//! - [`listen`]: the listeners' connections: bounded, and TLS on them;
 //! - [`server`]: assembles them: opens the store, binds, serves, shuts
 //!   down.
 //!
@@ -18,6 +20,7 @@ pub use limits::identity;
 pub use limits::rls as rls_config;
 
 pub mod api;
+pub mod listen;
 pub mod ops;
 pub mod reload;
 pub mod server;
@@ -35,8 +38,15 @@ pub mod pb {
             pub mod v1 {
                 tonic::include_proto!("mercator.limits.v1");
             }
+            pub mod admin {
+                pub mod v1 {
+                    tonic::include_proto!("mercator.limits.admin.v1");
+                }
+            }
         }
     }
+    /// The admin API, `mercator.limits.admin.v1`.
+    pub use mercator::limits::admin::v1 as admin;
     pub use mercator::limits::v1::*;
 
     /// The Envoy API (vendored under proto/vendor): the rate limit service

@@ -101,10 +101,16 @@ async fn run(config: config::Config, source: Source) -> anyhow::Result<()> {
     let metrics = limits_server::ops::metrics::install()?;
     let bound = server::bind(config, source).await?;
     // Scripts and tests read the bound addresses from this line.
-    println!(
-        "limitsd listening grpc={} metrics={}",
-        bound.grpc_addr, bound.metrics_addr
-    );
+    match bound.admin_addr {
+        Some(admin) => println!(
+            "limitsd listening grpc={} metrics={} admin={admin}",
+            bound.grpc_addr, bound.metrics_addr
+        ),
+        None => println!(
+            "limitsd listening grpc={} metrics={}",
+            bound.grpc_addr, bound.metrics_addr
+        ),
+    }
     tracing::info!(
         grpc_addr = %bound.grpc_addr,
         metrics_addr = %bound.metrics_addr,

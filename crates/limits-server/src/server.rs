@@ -14,14 +14,16 @@ use limits_store::{AnyStore, Health};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use limits::{Limiter, MAX_GROUP_WAIT};
 
+use crate::api::auth::AuthLayer;
 use crate::api::queue::Queues;
-use crate::api::{LimitsSvc, RlsSvc, Shared};
-use crate::config::{Config, Overrides, Storage};
+use crate::api::{AdminSvc, LimitsSvc, RlsSvc, Shared};
+use crate::config::{Config, Overrides, ServerSettings, Storage};
+use crate::listen::Tls;
 use crate::ops::metrics::{self as m, Labels};
+use crate::pb::admin::limits_admin_service_server::LimitsAdminServiceServer;
 use crate::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::pb::limits_service_server::LimitsServiceServer;
 
@@ -110,15 +112,60 @@ pub struct Source {
 pub struct Bound {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The admin API's own listener, when `server.admin_addr` is set.
+    pub admin_addr: Option<SocketAddr>,
     listener: TcpListener,
     metrics_listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    tls: Option<Arc<Tls>>,
     shared: Arc<Shared<AnyStore>>,
     source: Source,
 }
 
-/// Opens the store and binds both ports (0 picks a free one). Fails before
-/// anything is served if any of them cannot be had.
+/// Says at start-up how the admin API and the data plane are reachable,
+/// and what is open.
+fn announce_security(config: &Config) {
+    let security = &config.security;
+    let tls = config.server.tls.is_some();
+    if !security.any_credential() {
+        tracing::warn!(
+            "the admin API is off: no credential is configured (set \
+             limits.security.admin_token_sha256, tokens, tokens_file or clients to manage \
+             limits at runtime)"
+        );
+    } else {
+        tracing::info!(
+            tokens = security.tokens.len(),
+            client_certificates = security.clients.len(),
+            admin_addr = ?config.server.admin_addr,
+            tls,
+            "the admin API is on"
+        );
+        if !tls {
+            tracing::warn!(
+                "the admin API takes bearer tokens over plaintext gRPC: configure \
+                 limits.server.tls, or keep the listener on a trusted network"
+            );
+        }
+    }
+    if security.data_plane_auth && !security.any_credential() {
+        tracing::warn!(
+            "limits.security.data_plane_auth is on but no credential is configured: every \
+             data-plane call is refused"
+        );
+    }
+}
+
+/// Opens the store and binds every port (0 picks a free one). Fails before
+/// anything is served if any of them cannot be had, or the TLS files do
+/// not load.
 pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
+    let tls = match &config.server.tls {
+        Some(settings) => Some(Arc::new(
+            Tls::load(settings).context("loading limits.server.tls")?,
+        )),
+        None => None,
+    };
     let store = open_store(&config)?;
     probe_store(&store).await;
     let listener = TcpListener::bind(config.server.grpc_addr)
@@ -127,8 +174,21 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
     let metrics_listener = TcpListener::bind(config.server.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", config.server.metrics_addr))?;
+    let admin_listener = match config.server.admin_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin address {addr}"))?,
+        ),
+        None => None,
+    };
     let grpc_addr = listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    announce_security(&config);
     let labels = Labels::new(&config.metrics);
     let shared = Arc::new(Shared {
         limiter: Limiter::with_store(store, config),
@@ -144,11 +204,28 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
             .await
             .map_err(|s| anyhow::anyhow!("settling the server secret: {}", s.message()))?;
     }
+    // Runtime entries are enforced from the first call on.
+    shared
+        .limiter
+        .sync()
+        .await
+        .map_err(|e| anyhow::anyhow!("loading the runtime limits from the store: {e}"))
+        .or_else(|e| match shared.limiter.store() {
+            // Redis may come later: the first call loads them.
+            AnyStore::Redis(_) => {
+                tracing::warn!(error = %e, "runtime limits not loaded yet");
+                Ok(false)
+            }
+            _ => Err(e),
+        })?;
     Ok(Bound {
         grpc_addr,
         metrics_addr,
+        admin_addr,
         listener,
         metrics_listener,
+        admin_listener,
+        tls,
         shared,
         source,
     })
@@ -164,21 +241,22 @@ impl Bound {
         let Bound {
             listener,
             metrics_listener,
+            admin_listener,
+            tls,
             shared,
             source,
             ..
         } = self;
         let grace = shared.limiter.config().server.shutdown_grace;
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the reflection service")?;
+        let health = tonic_health::server::HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
 
         let mut background = Vec::new();
         background.push(tokio::spawn(sweep_loop(shared.clone())));
+        background.push(tokio::spawn(sync_loop(shared.clone())));
         if let Some(handle) = metrics {
             background.push(tokio::spawn(m::serve(metrics_listener, handle)));
         }
@@ -190,6 +268,9 @@ impl Bound {
                 source.poll,
             )));
         }
+        if let Some(tls) = &tls {
+            background.push(tokio::spawn(tls_reload_loop(tls.clone(), source.poll)));
+        }
 
         // The store is open and the config loaded: ready.
         health
@@ -198,15 +279,18 @@ impl Bound {
         health
             .set_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
             .await;
+        health
+            .set_serving::<LimitsAdminServiceServer<AdminSvc<AnyStore>>>()
+            .await;
         background.push(tokio::spawn(health_loop(shared.clone(), health.clone())));
 
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let signal_shared = shared.clone();
         let signal_health = health.clone();
         tokio::spawn(async move {
             shutdown.await;
             // Readiness fails first, queued calls are answered, then the
-            // listener stops accepting and in-flight calls drain.
+            // listeners stop accepting and in-flight calls drain.
             signal_health
                 .set_not_serving::<LimitsServiceServer<LimitsSvc<AnyStore>>>()
                 .await;
@@ -214,50 +298,52 @@ impl Bound {
                 .set_not_serving::<RateLimitServiceServer<RlsSvc<AnyStore>>>()
                 .await;
             signal_health
+                .set_not_serving::<LimitsAdminServiceServer<AdminSvc<AnyStore>>>()
+                .await;
+            signal_health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
             signal_shared.queues.close();
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
         });
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
 
         let settings = shared.limiter.config().server.clone();
-        let incoming = crate::api::guard::bounded(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            settings.max_connections,
-        );
-        // A stream's window holds one largest message; a connection's a few
-        // streams' worth: unread data a peer can park stays small.
-        let stream_window = u32::try_from(settings.max_request_bytes + 5)
-            .unwrap_or(u32::MAX)
-            .max(65_535);
-        let guard = crate::api::guard::GuardLayer::new(crate::api::guard::Limits {
-            max_request_bytes: settings.max_request_bytes,
-            memory_budget: settings.memory_budget,
-            max_in_flight: settings.max_in_flight,
-        });
-        // The guard refuses larger messages first, with RESOURCE_EXHAUSTED.
-        let decode_limit = settings.max_request_bytes.saturating_mul(2);
-        let serve = Server::builder()
-            .max_concurrent_streams(settings.max_concurrent_streams)
-            .initial_stream_window_size(stream_window)
-            .initial_connection_window_size(stream_window.saturating_mul(8).max(1 << 20))
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .http2_max_pending_accept_reset_streams(Some(64))
-            .layer(guard)
-            .add_service(health_service)
-            .add_service(reflection)
+        let parts = Parts::new(&shared, &settings, health_service)?;
+        let own_admin = admin_listener.is_some();
+        let incoming = crate::listen::incoming(listener, settings.max_connections, tls.clone());
+        let serve = parts
+            .server(&settings)
             .add_service(
                 LimitsServiceServer::new(LimitsSvc::new(shared.clone()))
-                    .max_decoding_message_size(decode_limit),
+                    .max_decoding_message_size(parts.decode_limit),
             )
             // Envoy's rate limit service API, on the same port and store.
             .add_service(
                 RateLimitServiceServer::new(RlsSvc::new(shared.clone()))
-                    .max_decoding_message_size(decode_limit),
+                    .max_decoding_message_size(parts.decode_limit),
             )
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
-            });
+            // The admin API here too, unless it has a listener of its own.
+            .add_optional_service((!own_admin).then(|| parts.admin()))
+            .serve_with_incoming_shutdown(incoming, stopped());
+        if let Some(admin_listener) = admin_listener {
+            let incoming =
+                crate::listen::incoming(admin_listener, settings.max_connections, tls.clone());
+            let admin = parts
+                .server(&settings)
+                .add_service(parts.admin())
+                .serve_with_incoming_shutdown(incoming, stopped());
+            background.push(tokio::spawn(async move {
+                if let Err(e) = admin.await {
+                    tracing::error!(error = %e, "the admin listener failed");
+                }
+            }));
+        }
         tokio::pin!(serve);
 
         // Serve until the shutdown begins, then give in-flight calls the
@@ -308,6 +394,130 @@ impl Bound {
         }
         tracing::info!("limitsd stopped");
         result
+    }
+}
+
+/// What both gRPC servers (the main listener and the admin one) are made
+/// of: the same bounds, guard, credential check, health and reflection.
+struct Parts {
+    shared: Arc<Shared<AnyStore>>,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    guard: crate::api::guard::GuardLayer,
+    decode_limit: usize,
+    stream_window: u32,
+}
+
+impl Parts {
+    fn new(
+        shared: &Arc<Shared<AnyStore>>,
+        settings: &ServerSettings,
+        health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    ) -> anyhow::Result<Parts> {
+        // A stream's window holds one largest message; a connection's a few
+        // streams' worth: unread data a peer can park stays small.
+        let stream_window = u32::try_from(settings.max_request_bytes + 5)
+            .unwrap_or(u32::MAX)
+            .max(65_535);
+        let guard = crate::api::guard::GuardLayer::new(crate::api::guard::Limits {
+            max_request_bytes: settings.max_request_bytes,
+            memory_budget: settings.memory_budget,
+            max_in_flight: settings.max_in_flight,
+        });
+        Ok(Parts {
+            shared: shared.clone(),
+            health,
+            guard,
+            // The guard refuses larger messages first, with RESOURCE_EXHAUSTED.
+            decode_limit: settings.max_request_bytes.saturating_mul(2),
+            stream_window,
+        })
+    }
+
+    fn reflection(
+        &self,
+    ) -> anyhow::Result<
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+    > {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")
+    }
+
+    fn admin(&self) -> LimitsAdminServiceServer<AdminSvc<AnyStore>> {
+        LimitsAdminServiceServer::new(AdminSvc::new(self.shared.clone()))
+            .max_decoding_message_size(self.decode_limit)
+    }
+
+    /// A server with the bounds, the guard and the credential check, and
+    /// health and reflection added.
+    fn server(
+        &self,
+        settings: &ServerSettings,
+    ) -> tonic::transport::server::Router<
+        tower::layer::util::Stack<
+            AuthLayer<AnyStore>,
+            tower::layer::util::Stack<crate::api::guard::GuardLayer, tower::layer::util::Identity>,
+        >,
+    > {
+        Server::builder()
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .initial_stream_window_size(self.stream_window)
+            .initial_connection_window_size(self.stream_window.saturating_mul(8).max(1 << 20))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .layer(self.guard.clone())
+            .layer(AuthLayer::new(self.shared.clone()))
+            .add_service(self.health.clone())
+            .add_service(self.reflection().expect("the descriptor set is built in"))
+    }
+}
+
+/// Follows other replicas' admin changes on a shared store (at
+/// `admin.sync_interval`), and picks up this store's after a restart: the
+/// bound on how long a runtime entry takes to be enforced everywhere.
+async fn sync_loop(shared: Arc<Shared<AnyStore>>) {
+    let every = shared.limiter.config().admin.sync_interval;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match shared.limiter.sync().await {
+            Ok(reloaded) => {
+                if reloaded {
+                    tracing::debug!("runtime limits reloaded from the store");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read the runtime limits from the store");
+                }
+                failing = true;
+                metrics::counter!(m::STORE_ERRORS, "operation" => "sync").increment(1);
+            }
+        }
+    }
+}
+
+/// Reads the TLS files again when they change.
+async fn tls_reload_loop(tls: Arc<Tls>, poll: Duration) {
+    let every = if poll.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        poll
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let tls = tls.clone();
+        // Reading files is blocking I/O: off the workers.
+        let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
     }
 }
 
@@ -390,6 +600,13 @@ async fn sweep_loop(shared: Arc<Shared<AnyStore>>) {
                 metrics::counter!(m::STORE_ERRORS, "operation" => "sweep").increment(1);
                 tracing::warn!(error = %e, "sweep failed");
             }
+        }
+        // Runtime entries and increases past their expiry already no
+        // longer apply; this drops them from the store.
+        match shared.limiter.prune_records().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(records = n, "dropped expired runtime entries and increases"),
+            Err(e) => tracing::warn!(error = %e, "dropping expired runtime entries failed"),
         }
         shared.queues.wake_all();
     }

@@ -60,6 +60,9 @@ pub fn status(e: Error) -> Status {
     match e {
         Error::InvalidArgument { field, reason } => invalid(&field, reason),
         Error::NotFound(message) => Status::not_found(message),
+        Error::AlreadyExists(message) => Status::already_exists(message),
+        Error::FailedPrecondition(message) => Status::failed_precondition(message),
+        Error::Aborted(message) => Status::aborted(message),
         Error::Store(e) => store_status(e),
     }
 }
@@ -202,7 +205,23 @@ pub fn pb_status(s: &LimitStatus, subjects: &[Subject]) -> pb::LimitStatus {
         remaining: amount(s.kind, s.remaining()),
         reset_at: s.reset_at.map(pb_timestamp),
         exceeded: s.exceeded,
+        ..Default::default()
     }
+}
+
+/// Where a subject's limits come from, as the API says it.
+pub fn pb_source(source: limits::Source) -> pb::LimitSource {
+    match source {
+        limits::Source::Unlimited => pb::LimitSource::Unspecified,
+        limits::Source::Default => pb::LimitSource::Default,
+        limits::Source::Config => pb::LimitSource::Config,
+        limits::Source::Runtime => pb::LimitSource::Runtime,
+    }
+}
+
+/// A limit's unit as the API carries it: USD for budgets, else a count.
+pub fn pb_amount(kind: LimitKind, n: u64) -> f64 {
+    amount(kind, n)
 }
 
 pub fn pb_budget(statuses: &[LimitStatus], subjects: &[Subject]) -> Option<pb::BudgetSummary> {

@@ -3,7 +3,8 @@
 //! is killed (and a memory store loses every counter).
 //!
 //! - **Connections**: at most `server.max_connections` at once; past that
-//!   the listener stops accepting (the kernel's backlog holds the rest).
+//!   the listener stops accepting (the kernel's backlog holds the rest;
+//!   see `crate::listen`).
 //! - **Streams**: at most `server.max_concurrent_streams` calls on one
 //!   HTTP/2 connection (set on the server), with small flow-control
 //!   windows so a peer cannot park much unread data.
@@ -289,85 +290,6 @@ impl HttpBody for Guarded {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// A connection, holding one of the listener's `max_connections` permits
-/// until it closes.
-#[derive(Debug)]
-pub struct Counted<IO> {
-    io: IO,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
-impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<IO> {
-    type ConnectInfo = IO::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-/// The listener's connections, at most `max` at once: past that it stops
-/// accepting until one closes.
-pub fn bounded<S, IO, E>(
-    incoming: S,
-    max: usize,
-) -> impl tokio_stream::Stream<Item = Result<Counted<IO>, E>>
-where
-    S: tokio_stream::Stream<Item = Result<IO, E>> + Unpin,
-{
-    let permits = Arc::new(tokio::sync::Semaphore::new(max));
-    futures_util::stream::unfold((incoming, permits), |(mut incoming, permits)| async move {
-        use tokio_stream::StreamExt;
-        // Wait for room before accepting, so the kernel holds the rest.
-        let permit = permits.clone().acquire_owned().await.ok()?;
-        let next = incoming.next().await?;
-        let item = next.map(|io| Counted {
-            io,
-            _permit: permit,
-        });
-        Some((item, (incoming, permits)))
-    })
 }
 
 #[cfg(test)]

@@ -387,7 +387,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             let who = outcome.denial().map_or(0, |d| d.subject);
             self.shared
                 .labels
-                .with(&subjects[who], check.limits[who], |m| m.action(action));
+                .with(&subjects[who], &check.limits[who], |m| m.action(action));
         }
         let reservation_id = match &check.decision {
             limits::Decision::Allow { reservation_id, .. } => reservation_id.clone(),
@@ -513,7 +513,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         for s in &outcome.statuses {
             self.shared
                 .labels
-                .with(&subjects[s.subject], acquired.limits[s.subject], |m| {
+                .with(&subjects[s.subject], &acquired.limits[s.subject], |m| {
                     m.concurrent(s.used as f64);
                     if s.exceeded {
                         m.hit(s.kind);
@@ -582,7 +582,18 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             statuses: usage
                 .statuses
                 .iter()
-                .map(|s| pb_status(s, subjects))
+                .map(|s| {
+                    let raised = usage
+                        .raised
+                        .iter()
+                        .find(|(k, _)| *k == s.kind)
+                        .map_or(0, |(_, n)| *n);
+                    pb::LimitStatus {
+                        source: convert::pb_source(usage.source) as i32,
+                        raised: convert::pb_amount(s.kind, raised),
+                        ..pb_status(s, subjects)
+                    }
+                })
                 .collect(),
             reservations: usage
                 .reservations

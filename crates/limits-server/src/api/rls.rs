@@ -285,7 +285,12 @@ fn has_rate(limits: &SubjectLimits) -> bool {
 }
 
 /// Resolves a (checked) request's descriptors to the counters they charge.
-fn plan<'c>(config: &'c Config, req: &RateLimitRequest) -> Result<Plan<'c>, Status> {
+/// `subject_limits` gives a subject's limits (runtime entries included).
+fn plan<'c>(
+    config: &'c Config,
+    subject_limits: &dyn Fn(Dimension, &str) -> Cow<'c, SubjectLimits>,
+    req: &RateLimitRequest,
+) -> Result<Plan<'c>, Status> {
     let mut plan = Plan {
         targets: Vec::new(),
         descriptors: vec![Vec::new(); req.descriptors.len()],
@@ -338,13 +343,13 @@ fn plan<'c>(config: &'c Config, req: &RateLimitRequest) -> Result<Plan<'c>, Stat
                     ));
                 }
                 subject_id(&format!("descriptors[{i}].entries[{j}].value"), &e.value)?;
-                let limits = config.table.resolve(dimension, &e.value);
-                if !has_rate(limits) {
+                let limits = subject_limits(dimension, &e.value);
+                if !has_rate(&limits) {
                     continue;
                 }
                 let target = Target::new(
                     Subject::new(dimension, e.value.as_str()),
-                    Cow::Borrowed(limits),
+                    limits,
                     mapping.shadow_mode,
                     None,
                 );
@@ -505,14 +510,29 @@ async fn should_rate_limit<S: Store>(
     req: &RateLimitRequest,
 ) -> Result<RateLimitResponse, Status> {
     check_request(req)?;
-    let mut plan = plan(config, req)?;
+    // Runtime entries can only be read from a store that answers; a call
+    // that charges nothing needs neither (and is answered OK even then).
+    let ready = shared.limiter.ready().await;
+    // Also sets the secret the metric labels name counters by.
+    let secret = match ready {
+        Ok(()) => Some(shared.secret().await?),
+        Err(_) => None,
+    };
     let now = limits::now();
+    let subject_limits = |d: Dimension, id: &str| match &secret {
+        Some(secret) => shared
+            .limiter
+            .limits_for(config, secret, &Subject::new(d, id), now),
+        None => Cow::Borrowed(config.table.resolve(d, id)),
+    };
+    let mut plan = plan(config, &subject_limits, req)?;
+    if let Err(e) = ready
+        && !plan.targets.is_empty()
+    {
+        return Err(failed(OPERATION, e));
+    }
     let enforced = plan.partition();
     let (enforced_targets, shadow_targets) = plan.targets.split_at(enforced);
-    if !plan.targets.is_empty() {
-        // The metric labels name counters by the secret's keyed hash.
-        shared.secret().await?;
-    }
 
     // The enforced counters, then the shadowed ones in an operation of
     // their own (so that a shadow limit cannot stop an enforced counter).
@@ -643,7 +663,10 @@ impl<S: Store> RateLimitService for RlsSvc<S> {
 #[cfg(test)]
 mod tests {
     use limits_core::{AcquireOutcome, CheckOutcome, LimitTable, RecordOutcome};
-    use limits_store::{Call, CheckOp, RecordOp, StoreError, SweepStats, UsageView};
+    use limits_store::{
+        AdjustOp, Adjusted, AuditEntry, Call, CheckOp, RecordOp, RecordSwap, Records, StoreError,
+        Swapped, SweepStats, UsageView,
+    };
 
     use super::*;
     use crate::api::queue::Queues;
@@ -682,10 +705,39 @@ mod tests {
         ) -> Result<UsageView, StoreError> {
             Err(down())
         }
+        async fn usage_stored(
+            &self,
+            _: &Subject,
+            _: &SubjectLimits,
+            _: Nanos,
+        ) -> Result<UsageView, StoreError> {
+            Err(down())
+        }
         async fn sweep(&self, _: &LimitTable, _: Nanos) -> Result<SweepStats, StoreError> {
             Err(down())
         }
         async fn flush(&self) -> Result<(), StoreError> {
+            Err(down())
+        }
+        async fn adjust(
+            &self,
+            _: &Subject,
+            _: &SubjectLimits,
+            _: AdjustOp<'_>,
+            _: Nanos,
+        ) -> Result<Adjusted, StoreError> {
+            Err(down())
+        }
+        async fn records(&self) -> Result<Records, StoreError> {
+            Err(down())
+        }
+        async fn records_version(&self) -> Result<u64, StoreError> {
+            Err(down())
+        }
+        async fn swap_record(&self, _: RecordSwap<'_>) -> Result<Swapped, StoreError> {
+            Err(down())
+        }
+        async fn audit(&self, _: Option<u64>, _: usize) -> Result<Vec<AuditEntry>, StoreError> {
             Err(down())
         }
         async fn secret(&self) -> Result<Arc<limits_store::Secret>, StoreError> {
@@ -774,7 +826,12 @@ limits:
                 ],
             )
         };
-        let p = plan(&config, &req).unwrap();
+        let p = plan(
+            &config,
+            &|d, id| Cow::Borrowed(config.table.resolve(d, id)),
+            &req,
+        )
+        .unwrap();
         assert_eq!(p.targets.len(), 1);
         assert_eq!(
             p.targets[0].charge,
@@ -786,7 +843,16 @@ limits:
         assert_eq!(p.descriptors, vec![vec![0], vec![0], vec![0]]);
         // Unlimited subjects are not charged at all.
         let req = request("d", vec![descriptor(&[("key", "no-limits")])]);
-        assert!(plan(&config, &req).unwrap().targets.is_empty());
+        assert!(
+            plan(
+                &config,
+                &|d, id| Cow::Borrowed(config.table.resolve(d, id)),
+                &req
+            )
+            .unwrap()
+            .targets
+            .is_empty()
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub const SHED: &str = "mercator_limits_shed_total";
 pub const STORE_WRITABLE: &str = "mercator_limits_store_writable";
 /// Failed writes and flushes of the durable store, by `reason`.
 pub const STORE_WRITE_FAILURES: &str = limits_store::sled::WRITE_FAILURES_METRIC;
+/// Calls refused for their credential, by `code` (`unauthenticated`,
+/// `permission_denied`, `unimplemented` while the admin API is off).
+pub const AUTH_REFUSED: &str = "mercator_limits_auth_refused_total";
 /// Recorded by the Redis store itself, per script round trip.
 pub const REDIS_DURATION: &str = limits_store::redis::DURATION_METRIC;
 
@@ -146,6 +149,10 @@ fn describe() {
     describe_counter!(
         FAIL_OPEN,
         "Calls allowed without a decision because the store was unavailable (storage.redis.fail_open)."
+    );
+    describe_counter!(
+        AUTH_REFUSED,
+        "Calls refused for their credential, by code (unauthenticated, permission_denied, unimplemented)."
     );
     describe_histogram!(
         REDIS_DURATION,
@@ -445,6 +452,17 @@ impl Labels {
     }
 }
 
+/// Counts a call refused for its credential.
+pub fn auth_refused(code: tonic::Code) {
+    let code = match code {
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::Unimplemented => "unimplemented",
+        _ => "other",
+    };
+    metrics::counter!(AUTH_REFUSED, "code" => code).increment(1);
+}
+
 /// Counts a call refused by the request guard.
 pub fn shed(reason: &'static str) {
     metrics::counter!(SHED, "reason" => reason).increment(1);
@@ -456,10 +474,10 @@ fn window_label(kind: LimitKind) -> &'static str {
 
 /// Records the metrics of one decided check (or usage record): checks and
 /// hits per family, and the budget usage gauges.
-pub fn record_statuses(
+pub fn record_statuses<L: std::ops::Deref<Target = SubjectLimits>>(
     labels: &Labels,
     subjects: &[Subject],
-    limits: &[&SubjectLimits],
+    limits: &[L],
     statuses: &[LimitStatus],
     count_checks: bool,
 ) {

@@ -22,6 +22,8 @@ pub struct Limitsd {
     pub child: Child,
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The admin API's own listener, when `server.admin_addr` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     /// Lines the process printed on stdout after the listening line.
     pub stdout: mpsc::Receiver<String>,
@@ -113,7 +115,7 @@ impl Limitsd {
             }
         });
         let start = Instant::now();
-        let (addr, metrics_addr) = loop {
+        let (addr, metrics_addr, admin_addr) = loop {
             let left = DEADLINE
                 .checked_sub(start.elapsed())
                 .expect("limitsd did not start in time");
@@ -126,7 +128,11 @@ impl Limitsd {
                                 .and_then(|a| a.parse().ok())
                                 .unwrap_or_else(|| panic!("no {name} in {line:?}"))
                         };
-                        break (token("grpc="), token("metrics="));
+                        let admin = line
+                            .split_whitespace()
+                            .find_map(|t| t.strip_prefix("admin="))
+                            .and_then(|a| a.parse().ok());
+                        break (token("grpc="), token("metrics="), admin);
                     }
                 }
                 Err(_) => {
@@ -139,6 +145,7 @@ impl Limitsd {
             child,
             addr,
             metrics_addr,
+            admin_addr,
             dir,
             stdout: rx,
         }
