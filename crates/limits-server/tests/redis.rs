@@ -449,3 +449,171 @@ fn redis_config_loads_and_validates() {
     let e = bad("limits:\n  storage:\n    redis:\n      command_timeout: 0s\n");
     assert!(e.contains("limits.storage.redis.command_timeout"), "{e}");
 }
+
+/// Waits for `f` to hold, failing if it takes longer than `bound` (the
+/// documented bound on how long a change takes to reach every replica).
+async fn within<F, Fut>(what: &str, bound: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(start.elapsed() < bound, "{what}: not seen within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_change_through_one_replica_is_enforced_by_all_within_a_second() {
+    use limits_server::pb::admin as apb;
+    use limits_server::pb::admin::limits_admin_service_client::LimitsAdminServiceClient;
+    use sha2::Digest;
+
+    let token = "replica-admin-token-1";
+    let sha = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let redis = RedisServer::start();
+    let extra = format!(
+        "  admin:\n    sync_interval: 100ms\n  security:\n    tokens:\n      - {{ name: ops, sha256: \"{sha}\", scope: write }}\n"
+    );
+    let replicas: Vec<Limitsd> = (0..3)
+        .map(|_| Limitsd::start(&(config(&redis, "") + &extra)))
+        .collect();
+    let admin = |i: usize| {
+        let addr = replicas[i].addr;
+        async move {
+            LimitsAdminServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+        }
+    };
+    fn authed<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            "Bearer replica-admin-token-1".parse().unwrap(),
+        );
+        r
+    }
+    let allowed = |i: usize| {
+        let d = &replicas[i];
+        async move {
+            d.client()
+                .await
+                .check_limits(check(vec![key("runtime-key")], 0.5))
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        }
+    };
+    let bound = Duration::from_secs(1);
+    for i in 0..3 {
+        assert!(allowed(i).await, "unlimited before any entry");
+    }
+
+    // Created through replica 0: every replica denies $0.50 within the bound.
+    admin(0)
+        .await
+        .create_subject_limits(authed(apb::CreateSubjectLimitsRequest {
+            subject_limits: Some(apb::SubjectLimits {
+                subject: Some(key("runtime-key")),
+                daily_usd: Some(0.10),
+                ..Default::default()
+            }),
+            reason: "new customer".into(),
+        }))
+        .await
+        .expect("create");
+    for i in 0..3 {
+        within(&format!("the entry on replica {i}"), bound, || async {
+            !allowed(i).await
+        })
+        .await;
+    }
+
+    // Topped up through replica 2: allowed everywhere within the bound.
+    admin(2)
+        .await
+        .raise_budget(authed(apb::RaiseBudgetRequest {
+            subject: Some(apb::SubjectRef {
+                subject: Some(key("runtime-key")),
+                key_hash: String::new(),
+            }),
+            kind: pb::LimitKind::BudgetDaily as i32,
+            amount: 5.0,
+            expire_time: Some(prost_types::Timestamp {
+                seconds: (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    + 3600) as i64,
+                nanos: 0,
+            }),
+            reason: "top-up".into(),
+        }))
+        .await
+        .expect("raise");
+    for i in 0..3 {
+        within(&format!("the increase on replica {i}"), bound, || async {
+            allowed(i).await
+        })
+        .await;
+    }
+
+    // Replica 1 sees both changes in the one audit trail.
+    let events = admin(1)
+        .await
+        .list_audit_events(authed(apb::ListAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let methods: Vec<&str> = events.iter().map(|e| e.method.as_str()).collect();
+    assert_eq!(methods, ["RaiseBudget", "CreateSubjectLimits"]);
+
+    // Two replicas updating the same entry with the same etag: one wins,
+    // the other is ABORTED.
+    let get = admin(1)
+        .await
+        .get_subject_limits(authed(apb::GetSubjectLimitsRequest {
+            subject: Some(apb::SubjectRef {
+                subject: Some(key("runtime-key")),
+                key_hash: String::new(),
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_limits
+        .unwrap();
+    let update = |daily: f64| apb::UpdateSubjectLimitsRequest {
+        subject: Some(apb::SubjectRef {
+            subject: Some(key("runtime-key")),
+            key_hash: String::new(),
+        }),
+        subject_limits: Some(apb::SubjectLimits {
+            daily_usd: Some(daily),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["daily_usd".into()],
+        }),
+        etag: get.etag.clone(),
+        allow_missing: false,
+        reason: "race".into(),
+    };
+    let first = admin(0)
+        .await
+        .update_subject_limits(authed(update(1.0)))
+        .await;
+    let second = admin(2)
+        .await
+        .update_subject_limits(authed(update(2.0)))
+        .await;
+    assert!(first.is_ok(), "{first:?}");
+    assert_eq!(second.unwrap_err().code(), Code::Aborted);
+}

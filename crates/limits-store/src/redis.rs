@@ -1230,6 +1230,15 @@ impl RedisStore {
         inv
     }
 
+    /// Runs a read of the admin script and checks its status (0).
+    async fn admin_call(&self, inv: &ScriptInvocation<'_>) -> Result<Reply, StoreError> {
+        let mut reply = self.call("admin", inv).await?;
+        match reply.int()? {
+            0 => Ok(reply),
+            c => Err(internal(format!("admin script status {c}"))),
+        }
+    }
+
     async fn swap_once(
         &self,
         secret: &Secret,
@@ -1431,7 +1440,7 @@ impl Store for RedisStore {
     async fn records(&self) -> Result<Records, StoreError> {
         let secret = self.settled_secret().await?;
         let inv = self.admin_invocation("read", &secret);
-        let mut reply = self.call("admin", &inv).await?;
+        let mut reply = self.admin_call(&inv).await?;
         let version = reply.uint()?;
         let mut records = Vec::new();
         while !reply.is_empty() {
@@ -1445,7 +1454,7 @@ impl Store for RedisStore {
     async fn records_version(&self) -> Result<u64, StoreError> {
         let secret = self.settled_secret().await?;
         let inv = self.admin_invocation("version", &secret);
-        self.call("admin", &inv).await?.uint()
+        self.admin_call(&inv).await?.uint()
     }
 
     async fn swap_record(&self, swap: RecordSwap<'_>) -> Result<Swapped, StoreError> {
@@ -1460,7 +1469,7 @@ impl Store for RedisStore {
         let secret = self.settled_secret().await?;
         let mut inv = self.admin_invocation("audit", &secret);
         inv.arg(before.unwrap_or(0)).arg(limit);
-        let mut reply = self.call("admin", &inv).await?;
+        let mut reply = self.admin_call(&inv).await?;
         let mut out = Vec::new();
         while !reply.is_empty() {
             out.push(audit_item(reply.bytes()?)?);

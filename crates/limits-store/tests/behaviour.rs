@@ -5,8 +5,10 @@
 
 mod common;
 
-use limits_core::{Dimension, Hold, LeaseSlot, LimitKind, LimitTable, Nanos, SubjectLimits};
-use limits_store::{Store, StoreError, SweepStats};
+use limits_core::{
+    Adjustment, Dimension, Hold, LeaseSlot, LimitKind, LimitTable, Nanos, SubjectLimits,
+};
+use limits_store::{AdjustOp, RecordSwap, Store, StoreError, Swapped, SweepStats};
 
 use common::{Req, T0, at, key, limits, team, usd, used, user};
 
@@ -60,6 +62,9 @@ for_every_backend!(
     sweep_drops_idle_subjects_and_keeps_live_ones,
     max_entries_refuses_new_subjects_and_changes_nothing,
     hits_charge_many_subjects_all_or_nothing,
+    adjustments_credit_debit_and_reset_exactly,
+    records_change_only_as_expected_and_keep_their_audit,
+    the_audit_trail_keeps_the_newest,
 );
 
 /// When an amount added at `start` leaves a window of `kind`: the end of its
@@ -559,4 +564,259 @@ async fn hits_charge_many_subjects_all_or_nothing<S: Store>(make: impl Fn(usize)
         1_500,
         "token usage is recorded even past the limit"
     );
+}
+
+async fn adjustments_credit_debit_and_reset_exactly<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let l = limits(&[
+        (LimitKind::BudgetDaily, usd(10)),
+        (LimitKind::BudgetHourly, usd(5)),
+        (LimitKind::TokensPerHour, 1_000),
+    ]);
+    let s = key("adjusted");
+    // Adjustments name subjects in their stored form.
+    let stored = store.secret().await.unwrap().stored_subject(&s);
+    let r = Req::new(&[(s.clone(), &l)]);
+    r.record(&store, None, usd(4), 300, T0).await.unwrap();
+    let op = |changes: &'static [(LimitKind, Adjustment)]| AdjustOp {
+        changes,
+        audit: b"{}",
+        audit_keep: 100,
+    };
+
+    // A credit of 3 from the daily window only, newest first.
+    let out = store
+        .adjust(
+            &stored,
+            &l,
+            op(&[(LimitKind::BudgetDaily, Adjustment::Credit(3_000_000_000))]),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.applied, vec![usd(3)]);
+    assert!(out.audit_seq > 0);
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::BudgetDaily, T0).await,
+        usd(1)
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::BudgetHourly, T0).await,
+        usd(4)
+    );
+    let daily = out
+        .usage
+        .statuses
+        .iter()
+        .find(|x| x.kind == LimitKind::BudgetDaily)
+        .unwrap();
+    assert_eq!(daily.used, usd(1), "the answer shows the state after");
+
+    // A credit larger than the window takes it to zero, never below.
+    let out = store
+        .adjust(
+            &stored,
+            &l,
+            op(&[(LimitKind::BudgetHourly, Adjustment::Credit(100_000_000_000))]),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.applied, vec![usd(4)]);
+    assert_eq!(used(&store, &s, &l, LimitKind::BudgetHourly, T0).await, 0);
+
+    // Debits of several windows at once, counted from now: they leave the
+    // hourly window after an hour, the daily one after a day.
+    let later = at(60);
+    let out = store
+        .adjust(
+            &stored,
+            &l,
+            op(&[
+                (LimitKind::BudgetDaily, Adjustment::Debit(2_000_000_000)),
+                (LimitKind::BudgetHourly, Adjustment::Debit(2_000_000_000)),
+                (LimitKind::TokensPerHour, Adjustment::Debit(50)),
+            ]),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.applied, vec![usd(2), usd(2), 50]);
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::BudgetDaily, later).await,
+        usd(3)
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::TokensPerHour, later).await,
+        350
+    );
+
+    // A reset empties the window named and no other.
+    let out = store
+        .adjust(
+            &stored,
+            &l,
+            op(&[(LimitKind::TokensPerHour, Adjustment::Reset)]),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.applied, vec![350]);
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::TokensPerHour, later).await,
+        0
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::BudgetDaily, later).await,
+        usd(3)
+    );
+
+    // A debit of a kind the subject neither limits nor counts moves nothing.
+    let out = store
+        .adjust(
+            &stored,
+            &l,
+            op(&[(LimitKind::RequestsPerMinute, Adjustment::Debit(5))]),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.applied, vec![0]);
+    let after_hour = rolled(LimitKind::BudgetHourly, later);
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::BudgetHourly, after_hour).await,
+        0
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::BudgetDaily, after_hour).await,
+        usd(3)
+    );
+    // Every adjustment kept its audit event.
+    let audit = store.audit(None, 100).await.unwrap();
+    assert_eq!(audit.len(), 5);
+    assert!(audit.windows(2).all(|w| w[0].0 > w[1].0), "newest first");
+}
+
+async fn records_change_only_as_expected_and_keep_their_audit<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let swap = |key: &'static str,
+                expect: Option<&'static [u8]>,
+                new: Option<&'static [u8]>,
+                audit: &'static [u8]| RecordSwap {
+        key,
+        expect,
+        new,
+        audit: Some(audit),
+        audit_keep: 100,
+    };
+    let before = store.records_version().await.unwrap();
+    assert!(store.records().await.unwrap().records.is_empty());
+    // Created only where absent.
+    let done = store
+        .swap_record(swap("team:a", None, Some(b"v1"), b"created a"))
+        .await
+        .unwrap();
+    assert!(matches!(done, Swapped::Done { audit_seq } if audit_seq > 0));
+    assert_eq!(
+        store
+            .swap_record(swap("team:a", None, Some(b"other"), b"x"))
+            .await
+            .unwrap(),
+        Swapped::Conflict(Some(b"v1".to_vec()))
+    );
+    // Changed only from what it holds.
+    assert_eq!(
+        store
+            .swap_record(swap("team:a", Some(b"v0"), Some(b"v2"), b"x"))
+            .await
+            .unwrap(),
+        Swapped::Conflict(Some(b"v1".to_vec()))
+    );
+    store
+        .swap_record(swap("team:a", Some(b"v1"), Some(b"v2"), b"changed a"))
+        .await
+        .unwrap();
+    store
+        .swap_record(swap("user:b", None, Some(b"b1"), b"created b"))
+        .await
+        .unwrap();
+    let records = store.records().await.unwrap();
+    assert_eq!(
+        records.records,
+        vec![
+            ("team:a".to_owned(), b"v2".to_vec()),
+            ("user:b".to_owned(), b"b1".to_vec())
+        ]
+    );
+    assert!(records.version > before);
+    assert_eq!(store.records_version().await.unwrap(), records.version);
+    // Removed, with and without an audit event.
+    store
+        .swap_record(swap("team:a", Some(b"v2"), None, b"deleted a"))
+        .await
+        .unwrap();
+    let quiet = store
+        .swap_record(RecordSwap {
+            key: "user:b",
+            expect: Some(b"b1"),
+            new: None,
+            audit: None,
+            audit_keep: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(quiet, Swapped::Done { audit_seq: 0 });
+    assert!(store.records().await.unwrap().records.is_empty());
+    assert_eq!(
+        store
+            .swap_record(swap("team:a", Some(b"v2"), None, b"x"))
+            .await
+            .unwrap(),
+        Swapped::Conflict(None)
+    );
+    // Refused swaps left no event; the made ones did, newest first.
+    let events: Vec<Vec<u8>> = store
+        .audit(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            b"deleted a".to_vec(),
+            b"created b".to_vec(),
+            b"changed a".to_vec(),
+            b"created a".to_vec()
+        ]
+    );
+}
+
+async fn the_audit_trail_keeps_the_newest<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let mut expect: Option<Vec<u8>> = None;
+    for i in 0..12u8 {
+        let value = vec![i];
+        store
+            .swap_record(RecordSwap {
+                key: "team:t",
+                expect: expect.as_deref(),
+                new: Some(&value),
+                audit: Some(&[b'e', b'0' + i]),
+                audit_keep: 5,
+            })
+            .await
+            .unwrap();
+        expect = Some(value);
+    }
+    let all = store.audit(None, 100).await.unwrap();
+    assert_eq!(all.len(), 5, "only the newest five are kept");
+    assert_eq!(all[0].1, vec![b'e', b'0' + 11]);
+    assert_eq!(all[4].1, vec![b'e', b'0' + 7]);
+    // Pages: older than a sequence number.
+    let page = store.audit(Some(all[1].0), 2).await.unwrap();
+    assert_eq!(page, all[2..4].to_vec());
+    assert!(store.audit(Some(all[4].0), 10).await.unwrap().is_empty());
+    let _ = (Dimension::ApiKey, SubjectLimits::UNLIMITED);
 }

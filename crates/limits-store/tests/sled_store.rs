@@ -797,3 +797,110 @@ async fn counters_and_subjects_have_their_own_bounds() {
     run(&memory, &l).await;
     run(&sled, &l).await;
 }
+
+#[tokio::test]
+async fn admin_records_and_the_audit_trail_survive_a_restart_and_a_failed_flush() {
+    use limits_core::Adjustment;
+    use limits_store::{AdjustOp, RecordSwap, Swapped};
+
+    let dir = tempfile::tempdir().unwrap();
+    let l = limits(&[(LimitKind::BudgetDaily, usd(10))]);
+    let store = open_sled(dir.path(), ROOMY, T0);
+    let swap = |expect: Option<&'static [u8]>, new: Option<&'static [u8]>, audit: &'static [u8]| {
+        RecordSwap {
+            key: "team:t",
+            expect,
+            new,
+            audit: Some(audit),
+            audit_keep: 100,
+        }
+    };
+    store
+        .swap_record(swap(None, Some(b"v1"), b"created"))
+        .await
+        .unwrap();
+    let stored = store.secret().await.unwrap().stored_subject(&key("k"));
+    store
+        .adjust(
+            &stored,
+            &l,
+            AdjustOp {
+                changes: &[(LimitKind::BudgetDaily, Adjustment::Debit(usd(2)))],
+                audit: b"debited",
+                audit_keep: 100,
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+
+    // A change whose flush fails is refused and leaves nothing behind,
+    // in memory or (after the store recovers by itself) on disk.
+    store.fail_flushes(true);
+    let err = store
+        .swap_record(swap(Some(b"v1"), Some(b"v2"), b"refused"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = store
+        .adjust(
+            &stored,
+            &l,
+            AdjustOp {
+                changes: &[(LimitKind::BudgetDaily, Adjustment::Debit(usd(5)))],
+                audit: b"refused too",
+                audit_keep: 100,
+            },
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    store.fail_flushes(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.health() != limits_store::Health::Writable {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.records().await.unwrap().records,
+        vec![("team:t".to_owned(), b"v1".to_vec())]
+    );
+    assert_eq!(
+        used(&store, &key("k"), &l, LimitKind::BudgetDaily, T0).await,
+        usd(2)
+    );
+    drop(store);
+
+    let store = open_sled(dir.path(), ROOMY, T0);
+    assert_eq!(
+        store.records().await.unwrap().records,
+        vec![("team:t".to_owned(), b"v1".to_vec())]
+    );
+    assert_eq!(
+        used(&store, &key("k"), &l, LimitKind::BudgetDaily, T0).await,
+        usd(2)
+    );
+    let events: Vec<Vec<u8>> = store
+        .audit(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(events, vec![b"debited".to_vec(), b"created".to_vec()]);
+    // Sequence numbers go on rising after the restart.
+    assert!(matches!(
+        store
+            .swap_record(swap(Some(b"v1"), Some(b"v3"), b"after"))
+            .await
+            .unwrap(),
+        Swapped::Done { .. }
+    ));
+    let audit = store.audit(None, 10).await.unwrap();
+    assert!(audit[0].0 > audit[1].0);
+    assert_eq!(audit[0].1, b"after".to_vec());
+}

@@ -57,18 +57,19 @@ if op == 'swap' then
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
   return { 0, seq }
 elseif op == 'read' then
-  -- Reply: { version, key, value, key, value, ... }
-  local out = { tonumber(redis.call('GET', KEYS[2]) or '0') }
+  -- Reply: { 0, version, key, value, key, value, ... } (every reply starts
+  -- with a status: 5 and 6 mean another secret, as above).
+  local out = { 0, tonumber(redis.call('GET', KEYS[2]) or '0') }
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all do
     out[#out + 1] = all[i]
   end
   return out
 elseif op == 'version' then
-  return { tonumber(redis.call('GET', KEYS[2]) or '0') }
+  return { 0, tonumber(redis.call('GET', KEYS[2]) or '0') }
 elseif op == 'audit' then
-  -- ARGV: before (0: from the newest), limit. Reply: the events, newest
-  -- first, each "sequence:event".
+  -- ARGV: before (0: from the newest), limit. Reply: 0, then the events,
+  -- newest first, each "sequence:event".
   local before, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
   local newest = tonumber(redis.call('GET', KEYS[4]) or '0')
   local from = 0
@@ -78,6 +79,10 @@ elseif op == 'audit' then
       from = 0
     end
   end
-  return redis.call('LRANGE', KEYS[3], from, from + limit - 1)
+  local out = { 0 }
+  for _, item in ipairs(redis.call('LRANGE', KEYS[3], from, from + limit - 1)) do
+    out[#out + 1] = item
+  end
+  return out
 end
 return redis.error_reply('limitsd: unknown admin operation ' .. tostring(op))
