@@ -482,7 +482,7 @@ impl<S: Store> Limiter<S> {
     ) -> Result<T, Error> {
         let keep = self.config().admin.audit_max_events;
         let _one = self.admin.lock().await;
-        self.sync().await?;
+        self.sync_locked().await?;
         let key = named.key();
         for _ in 0..SWAP_ATTEMPTS {
             let now = now();

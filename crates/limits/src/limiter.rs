@@ -312,6 +312,14 @@ impl<S: Store> Limiter<S> {
     /// Every call loads them once before it decides; a server polls this
     /// to follow other replicas. Returns whether anything was reloaded.
     pub async fn sync(&self) -> Result<bool, Error> {
+        // One at a time with admin changes, so that a load cannot put back
+        // what a change has just replaced.
+        let _one = self.admin.lock().await;
+        self.sync_locked().await
+    }
+
+    /// [`sync`](Self::sync), with the admin lock already held.
+    pub(crate) async fn sync_locked(&self) -> Result<bool, Error> {
         let current = self.store.records_version().await?;
         if self.runtime.version() == Some(current) {
             return Ok(false);
@@ -330,7 +338,7 @@ impl<S: Store> Limiter<S> {
         if !self.loaded.load(Ordering::Acquire) {
             let _one = self.admin.lock().await;
             if !self.loaded.load(Ordering::Acquire) {
-                self.sync().await?;
+                self.sync_locked().await?;
             }
         }
         Ok(())

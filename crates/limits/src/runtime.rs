@@ -2,7 +2,7 @@
 //! takes the place of its config entry, and temporary increases of its
 //! limits. Both live in the store as one record per subject, so that they
 //! survive restarts (sled) and every replica enforces them (Redis); the
-//! [`Runtime`] table is this process's copy, which the check path reads.
+//! `Runtime` table is this process's copy, which the check path reads.
 //!
 //! Precedence: a live runtime entry replaces the subject's config entry
 //! (an unset limit in it is no limit, the config entry's limits do not
