@@ -1,0 +1,516 @@
+//! The command line: every command, option and example, declared with
+//! clap's derive. Parsing ends here; the modules of the commands take
+//! these values.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::kind::Kind;
+use crate::subject::{Subject, SubjectRef};
+
+const EXAMPLES: &str = "\
+Examples:
+  export LIMITSD_ADDR=https://limits.internal:50051 LIMITSD_CA_CERT=ca.crt LIMITSD_TOKEN=...
+  limitsctl usage team=research
+  limitsctl limits set team=research --monthly 25000 --alias research
+  limitsctl budget adjust api_key=sk-live-123 --usd -12.50 --reason \"refund of a failed batch\"
+  limitsctl audit
+  limitsctl token new --name ops --scope write
+
+The admin commands (limits, budget, audit) need a token with the `read` scope
+to read and `write` to change; usage needs one only where limitsd asks for it
+(limits.security.data_plane_auth). See README, \"Securing limitsd\".";
+
+/// The operator's command line for limitsd: see a subject's usage, change
+/// its limits at runtime, adjust and raise budgets, read the audit trail.
+#[derive(Parser)]
+#[command(name = "limitsctl", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where limitsd is and how to talk to it; accepted before or after the
+/// command.
+#[derive(Args)]
+#[command(next_help_heading = "Global options")]
+pub struct Global {
+    /// limitsd's gRPC address: http://HOST:PORT, https://HOST:PORT, or
+    /// HOST:PORT (plaintext unless a TLS option is given).
+    #[arg(
+        long,
+        env = "LIMITSD_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub addr: String,
+    /// A bearer token, sent as `authorization: Bearer <token>` (never
+    /// printed).
+    #[arg(long, env = "LIMITSD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The CA certificate (PEM) that signed limitsd's; implies TLS. Without
+    /// it, https:// trusts the system's roots.
+    #[arg(long, env = "LIMITSD_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS, with --key.
+    #[arg(
+        long,
+        env = "LIMITSD_CERT",
+        value_name = "FILE",
+        requires = "key",
+        global = true
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM), with --cert.
+    #[arg(
+        long,
+        env = "LIMITSD_KEY",
+        value_name = "FILE",
+        requires = "cert",
+        global = true
+    )]
+    pub key: Option<PathBuf>,
+    /// The name limitsd's certificate must carry [default: the address's
+    /// host].
+    #[arg(long, value_name = "NAME", global = true)]
+    pub tls_server_name: Option<String>,
+    /// How long to wait for a connection and for each answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+    /// How to print answers: tables for people, JSON for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show a subject's limits: used, remaining, reset, where each comes
+    /// from; and its open reservations and leases.
+    #[command(after_help = USAGE_EXAMPLES)]
+    Usage(UsageArgs),
+    /// Read and change subjects' runtime entries (limits that replace the
+    /// config's).
+    #[command(subcommand, after_help = LIMITS_EXAMPLES)]
+    Limits(LimitsCommand),
+    /// Credit, debit or reset a subject's usage; raise a limit for a while.
+    #[command(subcommand, after_help = BUDGET_EXAMPLES)]
+    Budget(BudgetCommand),
+    /// List the admin changes made, newest first.
+    #[command(after_help = AUDIT_EXAMPLES)]
+    Audit(AuditArgs),
+    /// Make credentials for limitsd (locally; no server is called).
+    #[command(subcommand, after_help = TOKEN_EXAMPLES)]
+    Token(TokenCommand),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion(CompletionArgs),
+}
+
+const USAGE_EXAMPLES: &str = "\
+Examples:
+  limitsctl usage api_key=sk-live-123
+  limitsctl usage user=alice@example.com -o json
+  limitsctl usage team=research
+
+MAX includes any live temporary increase (shown as raised); SOURCE says
+whether the limit comes from a runtime entry, the subject's config entry or
+the dimension's default.";
+
+#[derive(Args)]
+pub struct UsageArgs {
+    /// The subject: api_key=KEY, user=ID or team=ID.
+    pub subject: Subject,
+}
+
+const LIMITS_EXAMPLES: &str = "\
+Examples:
+  limitsctl limits set team=research --monthly 25000 --alias research
+  limitsctl limits get team=research
+  limitsctl limits list --dimension api_key
+  limitsctl limits delete team=research --reason \"back to the config\"";
+
+#[derive(Subcommand)]
+pub enum LimitsCommand {
+    /// Show a subject's runtime entry, its etag and its temporary increases.
+    #[command(after_help = GET_EXAMPLES)]
+    Get(GetArgs),
+    /// List runtime entries: every page, or with --page-size and
+    /// --page-token one page.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
+    /// Set fields of a subject's runtime entry, creating it if there is
+    /// none; only the fields given change.
+    #[command(after_help = SET_EXAMPLES)]
+    Set(Box<SetArgs>),
+    /// Remove a subject's runtime entry: its config limits apply again.
+    #[command(after_help = DELETE_EXAMPLES)]
+    Delete(DeleteArgs),
+}
+
+const GET_EXAMPLES: &str = "\
+Examples:
+  limitsctl limits get team=research
+  limitsctl limits get api_key=sk-live-123
+  limitsctl limits get api_key_hash=3f2a9c0d1e4b5a6f7c8d9e0f1a2b3c4d -o json";
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// The subject: api_key=KEY, api_key_hash=HASH, user=ID or team=ID.
+    pub subject: SubjectRef,
+}
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  limitsctl limits list
+  limitsctl limits list --dimension team -o json
+  limitsctl limits list --page-size 50 --page-token <NEXT_PAGE_TOKEN>";
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only entries of this dimension.
+    #[arg(long, value_enum)]
+    pub dimension: Option<DimensionArg>,
+    /// Entries per call (1 to 1000; limitsd's default is 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
+    /// Start at this page (the token a previous page printed); with
+    /// --page-size, fetch only that page.
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum DimensionArg {
+    ApiKey,
+    User,
+    Team,
+}
+
+const SET_EXAMPLES: &str = "\
+Examples:
+  limitsctl limits set team=research --monthly 25000 --alias research
+  limitsctl limits set api_key=sk-live-123 --daily 50 --rpm 600 --reason \"new customer\"
+  limitsctl limits set user=alice --daily 5 --expires-in 7d --reason trial
+  limitsctl limits set api_key_hash=3f2a9c0d1e4b5a6f7c8d9e0f1a2b3c4d --clear daily
+
+The entry replaces the subject's config entry whole: a limit it does not set
+is no limit. Budgets are in USD. --etag makes the change only if nobody
+changed the entry since `limits get` showed that etag.";
+
+#[derive(Args)]
+pub struct SetArgs {
+    /// The subject: api_key=KEY, api_key_hash=HASH, user=ID or team=ID.
+    pub subject: SubjectRef,
+    /// USD budget over the last hour.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub hourly: Option<f64>,
+    /// USD budget over the last 24 hours.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub daily: Option<f64>,
+    /// USD budget over the last 30 days.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub monthly: Option<f64>,
+    /// Requests per second.
+    #[arg(long, value_name = "N")]
+    pub rps: Option<u64>,
+    /// Requests per minute.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u64>,
+    /// Requests per hour.
+    #[arg(long, value_name = "N")]
+    pub rph: Option<u64>,
+    /// Tokens per minute.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Tokens per hour.
+    #[arg(long, value_name = "N")]
+    pub tph: Option<u64>,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<u32>,
+    /// A name shown for the subject in reasons, metrics and the audit trail.
+    #[arg(long, value_name = "NAME")]
+    pub alias: Option<String>,
+    /// When the entry falls away by itself (RFC 3339, UTC).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_instant, conflicts_with = "expires_in")]
+    pub expires: Option<SystemTime>,
+    /// When the entry falls away by itself, from now (e.g. 7d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Unset a field of the entry (repeatable).
+    #[arg(long, value_name = "FIELD", value_enum)]
+    pub clear: Vec<Field>,
+    /// Change the entry only if its etag is still this.
+    #[arg(long)]
+    pub etag: Option<String>,
+    /// Why, for the audit trail.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub reason: String,
+}
+
+/// A field of a runtime entry, as `--clear` names it (the flag's name, or
+/// the API's field name).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Field {
+    #[value(alias = "hourly_usd")]
+    Hourly,
+    #[value(alias = "daily_usd")]
+    Daily,
+    #[value(alias = "monthly_usd")]
+    Monthly,
+    #[value(alias = "requests_per_second")]
+    Rps,
+    #[value(alias = "requests_per_minute")]
+    Rpm,
+    #[value(alias = "requests_per_hour")]
+    Rph,
+    #[value(alias = "tokens_per_minute")]
+    Tpm,
+    #[value(alias = "tokens_per_hour")]
+    Tph,
+    #[value(alias = "max_concurrent")]
+    MaxConcurrent,
+    Alias,
+    #[value(alias = "expire_time", alias = "expires-in")]
+    Expires,
+}
+
+impl Field {
+    /// The field's name in an update mask (the proto field's name).
+    pub fn mask(self) -> &'static str {
+        match self {
+            Field::Hourly => "hourly_usd",
+            Field::Daily => "daily_usd",
+            Field::Monthly => "monthly_usd",
+            Field::Rps => "requests_per_second",
+            Field::Rpm => "requests_per_minute",
+            Field::Rph => "requests_per_hour",
+            Field::Tpm => "tokens_per_minute",
+            Field::Tph => "tokens_per_hour",
+            Field::MaxConcurrent => "max_concurrent",
+            Field::Alias => "alias",
+            Field::Expires => "expire_time",
+        }
+    }
+
+    /// The flag that sets it: `--` and the name `--clear` takes.
+    pub fn flag(self) -> String {
+        let name = self.to_possible_value().map(|v| v.get_name().to_owned());
+        format!("--{}", name.unwrap_or_default())
+    }
+}
+
+const DELETE_EXAMPLES: &str = "\
+Examples:
+  limitsctl limits delete team=research --reason \"back to the config\"
+  limitsctl limits delete api_key_hash=3f2a9c0d1e4b5a6f7c8d9e0f1a2b3c4d --etag <ETAG>";
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// The subject: api_key=KEY, api_key_hash=HASH, user=ID or team=ID.
+    pub subject: SubjectRef,
+    /// Delete only if the entry's etag is still this.
+    #[arg(long)]
+    pub etag: Option<String>,
+    /// Why, for the audit trail.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub reason: String,
+}
+
+const BUDGET_EXAMPLES: &str = "\
+Examples:
+  limitsctl budget adjust api_key=sk-live-123 --usd -12.50 --reason \"refund of a failed batch\"
+  limitsctl budget reset user=alice --window daily --reason \"abuse cleared\"
+  limitsctl budget raise api_key=sk-live-123 --window daily --usd 100 --for 7d --reason \"launch week\"";
+
+#[derive(Subcommand)]
+pub enum BudgetCommand {
+    /// Credit (negative) or debit (positive) a subject's usage, in every
+    /// window of that resource or one.
+    #[command(after_help = ADJUST_EXAMPLES)]
+    Adjust(AdjustArgs),
+    /// Empty windows of a subject (every window unless --window is given);
+    /// open reservations and leases are kept.
+    #[command(after_help = RESET_EXAMPLES)]
+    Reset(ResetArgs),
+    /// Add to one limit of a subject until an instant, after which the
+    /// increase falls away by itself.
+    #[command(after_help = RAISE_EXAMPLES)]
+    Raise(RaiseArgs),
+}
+
+const ADJUST_EXAMPLES: &str = "\
+Examples:
+  limitsctl budget adjust api_key=sk-live-123 --usd -12.50 --reason \"refund of a failed batch\"
+  limitsctl budget adjust team=research --usd 3 --window monthly --reason \"billed outside the gateway\"
+  limitsctl budget adjust user=alice --requests -100 --window requests_per_hour --reason \"retries\"
+
+A credit takes the newest usage first and never takes a window below zero; a
+debit counts from now, like a charge.";
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("how_much").required(true).args(["usd", "requests", "tokens"])))]
+pub struct AdjustArgs {
+    /// The subject: api_key=KEY, api_key_hash=HASH, user=ID or team=ID.
+    pub subject: SubjectRef,
+    /// USD: negative credits (a refund), positive debits.
+    #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
+    pub usd: Option<f64>,
+    /// Requests: negative credits, positive debits.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub requests: Option<i64>,
+    /// Tokens: negative credits, positive debits.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub tokens: Option<i64>,
+    /// Only this window [default: every window of the resource].
+    #[arg(long, value_name = "LIMIT")]
+    pub window: Option<Kind>,
+    /// Why, for the audit trail (required).
+    #[arg(long)]
+    pub reason: String,
+}
+
+const RESET_EXAMPLES: &str = "\
+Examples:
+  limitsctl budget reset user=alice --window daily --reason \"abuse cleared\"
+  limitsctl budget reset team=research --window daily --window rpm --reason \"new quarter\"
+  limitsctl budget reset api_key=sk-live-123 --reason \"fresh start\"";
+
+#[derive(Args)]
+pub struct ResetArgs {
+    /// The subject: api_key=KEY, api_key_hash=HASH, user=ID or team=ID.
+    pub subject: SubjectRef,
+    /// A window to empty (repeatable) [default: every window].
+    #[arg(long, value_name = "LIMIT")]
+    pub window: Vec<Kind>,
+    /// Why, for the audit trail (required).
+    #[arg(long)]
+    pub reason: String,
+}
+
+const RAISE_EXAMPLES: &str = "\
+Examples:
+  limitsctl budget raise api_key=sk-live-123 --window daily --usd 100 --for 7d --reason \"launch week\"
+  limitsctl budget raise team=research --window rpm --amount 600 --until 2025-07-01T00:00:00Z --reason demo
+
+The subject must have the limit raised (from a runtime entry, its config entry
+or the dimension's default).";
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("how_much").required(true).args(["usd", "amount"])))]
+#[command(group(ArgGroup::new("how_long").required(true).args(["until", "for_"])))]
+pub struct RaiseArgs {
+    /// The subject: api_key=KEY, api_key_hash=HASH, user=ID or team=ID.
+    pub subject: SubjectRef,
+    /// The limit to raise.
+    #[arg(long, value_name = "LIMIT")]
+    pub window: Kind,
+    /// How much to add to a budget, in USD.
+    #[arg(long, value_name = "AMOUNT")]
+    pub usd: Option<f64>,
+    /// How much to add to a request or token limit.
+    #[arg(long, value_name = "N")]
+    pub amount: Option<u64>,
+    /// When the increase falls away (RFC 3339, UTC).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_instant)]
+    pub until: Option<SystemTime>,
+    /// How long the increase lasts, from now (e.g. 7d, 12h).
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub for_: Option<Duration>,
+    /// Why, for the audit trail (required).
+    #[arg(long)]
+    pub reason: String,
+}
+
+const AUDIT_EXAMPLES: &str = "\
+Examples:
+  limitsctl audit
+  limitsctl audit --page-size 20
+  limitsctl audit --all -o json";
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Events per page (1 to 1000; limitsd's default is 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
+    /// Start at this page (the token a previous page printed).
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+    /// Follow the pages to the oldest event kept.
+    #[arg(long)]
+    pub all: bool,
+}
+
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  limitsctl token new --name ops --scope write
+  limitsctl token new --name dashboards --scope read -o json";
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a random bearer token and print it once, with its SHA-256 and
+    /// the config that lets limitsd accept it.
+    #[command(after_help = TOKEN_EXAMPLES)]
+    New(TokenArgs),
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The token's name: the actor the audit trail shows.
+    #[arg(long, default_value = "ops")]
+    pub name: String,
+    /// What the token may do: `read` (Get, List, audit), `write` (every
+    /// admin call), `data` (the data plane, with data_plane_auth).
+    #[arg(long, value_enum, default_value_t = Scope::Write)]
+    pub scope: Scope,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    Read,
+    Write,
+    Data,
+}
+
+const COMPLETION_EXAMPLES: &str = "\
+Examples:
+  limitsctl completion bash > /etc/bash_completion.d/limitsctl
+  limitsctl completion zsh > \"${fpath[1]}/_limitsctl\"
+  limitsctl completion fish > ~/.config/fish/completions/limitsctl.fish";
+
+#[derive(Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// An instant given as RFC 3339 in UTC (`2025-07-01T00:00:00Z`; the `Z`,
+/// the `T` and fractions are optional).
+fn parse_instant(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e}: expected RFC 3339 in UTC, e.g. 2025-07-01T00:00:00Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

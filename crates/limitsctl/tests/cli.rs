@@ -1,0 +1,1052 @@
+//! limitsctl end to end: the real `limitsctl` binary against the real
+//! `limitsd` on 127.0.0.1:0, with tokens configured by their SHA-256, and
+//! once over TLS with certificates made here (rcgen). The checks read what
+//! an operator reads: the tables, the JSON, the exit codes and stderr.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use limits_server::pb;
+use limits_server::pb::limits_service_client::LimitsServiceClient;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// How long limitsd may take to start.
+const DEADLINE: Duration = Duration::from_secs(30);
+const OPS: &str = "ops-token-cli-0123456789";
+const AUDITOR: &str = "auditor-token-cli-0123456789";
+/// The API key of the tests: it must never appear in limitsctl's output.
+const KEY: &str = "sk-cli";
+
+fn sha256(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The `limitsd` binary beside `limitsctl`, built once if it is not there.
+fn limitsd_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = Path::new(env!("CARGO_BIN_EXE_limitsctl")).with_file_name("limitsd");
+        if !path.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "limits-server", "--bin", "limitsd"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building limitsd failed");
+        }
+        path
+    })
+}
+
+/// The config of most tests: a daily budget for `sk-cli` and two tokens.
+fn config() -> String {
+    format!(
+        r#"limits:
+  budgets:
+    by_api_key:
+      {KEY}: {{ daily: 1.00 }}
+  security:
+    tokens:
+      - {{ name: ops, sha256: "{ops}", scope: write }}
+      - {{ name: auditor, sha256: "{auditor}", scope: read }}
+"#,
+        ops = sha256(OPS),
+        auditor = sha256(AUDITOR),
+    )
+}
+
+/// A running limitsd, killed on drop.
+struct Limitsd {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Limitsd {
+    fn start(yaml: &str) -> Limitsd {
+        Limitsd::start_in(tempfile::tempdir().expect("temp dir"), yaml)
+    }
+
+    /// Starts limitsd with `yaml` as its config, in `dir` (which may hold
+    /// files the config names).
+    fn start_in(dir: tempfile::TempDir, yaml: &str) -> Limitsd {
+        let config = dir.path().join("limits.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut child = Command::new(limitsd_bin())
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn limitsd");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let addr = loop {
+            let left = DEADLINE
+                .checked_sub(start.elapsed())
+                .expect("limitsd did not start in time");
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let status = child.try_wait().ok().flatten();
+                    panic!("limitsd did not print its address (exit status {status:?})");
+                }
+            };
+            if line.starts_with("limitsd listening ") {
+                break line
+                    .split_whitespace()
+                    .find_map(|t| t.strip_prefix("grpc="))
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("no grpc= in {line:?}"));
+            }
+        };
+        Limitsd { child, addr, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs limitsctl against this limitsd with `token` (given through
+    /// LIMITSD_TOKEN).
+    fn ctl(&self, token: Option<&str>, args: &[&str]) -> Run {
+        let mut env = vec![("LIMITSD_ADDR", self.url())];
+        if let Some(t) = token {
+            env.push(("LIMITSD_TOKEN", t.to_owned()));
+        }
+        limitsctl(&env, args)
+    }
+
+    /// A data-plane call, as a gateway makes it.
+    fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(LimitsServiceClient<tonic::transport::Channel>) -> T,
+    ) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = LimitsServiceClient::connect(self.url())
+                .await
+                .expect("connect to limitsd");
+            f(client).await
+        })
+    }
+
+    fn allowed(&self, cost: f64) -> bool {
+        self.call(async |mut c| {
+            c.check_limits(pb::CheckLimitsRequest {
+                subjects: vec![key()],
+                model: "gpt-4".into(),
+                estimated_cost_usd: Some(cost),
+                ..Default::default()
+            })
+            .await
+            .expect("CheckLimits")
+            .into_inner()
+            .allowed
+        })
+    }
+
+    fn record(&self, cost: f64) {
+        self.call(async |mut c| {
+            c.record_usage(pb::RecordUsageRequest {
+                subjects: vec![key()],
+                cost_usd: Some(cost),
+                model: "gpt-4".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("RecordUsage")
+        });
+    }
+}
+
+impl Drop for Limitsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key() -> pb::Subject {
+    pb::Subject {
+        dimension: pb::Dimension::ApiKey as i32,
+        id: KEY.into(),
+    }
+}
+
+/// One run of limitsctl.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    fn ok(self) -> String {
+        assert_eq!(self.code, 0, "limitsctl failed: {self:#?}");
+        assert!(
+            !self.stdout.contains(KEY) && !self.stderr.contains(KEY),
+            "the API key was printed: {self:#?}"
+        );
+        self.stdout
+    }
+
+    fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Asserts failure with `code` and returns stderr.
+    fn fails(self, code: i32) -> String {
+        assert_eq!(self.code, code, "unexpected exit: {self:#?}");
+        assert!(self.stdout.is_empty(), "output on failure: {self:#?}");
+        self.stderr
+    }
+}
+
+/// Runs limitsctl with only the environment given (none of the caller's
+/// LIMITSD_* variables). limitsctl's own --timeout bounds every run.
+fn limitsctl(env: &[(&str, String)], args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_limitsctl"));
+    for var in [
+        "LIMITSD_ADDR",
+        "LIMITSD_TOKEN",
+        "LIMITSD_CA_CERT",
+        "LIMITSD_CERT",
+        "LIMITSD_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["--timeout", "10s"])
+        .args(args)
+        .stdin(Stdio::null());
+    let out = cmd.output().expect("run limitsctl");
+    Run {
+        code: out.status.code().expect("limitsctl exited by a signal"),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// The status of one limit in a JSON `limits` list.
+fn limit<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["limits"]
+        .as_array()
+        .expect("limits")
+        .iter()
+        .find(|l| l["limit"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {doc:#}"))
+}
+
+/// The table row of one limit.
+fn row<'a>(table: &'a str, name: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+}
+
+#[test]
+fn runtime_limits_budgets_and_the_audit_trail() {
+    let d = Limitsd::start(&config());
+    let ops = Some(OPS);
+    let key = format!("api_key={KEY}");
+    // The config's $1.00 stops a $1.50 call.
+    assert!(!d.allowed(1.5));
+
+    // A runtime entry replaces the config's limits.
+    let set = d
+        .ctl(
+            ops,
+            &[
+                "limits", "set", &key, "--daily", "2", "--rpm", "100", "--alias", "cli-key",
+                "--reason", "trial",
+            ],
+        )
+        .ok();
+    assert!(
+        set.contains("api_key_hash=") && set.contains("cli-key"),
+        "{set}"
+    );
+    assert!(row(&set, "daily").contains("$2.00"), "{set}");
+    let usage = d.ctl(ops, &["usage", &key]).ok();
+    let daily = row(&usage, "daily");
+    assert!(
+        daily.contains("$2.00") && daily.contains("runtime") && daily.contains("0%"),
+        "{usage}"
+    );
+    assert!(usage.contains("Reservations: none") && usage.contains("Leases: none"));
+    let doc = d.ctl(ops, &["usage", &key, "-o", "json"]).json();
+    assert_eq!(limit(&doc, "daily")["max"], 2.0);
+    assert_eq!(limit(&doc, "daily")["source"], "runtime");
+    assert_eq!(limit(&doc, "daily")["window_seconds"], 86_400);
+    assert_eq!(limit(&doc, "requests_per_minute")["max"], 100);
+    assert_eq!(doc["subject"]["dimension"], "api_key");
+
+    // limitsd enforces it: the $1.50 call now fits, and is charged.
+    assert!(d.allowed(1.5));
+    d.record(1.5);
+    let doc = d.ctl(ops, &["usage", &key, "-o", "json"]).json();
+    assert_eq!(limit(&doc, "daily")["used"], 1.5);
+    assert!(row(&d.ctl(ops, &["usage", &key]).ok(), "daily").contains("███████░░░ 75%"));
+
+    // A refund of $0.50, exactly.
+    let doc = d
+        .ctl(
+            ops,
+            &[
+                "budget", "adjust", &key, "--usd", "-0.5", "--reason", "refund", "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(limit(&doc, "daily")["used"], 1.0);
+    assert_eq!(limit(&doc, "daily")["remaining"], 1.0);
+    let table = d
+        .ctl(
+            ops,
+            &[
+                "budget", "adjust", &key, "--usd", "0.25", "--reason", "debit",
+            ],
+        )
+        .ok();
+    assert!(row(&table, "daily").contains("$1.25"), "{table}");
+    let doc = d
+        .ctl(
+            ops,
+            &[
+                "budget", "adjust", &key, "--usd", "-0.25", "--window", "daily", "--reason",
+                "undo", "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(limit(&doc, "daily")["used"], 1.0);
+
+    // A temporary increase shows as raised, and is enforced.
+    let raised = d
+        .ctl(
+            ops,
+            &[
+                "budget", "raise", &key, "--window", "daily", "--usd", "1", "--for", "1h",
+                "--reason", "launch",
+            ],
+        )
+        .ok();
+    assert!(row(&raised, "daily").contains("+$1.00"), "{raised}");
+    assert!(
+        raised.contains("launch") && raised.contains("(in "),
+        "{raised}"
+    );
+    let usage = d.ctl(ops, &["usage", &key]).ok();
+    assert!(
+        row(&usage, "daily").contains("$3.00 (+$1.00 raised)"),
+        "{usage}"
+    );
+    let doc = d.ctl(ops, &["usage", &key, "-o", "json"]).json();
+    assert_eq!(limit(&doc, "daily")["max"], 3.0);
+    assert_eq!(limit(&doc, "daily")["raised"], 1.0);
+    assert!(d.allowed(1.9), "$1.00 used + $1.90 fits the raised $3.00");
+
+    // An etag makes a change conditional.
+    let entry = d.ctl(ops, &["limits", "get", &key, "-o", "json"]).json();
+    let etag = entry["etag"].as_str().expect("etag").to_owned();
+    let hash = entry["key_hash"].as_str().expect("key_hash").to_owned();
+    assert_eq!(hash.len(), 32);
+    assert_eq!(entry["limits"]["daily"], 2.0);
+    let err = d
+        .ctl(
+            ops,
+            &["limits", "set", &key, "--rpm", "200", "--etag", "stale"],
+        )
+        .fails(1);
+    assert!(
+        err.starts_with("limitsctl: ") && err.contains("etag"),
+        "{err}"
+    );
+    let by_hash = format!("api_key_hash={hash}");
+    d.ctl(
+        ops,
+        &[
+            "limits", "set", &by_hash, "--rpm", "200", "--etag", &etag, "--reason", "more",
+        ],
+    )
+    .ok();
+    let list = d
+        .ctl(Some(AUDITOR), &["limits", "list", "-o", "json"])
+        .json();
+    let entries = list["subject_limits"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list:#}");
+    assert_eq!(entries[0]["key_hash"], hash.as_str());
+    assert_eq!(entries[0]["limits"]["requests_per_minute"], 200);
+    assert!(
+        d.ctl(Some(AUDITOR), &["limits", "list"])
+            .ok()
+            .contains("cli-key")
+    );
+
+    // Deleting the entry falls back to the config (plus the live increase).
+    let deleted = d
+        .ctl(
+            ops,
+            &["limits", "delete", &key, "--reason", "back to the config"],
+        )
+        .ok();
+    assert!(deleted.contains("config limits"), "{deleted}");
+    let doc = d.ctl(ops, &["usage", &key, "-o", "json"]).json();
+    let daily = limit(&doc, "daily");
+    assert_eq!(daily["source"], "config");
+    assert_eq!(
+        daily["max"].as_f64().unwrap() - daily["raised"].as_f64().unwrap(),
+        1.0
+    );
+    assert!(row(&d.ctl(ops, &["usage", &key]).ok(), "daily").contains("config"));
+    let err = d.ctl(ops, &["limits", "get", &key]).fails(1);
+    assert!(err.contains("no runtime entry"), "{err}");
+
+    // The task's own example.
+    d.ctl(
+        ops,
+        &[
+            "limits",
+            "set",
+            "team=research",
+            "--monthly",
+            "25000",
+            "--alias",
+            "research",
+        ],
+    )
+    .ok();
+    let teams = d
+        .ctl(
+            ops,
+            &["limits", "list", "--dimension", "team", "-o", "json"],
+        )
+        .json();
+    assert_eq!(teams["subject_limits"][0]["subject"], "team=research");
+    assert_eq!(teams["subject_limits"][0]["limits"]["monthly"], 25000.0);
+    assert_eq!(teams["subject_limits"][0]["alias"], "research");
+    let usage = d.ctl(ops, &["usage", "team=research"]).ok();
+    assert!(row(&usage, "monthly").contains("$25000.00"), "{usage}");
+
+    // A reset empties the window.
+    let reset = d
+        .ctl(
+            ops,
+            &[
+                "budget", "reset", &key, "--window", "daily", "--reason", "clean", "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(limit(&reset, "daily")["used"], 0.0);
+
+    // The trail, newest first, by ops, and never the key.
+    let audit = d.ctl(Some(AUDITOR), &["audit"]).ok();
+    let rows: Vec<&str> = audit
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        rows[0].contains("ResetUsage") && rows[0].contains("ops"),
+        "{audit}"
+    );
+    assert!(
+        rows[1].contains("UpdateSubjectLimits") && rows[1].contains("monthly – → 25000.0"),
+        "{audit}"
+    );
+    assert!(rows[2].contains("DeleteSubjectLimits"), "{audit}");
+    assert!(audit.contains("daily – → 2.0"), "{audit}");
+    let doc = d.ctl(Some(AUDITOR), &["audit", "-o", "json"]).json();
+    let events = doc["events"].as_array().unwrap();
+    let methods: Vec<&str> = events
+        .iter()
+        .map(|e| e["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "ResetUsage",
+            "UpdateSubjectLimits",
+            "DeleteSubjectLimits",
+            "UpdateSubjectLimits",
+            "RaiseBudget",
+            "AdjustUsage",
+            "AdjustUsage",
+            "AdjustUsage",
+            "UpdateSubjectLimits",
+        ]
+    );
+    assert!(events.iter().all(|e| e["actor"] == "ops"), "{doc:#}");
+    let times: Vec<&str> = events.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "not newest first: {times:?}"
+    );
+    assert_eq!(events[7]["reason"], "refund");
+    assert_eq!(events[7]["before"]["used"]["daily"], 1.5);
+    assert_eq!(events[7]["after"]["used"]["daily"], 1.0);
+    // Pages: two at a time, followed to the end with --all.
+    let page = d
+        .ctl(Some(AUDITOR), &["audit", "--page-size", "2", "-o", "json"])
+        .json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_ne!(page["next_page_token"], "");
+    let all = d
+        .ctl(
+            Some(AUDITOR),
+            &["audit", "--page-size", "2", "--all", "-o", "json"],
+        )
+        .json();
+    assert_eq!(all["events"], doc["events"]);
+}
+
+#[test]
+fn refusals_and_bad_values_are_readable() {
+    let d = Limitsd::start(&config());
+    // No token, and an unknown one.
+    for token in [None, Some("not-a-token")] {
+        let err = d.ctl(token, &["limits", "list"]).fails(1);
+        assert!(err.starts_with("limitsctl: "), "{err}");
+        assert!(
+            err.contains("hint: pass a token with --token or LIMITSD_TOKEN"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("Status {") && !err.contains("not-a-token"),
+            "{err}"
+        );
+    }
+    // A read token cannot write.
+    let err = d
+        .ctl(Some(AUDITOR), &["limits", "set", "team=x", "--daily", "1"])
+        .fails(1);
+    assert!(
+        err.contains("read scope") && err.contains("changes need `write`"),
+        "{err}"
+    );
+    assert!(!err.contains(AUDITOR), "{err}");
+    // The server's message names the field.
+    let err = d
+        .ctl(Some(OPS), &["limits", "set", "team=x", "--daily", "-1"])
+        .fails(1);
+    assert!(
+        err.starts_with("limitsctl: subject_limits.daily_usd: "),
+        "{err}"
+    );
+    let err = d
+        .ctl(
+            Some(OPS),
+            &[
+                "budget", "raise", "team=x", "--window", "daily", "--usd", "1", "--for", "1h",
+                "--reason", "r",
+            ],
+        )
+        .fails(1);
+    assert!(err.contains("hint: the subject has no such limit"), "{err}");
+    // Usage errors are clap's: exit code 2, nothing sent.
+    d.ctl(Some(OPS), &["limits", "set", "team=x"]).fails(2);
+    d.ctl(
+        Some(OPS),
+        &[
+            "limits", "set", "team=x", "--daily", "1", "--clear", "daily",
+        ],
+    )
+    .fails(2);
+    d.ctl(
+        Some(OPS),
+        &["usage", "api_key_hash=0123456789abcdef0123456789abcdef"],
+    )
+    .fails(2);
+    d.ctl(Some(OPS), &["usage", "group=x"]).fails(2);
+    d.ctl(Some(OPS), &["budget", "adjust", "team=x", "--reason", "r"])
+        .fails(2);
+    d.ctl(
+        Some(OPS),
+        &[
+            "budget", "adjust", "team=x", "--usd", "1", "--window", "rpm", "--reason", "r",
+        ],
+    )
+    .fails(2);
+    // Nothing was changed by any of it.
+    assert!(
+        d.ctl(Some(OPS), &["audit"])
+            .ok()
+            .contains("No admin changes"),
+        "a refused call left a trace"
+    );
+    // Nobody listening.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = limitsctl(
+        &[("LIMITSD_TOKEN", OPS.to_owned())],
+        &["--addr", &format!("127.0.0.1:{port}"), "limits", "list"],
+    )
+    .fails(1);
+    assert!(
+        err.contains(&format!("cannot reach limitsd at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    // The token is never shown, not even by --help.
+    let help = limitsctl(&[("LIMITSD_TOKEN", OPS.to_owned())], &["--help"]).ok();
+    assert!(
+        help.contains("LIMITSD_TOKEN") && !help.contains(OPS),
+        "{help}"
+    );
+}
+
+#[test]
+fn the_admin_api_off_is_said_so_and_usage_shows_holds() {
+    let d = Limitsd::start(
+        "limits:\n  budgets:\n    by_team:\n      eng: { daily: 5 }\n  \
+         rate_limits:\n    by_team:\n      eng: { max_concurrent: 2 }\n",
+    );
+    let err = d.ctl(Some(OPS), &["limits", "list"]).fails(1);
+    assert!(
+        err.contains("hint: the admin API is off on this server"),
+        "{err}"
+    );
+    // The data plane needs no token here. A reserved check and a lease
+    // show under the limits.
+    let eng = pb::Subject {
+        dimension: pb::Dimension::Team as i32,
+        id: "eng".into(),
+    };
+    let (reservation, lease) = d.call(async |mut c| {
+        let check = c
+            .check_limits(pb::CheckLimitsRequest {
+                subjects: vec![eng.clone()],
+                model: "gpt-4".into(),
+                estimated_cost_usd: Some(0.5),
+                reserve: true,
+                ..Default::default()
+            })
+            .await
+            .expect("CheckLimits")
+            .into_inner();
+        let lease = c
+            .acquire_concurrent(pb::AcquireConcurrentRequest {
+                subjects: vec![eng.clone()],
+                ttl: None,
+            })
+            .await
+            .expect("AcquireConcurrent")
+            .into_inner();
+        assert!(check.allowed && lease.acquired);
+        (check.reservation_id, lease.lease_id)
+    });
+    let usage = d.ctl(None, &["usage", "team=eng"]).ok();
+    let daily = row(&usage, "daily");
+    assert!(
+        daily.contains("$5.00") && daily.contains("$0.50") && daily.contains("config"),
+        "{usage}"
+    );
+    assert!(row(&usage, "max_concurrent").contains("50%"), "{usage}");
+    assert!(
+        usage.contains(&reservation) && usage.contains(&lease),
+        "{usage}"
+    );
+    let doc = d.ctl(None, &["usage", "team=eng", "-o", "json"]).json();
+    assert_eq!(doc["subject"]["id"], "eng");
+    assert_eq!(
+        doc["reservations"][0]["reservation_id"],
+        reservation.as_str()
+    );
+    assert_eq!(doc["reservations"][0]["held_cost_usd"], 0.5);
+    assert_eq!(doc["leases"][0]["lease_id"], lease.as_str());
+    assert_eq!(limit(&doc, "max_concurrent")["used"], 1);
+    assert_eq!(limit(&doc, "max_concurrent")["window_seconds"], Value::Null);
+}
+
+#[test]
+fn limits_list_follows_pages() {
+    let d = Limitsd::start(&config());
+    for team in ["a", "b", "c"] {
+        d.ctl(
+            Some(OPS),
+            &["limits", "set", &format!("team={team}"), "--rpm", "5"],
+        )
+        .ok();
+    }
+    let subjects = |doc: &Value| -> Vec<String> {
+        doc["subject_limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["subject"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Pages of two, followed to the end.
+    let all = d
+        .ctl(
+            Some(AUDITOR),
+            &["limits", "list", "--page-size", "2", "-o", "json"],
+        )
+        .json();
+    assert_eq!(subjects(&all), ["team=a", "team=b", "team=c"]);
+    assert_eq!(all["next_page_token"], "");
+    // One page at a time: the first, then the one its token names.
+    let first = d
+        .ctl(
+            Some(AUDITOR),
+            &[
+                "limits",
+                "list",
+                "--page-size",
+                "2",
+                "--page-token",
+                "",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(subjects(&first), ["team=a", "team=b"]);
+    let next = first["next_page_token"].as_str().unwrap();
+    assert!(!next.is_empty());
+    let table = d
+        .ctl(
+            Some(AUDITOR),
+            &[
+                "limits",
+                "list",
+                "--page-size",
+                "2",
+                "--page-token",
+                "",
+                "--dimension",
+                "team",
+            ],
+        )
+        .ok();
+    assert!(
+        table.contains(&format!("More: --page-size 2 --page-token {next}")),
+        "{table}"
+    );
+    let last = d
+        .ctl(
+            Some(AUDITOR),
+            &[
+                "limits",
+                "list",
+                "--page-size",
+                "2",
+                "--page-token",
+                next,
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(subjects(&last), ["team=c"]);
+    assert_eq!(last["next_page_token"], "");
+}
+
+#[test]
+fn token_new_makes_a_token_limitsd_accepts() {
+    let run = limitsctl(&[], &["token", "new", "--name", "robot", "--scope", "read"]);
+    let out = run.ok();
+    let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+    assert!(lines.next().unwrap().starts_with("Token"));
+    let token = lines.next().unwrap();
+    assert_eq!(token.len(), 64, "{out}");
+    assert!(lines.next().unwrap().starts_with("SHA-256"));
+    assert_eq!(lines.next().unwrap(), sha256(token));
+    assert!(
+        out.contains(&format!("sha256: \"{}\", scope: read", sha256(token))),
+        "{out}"
+    );
+    assert!(
+        !out.contains("MERCATOR_LIMITS_SECURITY_ADMIN_TOKEN_SHA256"),
+        "only for write tokens"
+    );
+
+    // The JSON form's config, as it is, turns the admin API on for it.
+    let doc = limitsctl(&[], &["token", "new", "--name", "robot", "-o", "json"]).json();
+    let token = doc["token"].as_str().unwrap();
+    assert_eq!(doc["sha256"], sha256(token).as_str());
+    assert_eq!(
+        doc["env"],
+        format!(
+            "MERCATOR_LIMITS_SECURITY_ADMIN_TOKEN_SHA256={}",
+            sha256(token)
+        )
+        .as_str()
+    );
+    let d = Limitsd::start(doc["config"].as_str().unwrap());
+    d.ctl(Some(token), &["limits", "set", "user=bot", "--rps", "5"])
+        .ok();
+    let audit = d.ctl(Some(token), &["audit", "-o", "json"]).json();
+    assert_eq!(audit["events"][0]["actor"], "robot");
+    // An expiry, by instant and from now, and cleared.
+    let entry = d
+        .ctl(
+            Some(token),
+            &[
+                "limits",
+                "set",
+                "user=bot",
+                "--expires",
+                "2099-01-01T00:00:00Z",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(entry["expire_time"], "2099-01-01T00:00:00Z");
+    assert_eq!(
+        entry["limits"]["requests_per_second"], 5,
+        "other fields stay"
+    );
+    let entry = d
+        .ctl(
+            Some(token),
+            &[
+                "limits",
+                "set",
+                "user=bot",
+                "--expires-in",
+                "7d",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert!(entry["expire_time"].as_str().unwrap() < "2099", "{entry:#}");
+    let entry = d
+        .ctl(
+            Some(token),
+            &[
+                "limits", "set", "user=bot", "--clear", "expires", "--clear", "rps", "--tpm", "9",
+                "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(entry["expire_time"], Value::Null);
+    assert_eq!(
+        entry["limits"],
+        serde_json::json!({ "tokens_per_minute": 9 })
+    );
+    // Two runs, two tokens.
+    let again = limitsctl(&[], &["token", "new", "-o", "json"]).json();
+    assert_ne!(again["token"], doc["token"]);
+}
+
+#[test]
+fn completion_and_help_for_every_command() {
+    let script = limitsctl(&[], &["completion", "bash"]).ok();
+    assert!(
+        script.contains("_limitsctl") && script.contains("complete "),
+        "{script}"
+    );
+    assert!(
+        limitsctl(&[], &["completion", "zsh"])
+            .ok()
+            .contains("#compdef limitsctl")
+    );
+    let commands: &[&[&str]] = &[
+        &[],
+        &["usage"],
+        &["limits"],
+        &["limits", "get"],
+        &["limits", "list"],
+        &["limits", "set"],
+        &["limits", "delete"],
+        &["budget"],
+        &["budget", "adjust"],
+        &["budget", "reset"],
+        &["budget", "raise"],
+        &["audit"],
+        &["token"],
+        &["token", "new"],
+        &["completion"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = limitsctl(&[], &args).ok();
+        let examples = help.split_once("Examples:\n").map(|(_, e)| e);
+        assert!(
+            examples.is_some_and(|e| e.contains("\n  limitsctl ")),
+            "no examples in {args:?}:\n{help}"
+        );
+    }
+    assert!(
+        limitsctl(&[], &["--version"])
+            .ok()
+            .starts_with("limitsctl ")
+    );
+    limitsctl(&[], &["no-such-command"]).fails(2);
+}
+
+/// A CA, and certificates it signs.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Ca { issuer }
+    }
+
+    /// Writes a leaf certificate for `names` with `cn` as its common name
+    /// to `<file>.crt` and `<file>.key` in `dir`.
+    fn leaf(&self, dir: &Path, file: &str, cn: &str, names: &[&str]) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+fn over_tls_with_a_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("limitsctl test CA");
+    std::fs::write(dir.path().join("ca.crt"), ca.issuer.pem()).unwrap();
+    ca.leaf(dir.path(), "server", "limitsd", &["localhost", "127.0.0.1"]);
+    ca.leaf(
+        dir.path(),
+        "client",
+        "ops.example.com",
+        &["ops.example.com"],
+    );
+    let tls = format!(
+        "  server:\n    tls:\n      cert_file: {d}/server.crt\n      key_file: {d}/server.key\n      \
+         client_ca_file: {d}/ca.crt\n      client_auth: optional\n",
+        d = dir.path().display()
+    );
+    let clients = "    clients:\n      - { subject: ops.example.com, scope: write }\n";
+    // The security section is last in config(): the client list joins it.
+    let yaml = format!("{}{clients}{tls}", config());
+    let d = Limitsd::start_in(dir, &yaml);
+    let files = d.dir.path();
+    let ca_cert = files.join("ca.crt").display().to_string();
+    let https = format!("https://127.0.0.1:{}", d.addr.port());
+
+    // The CA and a token.
+    let list = limitsctl(
+        &[("LIMITSD_TOKEN", AUDITOR.to_owned())],
+        &["--addr", &https, "--ca-cert", &ca_cert, "limits", "list"],
+    )
+    .ok();
+    assert!(list.contains("No runtime entries"), "{list}");
+    // host:port with a CA means TLS; the name checked can be given.
+    let localhost = format!("localhost:{}", d.addr.port());
+    limitsctl(
+        &[
+            ("LIMITSD_TOKEN", AUDITOR.to_owned()),
+            ("LIMITSD_CA_CERT", ca_cert.clone()),
+        ],
+        &[
+            "--addr",
+            &localhost,
+            "--tls-server-name",
+            "localhost",
+            "limits",
+            "list",
+        ],
+    )
+    .ok();
+    // The client certificate is the credential: no token.
+    let cert = files.join("client.crt").display().to_string();
+    let key_file = files.join("client.key").display().to_string();
+    limitsctl(
+        &[],
+        &[
+            "--addr",
+            &https,
+            "--ca-cert",
+            &ca_cert,
+            "--cert",
+            &cert,
+            "--key",
+            &key_file,
+            "limits",
+            "set",
+            "team=tls",
+            "--daily",
+            "3",
+            "--reason",
+            "mTLS",
+        ],
+    )
+    .ok();
+    let audit = limitsctl(
+        &[("LIMITSD_TOKEN", AUDITOR.to_owned())],
+        &[
+            "--addr",
+            &https,
+            "--ca-cert",
+            &ca_cert,
+            "audit",
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(audit["events"][0]["actor"], "cert:ops.example.com");
+    // Without the CA, limitsd's certificate is not trusted; plaintext to a
+    // TLS listener gets no answer.
+    let err = limitsctl(
+        &[("LIMITSD_TOKEN", AUDITOR.to_owned())],
+        &["--addr", &https, "limits", "list"],
+    )
+    .fails(1);
+    assert!(err.starts_with("limitsctl: "), "{err}");
+    let err = limitsctl(
+        &[("LIMITSD_TOKEN", AUDITOR.to_owned())],
+        &[
+            "--addr",
+            &format!("http://127.0.0.1:{}", d.addr.port()),
+            "limits",
+            "list",
+        ],
+    )
+    .fails(1);
+    assert!(
+        err.starts_with("limitsctl: ") && err.contains("hint: cannot reach limitsd"),
+        "{err}"
+    );
+    // --cert without --key is a usage error.
+    limitsctl(&[], &["--addr", &https, "--cert", &cert, "limits", "list"]).fails(2);
+}
