@@ -917,3 +917,31 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn an_entry_with_an_expiry_falls_away_by_itself() {
+    let d = Limitsd::start(&config(BASE));
+    let mut admin = Admin::to(d.addr, Some(WRITE_TOKEN)).await;
+    admin
+        .create(apb::SubjectLimits {
+            daily_usd: Some(0.05),
+            expire_time: Some(in_secs(2)),
+            ..entry(key("sk-live-a"))
+        })
+        .await
+        .unwrap();
+    let s = status(&d, key("sk-live-a"), pb::LimitKind::BudgetDaily).await;
+    assert_eq!((s.limit, s.source), (0.05, pb::LimitSource::Runtime as i32));
+    assert!(!allowed(&d, key("sk-live-a"), 0.5).await);
+    eventually("the entry to expire", || async {
+        let s = status(&d, key("sk-live-a"), pb::LimitKind::BudgetDaily).await;
+        (s.source == pb::LimitSource::Config as i32).then_some(())
+    })
+    .await;
+    assert!(allowed(&d, key("sk-live-a"), 0.5).await);
+    assert_eq!(
+        admin.get(key("sk-live-a")).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(admin.list().await.is_empty());
+}
