@@ -1,5 +1,7 @@
-// Types of the limitsd client (src/index.js). Messages use the .proto's
-// field names (keepCase), enums as their names, 64-bit integers as numbers.
+// Types of the limitsd client (src/index.js, src/admin.js). The data plane's
+// messages use the .proto's field names (keepCase), enums as their names,
+// 64-bit integers as numbers; the admin client's answers are camelCase
+// objects with Dates.
 
 import * as grpc from '@grpc/grpc-js';
 
@@ -25,7 +27,14 @@ export interface LimitStatus {
   remaining: number;
   reset_at: Timestamp | null;
   exceeded: boolean;
+  /** Where the limit comes from (set by GetUsage). */
+  source: LimitSource;
+  /** How much of `limit` is a temporary increase (set by GetUsage). */
+  raised: number;
 }
+
+export type LimitSource =
+  | 'LIMIT_SOURCE_UNSPECIFIED' | 'LIMIT_SOURCE_DEFAULT' | 'LIMIT_SOURCE_CONFIG' | 'LIMIT_SOURCE_RUNTIME';
 
 export interface BudgetSummary {
   subject: Subject;
@@ -91,13 +100,34 @@ export const CHECK_RETRY: RetryPolicy;
 export const SETTLE_RETRY: RetryPolicy;
 export const NO_RETRY: RetryPolicy;
 
-export interface ClientOptions {
-  /** TLS (and call credentials): default insecure. */
+/** A PEM file: its path, or its contents. */
+export type Pem = string | Buffer;
+
+export interface TlsOptions {
+  /** The CA that signed limitsd's certificate (default: the system's roots). */
+  caCert?: Pem;
+  /** A client certificate and its key, for mTLS: both or neither. */
+  clientCert?: Pem;
+  clientKey?: Pem;
+  /** The name to verify limitsd's certificate against, when it is not the target's host. */
+  serverName?: string;
+}
+
+/** How a client reaches limitsd: the same for LimitsClient and AdminClient. */
+export interface ChannelOptions {
+  /** TLS (`true`: verified against the system's roots). Not with `credentials`. */
+  tls?: TlsOptions | true;
+  /** Any channel credentials (TLS, mTLS, call credentials): default insecure. Not with `tls`. */
   credentials?: grpc.ChannelCredentials;
-  /** Extra metadata on every call, or a function returning it (tokens that rotate). */
+  /** Sent as `authorization: Bearer <token>` on every call; a function is called per call (tokens that rotate). */
+  token?: string | (() => string) | null;
+  /** Extra metadata on every call, or a function returning it. */
   metadata?: Record<string, string> | (() => Record<string, string>);
   /** grpc-js channel options, e.g. `interceptors` or `grpc.enable_http_proxy`. */
   channelOptions?: grpc.ClientOptions;
+}
+
+export interface ClientOptions extends ChannelOptions {
   /** Each attempt's deadline in milliseconds (default 1000). */
   timeoutMs?: number;
   /** Retries of a check and an acquire (default: UNAVAILABLE, 3 attempts). */
@@ -169,6 +199,12 @@ export class LimitsClient {
   guard<T>(opts: GuardOptions, fn: (g: Guard) => Promise<T> | T): Promise<T>;
 }
 
+/**
+ * limitsd could not answer, or refused the call. From the admin API also:
+ * UNAUTHENTICATED (no token, or an unknown one), PERMISSION_DENIED (too
+ * small a scope), UNIMPLEMENTED (the admin API is off), NOT_FOUND,
+ * ALREADY_EXISTS, ABORTED (a stale etag), FAILED_PRECONDITION.
+ */
 export class LimitsError extends Error {
   readonly code: grpc.status;
   readonly details: string;
@@ -194,3 +230,126 @@ export class LimitExceeded extends Error {
 export function apiKey(id: string): Subject;
 export function user(id: string): Subject;
 export function team(id: string): Subject;
+
+// ---- the admin API (mercator.limits.admin.v1) ---------------------------------
+// Requests and answers are camelCase objects; money is US dollars; instants
+// are Dates.
+
+/** A limit, by the name of its field in a runtime entry. */
+export type Kind =
+  | 'hourlyUsd' | 'dailyUsd' | 'monthlyUsd'
+  | 'requestsPerSecond' | 'requestsPerMinute' | 'requestsPerHour'
+  | 'tokensPerMinute' | 'tokensPerHour' | 'maxConcurrent';
+
+/** The fields of a runtime entry. Left out (or null): no limit of that kind. */
+export interface LimitFields {
+  /** USD budgets over the last hour, 24 hours and 30 days. */
+  hourlyUsd?: number | null;
+  dailyUsd?: number | null;
+  monthlyUsd?: number | null;
+  /** Whole numbers. */
+  requestsPerSecond?: number | null;
+  requestsPerMinute?: number | null;
+  requestsPerHour?: number | null;
+  tokensPerMinute?: number | null;
+  tokensPerHour?: number | null;
+  maxConcurrent?: number | null;
+  /** Shown instead of the id in reasons, metrics and the audit trail. */
+  alias?: string | null;
+  /** When the entry falls away by itself. */
+  expireTime?: Date | null;
+}
+
+export interface BudgetIncrease {
+  kind: Kind;
+  /** In the limit's unit (USD for budgets). */
+  amount: number;
+  expireTime: Date;
+  reason: string;
+}
+
+/** A subject's runtime entry. For an API key, `subject.id` is empty and `keyHash` names it. */
+export interface SubjectLimits {
+  subject: Subject;
+  keyHash: string;
+  hourlyUsd: number | null;
+  dailyUsd: number | null;
+  monthlyUsd: number | null;
+  requestsPerSecond: number | null;
+  requestsPerMinute: number | null;
+  requestsPerHour: number | null;
+  tokensPerMinute: number | null;
+  tokensPerHour: number | null;
+  maxConcurrent: number | null;
+  alias: string;
+  expireTime: Date | null;
+  /** Give it back to make a change only if nobody changed the entry in between. */
+  etag: string;
+  createTime: Date | null;
+  updateTime: Date | null;
+  /** Temporary increases still active. */
+  increases: BudgetIncrease[];
+}
+
+/** One limit of a subject after an adjustment or a reset (an API key named by its hash). */
+export interface LimitState {
+  subject: Subject;
+  kind: Kind;
+  /** Seconds; null for maxConcurrent. */
+  window: number | null;
+  limit: number;
+  used: number;
+  remaining: number;
+  resetAt: Date | null;
+}
+
+export interface AuditEvent {
+  time: Date;
+  /** The token's name, or `cert:<name>`. */
+  actor: string;
+  /** The call, e.g. 'UpdateSubjectLimits'. */
+  method: string;
+  /** The alias, an API key's hash, or a user's or team's id. */
+  subject: string;
+  /** The states before and after, parsed from JSON (null when there was none). */
+  before: unknown;
+  after: unknown;
+  reason: string;
+}
+
+/** An API key named by the hash answers show, not by the key. */
+export interface KeyHash { dimension: 'DIMENSION_API_KEY'; keyHash: string }
+/** How an admin call names a subject. */
+export type SubjectName = Subject | KeyHash | SubjectLimits;
+
+export interface AdminClientOptions extends ChannelOptions {
+  /** Each call's deadline in milliseconds (default 5000). */
+  timeoutMs?: number;
+}
+
+export interface CallOptions { timeoutMs?: number }
+
+export class AdminClient {
+  constructor(target: string, opts?: AdminClientOptions);
+  close(): void;
+  getLimits(subject: SubjectName, opts?: CallOptions): Promise<SubjectLimits>;
+  listLimits(opts?: { dimension?: 'apiKey' | 'user' | 'team'; pageSize?: number; timeoutMs?: number }): AsyncIterable<SubjectLimits>;
+  createLimits(subject: Subject, opts?: LimitFields & { reason?: string; timeoutMs?: number }): Promise<SubjectLimits>;
+  updateLimits(
+    subject: SubjectName,
+    opts: LimitFields & { etag?: string; allowMissing?: boolean; reason?: string; timeoutMs?: number },
+  ): Promise<SubjectLimits>;
+  deleteLimits(subject: SubjectName, opts?: { etag?: string; reason?: string; timeoutMs?: number }): Promise<void>;
+  adjustUsage(
+    subject: SubjectName,
+    opts: ({ usd: number } | { requests: number } | { tokens: number }) & { kind?: Kind; reason: string; timeoutMs?: number },
+  ): Promise<LimitState[]>;
+  resetUsage(subject: SubjectName, opts: { kinds?: Kind[]; reason: string; timeoutMs?: number }): Promise<LimitState[]>;
+  raiseBudget(
+    subject: SubjectName,
+    opts: { kind: Kind; amount: number; reason: string; timeoutMs?: number } & ({ until: Date } | { forSeconds: number }),
+  ): Promise<BudgetIncrease[]>;
+  listAuditEvents(opts?: { pageSize?: number; timeoutMs?: number }): AsyncIterable<AuditEvent>;
+}
+
+export function apiKeyHash(keyHash: string): KeyHash;

@@ -2,49 +2,13 @@
 // The limitsd client for Node.js: LimitsService over @grpc/grpc-js, loaded
 // from the API's proto at run time, and a guard that runs one model call
 // inside the gateway's call sequence (slot, reserved check, settlement,
-// release). Types: index.d.ts beside this file.
+// release); the admin API's client is in admin.js, the channel and calls
+// both share in core.js. Types: index.d.ts beside this file.
 
-const fs = require('node:fs');
-const path = require('node:path');
-
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
-const protobuf = require('protobufjs');
-
-const PROTO = path.join('mercator', 'limits', 'v1', 'limits.proto');
-
-/** The proto directory: the packed copy, else the repository's proto/. */
-function protoDir() {
-  const candidates = [path.resolve(__dirname, '..', 'proto'), path.resolve(__dirname, '..', '..', '..', 'proto')];
-  const found = candidates.find((dir) => fs.existsSync(path.join(dir, PROTO)));
-  if (!found) throw new Error(`limitsd: cannot find ${PROTO} under ${candidates.join(' or ')}`);
-  return found;
-}
-
-const packageDefinition = protoLoader.loadSync(PROTO, {
-  keepCase: true, // field names as in the .proto: reservation_id
-  longs: Number, // token counts stay far below 2^53
-  enums: String, // 'ACTION_BLOCK'
-  defaults: true,
-  oneofs: true,
-  includeDirs: [protoDir()],
-});
-const { LimitsService } = grpc.loadPackageDefinition(packageDefinition).mercator.limits.v1;
-
-// google.rpc.Status and BadRequest (googleapis' field numbers), to name the
-// field of an INVALID_ARGUMENT from the grpc-status-details-bin trailer.
-const rpc = protobuf.parse(`
-  syntax = "proto3";
-  package google.rpc;
-  message Any { string type_url = 1; bytes value = 2; }
-  message Status { int32 code = 1; string message = 2; repeated Any details = 3; }
-  message BadRequest {
-    message FieldViolation { string field = 1; string description = 2; }
-    repeated FieldViolation field_violations = 1;
-  }
-`, { keepCase: true }).root;
-const RpcStatus = rpc.lookupType('google.rpc.Status');
-const BadRequest = rpc.lookupType('google.rpc.BadRequest');
+const {
+  grpc, LimitsService, LimitsError, BaseClient, CHECK_RETRY, SETTLE_RETRY, NO_RETRY,
+} = require('./core');
+const { AdminClient, apiKeyHash } = require('./admin');
 
 const apiKey = (id) => ({ dimension: 'DIMENSION_API_KEY', id });
 const user = (id) => ({ dimension: 'DIMENSION_USER', id });
@@ -53,32 +17,6 @@ const team = (id) => ({ dimension: 'DIMENSION_TEAM', id });
 const seconds = (d) => (d ? Number(d.seconds) + d.nanos / 1e9 : null);
 const duration = (s) => (s == null ? undefined
   : { seconds: Math.floor(s), nanos: Math.round((s - Math.floor(s)) * 1e9) });
-
-/** limitsd could not answer: a gRPC error other than a decision. */
-class LimitsError extends Error {
-  constructor(code, details, field, attempts) {
-    super(`${Object.keys(grpc.status).find((k) => grpc.status[k] === code) || code}: ${details}`);
-    this.name = 'LimitsError';
-    this.code = code;
-    this.details = details;
-    this.field = field;
-    this.attempts = attempts;
-  }
-
-  static fromServiceError(err, attempts) {
-    let field = null;
-    const raw = err.metadata && err.metadata.get('grpc-status-details-bin')[0];
-    if (raw) {
-      const status = RpcStatus.decode(raw);
-      const detail = status.details.find((d) => d.type_url.endsWith('/google.rpc.BadRequest'));
-      if (detail) {
-        const bad = BadRequest.decode(detail.value);
-        if (bad.field_violations.length) field = bad.field_violations[0].field;
-      }
-    }
-    return new LimitsError(err.code, err.details || err.message, field, attempts);
-  }
-}
 
 /** A request limitsd denied: answer it with HTTP 429 (`statusCode`, `headers`, `body`). */
 class LimitExceeded extends Error {
@@ -107,65 +45,20 @@ class LimitExceeded extends Error {
   }
 }
 
-// Retry policies; see README "Retries". A reserved check or an acquire that
-// did reach limitsd and is retried anyway holds twice until the first hold
-// expires: never an overshoot.
-const CHECK_RETRY = Object.freeze({ attempts: 3, codes: [grpc.status.UNAVAILABLE], initialBackoffMs: 50, maxBackoffMs: 1000 });
-const SETTLE_RETRY = Object.freeze({
-  attempts: 3, codes: [grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED], initialBackoffMs: 50, maxBackoffMs: 1000,
-});
-const NO_RETRY = Object.freeze({ attempts: 1, codes: [], initialBackoffMs: 0, maxBackoffMs: 0 });
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-class LimitsClient {
+class LimitsClient extends BaseClient {
   /**
    * @param {string} target host:port
-   * @param {object} [opts] credentials (grpc.ChannelCredentials, default
-   *   insecure), metadata (object or function returning one, sent on every
-   *   call), channelOptions (including `interceptors`), timeoutMs (each
-   *   attempt's deadline, default 1000), checkRetry.
+   * @param {object} [opts] tls ({ caCert, clientCert, clientKey, serverName },
+   *   or true for the system's roots) or credentials (grpc.ChannelCredentials;
+   *   default insecure), token (string or function returning one: sent as
+   *   `authorization: Bearer <token>`), metadata (object or function
+   *   returning one, sent on every call), channelOptions (including
+   *   `interceptors`), timeoutMs (each attempt's deadline, default 1000),
+   *   checkRetry.
    */
   constructor(target, opts = {}) {
-    this.client = new LimitsService(target, opts.credentials || grpc.credentials.createInsecure(),
-      opts.channelOptions || {});
-    this.metadata = opts.metadata || {};
-    this.timeoutMs = opts.timeoutMs || 1000;
+    super(LimitsService, target, opts, 1000);
     this.checkRetry = opts.checkRetry || CHECK_RETRY;
-  }
-
-  close() {
-    this.client.close();
-  }
-
-  _metadata() {
-    const md = new grpc.Metadata();
-    const pairs = typeof this.metadata === 'function' ? this.metadata() : this.metadata;
-    for (const [k, v] of Object.entries(pairs || {})) md.set(k, v);
-    return md;
-  }
-
-  _once(method, request, timeoutMs) {
-    return new Promise((resolve, reject) => {
-      this.client[method](request, this._metadata(), { deadline: Date.now() + (timeoutMs || this.timeoutMs) },
-        (err, res) => (err ? reject(err) : resolve(res)));
-    });
-  }
-
-  async _call(method, request, timeoutMs, policy) {
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        // eslint-disable-next-line no-await-in-loop
-        return await this._once(method, request, timeoutMs);
-      } catch (err) {
-        if (attempt >= policy.attempts || !policy.codes.includes(err.code)) {
-          throw LimitsError.fromServiceError(err, attempt);
-        }
-      }
-      const cap = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** (attempt - 1));
-      // eslint-disable-next-line no-await-in-loop
-      await sleep(Math.random() * cap);
-    }
   }
 
   /** CheckLimits. A denial is an answer (`allowed` false), not an error. */
@@ -295,9 +188,11 @@ class LimitsClient {
 
 module.exports = {
   LimitsClient,
+  AdminClient,
   LimitExceeded,
   LimitsError,
   apiKey,
+  apiKeyHash,
   user,
   team,
   grpc,

@@ -3,8 +3,12 @@
 ``LimitsClient`` (blocking) and ``AsyncLimitsClient`` (asyncio) speak
 ``mercator.limits.v1.LimitsService``; their ``guard`` runs one model call
 inside the gateway's call sequence (slot, reserved check, settlement,
-release). ``limitsd.pb`` holds the generated messages, and
-``limitsd.integrations.litellm`` plugs limitsd into a LiteLLM proxy.
+release). ``AdminClient`` and ``AsyncAdminClient`` speak the admin API
+(``mercator.limits.admin.v1.LimitsAdminService``: runtime limits, budget
+operations, the audit trail). ``TLS`` and ``token=`` reach a limitsd that
+serves TLS and asks for a credential. ``limitsd.pb`` holds the generated
+messages, and ``limitsd.integrations.litellm`` plugs limitsd into a LiteLLM
+proxy.
 """
 
 from limitsd._common import (
@@ -19,7 +23,19 @@ from limitsd._common import (
     team,
     user,
 )
+from limitsd._channel import TLS
 from limitsd._proto import limits_pb2 as pb
+from limitsd.admin import (
+    AdminClient,
+    AsyncAdminClient,
+    AuditEvent,
+    BudgetIncrease,
+    KeyHash,
+    Kind,
+    LimitState,
+    SubjectLimits,
+    api_key_hash,
+)
 from limitsd.aio import AsyncGuard, AsyncLimitsClient
 from limitsd.client import Guard, LimitsClient
 
@@ -27,15 +43,25 @@ __all__ = [
     "CHECK_RETRY",
     "NO_RETRY",
     "SETTLE_RETRY",
+    "TLS",
+    "AdminClient",
+    "AsyncAdminClient",
     "AsyncGuard",
     "AsyncLimitsClient",
+    "AuditEvent",
+    "BudgetIncrease",
     "Guard",
+    "KeyHash",
+    "Kind",
     "LimitExceeded",
+    "LimitState",
     "LimitsClient",
     "LimitsError",
     "RetryPolicy",
+    "SubjectLimits",
     "Usage",
     "api_key",
+    "api_key_hash",
     "pb",
     "team",
     "user",

@@ -47,13 +47,17 @@ def seconds_of(d: duration_pb2.Duration) -> float:
 
 
 class LimitsError(Exception):
-    """limitsd could not answer: a gRPC error other than a decision.
+    """limitsd could not answer, or refused the call: a gRPC error other
+    than a decision.
 
-    ``code`` is the gRPC status code. ``INVALID_ARGUMENT`` is a bug in the
-    request (``field`` names the offending field); ``NOT_FOUND`` an unknown
-    reservation or lease; ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` mean
-    limitsd could not decide, and the gateway applies its own fail-open or
-    fail-closed policy.
+    ``code`` is the gRPC status code and ``details`` limitsd's message.
+    ``INVALID_ARGUMENT`` is a bug in the request (``field`` names the
+    offending field); ``NOT_FOUND`` an unknown reservation or lease;
+    ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` mean limitsd could not
+    decide, and the gateway applies its own fail-open or fail-closed policy.
+    ``UNAUTHENTICATED`` and ``PERMISSION_DENIED``: the call carried no
+    credential (or an unknown one), or one whose scope is too small. The
+    admin API's other codes are listed on ``AdminClient``.
     """
 
     def __init__(self, code: grpc.StatusCode, details: str, field: str | None = None, attempts: int = 1):

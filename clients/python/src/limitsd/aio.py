@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from limitsd._channel import TLS, Token, aio_channel, call_metadata
 from limitsd._common import (
     CHECK_RETRY,
     IDEMPOTENT_RETRY,
@@ -30,10 +31,32 @@ from limitsd._common import (
 )
 from limitsd._proto import limits_pb2 as pb
 from limitsd._proto import limits_pb2_grpc as pb_grpc
-from limitsd.client import _metadata
 
 log = logging.getLogger("limitsd")
 R = TypeVar("R")
+
+
+async def unary(
+    stub_method: Any,
+    request: Any,
+    timeout: float,
+    metadata: Callable[[], tuple[tuple[str, str], ...]],
+    policy: RetryPolicy,
+    response: type[R],
+) -> R:
+    """Calls one unary method with ``policy``'s retries; a gRPC error
+    becomes ``LimitsError``."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = await stub_method(request, timeout=timeout, metadata=metadata())
+            assert isinstance(result, response)
+            return result
+        except grpc.RpcError as err:
+            if attempt >= policy.attempts or err.code() not in policy.codes:
+                raise LimitsError.from_rpc(err, attempt) from err
+        await asyncio.sleep(policy.backoff(attempt))
 
 
 class AsyncLimitsClient:
@@ -46,28 +69,21 @@ class AsyncLimitsClient:
         target: str | None = None,
         *,
         channel: grpc.aio.Channel | None = None,
+        tls: TLS | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: Token | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
         timeout: float = 1.0,
         check_retry: RetryPolicy = CHECK_RETRY,
     ):
+        self._metadata = call_metadata(metadata, token)
+        self._owns_channel = channel is None
         if channel is None:
-            if target is None:
-                raise ValueError("give a target (host:port) or a channel")
-            if credentials is not None:
-                channel = grpc.aio.secure_channel(
-                    target, credentials, options=list(options), interceptors=list(interceptors)
-                )
-            else:
-                channel = grpc.aio.insecure_channel(target, options=list(options), interceptors=list(interceptors))
-            self._owns_channel = True
-        else:
-            self._owns_channel = False
+            channel = aio_channel(target, credentials, tls, options, interceptors)
         self._channel = channel
         self._stub: Any = pb_grpc.LimitsServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
-        self._metadata = metadata
         self.timeout = timeout
         self.check_retry = check_retry
         # Settlements that outlive a cancelled guard: kept referenced until done.
@@ -91,18 +107,9 @@ class AsyncLimitsClient:
         self, method: str, request: Any, timeout: float | None, policy: RetryPolicy, response: type[R]
     ) -> R:
         """Calls ``method`` of the service with ``policy``'s retries."""
-        stub_method = getattr(self._stub, method)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await stub_method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
-                assert isinstance(result, response)
-                return result
-            except grpc.RpcError as err:
-                if attempt >= policy.attempts or err.code() not in policy.codes:
-                    raise LimitsError.from_rpc(err, attempt) from err
-            await asyncio.sleep(policy.backoff(attempt))
+        return await unary(
+            getattr(self._stub, method), request, timeout or self.timeout, self._metadata, policy, response
+        )
 
     async def check(
         self,

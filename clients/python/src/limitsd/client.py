@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
+from limitsd._channel import TLS, Token, call_metadata, sync_channel
 from limitsd._common import (
     CHECK_RETRY,
     IDEMPOTENT_RETRY,
@@ -33,20 +34,42 @@ log = logging.getLogger("limitsd")
 R = TypeVar("R")
 
 
-def _metadata(md: Metadata) -> tuple[tuple[str, str], ...]:
-    return tuple(md() if callable(md) else md)
+def unary(
+    stub_method: Any,
+    request: Any,
+    timeout: float,
+    metadata: Callable[[], tuple[tuple[str, str], ...]],
+    policy: RetryPolicy,
+    response: type[R],
+) -> R:
+    """Calls one unary method with ``policy``'s retries; a gRPC error
+    becomes ``LimitsError``."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = stub_method(request, timeout=timeout, metadata=metadata())
+            assert isinstance(result, response)
+            return result
+        except grpc.RpcError as err:
+            if attempt >= policy.attempts or err.code() not in policy.codes:
+                raise LimitsError.from_rpc(err, attempt) from err
+        time.sleep(policy.backoff(attempt))
 
 
 class LimitsClient:
     """A blocking client of limitsd's ``LimitsService``.
 
-    ``target`` is ``host:port``. Pass ``credentials`` (e.g.
-    ``grpc.ssl_channel_credentials(...)``, or a composite with call
-    credentials) for TLS, ``metadata`` for extra call metadata on every call
-    (a list, or a function returning one, for tokens that rotate),
-    ``options`` for gRPC channel options, or a ready ``channel`` instead of
-    all three. ``timeout`` is each attempt's deadline in seconds; in queue
-    mode give ``check`` at least the service's ``queue_timeout``.
+    ``target`` is ``host:port``. ``tls=TLS(ca_cert=..., ...)`` speaks TLS
+    (with a client certificate for mTLS), or pass any
+    ``grpc.ChannelCredentials`` as ``credentials``; ``token`` is sent as
+    ``authorization: Bearer <token>`` on every call (a string, or a function
+    returning the current one), as limitsd asks with
+    ``security.data_plane_auth``; ``metadata`` is extra call metadata (a
+    list, or a function returning one); ``options`` are gRPC channel
+    options. Or pass a ready ``channel`` instead of the channel's arguments.
+    ``timeout`` is each attempt's deadline in seconds; in queue mode give
+    ``check`` at least the service's ``queue_timeout``.
 
     Retries: a check (and an acquire) only on ``UNAVAILABLE``; a settlement
     of a reservation, a release and a read also on ``DEADLINE_EXCEEDED``
@@ -59,25 +82,18 @@ class LimitsClient:
         target: str | None = None,
         *,
         channel: grpc.Channel | None = None,
+        tls: TLS | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: Token | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
         timeout: float = 1.0,
         check_retry: RetryPolicy = CHECK_RETRY,
     ):
-        if channel is None:
-            if target is None:
-                raise ValueError("give a target (host:port) or a channel")
-            if credentials is not None:
-                channel = grpc.secure_channel(target, credentials, options=list(options))
-            else:
-                channel = grpc.insecure_channel(target, options=list(options))
-            self._owns_channel = True
-        else:
-            self._owns_channel = False
-        self._channel = channel
-        self._stub: Any = pb_grpc.LimitsServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
-        self._metadata = metadata
+        self._metadata = call_metadata(metadata, token)
+        self._owns_channel = channel is None
+        self._channel = sync_channel(target, credentials, tls, options) if channel is None else channel
+        self._stub: Any = pb_grpc.LimitsServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated
         self.timeout = timeout
         self.check_retry = check_retry
 
@@ -94,18 +110,7 @@ class LimitsClient:
 
     def _call(self, method: str, request: Any, timeout: float | None, policy: RetryPolicy, response: type[R]) -> R:
         """Calls ``method`` of the service with ``policy``'s retries."""
-        stub_method = getattr(self._stub, method)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = stub_method(request, timeout=timeout or self.timeout, metadata=_metadata(self._metadata))
-                assert isinstance(result, response)
-                return result
-            except grpc.RpcError as err:
-                if attempt >= policy.attempts or err.code() not in policy.codes:
-                    raise LimitsError.from_rpc(err, attempt) from err
-            time.sleep(policy.backoff(attempt))
+        return unary(getattr(self._stub, method), request, timeout or self.timeout, self._metadata, policy, response)
 
     def check(
         self,

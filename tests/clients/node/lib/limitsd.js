@@ -73,8 +73,10 @@ function limitsdBin() {
  * Starts limitsd with `configYaml`; resolves to
  * { grpcAddr, addrs, client, stop() } once it printed
  * `limitsd listening grpc=HOST:PORT metrics=HOST:PORT` and the channel is ready.
+ * `credentials` are the channel credentials of `client` (default plaintext),
+ * for a limitsd that serves TLS.
  */
-async function startLimitsd(configYaml) {
+async function startLimitsd(configYaml, { credentials } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'limitsd-node-'));
   const config = path.join(dir, 'limits.yaml');
   fs.writeFileSync(config, configYaml);
@@ -122,10 +124,17 @@ async function startLimitsd(configYaml) {
     throw e;
   }
 
-  const client = new api.LimitsService(addrs.grpc, grpc.credentials.createInsecure(),
+  const client = new api.LimitsService(addrs.grpc, credentials || grpc.credentials.createInsecure(),
     { 'grpc.enable_http_proxy': 0 }); // loopback: never through a proxy
-  await new Promise((resolve, reject) =>
-    client.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve())));
+  try {
+    await new Promise((resolve, reject) =>
+      client.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve())));
+  } catch (e) {
+    client.close();
+    await stopChild();
+    e.message += `\n--- limitsd log ---\n${fs.readFileSync(logPath, 'utf8').slice(-3000)}`;
+    throw e;
+  }
 
   return {
     grpcAddr: addrs.grpc,

@@ -1,6 +1,8 @@
 // A typed use of the limitsd package: `tsc --noEmit` must accept it
 // (test/client.test.js runs it), and the @ts-expect-error lines must fail.
-import { LimitExceeded, LimitsClient, LimitsError, apiKey, grpc, team, user } from 'limitsd';
+import {
+  AdminClient, AuditEvent, LimitExceeded, LimitsClient, LimitsError, SubjectLimits, apiKey, apiKeyHash, grpc, team, user,
+} from 'limitsd';
 
 async function handle(client: LimitsClient, key: string): Promise<{ status: number; body: unknown }> {
   try {
@@ -36,3 +38,38 @@ void client.check({ subjects: [apiKey('k')], reserve: true }).then((d) => d.rese
 void client.check({ subjects: [{ dimension: 'DIMENSION_ORG', id: 'x' }] });
 // @ts-expect-error: the guard needs a model
 void client.guard({ subjects: [apiKey('k')] }, () => 1);
+
+// TLS and a token, on both clients.
+const secure = new LimitsClient('127.0.0.1:50051', {
+  tls: { caCert: 'ca.crt', clientCert: Buffer.from('pem'), clientKey: 'client.key', serverName: 'localhost' },
+  token: () => 'rotating',
+});
+void secure.usage(apiKey('k')).then((u) => u.statuses.map((s) => [s.source, s.raised]));
+
+async function administer(admin: AdminClient): Promise<string[]> {
+  const entry: SubjectLimits = await admin.createLimits(apiKey('sk-1'), { dailyUsd: 0.1, alias: 'acme', reason: 'new' });
+  const daily: number | null = entry.dailyUsd;
+  await admin.updateLimits(entry, { dailyUsd: daily === null ? 1 : daily * 2, requestsPerMinute: null, etag: entry.etag });
+  await admin.raiseBudget(apiKeyHash(entry.keyHash), { kind: 'dailyUsd', amount: 1, until: new Date(), reason: 'top-up' });
+  await admin.raiseBudget(team('t'), { kind: 'monthlyUsd', amount: 1, forSeconds: 3600, reason: 'top-up' });
+  const states = await admin.adjustUsage(user('u'), { usd: -0.5, kind: 'dailyUsd', reason: 'refund' });
+  await admin.resetUsage(user('u'), { kinds: states.map((s) => s.kind), reason: 'reset' });
+  await admin.deleteLimits(team('t'), { reason: 'done' });
+  const methods: string[] = [];
+  for await (const e of admin.listAuditEvents({ pageSize: 50 })) {
+    const event: AuditEvent = e;
+    methods.push(`${event.time.toISOString()} ${event.actor} ${event.method}`);
+  }
+  for await (const l of admin.listLimits({ dimension: 'team' })) methods.push(l.subject.id);
+  return methods;
+}
+void administer(new AdminClient('127.0.0.1:50051', { tls: true, token: 'w', timeoutMs: 2000 }));
+
+// @ts-expect-error: a limit the entry does not have
+void new AdminClient('x').createLimits(apiKey('k'), { weeklyUsd: 1 });
+// @ts-expect-error: a budget operation needs a reason
+void new AdminClient('x').adjustUsage(apiKey('k'), { usd: 1 });
+// @ts-expect-error: an increase needs an end (until or forSeconds)
+void new AdminClient('x').raiseBudget(apiKey('k'), { kind: 'dailyUsd', amount: 1, reason: 'r' });
+// @ts-expect-error: not a kind
+void new AdminClient('x').resetUsage(apiKey('k'), { kinds: ['daily'], reason: 'r' });

@@ -1,1 +1,2 @@
-"""Stubs generated from proto/mercator/limits/v1/limits.proto at build time."""
+"""Stubs generated at build time from proto/mercator/limits/v1/limits.proto
+and proto/mercator/limits/admin/v1/admin.proto (see setup.py)."""

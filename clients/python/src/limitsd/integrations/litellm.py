@@ -45,6 +45,7 @@ import grpc
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
+from limitsd._channel import TLS, Token
 from limitsd._common import LimitExceeded, LimitsError, Metadata, api_key, team, user
 from limitsd._proto import limits_pb2 as pb
 from limitsd.aio import AsyncLimitsClient
@@ -129,8 +130,9 @@ class LimitsdCallback(CustomLogger):
     """The LiteLLM proxy callback. Every argument is optional.
 
     - ``target``: limitsd's ``host:port`` (default ``$LIMITSD_TARGET``, else
-      ``127.0.0.1:50051``); ``credentials``, ``metadata``, ``options`` as
-      for ``AsyncLimitsClient``; or a ready ``client``.
+      ``127.0.0.1:50051``); ``tls``, ``credentials``, ``token``,
+      ``metadata``, ``options`` as for ``AsyncLimitsClient``; or a ready
+      ``client``.
     - ``subjects(auth, data)``: the subjects of a request, from LiteLLM's
       ``UserAPIKeyAuth`` and the request body (default
       ``default_subjects``); ``api_key_id`` picks the key's id there.
@@ -150,7 +152,9 @@ class LimitsdCallback(CustomLogger):
         target: str | None = None,
         *,
         client: AsyncLimitsClient | None = None,
+        tls: TLS | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: Token | None = None,
         metadata: Metadata = (),
         options: Sequence[tuple[str, Any]] = (),
         subjects: Callable[[Any, dict[str, Any]], list[pb.Subject]] | None = None,
@@ -165,7 +169,9 @@ class LimitsdCallback(CustomLogger):
         super().__init__()
         self._target = target
         self._client = client
+        self._tls = tls
         self._credentials = credentials
+        self._token = token
         self._metadata = metadata
         self._options = options
         self._subjects = subjects or (lambda auth, data: default_subjects(auth, data, api_key_id))
@@ -187,7 +193,9 @@ class LimitsdCallback(CustomLogger):
             target = self._target or os.environ.get("LIMITSD_TARGET") or "127.0.0.1:50051"
             self._client = AsyncLimitsClient(
                 target,
+                tls=self._tls,
                 credentials=self._credentials,
+                token=self._token,
                 metadata=self._metadata,
                 options=self._options,
                 timeout=self.check_timeout,

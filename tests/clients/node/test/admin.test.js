@@ -1,0 +1,236 @@
+'use strict';
+// The package's admin client against a real limitsd serving TLS and asking
+// for tokens: a key's runtime limits enforced at once, a top-up that lets it
+// through again, the audit trail of both, and each refusal (no token, too
+// small a scope, a stale etag, bad input) as a LimitsError.
+
+const { describe, test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+
+const {
+  AdminClient, LimitsClient, LimitsError, apiKey, apiKeyHash, user, team, grpc,
+} = require('limitsd');
+const {
+  startSecure, WRITE_TOKEN, READ_TOKEN, DATA_TOKEN, CLIENT_CN,
+} = require('../lib/secure');
+const { startLimitsd } = require('../lib/limitsd');
+
+const KEY_ID = 'sk-admin-flow-7f3a';
+const KEY = apiKey(KEY_ID);
+const NO_PROXY = { 'grpc.enable_http_proxy': 0 };
+
+const adminOf = (s, token = WRITE_TOKEN, opts = {}) => new AdminClient(s.target, {
+  tls: { caCert: s.caPath }, token, channelOptions: NO_PROXY, ...opts,
+});
+const limitsOf = (s, opts = {}) => new LimitsClient(s.target, {
+  tls: { caCert: s.caPath }, channelOptions: NO_PROXY, timeoutMs: 5000, ...opts,
+});
+const allowed = async (c, usd, subject = KEY) => (await c.check({ subjects: [subject], model: 'gpt-4', estimatedCostUsd: usd })).allowed;
+const daily = async (c, subject = KEY) => (await c.usage(subject)).statuses.find((x) => x.kind === 'LIMIT_KIND_BUDGET_DAILY');
+const collect = async (iterable) => {
+  const out = [];
+  for await (const x of iterable) out.push(x);
+  return out;
+};
+const rejectsWith = (promise, code, check = () => true) => assert.rejects(promise,
+  (err) => err instanceof LimitsError && err.code === code && check(err));
+
+describe('the admin flow over TLS with tokens', () => {
+  let s;
+  before(async () => { s = await startSecure(); });
+  after(async () => { if (s) await s.stop(); });
+
+  test('a key limited, denied, topped up, allowed again, and the audit trail shows both', async () => {
+    const admin = adminOf(s);
+    const c = limitsOf(s);
+    try {
+      assert.equal(await allowed(c, 0.50), true, 'no limit before the runtime entry');
+
+      const entry = await admin.createLimits(KEY, { dailyUsd: 0.10, alias: 'acme-prod', reason: 'new customer' });
+      assert.deepEqual([entry.dailyUsd, entry.alias, entry.requestsPerMinute], [0.10, 'acme-prod', null]);
+      assert.equal(entry.subject.id, '', 'the key is never answered');
+      assert.match(entry.keyHash, /^[0-9a-f]{32}$/);
+      assert.ok(entry.etag && entry.createTime instanceof Date);
+      assert.equal(await allowed(c, 0.50), false, '$0.50 does not fit a daily $0.10');
+      let st = await daily(c);
+      assert.deepEqual([st.limit, st.source], [0.10, 'LIMIT_SOURCE_RUNTIME']);
+
+      const until = new Date(Date.now() + 3600_000);
+      const increases = await admin.raiseBudget(KEY, { kind: 'dailyUsd', amount: 1.00, until, reason: 'launch top-up' });
+      assert.deepEqual(increases.map((i) => [i.kind, i.amount, i.reason]), [['dailyUsd', 1, 'launch top-up']]);
+      assert.ok(Math.abs(increases[0].expireTime - until) < 1000);
+      assert.equal(await allowed(c, 0.50), true, 'allowed again after the top-up');
+      st = await daily(c);
+      assert.ok(Math.abs(st.limit - 1.10) < 1e-9 && st.raised === 1, JSON.stringify(st));
+    } finally {
+      admin.close();
+      c.close();
+    }
+
+    const reader = adminOf(s, READ_TOKEN);
+    try {
+      const events = await collect(reader.listAuditEvents({ pageSize: 1 }));
+      assert.deepEqual(events.map((e) => e.method), ['RaiseBudget', 'CreateSubjectLimits'], 'newest first');
+      assert.deepEqual([...new Set(events.map((e) => e.actor))], ['ops'], "the write token's name");
+      assert.deepEqual(events.map((e) => e.reason), ['launch top-up', 'new customer']);
+      assert.ok(events[0].time >= events[1].time);
+      assert.equal(events[1].before, null);
+      assert.equal(events[1].after.limits.daily, 0.1);
+      const all = JSON.stringify(events);
+      assert.ok(!all.includes(KEY_ID), `a raw key in the audit trail: ${all}`);
+      assert.ok(!all.includes(WRITE_TOKEN));
+    } finally {
+      reader.close();
+    }
+  });
+});
+
+describe('the admin client', () => {
+  let s;
+  let admin;
+  let c;
+  before(async () => {
+    s = await startSecure();
+    admin = adminOf(s);
+    c = limitsOf(s);
+  });
+  after(async () => {
+    admin.close();
+    c.close();
+    await s.stop();
+  });
+
+  test('without a token: UNAUTHENTICATED, saying what is missing', async () => {
+    const anon = adminOf(s, null);
+    await rejectsWith(anon.createLimits(apiKey('sk-anon'), { dailyUsd: 0.1 }), grpc.status.UNAUTHENTICATED,
+      (err) => err.message.startsWith('UNAUTHENTICATED: ') && /credential is required/.test(err.details));
+    anon.close();
+    const wrong = adminOf(s, 'not-a-token');
+    await rejectsWith(collect(wrong.listLimits()), grpc.status.UNAUTHENTICATED, (err) => /unknown token/.test(err.details));
+    wrong.close();
+  });
+
+  test('a read token reads, and a change is PERMISSION_DENIED and changes nothing', async () => {
+    const reader = adminOf(s, READ_TOKEN);
+    await rejectsWith(reader.createLimits(apiKey('sk-reader'), { dailyUsd: 0.1 }), grpc.status.PERMISSION_DENIED,
+      (err) => /auditor has the read scope/.test(err.details));
+    await rejectsWith(reader.getLimits(apiKey('sk-reader')), grpc.status.NOT_FOUND);
+    reader.close();
+  });
+
+  test('a stale etag is ABORTED and changes nothing', async () => {
+    const k = apiKey('sk-etag');
+    const v1 = await admin.createLimits(k, { dailyUsd: 1, requestsPerMinute: 60, reason: 'first' });
+    const v2 = await admin.updateLimits(v1, { dailyUsd: 2, etag: v1.etag, reason: 'second' });
+    assert.notEqual(v2.etag, v1.etag);
+    assert.deepEqual([v2.dailyUsd, v2.requestsPerMinute], [2, 60], 'only the field given changes');
+    await rejectsWith(admin.updateLimits(v1, { dailyUsd: 3, etag: v1.etag, reason: 'stale' }), grpc.status.ABORTED);
+    await rejectsWith(admin.deleteLimits(k, { etag: v1.etag }), grpc.status.ABORTED);
+    const now = await admin.getLimits(k);
+    assert.deepEqual([now.dailyUsd, now.etag], [2, v2.etag]);
+  });
+
+  test('updates clear with null, create with allowMissing; lists page; deletes', async () => {
+    const created = await admin.createLimits(apiKey('sk-mask'), {
+      dailyUsd: 1, requestsPerMinute: 60, alias: 'mask', reason: 'x',
+    });
+    const cleared = await admin.updateLimits(apiKeyHash(created.keyHash), { requestsPerMinute: null, reason: 'y' });
+    assert.deepEqual([cleared.dailyUsd, cleared.requestsPerMinute, cleared.alias], [1, null, 'mask']);
+    const expireTime = new Date(Date.now() + 24 * 3600_000);
+    const u = await admin.updateLimits(user('alice'), { hourlyUsd: 0.5, expireTime, allowMissing: true });
+    assert.ok(u.hourlyUsd === 0.5 && Math.abs(u.expireTime - expireTime) < 1000);
+    await admin.createLimits(team('research'), { monthlyUsd: 25_000, maxConcurrent: 8 });
+    await admin.createLimits(team('ml'), { tokensPerMinute: 100_000 });
+    const teams = await collect(admin.listLimits({ dimension: 'team', pageSize: 1 }));
+    assert.deepEqual(teams.map((e) => e.subject.id), ['ml', 'research']);
+    const every = await collect(admin.listLimits({ pageSize: 2 }));
+    assert.ok(every.some((e) => e.subject.id === 'alice') && every.length >= 4);
+    await admin.deleteLimits(team('ml'), { reason: 'back to the config' });
+    await rejectsWith(admin.getLimits(team('ml')), grpc.status.NOT_FOUND);
+    await rejectsWith(admin.createLimits(team('research'), { monthlyUsd: 1 }), grpc.status.ALREADY_EXISTS);
+  });
+
+  test('a credit lets a key through again; resets and debits by its hash', async () => {
+    const k = apiKey('sk-credit');
+    const entry = await admin.createLimits(k, { dailyUsd: 0.10, tokensPerMinute: 1000, reason: 'trial' });
+    await c.record({ subjects: [k], costUsd: 0.08 });
+    assert.equal(await allowed(c, 0.05, k), false);
+    const states = await admin.adjustUsage(k, { usd: -0.08, reason: 'refund of a failed batch' });
+    const d = states.find((x) => x.kind === 'dailyUsd');
+    assert.deepEqual([d.used, d.limit, d.window], [0, 0.1, 86400]);
+    assert.equal(await allowed(c, 0.05, k), true);
+    await admin.adjustUsage(apiKeyHash(entry.keyHash), { tokens: 300, reason: 'tokens used elsewhere' });
+    const reset = await admin.resetUsage(entry, { kinds: ['dailyUsd'], reason: 'abuse cleared' });
+    assert.deepEqual(Object.fromEntries(reset.map((x) => [x.kind, x.used])), { dailyUsd: 0, tokensPerMinute: 300 });
+    await rejectsWith(admin.raiseBudget(k, { kind: 'hourlyUsd', amount: 1, forSeconds: 3600, reason: 'none' }),
+      grpc.status.FAILED_PRECONDITION);
+  });
+
+  test('INVALID_ARGUMENT names the field; what the client can tell, it says first', async () => {
+    await rejectsWith(admin.createLimits(apiKey('sk-bad'), { dailyUsd: -1 }), grpc.status.INVALID_ARGUMENT,
+      (err) => err.field === 'subject_limits.daily_usd' && err.details.startsWith('subject_limits.daily_usd'));
+    await rejectsWith(admin.adjustUsage(apiKey('sk-bad'), { usd: 1, reason: '' }), grpc.status.INVALID_ARGUMENT,
+      (err) => err.field === 'reason');
+    await assert.rejects(admin.adjustUsage(KEY, { usd: 1, tokens: 5, reason: 'x' }), /exactly one of usd, requests or tokens/);
+    await assert.rejects(admin.createLimits(KEY, { weeklyUsd: 1 }), /weeklyUsd is not a field/);
+    await assert.rejects(admin.updateLimits(KEY, { reason: 'nothing' }), /at least one field/);
+    await assert.rejects(admin.raiseBudget(KEY, { kind: 'daily', amount: 1, forSeconds: 1, reason: 'x' }), /not one of/);
+  });
+
+  test('a client certificate is a credential too', async () => {
+    const byCert = new AdminClient(s.target, {
+      tls: { caCert: s.caPath, clientCert: s.client.cert, clientKey: s.client.key }, channelOptions: NO_PROXY,
+    });
+    await byCert.createLimits(team('certified'), { monthlyUsd: 100, reason: 'by certificate' });
+    const events = await collect(byCert.listAuditEvents());
+    assert.equal(events[0].actor, `cert:${CLIENT_CN}`);
+    byCert.close();
+  });
+
+  test('TLS verifies the server by the name given, against the CA given', async () => {
+    const wrong = limitsOf(s, { tls: { caCert: s.caPath, serverName: 'limitsd.example.com' }, timeoutMs: 2000 });
+    await rejectsWith(wrong.check({ subjects: [KEY] }), grpc.status.UNAVAILABLE);
+    wrong.close();
+    const fs = require('node:fs');
+    const right = limitsOf(s, { tls: { caCert: fs.readFileSync(s.caPath), serverName: 'localhost' } });
+    assert.equal(await allowed(right, 0.1), true);
+    right.close();
+    const other = s.makeCa(`${s.dir}/other`, 'another CA');
+    const untrusted = limitsOf(s, { tls: { caCert: other.caPath }, timeoutMs: 2000 });
+    await rejectsWith(untrusted.check({ subjects: [KEY] }), grpc.status.UNAVAILABLE);
+    untrusted.close();
+    assert.throws(() => limitsOf(s, { tls: { caCert: `${s.dir}/missing.crt` } }), /tls.caCert: cannot read/);
+    assert.throws(() => limitsOf(s, { tls: { clientCert: s.client.cert } }), /together/);
+  });
+});
+
+describe('the data plane with data_plane_auth', () => {
+  let s;
+  before(async () => { s = await startSecure('', { dataPlaneAuth: true }); });
+  after(async () => { if (s) await s.stop(); });
+
+  test('LimitsClient sends its token on every call', async () => {
+    const anon = limitsOf(s);
+    await rejectsWith(anon.check({ subjects: [KEY] }), grpc.status.UNAUTHENTICATED);
+    anon.close();
+    let asked = 0;
+    const c = limitsOf(s, { token: () => { asked += 1; return DATA_TOKEN; } });
+    assert.equal(await allowed(c, 0.1), true);
+    await c.guard({
+      subjects: [KEY], model: 'gpt-4', estimatedCostUsd: 0.1, concurrency: false,
+    }, (g) => g.record({ promptTokens: 10, completionTokens: 10, costUsd: 0.05 }));
+    assert.equal(asked, 3, 'the token function is called for every call');
+    c.close();
+  });
+});
+
+test('without a credential configured, the admin API is off (UNIMPLEMENTED)', async () => {
+  const d = await startLimitsd('limits:\n  storage: { backend: memory }\n');
+  const admin = new AdminClient(d.grpcAddr, { token: WRITE_TOKEN, channelOptions: NO_PROXY });
+  try {
+    await rejectsWith(admin.getLimits(KEY), grpc.status.UNIMPLEMENTED, (err) => /admin API is off/.test(err.details));
+  } finally {
+    admin.close();
+    await d.stop();
+  }
+});
