@@ -1,7 +1,7 @@
 //! Fuzz targets for what limitsd reads from outside: gRPC requests (every
-//! RPC of the LimitsService and Envoy's rate limit service, decoded and
-//! handled in-process on a memory store), config files and environment
-//! variables, and envoyproxy/ratelimit rule files.
+//! RPC of the LimitsService, the admin API and Envoy's rate limit service,
+//! decoded and handled in-process on a memory store), config files and
+//! environment variables, and envoyproxy/ratelimit rule files.
 //!
 //! Each target takes bytes, so that any input found is replayed exactly.
 //! Inputs come from three places: the seed corpus under `corpus/`, random
@@ -17,11 +17,14 @@
 use std::sync::Arc;
 
 use limits_server::api::RlsSvc;
+use limits_server::api::auth::Actor;
 use limits_server::api::queue::Queues;
-use limits_server::api::{LimitsSvc, Shared};
+use limits_server::api::{AdminSvc, LimitsSvc, Shared};
 use limits_server::config::Config;
 use limits_server::ops::metrics::Labels;
 use limits_server::pb;
+use limits_server::pb::admin as apb;
+use limits_server::pb::admin::limits_admin_service_server::LimitsAdminService;
 use limits_server::pb::envoy::service::ratelimit::v3 as rls_pb;
 use limits_server::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use limits_server::pb::limits_service_server::LimitsService;
@@ -109,6 +112,7 @@ pub struct Harness {
     shared: Arc<Shared<AnyStore>>,
     limits: LimitsSvc<AnyStore>,
     rls: RlsSvc<AnyStore>,
+    admin: AdminSvc<AnyStore>,
     /// Reservation and lease ids handed out, for the generators to use.
     pub issued: Vec<String>,
     /// How requests ended, by gRPC code: how deep the inputs reach.
@@ -150,6 +154,7 @@ impl Harness {
             runtime,
             limits: LimitsSvc::new(shared.clone()),
             rls: RlsSvc::new(shared.clone()),
+            admin: AdminSvc::new(shared.clone()),
             shared,
             issued: Vec::new(),
             outcomes: Default::default(),
@@ -183,19 +188,22 @@ impl Harness {
         let before = self.subjects_held();
         let svc = &self.limits;
         let rls = &self.rls;
+        let admin = &self.admin;
         let outcome: Result<Option<Vec<String>>, tonic::Status> = self.runtime.block_on(async {
             macro_rules! call {
                 ($ty:ty, $method:ident, $svc:expr, $ids:expr) => {{
                     match <$ty>::decode(bytes) {
                         Err(e) => Err(limits_server::api::codec::decode_error_status(&e)),
-                        Ok(req) => $svc
-                            .$method(Request::new(req))
-                            .await
-                            .map(|r| $ids(r.into_inner())),
+                        Ok(req) => {
+                            // As the credential check leaves it.
+                            let mut req = Request::new(req);
+                            req.extensions_mut().insert(Actor("fuzz".into()));
+                            $svc.$method(req).await.map(|r| $ids(r.into_inner()))
+                        }
                     }
                 }};
             }
-            match which % 6 {
+            match which % ADMIN_END {
                 0 => call!(
                     pb::CheckLimitsRequest,
                     check_limits,
@@ -229,7 +237,46 @@ impl Harness {
                         )
                     }
                 ),
-                _ => call!(rls_pb::RateLimitRequest, should_rate_limit, rls, |_| None),
+                5 => call!(rls_pb::RateLimitRequest, should_rate_limit, rls, |_| None),
+                6 => call!(
+                    apb::GetSubjectLimitsRequest,
+                    get_subject_limits,
+                    admin,
+                    |_| None
+                ),
+                7 => call!(
+                    apb::ListSubjectLimitsRequest,
+                    list_subject_limits,
+                    admin,
+                    |_| None
+                ),
+                8 => call!(
+                    apb::CreateSubjectLimitsRequest,
+                    create_subject_limits,
+                    admin,
+                    |_| None
+                ),
+                9 => call!(
+                    apb::UpdateSubjectLimitsRequest,
+                    update_subject_limits,
+                    admin,
+                    |_| None
+                ),
+                10 => call!(
+                    apb::DeleteSubjectLimitsRequest,
+                    delete_subject_limits,
+                    admin,
+                    |_| None
+                ),
+                11 => call!(apb::AdjustUsageRequest, adjust_usage, admin, |_| None),
+                12 => call!(apb::ResetUsageRequest, reset_usage, admin, |_| None),
+                13 => call!(apb::RaiseBudgetRequest, raise_budget, admin, |_| None),
+                _ => call!(
+                    apb::ListAuditEventsRequest,
+                    list_audit_events,
+                    admin,
+                    |_| None
+                ),
             }
         });
         let code = match &outcome {
@@ -274,6 +321,9 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::Unimplemented => "UNIMPLEMENTED",
         Code::Internal => "INTERNAL",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
         _ => "OTHER",
     }
 }
@@ -595,8 +645,160 @@ pub fn generate(target: Target, rng: &mut StdRng, issued: &[String]) -> Vec<u8> 
     }
 }
 
+/// The requests target's first byte picks the RPC: 0–5 the data plane
+/// (the seed corpus's), 6 up to this the admin API's.
+const ADMIN_END: u8 = 15;
+
+fn subject_ref(rng: &mut StdRng) -> Option<apb::SubjectRef> {
+    rng.random_bool(0.95).then(|| apb::SubjectRef {
+        subject: rng.random_bool(0.95).then(|| subject(rng)),
+        key_hash: if rng.random_bool(0.9) {
+            String::new()
+        } else {
+            pick(
+                rng,
+                &["ab", "api_key:0123456789abcdef0123456789abcdef", "xxxxxxxx"],
+            )
+            .to_string()
+        },
+    })
+}
+
+fn kind(rng: &mut StdRng) -> i32 {
+    *pick(rng, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, -3, 99])
+}
+
+fn timestamp(rng: &mut StdRng) -> Option<prost_types::Timestamp> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let seconds = *pick(
+        rng,
+        &[now + 60, now + 3600, now - 10, 0, -1, i64::MAX, 1 << 40],
+    );
+    let nanos = *pick(rng, &[0, 999_999_999, 1_000_000_000, -1]);
+    rng.random_bool(0.9)
+        .then_some(prost_types::Timestamp { seconds, nanos })
+}
+
+fn reason(rng: &mut StdRng) -> String {
+    match rng.random_range(0..4) {
+        0 => String::new(),
+        1 => "x\u{0}y".into(),
+        2 => "r".repeat(300),
+        _ => "refund".into(),
+    }
+}
+
+fn entry(rng: &mut StdRng) -> apb::SubjectLimits {
+    let opt_usd = |rng: &mut StdRng| rng.random_bool(0.4).then(|| usd(rng));
+    let opt_count = |rng: &mut StdRng| rng.random_bool(0.3).then(|| count(rng));
+    apb::SubjectLimits {
+        subject: rng.random_bool(0.95).then(|| subject(rng)),
+        key_hash: String::new(),
+        hourly_usd: opt_usd(rng),
+        daily_usd: opt_usd(rng),
+        monthly_usd: opt_usd(rng),
+        requests_per_second: opt_count(rng),
+        requests_per_minute: opt_count(rng),
+        requests_per_hour: opt_count(rng),
+        tokens_per_minute: opt_count(rng),
+        tokens_per_hour: opt_count(rng),
+        max_concurrent: rng.random_bool(0.3).then(|| count(rng) as u32),
+        alias: match rng.random_range(0..4) {
+            0 => String::new(),
+            1 => " ".into(),
+            2 => "a".repeat(80),
+            _ => "acme".into(),
+        },
+        expire_time: rng.random_bool(0.2).then(|| timestamp(rng)).flatten(),
+        ..Default::default()
+    }
+}
+
+fn generate_admin(rng: &mut StdRng, which: u8) -> Vec<u8> {
+    match which {
+        6 => apb::GetSubjectLimitsRequest {
+            subject: subject_ref(rng),
+        }
+        .encode_to_vec(),
+        7 => apb::ListSubjectLimitsRequest {
+            dimension: *pick(rng, &[0, 1, 2, 3, 9]),
+            page_size: *pick(rng, &[0, 1, 100, 1000, 1001, -1]),
+            page_token: pick(rng, &["", "zz", "6170695f6b65793a"]).to_string(),
+        }
+        .encode_to_vec(),
+        8 => apb::CreateSubjectLimitsRequest {
+            subject_limits: rng.random_bool(0.95).then(|| entry(rng)),
+            reason: reason(rng),
+        }
+        .encode_to_vec(),
+        9 => apb::UpdateSubjectLimitsRequest {
+            subject: subject_ref(rng),
+            subject_limits: rng.random_bool(0.9).then(|| entry(rng)),
+            update_mask: rng.random_bool(0.9).then(|| prost_types::FieldMask {
+                paths: (0..*pick(rng, &[0, 1, 2, 12]))
+                    .map(|_| {
+                        pick(
+                            rng,
+                            &["daily_usd", "alias", "*", "max_concurrent", "weekly", ""],
+                        )
+                        .to_string()
+                    })
+                    .collect(),
+            }),
+            etag: pick(rng, &["", "0123456789abcdef", "stale"]).to_string(),
+            allow_missing: rng.random_bool(0.5),
+            reason: reason(rng),
+        }
+        .encode_to_vec(),
+        10 => apb::DeleteSubjectLimitsRequest {
+            subject: subject_ref(rng),
+            etag: pick(rng, &["", "stale"]).to_string(),
+            reason: reason(rng),
+        }
+        .encode_to_vec(),
+        11 => apb::AdjustUsageRequest {
+            subject: subject_ref(rng),
+            resource: *pick(rng, &[0, 1, 2, 3, 7]),
+            amount: if rng.random_bool(0.5) {
+                -usd(rng)
+            } else {
+                usd(rng)
+            },
+            kind: kind(rng),
+            reason: reason(rng),
+        }
+        .encode_to_vec(),
+        12 => apb::ResetUsageRequest {
+            subject: subject_ref(rng),
+            kinds: (0..*pick(rng, &[0, 1, 3])).map(|_| kind(rng)).collect(),
+            reason: reason(rng),
+        }
+        .encode_to_vec(),
+        13 => apb::RaiseBudgetRequest {
+            subject: subject_ref(rng),
+            kind: kind(rng),
+            amount: usd(rng),
+            expire_time: timestamp(rng),
+            reason: reason(rng),
+        }
+        .encode_to_vec(),
+        _ => apb::ListAuditEventsRequest {
+            page_size: *pick(rng, &[0, 1, 5, 1001, -1]),
+            page_token: pick(rng, &["", "31", "zz"]).to_string(),
+        }
+        .encode_to_vec(),
+    }
+}
+
 fn generate_request(rng: &mut StdRng, issued: &[String]) -> Vec<u8> {
-    let which: u8 = rng.random_range(0..6);
+    let which: u8 = rng.random_range(0..ADMIN_END);
+    if which >= 6 {
+        let mut out = vec![which];
+        out.extend(generate_admin(rng, which));
+        return out;
+    }
     let body = match which {
         0 => pb::CheckLimitsRequest {
             subjects: subjects(rng),

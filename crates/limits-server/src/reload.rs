@@ -56,7 +56,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         changed.push("limits.metrics");
     }
     if old.secret != new.secret {
-        changed.push("limits.security");
+        changed.push("limits.security.secret");
+    }
+    if old.admin.sync_interval != new.admin.sync_interval {
+        changed.push("limits.admin.sync_interval");
     }
     changed
 }
@@ -79,6 +82,10 @@ pub fn reload(shared: &Shared<AnyStore>, path: &Path, overrides: &Overrides, why
                 logging: old.logging.clone(),
                 metrics: old.metrics.clone(),
                 secret: old.secret.clone(),
+                admin: limits::config::AdminSettings {
+                    sync_interval: old.admin.sync_interval,
+                    ..new.admin
+                },
                 ..new
             };
             shared.limiter.reload(new);

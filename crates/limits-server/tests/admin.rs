@@ -945,3 +945,29 @@ async fn an_entry_with_an_expiry_falls_away_by_itself() {
     );
     assert!(admin.list().await.is_empty());
 }
+
+#[tokio::test]
+async fn tokens_change_on_reload() {
+    let d = Limitsd::start(&config(BASE));
+    let path = d.dir.path().join("limits.yaml");
+    let rotated = "w-rotated-5d4c3b2a1f0e";
+    std::fs::write(
+        &path,
+        format!(
+            "limits:\n  security:\n    tokens:\n      - {{ name: ops-2, sha256: \"{}\", scope: write }}\n{BASE}",
+            sha(rotated)
+        ),
+    )
+    .unwrap();
+    d.signal("HUP");
+    eventually("the rotated token", || async {
+        let mut a = Admin::to(d.addr, Some(rotated)).await;
+        a.list_raw().await.ok().map(drop)
+    })
+    .await;
+    let mut old = Admin::to(d.addr, Some(WRITE_TOKEN)).await;
+    assert_eq!(
+        old.list_raw().await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}

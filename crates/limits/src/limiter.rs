@@ -418,6 +418,13 @@ impl<S: Store> Limiter<S> {
         self.config.load_full()
     }
 
+    /// Runs `f` on the config now, without taking a reference to keep (for
+    /// a quick look on a hot path; a call that awaits takes
+    /// [`config`](Self::config)).
+    pub fn with_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        f(&self.config.load())
+    }
+
     /// Replaces the limits and the policy; counters, reservations and
     /// leases carry over. (Storage and server settings are not changed.)
     pub fn reload(&self, config: Config) {

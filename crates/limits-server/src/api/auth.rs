@@ -203,12 +203,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let config = self.shared.limiter.config();
-        let security = &config.security;
-        let Some(need) = needs(req.uri().path(), security.data_plane_auth) else {
+        let decided = self.shared.limiter.with_config(|config| {
+            let security = &config.security;
+            needs(req.uri().path(), security.data_plane_auth)
+                .map(|need| decide(security, &req, need))
+        });
+        let Some(decided) = decided else {
             return Either::Right(self.inner.call(req));
         };
-        match decide(security, &req, need) {
+        match decided {
             Ok(actor) => {
                 req.extensions_mut().insert(actor);
                 Either::Right(self.inner.call(req))
