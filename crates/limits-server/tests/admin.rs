@@ -656,6 +656,8 @@ async fn bad_input_names_the_field_and_changes_nothing() {
             },
             "subject_limits.subject",
         ),
+        (entry(key("")), "subject_limits.subject.id"),
+        (entry(team("t\u{7}")), "subject_limits.subject.id"),
     ];
     for (limits, field) in cases {
         let e = admin.create(limits).await.unwrap_err();

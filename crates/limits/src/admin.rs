@@ -391,18 +391,32 @@ pub fn page_size(field: &str, asked: i64) -> Result<usize, Error> {
 impl<S: Store> Limiter<S> {
     /// Resolves a subject an admin call names.
     fn named(&self, config: &Config, secret: &Secret, r: &SubjectRef) -> Result<Named, Error> {
+        self.named_at("subject", config, secret, r)
+    }
+
+    /// [`named`](Self::named), with errors naming fields under `at` (the
+    /// request's subject reference, or the entry being created).
+    fn named_at(
+        &self,
+        at: &str,
+        config: &Config,
+        secret: &Secret,
+        r: &SubjectRef,
+    ) -> Result<Named, Error> {
         match (r.id.is_empty(), r.key_hash.is_empty()) {
             (false, false) => {
                 return Err(Error::invalid(
-                    "subject.key_hash",
-                    "give either subject.id or key_hash, not both",
+                    format!("{at}.key_hash"),
+                    format!("give either {at}.subject.id or key_hash, not both"),
                 ));
             }
-            (true, true) => return Err(Error::invalid("subject.subject.id", "is required")),
+            (true, true) => {
+                return Err(Error::invalid(format!("{at}.subject.id"), "is required"));
+            }
             _ => {}
         }
         if !r.id.is_empty() {
-            validate::subject_id("subject.subject", &r.id)?;
+            validate::subject_id(format_args!("{at}.subject"), &r.id)?;
             let subject = Subject::new(r.dimension, r.id.clone());
             return Ok(Named {
                 dimension: r.dimension,
@@ -412,14 +426,14 @@ impl<S: Store> Limiter<S> {
         }
         if r.dimension != Dimension::ApiKey {
             return Err(Error::invalid(
-                "subject.key_hash",
+                format!("{at}.key_hash"),
                 "names API keys only; give subject.id for users and teams",
             ));
         }
         let hash = r.key_hash.strip_prefix("api_key:").unwrap_or(&r.key_hash);
         if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(
-                "subject.key_hash",
+                format!("{at}.key_hash"),
                 "must be the 32 hex digits of the key's hash (as answers show it)",
             ));
         }
@@ -593,7 +607,7 @@ impl<S: Store> Limiter<S> {
         reason("reason", change.reason, false)?;
         let config = self.config();
         let secret = self.store.secret().await?;
-        let named = self.named(&config, &secret, r)?;
+        let named = self.named_at("subject_limits", &config, &secret, r)?;
         check_spec("subject_limits", spec, now())?;
         self.change(&named, |current, now| {
             if current.live_entry(now).is_some() {
