@@ -99,6 +99,9 @@ async fn run(config: config::Config, source: Source) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let metrics = limits_server::ops::metrics::install()?;
+    // Before anything is bound: a SIGTERM right after start-up still shuts
+    // down gracefully.
+    let stop = limits_server::ops::signal::shutdown();
     let bound = server::bind(config, source).await?;
     // Scripts and tests read the bound addresses from this line.
     match bound.admin_addr {
@@ -117,9 +120,7 @@ async fn run(config: config::Config, source: Source) -> anyhow::Result<()> {
         otlp = telemetry.exporting(),
         "limitsd listening"
     );
-    let result = bound
-        .serve(limits_server::ops::signal::shutdown(), Some(metrics))
-        .await;
+    let result = bound.serve(stop, Some(metrics)).await;
     telemetry.shutdown();
     result
 }

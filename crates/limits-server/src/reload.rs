@@ -108,6 +108,33 @@ pub fn reload(shared: &Shared<AnyStore>, path: &Path, overrides: &Overrides, why
     }
 }
 
+/// What the watcher starts from, taken when the config was loaded (before
+/// anything is served), so that a change or a SIGHUP in between is not
+/// missed.
+#[derive(Debug)]
+pub struct Watch {
+    last: Option<u64>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Watch {
+    /// Listens for SIGHUP from now on, and notes what the files hold now.
+    pub fn start(shared: &Shared<AnyStore>, path: &Path) -> Watch {
+        Watch {
+            last: fingerprint_all(shared, path),
+            #[cfg(unix)]
+            hup: match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload on file change only");
+                    None
+                }
+            },
+        }
+    }
+}
+
 /// Watches `path` (polling every `interval`; zero turns polling off) and
 /// SIGHUP, reloading on either.
 pub async fn watch(
@@ -115,16 +142,11 @@ pub async fn watch(
     path: PathBuf,
     overrides: Overrides,
     interval: Duration,
+    from: Watch,
 ) {
-    let mut last = fingerprint_all(&shared, &path);
+    let mut last = from.last;
     #[cfg(unix)]
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload on file change only");
-            None
-        }
-    };
+    let mut hup = from.hup;
     let mut tick = tokio::time::interval(if interval.is_zero() {
         Duration::from_secs(3600)
     } else {

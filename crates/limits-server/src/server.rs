@@ -120,6 +120,8 @@ pub struct Bound {
     tls: Option<Arc<Tls>>,
     shared: Arc<Shared<AnyStore>>,
     source: Source,
+    /// The config watcher's start, taken before anything is served.
+    watch: Option<crate::reload::Watch>,
 }
 
 /// Says at start-up how the admin API and the data plane are reachable,
@@ -218,6 +220,10 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
             }
             _ => Err(e),
         })?;
+    let watch = source
+        .path
+        .as_deref()
+        .map(|path| crate::reload::Watch::start(&shared, path));
     Ok(Bound {
         grpc_addr,
         metrics_addr,
@@ -228,6 +234,7 @@ pub async fn bind(config: Config, source: Source) -> anyhow::Result<Bound> {
         tls,
         shared,
         source,
+        watch,
     })
 }
 
@@ -245,6 +252,7 @@ impl Bound {
             tls,
             shared,
             source,
+            watch,
             ..
         } = self;
         let grace = shared.limiter.config().server.shutdown_grace;
@@ -260,12 +268,13 @@ impl Bound {
         if let Some(handle) = metrics {
             background.push(tokio::spawn(m::serve(metrics_listener, handle)));
         }
-        if let Some(path) = source.path.clone() {
+        if let (Some(path), Some(watch)) = (source.path.clone(), watch) {
             background.push(tokio::spawn(crate::reload::watch(
                 shared.clone(),
                 path,
                 source.overrides,
                 source.poll,
+                watch,
             )));
         }
         if let Some(tls) = &tls {

@@ -545,3 +545,16 @@ async fn traces_are_exported_over_otlp() {
     // Let Duration stay used on every platform.
     let _ = Duration::ZERO;
 }
+
+/// Signals that arrive right after the listening line are handled: SIGHUP
+/// reloads (it does not kill the process), SIGTERM shuts down gracefully.
+#[test]
+fn signals_right_after_start_up_are_handled() {
+    for _ in 0..5 {
+        let mut d = Limitsd::start("limits:\n  budgets:\n    by_api_key:\n      k: { daily: 1.0 }\n");
+        d.signal("HUP");
+        d.signal("TERM");
+        let status = d.wait_exit();
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -249,6 +249,30 @@ pub struct Change<'a> {
     pub reason: &'a str,
 }
 
+impl Change<'_> {
+    /// The audit event of this change: `method` on `subject`, from `before`
+    /// to `after` (JSON, empty for none), at `now`.
+    fn event(
+        &self,
+        method: &str,
+        subject: String,
+        before: String,
+        after: String,
+        now: Nanos,
+    ) -> AuditEvent {
+        AuditEvent {
+            seq: 0,
+            time: now,
+            actor: self.actor.to_owned(),
+            method: method.to_owned(),
+            subject,
+            before,
+            after,
+            reason: self.reason.to_owned(),
+        }
+    }
+}
+
 fn internal(e: impl Into<String>) -> Error {
     Error::Store(limits_store::StoreError::Internal(e.into()))
 }
@@ -623,16 +647,13 @@ impl<S: Store> Limiter<S> {
             };
             let mut record = current.pruned(now).unwrap_or_default();
             record.entry = Some(entry.clone());
-            let event = AuditEvent {
-                seq: 0,
-                time: now,
-                actor: change.actor.to_owned(),
-                method: "CreateSubjectLimits".into(),
-                subject: named.shown(&entry.limits),
-                before: String::new(),
-                after: entry_json(&entry),
-                reason: change.reason.to_owned(),
-            };
+            let event = change.event(
+                "CreateSubjectLimits",
+                named.shown(&entry.limits),
+                String::new(),
+                entry_json(&entry),
+                now,
+            );
             let view = Self::view(&named, &record, &entry, now);
             Ok((Some(record), event, view))
         })
@@ -713,16 +734,13 @@ impl<S: Store> Limiter<S> {
             entry.update_time = now;
             let mut record = current.pruned(now).unwrap_or_default();
             record.entry = Some(entry.clone());
-            let event = AuditEvent {
-                seq: 0,
-                time: now,
-                actor: change.actor.to_owned(),
-                method: "UpdateSubjectLimits".into(),
-                subject: named.shown(&entry.limits),
-                before: before.map(entry_json).unwrap_or_default(),
-                after: entry_json(&entry),
-                reason: change.reason.to_owned(),
-            };
+            let event = change.event(
+                "UpdateSubjectLimits",
+                named.shown(&entry.limits),
+                before.map(entry_json).unwrap_or_default(),
+                entry_json(&entry),
+                now,
+            );
             let view = Self::view(&named, &record, &entry, now);
             Ok((Some(record), event, view))
         })
@@ -754,16 +772,13 @@ impl<S: Store> Limiter<S> {
             let mut record = current.pruned(now).unwrap_or_default();
             record.entry = None;
             let record = (!record.increases.is_empty()).then_some(record);
-            let event = AuditEvent {
-                seq: 0,
-                time: now,
-                actor: change.actor.to_owned(),
-                method: "DeleteSubjectLimits".into(),
-                subject: named.shown(&before.limits),
-                before: entry_json(before),
-                after: String::new(),
-                reason: change.reason.to_owned(),
-            };
+            let event = change.event(
+                "DeleteSubjectLimits",
+                named.shown(&before.limits),
+                entry_json(before),
+                String::new(),
+                now,
+            );
             Ok((record, event, ()))
         })
         .await
@@ -816,16 +831,8 @@ impl<S: Store> Limiter<S> {
                 expire_time,
                 reason: change.reason.to_owned(),
             });
-            let event = AuditEvent {
-                seq: 0,
-                time: now,
-                actor: change.actor.to_owned(),
-                method: "RaiseBudget".into(),
-                subject: named.shown(&limits),
-                before,
-                after: increases_json(&record.increases),
-                reason: change.reason.to_owned(),
-            };
+            let after = increases_json(&record.increases);
+            let event = change.event("RaiseBudget", named.shown(&limits), before, after, now);
             let live = record.increases.clone();
             Ok((Some(record), event, live))
         })
@@ -930,19 +937,17 @@ impl<S: Store> Limiter<S> {
             .usage_stored(&named.stored_subject(), &limits, now)
             .await?;
         let after_json = match adjustment {
-            Adjustment::Reset => json!({ "used": kinds.iter().map(|k| (k.name().to_owned(), json!(0))).collect::<serde_json::Map<_, _>>() }).to_string(),
+            Adjustment::Reset => {
+                let zero: serde_json::Map<_, _> = kinds
+                    .iter()
+                    .map(|k| (k.name().to_owned(), json!(0)))
+                    .collect();
+                json!({ "used": zero }).to_string()
+            }
             _ => used_json(&before.statuses, kinds, &delta),
         };
-        let event = AuditEvent {
-            seq: 0,
-            time: now,
-            actor: change.actor.to_owned(),
-            method: method.to_owned(),
-            subject: named.shown(&limits),
-            before: used_json(&before.statuses, kinds, &[]),
-            after: after_json,
-            reason: change.reason.to_owned(),
-        };
+        let before_json = used_json(&before.statuses, kinds, &[]);
+        let event = change.event(method, named.shown(&limits), before_json, after_json, now);
         let audit = event.encode();
         let adjusted = self
             .store

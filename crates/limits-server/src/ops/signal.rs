@@ -1,25 +1,36 @@
 //! Shutdown signals: a future that resolves on SIGTERM or SIGINT.
 
-/// Resolves when the process is asked to stop.
-pub async fn shutdown() {
+use std::future::Future;
+
+/// Resolves when the process is asked to stop. The handlers are installed
+/// when this is called, not when it is first awaited, so that a signal
+/// that arrives in between (right after start-up) is not lost, nor kills
+/// the process without a graceful shutdown.
+pub fn shutdown() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM or SIGINT");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
