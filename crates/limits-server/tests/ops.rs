@@ -551,7 +551,8 @@ async fn traces_are_exported_over_otlp() {
 #[test]
 fn signals_right_after_start_up_are_handled() {
     for _ in 0..5 {
-        let mut d = Limitsd::start("limits:\n  budgets:\n    by_api_key:\n      k: { daily: 1.0 }\n");
+        let mut d =
+            Limitsd::start("limits:\n  budgets:\n    by_api_key:\n      k: { daily: 1.0 }\n");
         d.signal("HUP");
         d.signal("TERM");
         let status = d.wait_exit();
