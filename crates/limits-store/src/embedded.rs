@@ -908,7 +908,7 @@ impl<J: Journal> Store for Embedded<J> {
 
     async fn swap_record(&self, swap: RecordSwap<'_>) -> Result<Swapped, StoreError> {
         self.journal.writable()?;
-        let (seq, wait) = {
+        let (seq, wait, version) = {
             let mut admin = self.state.admin.lock();
             let current = admin.records.get(swap.key).map(Vec::as_slice);
             if current != swap.expect {
@@ -925,13 +925,16 @@ impl<J: Journal> Store for Embedded<J> {
                 None => admin.records.remove(swap.key),
             };
             admin.version += 1;
-            (seq, wait)
+            (seq, wait, admin.version)
         };
         if wait && let Err(e) = self.journal.durable(false).await {
             self.admin_undo(Some((swap.key, swap.new, swap.expect)), seq);
             return Err(e);
         }
-        Ok(Swapped::Done { audit_seq: seq })
+        Ok(Swapped::Done {
+            audit_seq: seq,
+            version,
+        })
     }
 
     async fn audit(

@@ -133,6 +133,10 @@ pub enum Swapped {
     Done {
         /// The audit event's sequence number.
         audit_seq: u64,
+        /// The records' version this change made: one more than before
+        /// it, so a caller whose copy was at the version before knows it
+        /// is current without reading the records again.
+        version: u64,
     },
     /// Not made: the record holds this instead of what was expected.
     Conflict(Option<Vec<u8>>),

@@ -1257,6 +1257,7 @@ impl RedisStore {
         match reply.int()? {
             0 => Ok(Swapped::Done {
                 audit_seq: reply.uint()?,
+                version: reply.uint()?,
             }),
             1 => match reply.int()? {
                 0 => Ok(Swapped::Conflict(None)),

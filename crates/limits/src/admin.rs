@@ -16,8 +16,8 @@ use limits_store::{AdjustOp, RecordSwap, Secret, Store, Swapped};
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::limiter::{Limiter, now, raised_by, stored_id};
-use crate::runtime::{self, Entry, Held, Increase, Record, Source};
+use crate::limiter::{Limiter, now, stored_id};
+use crate::runtime::{self, Entry, Held, Increase, Record};
 use crate::{Error, Subject, validate};
 
 /// The longest reason kept, in characters.
@@ -477,21 +477,22 @@ impl<S: Store> Limiter<S> {
         })
     }
 
-    /// The limits that apply to a named subject now, and their source.
+    /// The limits that apply to a named subject now.
     fn effective_of<'c>(
         &self,
         config: &'c Config,
         named: &Named,
         now: Nanos,
-    ) -> (Cow<'c, SubjectLimits>, Source) {
+    ) -> Cow<'c, SubjectLimits> {
         runtime::effective(
             config,
             &self.runtime,
             named.dimension,
             named.config_id.as_deref(),
-            || Cow::Owned(named.stored.clone()),
+            || Cow::Borrowed(named.stored.as_str()),
             now,
         )
+        .0
     }
 
     fn view(named: &Named, held: &Record, entry: &Entry, now: Nanos) -> EntryView {
@@ -540,12 +541,13 @@ impl<S: Store> Limiter<S> {
                 })
                 .await?;
             match swapped {
-                Swapped::Done { .. } => {
+                Swapped::Done { version, .. } => {
                     tracing_audit(&event);
                     let held = new
                         .zip(new_bytes)
                         .map(|(record, bytes)| Held { record, bytes });
-                    self.runtime.set(named.dimension, &named.stored, held);
+                    self.runtime
+                        .set_changed(named.dimension, &named.stored, held, version);
                     return Ok(out);
                 }
                 Swapped::Conflict(_) => {
@@ -811,7 +813,7 @@ impl<S: Store> Limiter<S> {
         let secret = self.store.secret().await?;
         let named = self.named(&config, &secret, r)?;
         self.change(&named, |current, now| {
-            let (limits, _) = self.effective_of(&config, &named, now);
+            let limits = self.effective_of(&config, &named, now);
             if limits.get(kind).is_none() {
                 return Err(Error::FailedPrecondition(format!(
                     "kind: the subject has no {} to raise",
@@ -917,7 +919,7 @@ impl<S: Store> Limiter<S> {
         let secret = self.store.secret().await?;
         let named = self.named(&config, &secret, r)?;
         let now = now();
-        let (limits, _) = self.effective_of(&config, &named, now);
+        let limits = self.effective_of(&config, &named, now);
         if needs_limit && !kinds.iter().any(|&k| limits.get(k).is_some()) {
             return Err(Error::FailedPrecondition(
                 "kind: the subject has no limit that counts this (a debit needs one)".into(),
@@ -1029,34 +1031,15 @@ impl<S: Store> Limiter<S> {
                     audit_keep: keep,
                 })
                 .await?;
-            if swapped == (Swapped::Done { audit_seq: 0 }) {
+            if let Swapped::Done { version, .. } = swapped {
                 let held = pruned
                     .zip(bytes)
                     .map(|(record, bytes)| Held { record, bytes });
-                self.runtime.set(d, &id, held);
+                self.runtime.set_changed(d, &id, held, version);
                 changed += 1;
             }
         }
         Ok(changed)
-    }
-
-    /// The limits of one subject now, where they come from, and how much of
-    /// each is a temporary increase (the admin API's view of GetUsage).
-    pub async fn effective_limits(
-        &self,
-        r: &SubjectRef,
-    ) -> Result<(SubjectLimits, Source, Vec<(LimitKind, u64)>), Error> {
-        self.sync().await?;
-        let config = self.config();
-        let secret = self.store.secret().await?;
-        let named = self.named(&config, &secret, r)?;
-        let now = now();
-        let (limits, source) = self.effective_of(&config, &named, now);
-        let raised = match self.runtime.get(named.dimension, &named.stored) {
-            Some(h) => raised_by(&h.record, &limits, now),
-            None => Vec::new(),
-        };
-        Ok((limits.into_owned(), source, raised))
     }
 }
 

@@ -35,9 +35,11 @@ pub fn now() -> Nanos {
 /// entry or an increase.
 pub type Limits<'a> = Cow<'a, SubjectLimits>;
 
-/// The plain references a store call takes.
-fn refs<'a>(limits: &'a [Limits<'_>]) -> Vec<&'a SubjectLimits> {
-    limits.iter().map(|l| &**l).collect()
+/// The plain references a store call takes, on the stack: a validated
+/// request names at most [`validate::MAX_SUBJECTS`] subjects (slice it to
+/// their number).
+fn refs<'a>(limits: &'a [Limits<'_>]) -> [&'a SubjectLimits; validate::MAX_SUBJECTS] {
+    std::array::from_fn(|i| limits.get(i).map_or(&SubjectLimits::UNLIMITED, |l| &**l))
 }
 
 /// What a check asks (the usage guide's `CheckLimits(ctx, id, tokens,
@@ -346,28 +348,6 @@ impl<S: Store> Limiter<S> {
 
     /// The limits of each subject under `config` at `now`, runtime entries
     /// and increases included, and where each comes from.
-    fn resolve<'c>(
-        &self,
-        config: &'c Config,
-        secret: &Secret,
-        subjects: &[Subject],
-        now: Nanos,
-    ) -> Vec<(Limits<'c>, Source)> {
-        subjects
-            .iter()
-            .map(|s| {
-                runtime::effective(
-                    config,
-                    &self.runtime,
-                    s.dimension,
-                    Some(&s.id),
-                    || stored_id(secret, s),
-                    now,
-                )
-            })
-            .collect()
-    }
-
     /// The limits one subject has under `config` at `now`: its runtime
     /// entry, config entry or the dimension's default, with live increases
     /// (call [`ready`](Self::ready) first).
@@ -392,7 +372,7 @@ impl<S: Store> Limiter<S> {
         .0
     }
 
-    /// Only the limits of [`resolve`](Self::resolve).
+    /// [`limits_for`](Self::limits_for) of each subject, in order.
     fn limits_of<'c>(
         &self,
         config: &'c Config,
@@ -400,15 +380,9 @@ impl<S: Store> Limiter<S> {
         subjects: &[Subject],
         now: Nanos,
     ) -> Vec<Limits<'c>> {
-        if self.runtime.is_empty() {
-            return subjects
-                .iter()
-                .map(|s| Cow::Borrowed(config.table.resolve(s.dimension, &s.id)))
-                .collect();
-        }
-        self.resolve(config, secret, subjects, now)
-            .into_iter()
-            .map(|(l, _)| l)
+        subjects
+            .iter()
+            .map(|s| self.limits_for(config, secret, s, now))
             .collect()
     }
 
@@ -477,7 +451,7 @@ impl<S: Store> Limiter<S> {
             .store
             .check(Call {
                 subjects: req.subjects,
-                limits: &refs(&limits),
+                limits: &refs(&limits)[..limits.len()],
                 op,
                 now,
             })
@@ -550,7 +524,7 @@ impl<S: Store> Limiter<S> {
             .store
             .record(Call {
                 subjects: req.subjects,
-                limits: &refs(&limits),
+                limits: &refs(&limits)[..limits.len()],
                 op,
                 now,
             })
@@ -582,7 +556,7 @@ impl<S: Store> Limiter<S> {
             .store
             .acquire(Call {
                 subjects,
-                limits: &refs(&limits),
+                limits: &refs(&limits)[..limits.len()],
                 op: ttl,
                 now,
             })
@@ -630,14 +604,16 @@ impl<S: Store> Limiter<S> {
         self.ready().await?;
         let secret = self.store.secret().await?;
         let now = now();
-        let (limits, source) = self
-            .resolve(config, &secret, std::slice::from_ref(subject), now)
-            .pop()
-            .expect("one subject");
-        let raised = match self
-            .runtime
-            .get(subject.dimension, &stored_id(&secret, subject))
-        {
+        let stored = stored_id(&secret, subject);
+        let (limits, source) = runtime::effective(
+            config,
+            &self.runtime,
+            subject.dimension,
+            Some(&subject.id),
+            || Cow::Borrowed(&*stored),
+            now,
+        );
+        let raised = match self.runtime.get(subject.dimension, &stored) {
             Some(held) => raised_by(&held.record, &limits, now),
             None => Vec::new(),
         };

@@ -349,7 +349,7 @@ impl Runtime {
     }
 
     /// Puts (or with `None` removes) one record.
-    pub fn set(&self, dimension: Dimension, stored_id: &str, held: Option<Held>) {
+    fn set(&self, dimension: Dimension, stored_id: &str, held: Option<Held>) {
         let mut shard = self.shard(stored_id).write();
         let map = &mut shard[dimension.index()];
         let len = &self.len[dimension.index()];
@@ -398,6 +398,25 @@ impl Runtime {
     /// The store version this copy reflects, if loaded.
     pub fn version(&self) -> Option<u64> {
         *self.version.lock()
+    }
+
+    /// Puts (or removes) one record that this process has just changed in
+    /// the store, which took the store's records to `version`: if this copy
+    /// was at the version before, it is current again (no reload needed);
+    /// otherwise another replica changed something too, and the next sync
+    /// reloads.
+    pub fn set_changed(
+        &self,
+        dimension: Dimension,
+        stored_id: &str,
+        held: Option<Held>,
+        version: u64,
+    ) {
+        let mut current = self.version.lock();
+        self.set(dimension, stored_id, held);
+        if *current == Some(version.wrapping_sub(1)) {
+            *current = Some(version);
+        }
     }
 
     /// Every record of `dimension` (or of all), ordered by dimension, then id.
@@ -546,6 +565,30 @@ mod tests {
             Some((Dimension::Team, "research:west"))
         );
         assert_eq!(parse_record_key("org:x"), None);
+    }
+
+    #[test]
+    fn a_change_made_here_keeps_the_copy_current_only_if_nothing_else_moved() {
+        let rt = Runtime::new();
+        let held = || Held {
+            record: Record::default(),
+            bytes: Vec::new(),
+        };
+        rt.replace_all(limits_store::Records {
+            version: 7,
+            records: Vec::new(),
+        })
+        .unwrap();
+        rt.set_changed(Dimension::Team, "t", Some(held()), 8);
+        assert_eq!(rt.version(), Some(8), "7 -> 8: nothing else moved");
+        assert!(rt.get(Dimension::Team, "t").is_some());
+        // Another change happened in between (9): the copy stays behind, so
+        // the next sync reloads.
+        rt.set_changed(Dimension::User, "u", Some(held()), 10);
+        assert_eq!(rt.version(), Some(8));
+        rt.set_changed(Dimension::Team, "t", None, 11);
+        assert!(rt.get(Dimension::Team, "t").is_none());
+        assert!(!rt.has(Dimension::Team));
     }
 
     #[test]

@@ -53,13 +53,7 @@ fn failed(e: limits::Error) -> Status {
 }
 
 fn dimension(field: &str, raw: i32) -> Result<Dimension, Status> {
-    match pb::Dimension::try_from(raw) {
-        Ok(pb::Dimension::ApiKey) => Ok(Dimension::ApiKey),
-        Ok(pb::Dimension::User) => Ok(Dimension::User),
-        Ok(pb::Dimension::Team) => Ok(Dimension::Team),
-        Ok(pb::Dimension::Unspecified) => Err(invalid(field, "must be set")),
-        Err(_) => Err(invalid(field, format!("unknown dimension {raw}"))),
-    }
+    convert::dimension(raw).map_err(|r| invalid(field, r))
 }
 
 /// A subject named by a request: `subject` (dimension and id) or, for API
@@ -90,7 +84,7 @@ fn entry_ref(raw: &apb::SubjectLimits) -> Result<SubjectRef, Status> {
     })
 }
 
-pub fn kind(field: &str, raw: i32) -> Result<LimitKind, Status> {
+fn kind(field: &str, raw: i32) -> Result<LimitKind, Status> {
     use pb::LimitKind as K;
     Ok(match K::try_from(raw) {
         Ok(K::BudgetHourly) => LimitKind::BudgetHourly,

@@ -67,7 +67,9 @@ pub fn status(e: Error) -> Status {
     }
 }
 
-fn dimension(raw: i32) -> Result<Dimension, String> {
+/// A dimension as the API carries it, or why not (the caller names the
+/// field).
+pub fn dimension(raw: i32) -> Result<Dimension, String> {
     match pb::Dimension::try_from(raw) {
         Ok(pb::Dimension::ApiKey) => Ok(Dimension::ApiKey),
         Ok(pb::Dimension::User) => Ok(Dimension::User),
@@ -217,11 +219,6 @@ pub fn pb_source(source: limits::Source) -> pb::LimitSource {
         limits::Source::Config => pb::LimitSource::Config,
         limits::Source::Runtime => pb::LimitSource::Runtime,
     }
-}
-
-/// A limit's unit as the API carries it: USD for budgets, else a count.
-pub fn pb_amount(kind: LimitKind, n: u64) -> f64 {
-    amount(kind, n)
 }
 
 pub fn pb_budget(statuses: &[LimitStatus], subjects: &[Subject]) -> Option<pb::BudgetSummary> {

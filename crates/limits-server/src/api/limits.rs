@@ -590,7 +590,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                         .map_or(0, |(_, n)| *n);
                     pb::LimitStatus {
                         source: convert::pb_source(usage.source) as i32,
-                        raised: convert::pb_amount(s.kind, raised),
+                        raised: convert::amount(s.kind, raised),
                         ..pb_status(s, subjects)
                     }
                 })

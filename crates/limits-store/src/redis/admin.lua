@@ -29,8 +29,9 @@ if op == 'swap' then
   -- whether there is a new value (0/1), the new value, whether there is
   -- an audit event (0/1), the event, how many audit events to keep.
   -- Without an event the sequence answered is 0.
-  -- Reply: { 0, audit sequence } when made; { 1, 0 } when the record is
-  -- absent, { 1, 1, value } when it holds something else.
+  -- Reply: { 0, audit sequence, records version } when made; { 1, 0 }
+  -- when the record is absent, { 1, 1, value } when it holds something
+  -- else.
   local key = ARGV[3]
   local current = redis.call('HGET', KEYS[1], key)
   if ARGV[4] == '1' then
@@ -48,14 +49,14 @@ if op == 'swap' then
   else
     redis.call('HDEL', KEYS[1], key)
   end
-  redis.call('INCR', KEYS[2])
+  local version = redis.call('INCR', KEYS[2])
   if ARGV[8] ~= '1' then
-    return { 0, 0 }
+    return { 0, 0, version }
   end
   local seq = redis.call('INCR', KEYS[4])
   redis.call('LPUSH', KEYS[3], seq .. ':' .. ARGV[9])
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
-  return { 0, seq }
+  return { 0, seq, version }
 elseif op == 'read' then
   -- Reply: { 0, version, key, value, key, value, ... } (every reply starts
   -- with a status: 5 and 6 mean another secret, as above).
