@@ -98,6 +98,11 @@ pub enum Command {
     /// from; and its open reservations and leases.
     #[command(after_help = USAGE_EXAMPLES)]
     Usage(UsageArgs),
+    /// Ask whether a request would be allowed now, as a gateway does
+    /// (CheckLimits, without a reservation; an allowed check counts one
+    /// request against request-rate limits).
+    #[command(after_help = CHECK_EXAMPLES)]
+    Check(CheckArgs),
     /// Read and change subjects' runtime entries (limits that replace the
     /// config's).
     #[command(subcommand, after_help = LIMITS_EXAMPLES)]
@@ -130,6 +135,31 @@ the dimension's default.";
 pub struct UsageArgs {
     /// The subject: api_key=KEY, user=ID or team=ID.
     pub subject: Subject,
+}
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  limitsctl check api_key=sk-live-123 --cost 0.50
+  limitsctl check api_key=sk-live-123 user=alice team=research --model gpt-4o --tokens 2000
+
+Exits 0 whether the request is allowed or denied: read ALLOWED (or
+`allowed` with -o json). Without --cost, limitsd prices --tokens from its
+pricing table.";
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// 1 to 3 subjects, one per dimension: api_key=KEY, user=ID, team=ID.
+    #[arg(required = true, num_args = 1..=3)]
+    pub subjects: Vec<Subject>,
+    /// The model asked for.
+    #[arg(long, default_value = "gpt-4")]
+    pub model: String,
+    /// The estimated cost in USD.
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub cost: Option<f64>,
+    /// The estimated tokens.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub tokens: u64,
 }
 
 const LIMITS_EXAMPLES: &str = "\

@@ -21,6 +21,7 @@
 
 mod audit;
 mod budget;
+mod check;
 mod cli;
 mod connect;
 mod entries;
@@ -79,6 +80,7 @@ async fn run(cli: &Cli) -> Result<String, Error> {
     let g = &cli.global;
     match &cli.command {
         Command::Usage(args) => usage::run(g, args).await,
+        Command::Check(args) => check::run(g, args).await,
         Command::Limits(LimitsCommand::Get(args)) => entries::get(g, args).await,
         Command::Limits(LimitsCommand::List(args)) => entries::list(g, args).await,
         Command::Limits(LimitsCommand::Set(args)) => entries::set(g, args).await,

@@ -1050,3 +1050,25 @@ fn over_tls_with_a_ca_and_a_client_certificate() {
     // --cert without --key is a usage error.
     limitsctl(&[], &["--addr", &https, "--cert", &cert, "limits", "list"]).fails(2);
 }
+
+#[test]
+fn check_says_whether_a_request_fits_and_why_not() {
+    let d = Limitsd::start(&config());
+    let key = format!("api_key={KEY}");
+    // The config's $1.00 daily budget: $1.50 is denied, with the reason.
+    let denied = d.ctl(None, &["check", &key, "--cost", "1.5"]).ok();
+    assert!(denied.starts_with("DENIED (action block)"), "{denied}");
+    assert!(denied.contains("daily budget"), "{denied}");
+    assert!(!denied.contains(KEY), "the key is never printed: {denied}");
+    let doc = d
+        .ctl(None, &["check", &key, "--cost", "0.5", "-o", "json"])
+        .json();
+    assert_eq!(doc["allowed"], true);
+    assert_eq!(doc["action"], "allow");
+    assert_eq!(limit(&doc, "daily")["max"], 1.0);
+    // It is the gateway's check: it agrees with one made over gRPC.
+    assert!(d.allowed(0.5) && !d.allowed(1.5));
+    // Bad input is the server's field-naming message.
+    let err = d.ctl(None, &["check", &key, "--cost", "-1"]).fails(1);
+    assert!(err.contains("estimated_cost_usd"), "{err}");
+}
