@@ -3,7 +3,7 @@
 
 use crate::limits::{LimitKind, Resource, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
-use crate::window::{RollingWindow, WindowRef};
+use crate::window::{RollingWindow, Span, WindowRef};
 use crate::window_set::{ByKind, WindowSet, Windows};
 
 /// An estimate held against a subject's budgets and token limits by a
@@ -135,6 +135,20 @@ impl SubjectState {
     /// no leases. Such a subject may be dropped by a store.
     pub fn is_idle(&self) -> bool {
         self.windows.is_idle() && self.holds().is_empty() && self.leases().is_empty()
+    }
+
+    /// The instant from which nothing in this state counts any more: its
+    /// newest window amount has left its window, and its holds and leases
+    /// have expired. A store may drop the state then; `None` when it is
+    /// idle already.
+    pub fn idle_at(&self) -> Option<Nanos> {
+        let windows = self.windows().filter_map(|(kind, w)| {
+            let &(newest, _) = w.buckets().last()?;
+            Some(Span::of(kind.window()?).expiry(newest))
+        });
+        let holds = self.holds().iter().map(|h| h.expires_at);
+        let leases = self.leases().iter().map(|l| l.expires_at);
+        windows.chain(holds).chain(leases).max()
     }
 
     /// What a window holds, including open holds for cost and token windows.

@@ -72,7 +72,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
 async fn probe_store(store: &AnyStore) {
     if let AnyStore::Redis(r) = store {
         match r.ping().await {
-            Ok(()) => tracing::info!("Redis answers; the decision script is loaded"),
+            Ok(()) => tracing::info!("Redis answers; the scripts are loaded"),
             Err(e) => {
                 metrics::counter!(m::STORE_ERRORS, "operation" => "connect").increment(1);
                 tracing::warn!(error = %e, "Redis does not answer yet; calls fail until it does");

@@ -39,6 +39,9 @@
 //! `u64 id`, `u64 expires_at`). Ids and instants are fixed-width because they
 //! are large; counts and amounts are varints because they are mostly small.
 
+// The Redis store uses the state and lease encodings only.
+#![cfg_attr(not(feature = "sled"), allow(dead_code))]
+
 use limits_core::SubjectState;
 use limits_core::{Dimension, Hold, LeaseSlot, LimitKind, Nanos, RollingWindow, Subject};
 
@@ -153,14 +156,23 @@ fn put_u32(out: &mut Vec<u8>, v: u32) {
 /// Encodes the durable part of a subject's state into `out` (cleared first).
 /// Returns false when nothing in it is durable, i.e. when the subject's key
 /// should be deleted rather than written.
+#[cfg(feature = "sled")]
 pub(crate) fn encode_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
+    encode_state_with(state, out, is_durable)
+}
+
+/// Encodes all of a subject's state, every window included (the shared
+/// store's format, where nothing restarts from zero). Returns false when
+/// the state is empty.
+#[cfg(feature = "redis")]
+pub(crate) fn encode_full_state(state: &SubjectState, out: &mut Vec<u8>) -> bool {
+    encode_state_with(state, out, |_| true)
+}
+
+fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind) -> bool) -> bool {
     out.clear();
     out.push(STATE_VERSION);
-    let windows = || {
-        state
-            .windows()
-            .filter(|(k, w)| is_durable(*k) && !w.is_empty())
-    };
+    let windows = || state.windows().filter(|(k, w)| keep(*k) && !w.is_empty());
     let count = windows().count();
     if count == 0 && state.holds().is_empty() && state.leases().is_empty() {
         return false;

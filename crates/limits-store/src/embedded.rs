@@ -521,7 +521,7 @@ impl<J: Journal> Embedded<J> {
 type RecordUndo<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// A subject as an operator sees it, from its state (expired by `now`).
-fn view(state: &SubjectState, limits: &SubjectLimits, now: Nanos) -> UsageView {
+pub(crate) fn view(state: &SubjectState, limits: &SubjectLimits, now: Nanos) -> UsageView {
     UsageView {
         statuses: engine::statuses(&[state], &[limits], &[], now),
         holds: state

@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(feature = "sled")]
+#[cfg(any(feature = "sled", feature = "redis"))]
 mod codec;
 mod embedded;
 mod ids;

@@ -1,118 +1,112 @@
 //! The Redis backend: several limitsd replicas sharing one exact set of
-//! counters. Every operation (a [`Call`]) over the subjects of a request is one call of one
-//! Lua script (`redis/limits.lua`, sent as EVALSHA and loaded again on
-//! NOSCRIPT), which Redis runs atomically: the whole decision — expiry,
-//! every window of every subject, all-or-nothing commit — happens inside
-//! it, so two replicas can never both admit the last unit of a limit.
+//! limits.
 //!
-//! # What runs where
+//! # One engine
 //!
-//! The script is a port of limits-core's window, state, engine and hit
-//! logic: the sparse 60-bucket windows with conservative expiry,
-//! `retry_after`, reservation holds with settled tombstones, leases. It
-//! returns compact integer arrays; this module turns them back into the
-//! core's outcome types, and does the parts of a decision that only read
-//! the result (picking the worst denial, the alert flag, the action) with
-//! the same rules as the engine, so the server cannot tell the backends
-//! apart.
+//! Decisions are made here, by limits-core, exactly as on the embedded
+//! stores; Redis keeps each subject's encoded state (the same format as
+//! the sled store's, every window included) with a version, and checks
+//! versions. Every operation that changes state goes through this
+//! replica's commit task ([`commit`]): it decides a batch of operations
+//! over its copies of their subjects' states, then one small script per
+//! hash slot (`redis/state.lua`) checks that each state it read is still
+//! at the version it read and writes the new ones, all or nothing. A state
+//! that another replica changed in between fails the check; the script's
+//! reply carries the current state, and the batch is decided again on it.
+//! So two replicas can never both admit the last unit of a limit, and no
+//! decision, allow or deny, rests on a state that has changed since it was
+//! read. The scripts only compare and write: nothing of the window, hold
+//! or lease logic exists twice.
+//!
+//! A reply that cannot be read (a script error, a wrong shape, a state in
+//! a format this build does not know) is [`StoreError::Internal`], never
+//! `Unavailable`: it is not an outage, and fail-open must never let
+//! traffic through because of it.
 //!
 //! # Time
 //!
-//! Decisions use Redis's clock (`TIME` inside the script), not the `now`
-//! the caller passes: replicas whose own clocks disagree by minutes still
-//! agree on every window, because there is only one clock. The one
-//! exception is [`RedisStore::with_fake_clock`], which makes the script use
-//! the caller's `now` instead, so the behaviour suite can drive time by
+//! Decisions use Redis's clock: each replica measures the offset of its
+//! own clock from Redis's `TIME` when it first reaches Redis and on every
+//! sweep, and decides at its own clock plus that offset, so replicas whose
+//! clocks disagree by minutes still agree on every window (to within a
+//! round trip, which limits-core's windows absorb conservatively). The one
+//! exception is [`RedisStore::with_fake_clock`], which decides with the
+//! `now` each call is given, so the behaviour suite can drive time by
 //! hand; it is meant for tests.
-//!
-//! # Exactness
-//!
-//! Lua numbers are doubles. Amounts travel and are stored as two integer
-//! limbs (`hi * 1e9 + lo`), so a budget of $1e9 (1e18 nano-dollars) and any
-//! sum of small costs stay exact; instants are (seconds, nanoseconds)
-//! pairs, and the script never forms an absolute nanosecond count (see the
-//! script's header). Durations handed to the script (TTLs) are capped at
-//! 2^52 ns, about 52 days.
 //!
 //! # Keys
 //!
-//! Every key starts with the configured prefix as a hash tag,
-//! `{prefix}:...`:
+//! Subjects are spread over [`RedisOptions::shards`] hash tags,
+//! `{prefix:N}` (one server: the single tag `{prefix}`), by a hash of the
+//! subject, so that a Redis Cluster spreads them over its masters. In each
+//! tag `T`:
 //!
-//! - `{p}:s:<dimension>:<id>` — one subject's state (msgpack), with a
-//!   `PEXPIRE` a little past its last content, so a dead replica's holds
-//!   and leases free themselves;
-//! - `{p}:idx` — sorted set of every state key by the instant it becomes
-//!   idle: the sweep's work list;
-//! - `{p}:idx:counters` — the members of `{p}:idx` that are the rate limit
-//!   service's counters (ids with the [`INTERNAL`](crate::INTERNAL)
-//!   marker), with the same instants: counted against `max_counters`,
-//!   while the rest of `{p}:idx` is counted against `max_entries`, so a
-//!   flood of counters (one per client address) cannot lock out API keys;
-//! - `{p}:ids` — the id counter (`INCR`): reservation and lease ids are
-//!   its values, so every replica recognises every replica's ids;
-//! - `{p}:leases` / `{p}:lease` — lease expiries (sorted set) and lease id
-//!   -> subjects (hash), for `release` by id.
+//! - `T:s2:<dimension>:<id>` — one subject's state: a hash of `v` (its
+//!   version, unique within the tag) and `s` (the encoded state), with a
+//!   `PEXPIRE` a little past the instant it becomes idle, so a dead
+//!   replica's holds and leases free themselves;
+//! - `T:i2` — sorted set of the tag's state keys by the instant each
+//!   becomes idle: the sweep's work list, and the count the bound on
+//!   subjects is checked against; `T:i2:c` — the members that are the rate
+//!   limit service's counters (ids with the [`INTERNAL`](crate::INTERNAL)
+//!   marker), which have their own bound (`max_counters`), so a flood of
+//!   counters cannot lock out API keys;
+//! - `T:v2` — the tag's version counter; `T:turn` — a replica's turn
+//!   under contention; `T:secret-fp` — the secret's fingerprint.
 //!
-//! The counter index is a subset of `{p}:idx` rather than a split of it, so
-//! that `{p}:idx` means what it meant to earlier versions, which counted
-//! counters as subjects and knew no counter index. Their data is read as it
-//! is: a counter they wrote keeps its state and counts as a subject until
-//! it is next written (then it joins the counter index, even past
-//! `max_counters`: what is kept is never dropped for a bound) or is swept; a
-//! counter one of them deletes during a rolling upgrade leaves a counter
-//! index entry that the next sweep removes.
+//! With several tags, each has `max_entries / shards` (rounded up) of the
+//! bounds. Under the prefix's own tag `{prefix}`: `ids` (reservation and
+//! lease ids, taken by each replica in blocks, so every replica recognises
+//! every replica's ids), `l2:<id>` and `l2` (each lease's subjects, and the
+//! leases by expiry, for release by id), `secret` / `secret-fp`, and the
+//! admin records and audit trail (`redis/admin.lua`).
 //!
 //! # Redis Cluster
 //!
-//! Because every key carries the same hash tag, all of limitsd's keys live
-//! in one slot, so on Redis Cluster every operation is exactly as atomic as
-//! on a single node: all-or-nothing across the request's subjects, with no
-//! compensation step that a crash could interrupt. The price is that one
-//! shard (a primary and its replicas) holds all of one prefix's state; the
-//! cluster gives failover, not write scaling. Deployments that need more
-//! can run several limitsd fleets with different prefixes (different
-//! slots), each of which is exact within itself.
+//! A request whose subjects sit in one tag is one script call, as atomic
+//! as on one server. One whose subjects sit in several is written to each
+//! of them at once, each atomically; if any fails, its effect is taken
+//! back where it was written and it is decided again (see [`commit`]): a
+//! concurrent caller may see a brief false denial, never an admission past
+//! a limit. What must follow an operation in the prefix's tag (a lease's
+//! entry, an audit event) is written after its subjects committed.
 //!
 //! # Failures
 //!
-//! Any Redis error — refused connection, timeout, `LOADING`, a failover in
-//! progress — is [`StoreError::Unavailable`]; nothing is guessed. The
-//! connection manager reconnects in the background, so service resumes
-//! when Redis does, without a restart. Redis's own persistence settings
-//! (AOF, replicas) decide how durable an acknowledged `RecordUsage` is.
+//! Any Redis error that a retry or a failover can cure — refused
+//! connection, timeout, `LOADING`, a failover in progress — is
+//! [`StoreError::Unavailable`]; nothing is guessed. The connection manager
+//! reconnects in the background, so service resumes when Redis does,
+//! without a restart. Redis's own persistence settings (AOF, replicas)
+//! decide how durable an acknowledged `RecordUsage` is.
+
+mod commit;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use limits_core::engine::{
-    AcquireOutcome, Admission, CheckOutcome, Denial, RecordOutcome, Verdict, worse,
-};
+use limits_core::engine::RecordRequest;
 use limits_core::hit::{Charge, HitOutcome};
 use limits_core::{
-    Action, BUCKETS, Dimension, EnforcementMode, Hold, LeaseSlot, LimitKind, LimitStatus,
-    LimitTable, Nanos, Policy, Resource, Subject, SubjectLimits,
+    AcquireOutcome, CheckOutcome, Dimension, LimitTable, Nanos, Policy, RecordOutcome, Subject,
+    SubjectLimits, SubjectState,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 use tokio::sync::OnceCell;
 
+use self::commit::{Committer, Done, Op, Work};
 use crate::secret::Secret;
 use crate::{
     AdjustOp, Adjusted, AuditEntry, Call, CheckOp, Health, RecordOp, RecordSwap, Records, Store,
-    StoreError, Swapped, SweepStats, UsageView,
+    StoreError, Swapped, SweepStats, UsageView, codec,
 };
-use limits_core::Adjustment;
 
-/// The histogram of script round trips, by operation.
+/// The histogram of Redis round trips, by operation.
 pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
-
-/// The longest TTL handed to the script, so that `now + ttl` stays exact
-/// in a double (about 52 days).
-const MAX_TTL: u64 = 1 << 52;
 
 /// Subjects or lease entries a sweep call handles at once, so that no
 /// single script call blocks Redis for long.
@@ -122,7 +116,18 @@ const SWEEP_BATCH: usize = 500;
 /// gauge): counting reads every subject's state, and every replica sweeps.
 pub const COUNT_LIMIT: usize = 100_000;
 
-const NANOS: u64 = 1_000_000_000;
+/// Ids a replica takes at once.
+const ID_BLOCK: u64 = 64;
+
+/// How long a state key outlives the instant it becomes idle, in ms (the
+/// sweep usually drops it first).
+const EXPIRE_SLACK_MS: u64 = 5_000;
+
+/// A state's `PEXPIRE` under a fake clock, whose instants are not Redis's.
+const FAKE_CLOCK_EXPIRE_MS: u64 = 24 * 3_600 * 1_000;
+
+/// Hash tags subjects are spread over on a cluster when not configured.
+pub const CLUSTER_SHARDS: u16 = 64;
 
 /// How to reach Redis and how to use it.
 #[derive(Debug, Clone)]
@@ -150,6 +155,10 @@ pub struct RedisOptions {
     /// The most rate limit service counters kept (see
     /// [`StoreError::CountersFull`]).
     pub max_counters: usize,
+    /// How many hash tags subjects are spread over: 0 picks 1 on one
+    /// server and [`CLUSTER_SHARDS`] on a cluster. Every replica of a key
+    /// prefix needs the same number.
+    pub shards: u16,
     /// The configured server secret, the same on every replica. Without
     /// one, the first replica to reach Redis makes one and keeps it there
     /// (under the key prefix), and every replica uses it.
@@ -168,6 +177,7 @@ impl Default for RedisOptions {
             command_timeout: Duration::from_millis(500),
             max_entries: 10_000_000,
             max_counters: 100_000,
+            shards: 0,
             secret: None,
         }
     }
@@ -197,141 +207,174 @@ struct Cluster {
     conn: OnceCell<ClusterConnection>,
 }
 
-/// The key names of one prefix.
+/// The prefix's own keys (its tag `{prefix}`).
 #[derive(Debug)]
-struct Keys {
-    index: String,
-    counter_index: String,
+struct MetaKeys {
     ids: String,
-    lease_expiries: String,
-    lease_index: String,
-    subject_prefix: String,
-    /// The store's own secret, when none is configured.
+    leases: String,
+    lease_prefix: String,
     secret: String,
-    /// The fingerprint of the secret the data is keyed with.
     fingerprint: String,
-    /// Admin records (hash), their version, the audit list and its
-    /// sequence.
     records: String,
     records_version: String,
     audit: String,
     audit_seq: String,
 }
 
-impl Keys {
-    fn new(prefix: &str) -> Keys {
-        Keys {
-            index: format!("{{{prefix}}}:idx"),
-            counter_index: format!("{{{prefix}}}:idx:counters"),
-            ids: format!("{{{prefix}}}:ids"),
-            lease_expiries: format!("{{{prefix}}}:leases"),
-            lease_index: format!("{{{prefix}}}:lease"),
-            subject_prefix: format!("{{{prefix}}}:s:"),
-            secret: format!("{{{prefix}}}:secret"),
-            fingerprint: format!("{{{prefix}}}:secret-fp"),
-            records: format!("{{{prefix}}}:admin:records"),
-            records_version: format!("{{{prefix}}}:admin:version"),
-            audit: format!("{{{prefix}}}:admin:audit"),
-            audit_seq: format!("{{{prefix}}}:admin:audit-seq"),
+/// The keys of one tag's bookkeeping.
+#[derive(Debug)]
+struct SlotKeys {
+    fingerprint: String,
+    index: String,
+    counter_index: String,
+    turn: String,
+    version: String,
+    /// What its state keys start with.
+    states: String,
+}
+
+/// Where every key lives.
+#[derive(Debug)]
+struct Layout {
+    meta: MetaKeys,
+    /// One per tag subjects are spread over; the last is the prefix's own
+    /// tag (the same as the only one on one server).
+    slots: Vec<SlotKeys>,
+}
+
+impl Layout {
+    fn new(prefix: &str, shards: u16) -> Layout {
+        let meta_tag = format!("{{{prefix}}}");
+        let slot = |tag: &str, fingerprint: String| SlotKeys {
+            fingerprint,
+            index: format!("{tag}:i2"),
+            counter_index: format!("{tag}:i2:c"),
+            turn: format!("{tag}:turn"),
+            version: format!("{tag}:v2"),
+            states: format!("{tag}:s2:"),
+        };
+        let meta_fp = format!("{meta_tag}:secret-fp");
+        let mut slots: Vec<SlotKeys> = if shards <= 1 {
+            Vec::new()
+        } else {
+            (0..shards)
+                .map(|g| {
+                    let tag = format!("{{{prefix}:{g}}}");
+                    slot(&tag, format!("{tag}:secret-fp"))
+                })
+                .collect()
+        };
+        slots.push(slot(&meta_tag, meta_fp.clone()));
+        Layout {
+            meta: MetaKeys {
+                ids: format!("{meta_tag}:ids"),
+                leases: format!("{meta_tag}:l2"),
+                lease_prefix: format!("{meta_tag}:l2:"),
+                secret: format!("{meta_tag}:secret"),
+                fingerprint: meta_fp,
+                records: format!("{meta_tag}:admin:records"),
+                records_version: format!("{meta_tag}:admin:version"),
+                audit: format!("{meta_tag}:admin:audit"),
+                audit_seq: format!("{meta_tag}:admin:audit-seq"),
+            },
+            slots,
         }
     }
 
-    fn subject(&self, s: &Subject) -> String {
-        format!("{}{}:{}", self.subject_prefix, s.dimension.index(), s.id)
+    /// How many tags subjects are spread over.
+    fn groups(&self) -> usize {
+        self.slots.len().saturating_sub(1).max(1)
+    }
+
+    /// The prefix's own tag.
+    fn meta(&self) -> u32 {
+        (self.slots.len() - 1) as u32
+    }
+
+    fn slot_keys(&self, slot: u32) -> &SlotKeys {
+        &self.slots[slot as usize]
+    }
+
+    /// A stored subject's tag and state key.
+    fn state_key(&self, s: &Subject) -> (u32, String) {
+        let slot = if self.slots.len() == 1 {
+            0
+        } else {
+            let mut h = blake3::Hasher::new();
+            h.update(&[s.dimension.index() as u8]);
+            h.update(s.id.as_bytes());
+            let word =
+                u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default());
+            (word % self.groups() as u64) as u32
+        };
+        let keys = &self.slots[slot as usize];
+        (
+            slot,
+            format!("{}{}:{}", keys.states, s.dimension.index(), s.id),
+        )
+    }
+
+    fn lease_key(&self, id: u64) -> String {
+        format!("{}{id}", self.meta.lease_prefix)
     }
 }
 
-/// The Redis store. Cheap to share: calls multiplex over one connection.
-pub struct RedisStore {
+/// The secret this replica settled with Redis, and its fingerprint as the
+/// scripts compare it.
+struct Settled {
+    secret: Arc<Secret>,
+    fingerprint: String,
+}
+
+/// What the store and its commit task share.
+struct Inner {
     conn: Conn,
-    script: Script,
+    state_script: Script,
+    sweep_script: Script,
     /// Admin records and the audit trail (`redis/admin.lua`).
     admin_script: Script,
-    keys: Keys,
+    layout: Layout,
     max_entries: usize,
     max_counters: usize,
     command_timeout: Duration,
     fake_clock: bool,
-    /// The highest id this instance has seen issued, for the advisory
-    /// [`Store::reservation_issued`]; the script's own check is
-    /// authoritative.
-    highest_id: AtomicU64,
+    /// This replica, for the turn under contention.
+    replica: String,
     configured_secret: Option<Secret>,
-    /// The secret in use, once settled with Redis.
-    secret: ArcSwapOption<Secret>,
+    settled: ArcSwapOption<Settled>,
     /// Settles one at a time.
     settling: tokio::sync::Mutex<()>,
+    /// Moves whenever the secret is settled again (Redis may have lost its
+    /// data): the commit task's cache is dropped then.
+    generation: AtomicU64,
+    /// Redis's clock minus ours, in ns.
+    clock_offset: AtomicI64,
+    /// The ids this replica may hand out: next and end of its block.
+    ids: parking_lot::Mutex<(u64, u64)>,
+    /// The highest id seen issued (by any replica).
+    highest_id: AtomicU64,
+}
+
+/// The Redis store. Cheap to share: calls multiplex over one connection.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    committer: Committer,
 }
 
 // By hand: the connection types are not Debug, and nothing here is secret
 // except the URL's password, which is not kept.
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("RedisStore")
-            .field("keys", &self.keys)
-            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
-            .field("max_entries", &self.max_entries)
-            .field("max_counters", &self.max_counters)
-            .field("fake_clock", &self.fake_clock)
+            .field("meta", &inner.layout.meta)
+            .field("shards", &inner.layout.groups())
+            .field("cluster", &matches!(inner.conn, Conn::Cluster(_)))
+            .field("max_entries", &inner.max_entries)
+            .field("max_counters", &inner.max_counters)
+            .field("fake_clock", &inner.fake_clock)
             .finish_non_exhaustive()
     }
-}
-
-/// The script, with the window constants of limits-core prepended so that
-/// the two can never disagree about bucket widths.
-fn script_source() -> String {
-    let mut s = String::from("local K = {\n");
-    for (i, kind) in LimitKind::WINDOWED.iter().enumerate() {
-        assert_eq!(kind.index(), i, "windowed kinds are 0..8 in order");
-        let length = kind.window().expect("a windowed kind").0;
-        let width = (length / BUCKETS).max(1);
-        assert!(length < 1 << 53 && width < 1 << 53);
-        if width.is_multiple_of(NANOS) {
-            s.push_str(&format!(
-                "  {{ L = {length}, w = {width}, k = {} }},\n",
-                width / NANOS
-            ));
-        } else {
-            // The bucket of now = S * 1e9 + N is found as a * S + the
-            // bucket of b * S + N, which must stay below 2^53 for any S
-            // below 2^34 (the year 2514).
-            assert!(width < NANOS);
-            let (a, b) = (NANOS / width, NANOS % width);
-            assert!(b < 1 << 19, "a bucket width the script cannot use exactly");
-            s.push_str(&format!(
-                "  {{ L = {length}, w = {width}, a = {a}, b = {b} }},\n"
-            ));
-        }
-    }
-    s.push_str("}\n");
-    s.push_str(include_str!("redis/limits.lua"));
-    s
-}
-
-/// When the amounts of bucket `index` leave a window of `kind`, as
-/// `RollingWindow` computes it.
-fn bucket_expiry(kind: LimitKind, index: u64) -> Nanos {
-    let length = kind.window().expect("a windowed kind").0;
-    let width = (length / BUCKETS).max(1);
-    Nanos(
-        index
-            .saturating_add(1)
-            .saturating_mul(width)
-            .saturating_add(length),
-    )
-}
-
-fn hi(v: u64) -> u64 {
-    v / NANOS
-}
-
-fn lo(v: u64) -> u64 {
-    v % NANOS
-}
-
-fn join(hi: i64, lo: i64) -> u64 {
-    let v = u128::from(hi.max(0) as u64) * u128::from(NANOS) + u128::from(lo.max(0) as u64);
-    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -370,124 +413,24 @@ fn redis_error(e: redis::RedisError) -> StoreError {
     }
 }
 
-/// Reads a script reply item by item.
-struct Reply {
-    items: std::vec::IntoIter<Value>,
-}
-
-impl Reply {
-    fn new(v: Value) -> Result<Reply, StoreError> {
-        match v {
-            Value::Array(items) => Ok(Reply {
-                items: items.into_iter(),
-            }),
-            other => Err(internal(format!("unexpected script reply {other:?}"))),
-        }
-    }
-
-    fn int(&mut self) -> Result<i64, StoreError> {
-        match self.items.next() {
-            Some(Value::Int(n)) => Ok(n),
-            other => Err(internal(format!("unexpected script reply item {other:?}"))),
-        }
-    }
-
-    fn uint(&mut self) -> Result<u64, StoreError> {
-        Ok(self.int()?.max(0) as u64)
-    }
-
-    fn amount(&mut self) -> Result<u64, StoreError> {
-        let h = self.int()?;
-        let l = self.int()?;
-        Ok(join(h, l))
-    }
-
-    fn instant(&mut self) -> Result<Nanos, StoreError> {
-        let s = self.uint()?;
-        let n = self.uint()?;
-        Ok(Nanos(s.saturating_mul(NANOS).saturating_add(n)))
-    }
-
-    /// A retry in ns, or `None` for never (-1).
-    fn retry(&mut self) -> Result<Option<Nanos>, StoreError> {
-        let r = self.int()?;
-        Ok((r >= 0).then_some(Nanos(r as u64)))
-    }
-
-    fn bytes(&mut self) -> Result<Vec<u8>, StoreError> {
-        match self.items.next() {
-            Some(Value::BulkString(b)) => Ok(b),
-            Some(Value::SimpleString(s)) => Ok(s.into_bytes()),
-            other => Err(internal(format!("unexpected script reply item {other:?}"))),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.items.len() == 0
-    }
-
-    fn string(&mut self) -> Result<String, StoreError> {
-        match self.items.next() {
-            Some(Value::BulkString(b)) => String::from_utf8(b).map_err(internal),
-            Some(Value::SimpleString(s)) => Ok(s),
-            other => Err(internal(format!("unexpected script reply item {other:?}"))),
-        }
-    }
-
-    /// The status of every limit of every subject, in the order the limits
-    /// were sent.
-    fn statuses(
-        &mut self,
-        limits: &[&SubjectLimits],
-        exceeded: &[(usize, LimitKind)],
-    ) -> Result<Vec<LimitStatus>, StoreError> {
-        let mut out = Vec::with_capacity(limits.iter().map(|l| l.all().count()).sum());
-        for (i, lim) in limits.iter().enumerate() {
-            for (kind, limit) in lim.all() {
-                let used = self.amount()?;
-                let r1 = self.int()?;
-                let r2 = self.int()?;
-                let reset_at = if r1 < 0 {
-                    None
-                } else if kind == LimitKind::MaxConcurrent {
-                    Some(Nanos(
-                        (r1 as u64)
-                            .saturating_mul(NANOS)
-                            .saturating_add(r2.max(0) as u64),
-                    ))
-                } else {
-                    Some(bucket_expiry(kind, r1 as u64))
-                };
-                out.push(LimitStatus {
-                    subject: i,
-                    kind,
-                    limit,
-                    used,
-                    reset_at,
-                    exceeded: exceeded.contains(&(i, kind)),
-                });
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// Whether a subject is one of the rate limit service's counters, which
 /// have their own bound (as the embedded stores' `Class`).
 fn is_counter(subject: &Subject) -> bool {
     subject.dimension == Dimension::ApiKey && subject.id.starts_with(crate::INTERNAL)
 }
 
-/// engine's `alert_flag`.
-fn alert_flag(policy: &Policy, statuses: &[LimitStatus], pending_cost: u64) -> bool {
-    statuses
-        .iter()
-        .filter(|s| s.kind.is_budget())
-        .any(|s| policy.crosses_alert(s.used.saturating_add(pending_cost), s.limit))
+/// What a decision needs of a policy (its downgrade chains and prices were
+/// used already, to make the attempts).
+fn policy_for_decision(policy: &Policy) -> Policy {
+    Policy {
+        mode: policy.mode,
+        alert_threshold_ppm: policy.alert_threshold_ppm,
+        ..Policy::default()
+    }
 }
 
-fn status_code(reply: &mut Reply) -> Result<i64, StoreError> {
-    reply.int()
+fn wrong_answer() -> StoreError {
+    internal("the commit task answered another operation")
 }
 
 impl RedisStore {
@@ -546,58 +489,488 @@ impl RedisStore {
                 .map_err(|e| RedisOpenError::Url(e.to_string()))?;
             Conn::Single(manager)
         };
+        let shards = match options.shards {
+            0 if options.cluster => CLUSTER_SHARDS,
+            0 => 1,
+            n => n,
+        };
+        let replica: [u8; 8] = rand::random();
         Ok(RedisStore {
-            conn,
-            script: Script::new(&script_source()),
-            admin_script: Script::new(include_str!("redis/admin.lua")),
-            keys: Keys::new(&options.key_prefix),
-            max_entries: options.max_entries,
-            max_counters: options.max_counters,
-            command_timeout: options.command_timeout,
-            fake_clock: false,
-            highest_id: AtomicU64::new(0),
-            configured_secret: options.secret.clone(),
-            secret: ArcSwapOption::empty(),
-            settling: tokio::sync::Mutex::new(()),
+            inner: Arc::new(Inner {
+                conn,
+                state_script: Script::new(include_str!("redis/state.lua")),
+                sweep_script: Script::new(include_str!("redis/sweep.lua")),
+                admin_script: Script::new(include_str!("redis/admin.lua")),
+                layout: Layout::new(&options.key_prefix, shards),
+                max_entries: options.max_entries,
+                max_counters: options.max_counters,
+                command_timeout: options.command_timeout,
+                fake_clock: false,
+                replica: hex::encode(replica),
+                configured_secret: options.secret.clone(),
+                settled: ArcSwapOption::empty(),
+                settling: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+                clock_offset: AtomicI64::new(0),
+                ids: parking_lot::Mutex::new((0, 0)),
+                highest_id: AtomicU64::new(0),
+            }),
+            committer: Committer::new(),
         })
     }
 
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("configured before first use")
+    }
+
+    /// Runs `source` instead of the commit script: lets tests prove that a
+    /// reply this build cannot read is an internal error, never an outage
+    /// that fail-open would let through.
+    #[doc(hidden)]
+    pub fn with_script(mut self, source: &str) -> RedisStore {
+        self.inner_mut().state_script = Script::new(source);
+        self
+    }
+
+    /// Makes decisions use the `now` each call is given instead of Redis's
+    /// clock. For tests, which move a fake clock by hand: two replicas with
+    /// fake clocks do not share time.
+    pub fn with_fake_clock(mut self) -> RedisStore {
+        self.inner_mut().fake_clock = true;
+        self
+    }
+
+    /// How many hash tags subjects are spread over.
+    pub fn shards(&self) -> usize {
+        self.inner.layout.groups()
+    }
+
+    /// Whether Redis answers now (and the scripts are loaded).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let result = async {
+            for script in [
+                &inner.state_script,
+                &inner.sweep_script,
+                &inner.admin_script,
+            ] {
+                match &inner.conn {
+                    Conn::Single(m) => script.load_async(&mut m.clone()).await,
+                    Conn::Cluster(_) => {
+                        let mut c = inner.cluster_conn().await?;
+                        script.load_async(&mut c).await
+                    }
+                }
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(inner.command_timeout, result).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                started.elapsed()
+            ))),
+        }
+    }
+
+    /// The subjects as stored, checking the request's shape.
+    fn stored(
+        &self,
+        secret: &Secret,
+        subjects: &[Subject],
+        limits: &[&SubjectLimits],
+    ) -> Vec<Subject> {
+        assert!(
+            (1..=crate::MAX_SUBJECTS).contains(&subjects.len()) && limits.len() == subjects.len(),
+            "1 to {} subjects, each with its limits",
+            crate::MAX_SUBJECTS
+        );
+        subjects.iter().map(|s| secret.stored_subject(s)).collect()
+    }
+
+    async fn submit<O>(&self, call: &Call<'_, O>, work: Work) -> Result<Done, StoreError> {
+        let secret = self.inner.settled_secret().await?;
+        let op = Op {
+            subjects: self.stored(&secret, call.subjects, call.limits),
+            limits: call.limits.iter().map(|l| (*l).clone()).collect(),
+            now: call.now,
+            work,
+        };
+        self.committer.run(&self.inner, op).await
+    }
+
+    async fn check_once(&self, call: Call<'_, CheckOp<'_>>) -> Result<CheckOutcome, StoreError> {
+        let op = call.op;
+        let reserve = match op.reserve_ttl {
+            Some(ttl) => Some((self.inner.next_id().await?, ttl, op.tag)),
+            None => None,
+        };
+        let work = Work::Check {
+            attempts: op.attempts.to_vec(),
+            reserve,
+            policy: policy_for_decision(op.policy),
+        };
+        match self.submit(&call, work).await? {
+            Done::Check(out) => Ok(out),
+            _ => Err(wrong_answer()),
+        }
+    }
+
+    async fn record_once(&self, call: Call<'_, RecordOp<'_>>) -> Result<RecordOutcome, StoreError> {
+        let op = call.op;
+        if let Some(id) = op.reservation
+            && !self.inner.issued(id).await?
+        {
+            return Err(StoreError::UnknownReservation);
+        }
+        let work = Work::Record {
+            req: RecordRequest {
+                reservation: op.reservation,
+                cost: op.cost,
+                tokens: op.tokens,
+            },
+            policy: policy_for_decision(op.policy),
+        };
+        match self.submit(&call, work).await? {
+            Done::Record(out) => Ok(out),
+            _ => Err(wrong_answer()),
+        }
+    }
+
+    async fn acquire_once(&self, call: Call<'_, Nanos>) -> Result<AcquireOutcome, StoreError> {
+        let id = self.inner.next_id().await?;
+        match self
+            .submit(&call, Work::Acquire { id, ttl: call.op })
+            .await?
+        {
+            Done::Acquire(out) => Ok(out),
+            _ => Err(wrong_answer()),
+        }
+    }
+
+    async fn hit_once(&self, call: Call<'_, &[Charge]>) -> Result<HitOutcome, StoreError> {
+        assert_eq!(call.op.len(), call.subjects.len(), "one charge per subject");
+        let work = Work::Hit {
+            charges: call.op.to_vec(),
+        };
+        match self.submit(&call, work).await? {
+            Done::Hit(out) => Ok(out),
+            _ => Err(wrong_answer()),
+        }
+    }
+
+    async fn release_once(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        inner.settled_secret().await?;
+        let record: Option<Vec<u8>> = inner
+            .command(
+                "lease",
+                redis::cmd("GET").arg(inner.layout.lease_key(lease_id)),
+            )
+            .await?;
+        let Some(record) = record else {
+            return if inner.issued(lease_id).await? {
+                Ok(false)
+            } else {
+                Err(StoreError::UnknownLease)
+            };
+        };
+        let (subjects, expires_at) = codec::decode_lease(&record)
+            .map_err(|e| internal(format!("a lease entry this build cannot read: {e}")))?;
+        let op = Op {
+            limits: vec![SubjectLimits::UNLIMITED; subjects.len()],
+            subjects: subjects.into_vec(),
+            now,
+            work: Work::Release {
+                id: lease_id,
+                expires_at,
+            },
+        };
+        match self.committer.run(inner, op).await? {
+            Done::Release(released) => Ok(released),
+            _ => Err(wrong_answer()),
+        }
+    }
+
+    async fn usage_stored_once(
+        &self,
+        stored: &Subject,
+        limits: &SubjectLimits,
+        now: Nanos,
+    ) -> Result<UsageView, StoreError> {
+        let inner = &self.inner;
+        inner.settled_secret().await?;
+        let (_, key) = inner.layout.state_key(stored);
+        let bytes: Option<Vec<u8>> = inner
+            .command("read", redis::cmd("HGET").arg(&key).arg("s"))
+            .await?;
+        let mut state = match bytes {
+            Some(b) => codec::decode_state(&b)
+                .map_err(|e| internal(format!("a stored state this build cannot read: {e}")))?,
+            None => SubjectState::new(),
+        };
+        let now = if inner.fake_clock { now } else { inner.clock() };
+        state.expire(limits, now);
+        Ok(crate::embedded::view(&state, limits, now))
+    }
+
+    async fn adjust_once(
+        &self,
+        subject: &Subject,
+        limits: &SubjectLimits,
+        op: AdjustOp<'_>,
+        now: Nanos,
+    ) -> Result<Adjusted, StoreError> {
+        self.inner.settled_secret().await?;
+        let op = Op {
+            subjects: vec![subject.clone()],
+            limits: vec![limits.clone()],
+            now,
+            work: Work::Adjust {
+                changes: op.changes.to_vec(),
+                audit: op.audit.to_vec(),
+                keep: op.audit_keep,
+            },
+        };
+        match self.committer.run(&self.inner, op).await? {
+            Done::Adjust(out) => Ok(out),
+            _ => Err(wrong_answer()),
+        }
+    }
+
+    async fn sweep_once(&self, now: Nanos) -> Result<SweepStats, StoreError> {
+        let inner = &self.inner;
+        inner.settled_secret().await?;
+        inner.sync_clock().await?;
+        let now = if inner.fake_clock { now } else { inner.clock() };
+        let cutoff = now.0 / 1_000_000;
+        let mut stats = SweepStats::default();
+        let meta = inner.layout.meta();
+        for slot in 0..inner.layout.slots.len() as u32 {
+            let keys = inner.layout.slot_keys(slot);
+            // Only the prefix's own tag keeps leases.
+            let leases = if slot == meta {
+                &inner.layout.meta.leases
+            } else {
+                &keys.index
+            };
+            loop {
+                let mut inv = inner.sweep_script.prepare_invoke();
+                inv.key(&keys.index)
+                    .key(&keys.counter_index)
+                    .key(leases)
+                    .arg(cutoff)
+                    .arg(SWEEP_BATCH);
+                let reply = inner.call("sweep", &inv).await?;
+                let n = ints(reply, 5)?;
+                stats.dropped += n[0] as usize;
+                if n[0] < SWEEP_BATCH as u64 {
+                    stats.subjects += n[1] as usize;
+                    if slot == meta {
+                        stats.live_leases = n[4] as usize;
+                    }
+                    break;
+                }
+            }
+        }
+        if stats.subjects <= COUNT_LIMIT {
+            stats.open_reservations = self.count_open(now).await?;
+        }
+        Ok(stats)
+    }
+
+    /// Open reservations, for the gauge: read a batch of states at a time,
+    /// so the count is approximate while other calls run.
+    async fn count_open(&self, now: Nanos) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let mut open = 0;
+        for slot in 0..inner.layout.slots.len() as u32 {
+            let index = &inner.layout.slot_keys(slot).index;
+            let mut from = 0;
+            loop {
+                let keys: Vec<Vec<u8>> = inner
+                    .command(
+                        "sweep",
+                        redis::cmd("ZRANGE")
+                            .arg(index)
+                            .arg(from)
+                            .arg(from + SWEEP_BATCH - 1),
+                    )
+                    .await?;
+                let reads = keys.iter().map(|k| async move {
+                    let mut cmd = redis::cmd("HGET");
+                    cmd.arg(k).arg("s");
+                    inner.command::<Option<Vec<u8>>>("sweep", &mut cmd).await
+                });
+                for state in futures_util::future::join_all(reads).await {
+                    let Some(bytes) = state? else { continue };
+                    let state = codec::decode_state(&bytes).map_err(|e| {
+                        internal(format!("a stored state this build cannot read: {e}"))
+                    })?;
+                    open += state.holds().iter().filter(|h| h.is_open(now)).count();
+                }
+                if keys.len() < SWEEP_BATCH {
+                    break;
+                }
+                from += SWEEP_BATCH;
+            }
+        }
+        Ok(open)
+    }
+
+    fn admin_invocation(&self, op: &str, settled: &Settled) -> ScriptInvocation<'_> {
+        let meta = &self.inner.layout.meta;
+        let mut inv = self.inner.admin_script.prepare_invoke();
+        inv.key(&meta.records)
+            .key(&meta.records_version)
+            .key(&meta.audit)
+            .key(&meta.audit_seq)
+            .key(&meta.fingerprint);
+        inv.arg(op).arg(&settled.fingerprint);
+        inv
+    }
+
+    async fn admin_call(&self, inv: &ScriptInvocation<'_>) -> Result<Vec<Value>, StoreError> {
+        let reply = self.inner.call("admin", inv).await?;
+        let Value::Array(items) = reply else {
+            return Err(internal(format!("unexpected admin reply {reply:?}")));
+        };
+        match items.first() {
+            Some(Value::Int(0)) => Ok(items.into_iter().skip(1).collect()),
+            Some(Value::Int(5 | 6)) => Err(StoreError::Unavailable(STALE_SECRET.to_owned())),
+            other => Err(internal(format!("admin script status {other:?}"))),
+        }
+    }
+
+    async fn swap_once(&self, swap: RecordSwap<'_>) -> Result<Swapped, StoreError> {
+        self.inner.settled_secret().await?;
+        let settled = self.inner.settled.load_full().ok_or_else(stale)?;
+        let mut inv = self.admin_invocation("swap", &settled);
+        inv.arg(swap.key)
+            .arg(u8::from(swap.expect.is_some()))
+            .arg(swap.expect.unwrap_or_default())
+            .arg(u8::from(swap.new.is_some()))
+            .arg(swap.new.unwrap_or_default())
+            .arg(u8::from(swap.audit.is_some()))
+            .arg(swap.audit.unwrap_or_default())
+            .arg(swap.audit_keep.max(1));
+        let reply = self.inner.call("admin", &inv).await?;
+        let Value::Array(items) = reply else {
+            return Err(internal(format!("unexpected admin reply {reply:?}")));
+        };
+        let mut it = items.into_iter();
+        match it.next() {
+            Some(Value::Int(0)) => Ok(Swapped::Done {
+                audit_seq: uint(it.next())?,
+                version: uint(it.next())?,
+            }),
+            Some(Value::Int(1)) => match it.next() {
+                Some(Value::Int(0)) => Ok(Swapped::Conflict(None)),
+                Some(Value::Int(_)) => Ok(Swapped::Conflict(Some(bytes(it.next())?))),
+                other => Err(internal(format!("unexpected admin reply item {other:?}"))),
+            },
+            Some(Value::Int(5 | 6)) => Err(StoreError::Unavailable(STALE_SECRET.to_owned())),
+            other => Err(internal(format!("admin script status {other:?}"))),
+        }
+    }
+}
+
+fn stale() -> StoreError {
+    StoreError::Unavailable(STALE_SECRET.to_owned())
+}
+
+fn uint(v: Option<Value>) -> Result<u64, StoreError> {
+    match v {
+        Some(Value::Int(n)) => u64::try_from(n).map_err(internal),
+        other => Err(internal(format!("unexpected reply item {other:?}"))),
+    }
+}
+
+fn bytes(v: Option<Value>) -> Result<Vec<u8>, StoreError> {
+    match v {
+        Some(Value::BulkString(b)) => Ok(b),
+        Some(Value::SimpleString(s)) => Ok(s.into_bytes()),
+        other => Err(internal(format!("unexpected reply item {other:?}"))),
+    }
+}
+
+fn string(v: Option<Value>) -> Result<String, StoreError> {
+    String::from_utf8(bytes(v)?).map_err(internal)
+}
+
+/// A reply of exactly `n` non-negative integers.
+fn ints(v: Value, n: usize) -> Result<Vec<u64>, StoreError> {
+    let Value::Array(items) = v else {
+        return Err(internal(format!("unexpected script reply {v:?}")));
+    };
+    if items.len() != n {
+        return Err(internal("a script reply of the wrong length"));
+    }
+    items.into_iter().map(|i| uint(Some(i))).collect()
+}
+
+fn audit_item(item: Vec<u8>) -> Result<AuditEntry, StoreError> {
+    let colon = item
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(|| internal("an audit event without its sequence"))?;
+    let seq = std::str::from_utf8(&item[..colon])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| internal("an audit event with an unreadable sequence"))?;
+    Ok((seq, item[colon + 1..].to_vec()))
+}
+
+impl Inner {
     /// The secret in use, settled with Redis on first contact (see
     /// [`settle_secret`](Self::settle_secret)).
     async fn settled_secret(&self) -> Result<Arc<Secret>, StoreError> {
-        if let Some(s) = self.secret.load_full() {
-            return Ok(s);
+        if let Some(s) = self.settled.load_full() {
+            return Ok(s.secret.clone());
         }
         self.settle_secret().await
     }
 
+    /// The fingerprint the scripts compare, once settled.
+    fn current_fingerprint(&self) -> Option<String> {
+        self.settled.load().as_ref().map(|s| s.fingerprint.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Agrees with Redis on the secret that keys API keys: the configured
     /// one, or, without one, the one the first replica to reach Redis made
-    /// and kept there (under the key prefix). Its fingerprint is kept beside
-    /// it, and every script call checks the caller's against it, so that
-    /// replicas with different secrets (or a replica that settled before
-    /// Redis lost its data) can never split a key's state: a call that finds
-    /// another fingerprint, or none, settles again and retries.
+    /// and kept there (under the key prefix). Its fingerprint is kept in
+    /// every tag, and every script call checks the caller's against it, so
+    /// that replicas with different secrets (or a replica that settled
+    /// before Redis lost its data) can never split a key's state: a call
+    /// that finds another fingerprint, or none, settles again and retries.
     async fn settle_secret(&self) -> Result<Arc<Secret>, StoreError> {
         let _one_at_a_time = self.settling.lock().await;
+        let meta = &self.layout.meta;
         let secret = match &self.configured_secret {
             Some(s) => s.clone(),
             None => {
                 // Ours if Redis has none (first replica, or data lost).
                 let ours = self
-                    .secret
+                    .settled
                     .load_full()
-                    .map_or_else(Secret::generate, |s| (*s).clone());
+                    .map_or_else(Secret::generate, |s| (*s.secret).clone());
                 let _: Value = self
                     .command(
+                        "settle",
                         redis::cmd("SET")
-                            .arg(&self.keys.secret)
+                            .arg(&meta.secret)
                             .arg(ours.root().as_slice())
                             .arg("NX"),
                     )
                     .await?;
                 let stored: Vec<u8> = self
-                    .command(redis::cmd("GET").arg(&self.keys.secret))
+                    .command("settle", redis::cmd("GET").arg(&meta.secret))
                     .await?;
                 let root: [u8; 32] = stored
                     .try_into()
@@ -606,114 +979,112 @@ impl RedisStore {
             }
         };
         let fp = hex::encode(secret.fingerprint());
-        let _: Value = self
-            .command(
-                redis::cmd("SET")
-                    .arg(&self.keys.fingerprint)
-                    .arg(&fp)
-                    .arg("NX"),
-            )
-            .await?;
-        let stored: Option<String> = self
-            .command(redis::cmd("GET").arg(&self.keys.fingerprint))
-            .await?;
-        if stored.as_deref() != Some(fp.as_str()) {
-            return Err(internal(format!(
-                "the data under this key prefix is keyed with another secret (fingerprint \
-                 {}, not {fp}): every replica needs the same security.secret",
-                stored.unwrap_or_default()
-            )));
+        for keys in &self.layout.slots {
+            let _: Value = self
+                .command(
+                    "settle",
+                    redis::cmd("SET").arg(&keys.fingerprint).arg(&fp).arg("NX"),
+                )
+                .await?;
+            let stored: Option<String> = self
+                .command("settle", redis::cmd("GET").arg(&keys.fingerprint))
+                .await?;
+            if stored.as_deref() != Some(fp.as_str()) {
+                return Err(internal(format!(
+                    "the data under this key prefix is keyed with another secret (fingerprint \
+                     {}, not {fp}): every replica needs the same security.secret",
+                    stored.unwrap_or_default()
+                )));
+            }
         }
+        self.sync_clock().await?;
         let secret = Arc::new(secret);
-        self.secret.store(Some(secret.clone()));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.settled.store(Some(Arc::new(Settled {
+            secret: secret.clone(),
+            fingerprint: fp,
+        })));
         Ok(secret)
     }
 
-    /// One plain command, bounded by the command timeout.
-    async fn command<T: redis::FromRedisValue>(
-        &self,
-        cmd: &mut redis::Cmd,
-    ) -> Result<T, StoreError> {
-        let run = async {
-            match &self.conn {
-                Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
-                Conn::Cluster(_) => {
-                    let mut c = self.cluster_conn().await?;
-                    cmd.query_async::<T>(&mut c).await
-                }
-            }
-            .map_err(redis_error)
-        };
-        match tokio::time::timeout(self.command_timeout, run).await {
-            Ok(r) => r,
-            Err(_) => Err(unavailable(format!(
-                "no answer within {:?}",
-                self.command_timeout
-            ))),
+    /// Measures Redis's clock against ours.
+    async fn sync_clock(&self) -> Result<(), StoreError> {
+        let before = wall_clock();
+        let (secs, micros): (i64, i64) = self.command("time", &mut redis::cmd("TIME")).await?;
+        let after = wall_clock();
+        let redis = i128::from(secs) * 1_000_000_000 + i128::from(micros) * 1_000;
+        let ours = (i128::from(before.0) + i128::from(after.0)) / 2;
+        let offset = i64::try_from(redis - ours).unwrap_or(0);
+        self.clock_offset.store(offset, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Now, on Redis's clock.
+    fn clock(&self) -> Nanos {
+        let ours = i128::from(wall_clock().0);
+        let offset = i128::from(self.clock_offset.load(Ordering::Relaxed));
+        Nanos(u64::try_from((ours + offset).max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// A state's `PEXPIRE`, in ms, given when it becomes idle.
+    fn pexpire_ms(&self, idle_at: Nanos, now: Nanos) -> u64 {
+        if self.fake_clock {
+            return FAKE_CLOCK_EXPIRE_MS;
         }
+        idle_at
+            .0
+            .saturating_sub(now.0)
+            .div_ceil(1_000_000)
+            .saturating_add(EXPIRE_SLACK_MS)
     }
 
-    /// The subjects' state keys (API keys by their keyed hash), checking
-    /// the request's shape.
-    fn keys_of(
-        &self,
-        secret: &Secret,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-    ) -> Vec<String> {
-        assert!(
-            (1..=crate::MAX_SUBJECTS).contains(&subjects.len()) && limits.len() == subjects.len(),
-            "1 to {} subjects, each with its limits",
-            crate::MAX_SUBJECTS
-        );
-        self.stored_keys(secret, subjects)
+    /// The bounds of one tag: all of them on one server, a share on
+    /// several.
+    fn slot_bounds(&self) -> (usize, usize) {
+        let n = self.layout.groups();
+        (self.max_entries.div_ceil(n), self.max_counters.div_ceil(n))
     }
 
-    /// The subjects' state keys, API keys by their keyed hash.
-    fn stored_keys(&self, secret: &Secret, subjects: &[Subject]) -> Vec<String> {
-        subjects
-            .iter()
-            .map(|s| self.keys.subject(&secret.stored_subject(s)))
-            .collect()
-    }
-
-    /// Runs `source` instead of the decision script: lets tests prove that a
-    /// reply this build cannot read is an internal error, never an outage
-    /// that fail-open would let through.
-    #[doc(hidden)]
-    pub fn with_script(mut self, source: &str) -> RedisStore {
-        self.script = Script::new(source);
-        self
-    }
-
-    /// Makes the script decide with the `now` each call is given instead of
-    /// Redis's clock. For tests, which move a fake clock by hand: two
-    /// replicas with fake clocks do not share time.
-    pub fn with_fake_clock(mut self) -> RedisStore {
-        self.fake_clock = true;
-        self
-    }
-
-    /// Whether Redis answers now (and the script is loaded).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = async {
-            match &self.conn {
-                Conn::Single(m) => self.script.load_async(&mut m.clone()).await,
-                Conn::Cluster(_) => {
-                    let mut c = self.cluster_conn().await?;
-                    self.script.load_async(&mut c).await
-                }
+    /// A fresh reservation or lease id, from this replica's block.
+    async fn next_id(&self) -> Result<u64, StoreError> {
+        {
+            let mut ids = self.ids.lock();
+            if ids.0 < ids.1 {
+                ids.0 += 1;
+                return Ok(ids.0 - 1);
             }
-            .map_err(unavailable)
-        };
-        match tokio::time::timeout(self.command_timeout, result).await {
-            Ok(r) => r.map(|_| ()),
-            Err(_) => Err(unavailable(format!(
-                "no answer within {:?}",
-                started.elapsed()
-            ))),
         }
+        let end: u64 = self
+            .command(
+                "ids",
+                redis::cmd("INCRBY")
+                    .arg(&self.layout.meta.ids)
+                    .arg(ID_BLOCK),
+            )
+            .await?;
+        self.highest_id.fetch_max(end, Ordering::Relaxed);
+        let mut ids = self.ids.lock();
+        if ids.0 >= ids.1 {
+            *ids = (end + 1 - ID_BLOCK, end + 1);
+        }
+        ids.0 += 1;
+        Ok(ids.0 - 1)
+    }
+
+    /// Whether some replica was handed this id.
+    async fn issued(&self, id: u64) -> Result<bool, StoreError> {
+        if id == 0 {
+            return Ok(false);
+        }
+        if id <= self.highest_id.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let highest: Option<u64> = self
+            .command("ids", redis::cmd("GET").arg(&self.layout.meta.ids))
+            .await?;
+        let highest = highest.unwrap_or(0);
+        self.highest_id.fetch_max(highest, Ordering::Relaxed);
+        Ok(id <= highest)
     }
 
     async fn cluster_conn(&self) -> Result<ClusterConnection, StoreError> {
@@ -728,12 +1099,41 @@ impl RedisStore {
         }
     }
 
-    /// Runs the script, timing it and bounding it by the command timeout.
+    /// One plain command, bounded by the command timeout.
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        cmd: &mut redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let run = async {
+            match &self.conn {
+                Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
+                Conn::Cluster(_) => {
+                    let mut c = self.cluster_conn().await?;
+                    cmd.query_async::<T>(&mut c).await
+                }
+            }
+            .map_err(redis_error)
+        };
+        let result = match tokio::time::timeout(self.command_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!(
+                "no answer within {:?}",
+                self.command_timeout
+            ))),
+        };
+        metrics::histogram!(DURATION_METRIC, "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// One script call, bounded by the command timeout.
     async fn call(
         &self,
         operation: &'static str,
         inv: &ScriptInvocation<'_>,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<Value, StoreError> {
         let started = Instant::now();
         let run = async {
             match &self.conn {
@@ -754,617 +1154,23 @@ impl RedisStore {
         };
         metrics::histogram!(DURATION_METRIC, "operation" => operation)
             .record(started.elapsed().as_secs_f64());
-        let value = result?;
-        if let Value::Array(items) = &value
-            && matches!(items.first(), Some(Value::Int(5 | 6)))
-        {
-            return Err(StoreError::Unavailable(STALE_SECRET.to_owned()));
-        }
-        Reply::new(value)
-    }
-
-    /// A script invocation with the common keys and the clock arguments.
-    fn invocation(
-        &self,
-        op: &str,
-        subjects: &[String],
-        now: Nanos,
-        secret: &Secret,
-    ) -> ScriptInvocation<'_> {
-        let mut inv = self.script.prepare_invoke();
-        inv.key(&self.keys.index)
-            .key(&self.keys.ids)
-            .key(&self.keys.lease_expiries)
-            .key(&self.keys.lease_index)
-            .key(&self.keys.fingerprint)
-            .key(&self.keys.counter_index);
-        for k in subjects {
-            inv.key(k);
-        }
-        inv.arg(op);
-        if self.fake_clock {
-            inv.arg(now.0 / NANOS).arg(now.0 % NANOS);
-        } else {
-            inv.arg("").arg("");
-        }
-        inv.arg(hex::encode(secret.fingerprint()));
-        inv
-    }
-
-    /// The invocation every subject operation's script starts with: the
-    /// store's and the subjects' keys, the clock and the secret's
-    /// fingerprint, the bounds of subjects and of counters, and each
-    /// subject's class and limits.
-    fn subject_invocation<O>(
-        &self,
-        script: &'static str,
-        secret: &Secret,
-        call: &Call<'_, O>,
-    ) -> ScriptInvocation<'_> {
-        let keys = self.keys_of(secret, call.subjects, call.limits);
-        let mut inv = self.invocation(script, &keys, call.now, secret);
-        inv.arg(self.max_entries).arg(self.max_counters);
-        Self::push_subjects(&mut inv, call.subjects, call.limits);
-        inv
-    }
-
-    /// Runs a subject operation's script and reads its status: 0 goes on
-    /// to the answer, 1 is the subject bound and 7 the counter bound, 2 is
-    /// `unknown` (an id never issued) for the operations that name one;
-    /// anything else is a reply this build cannot read.
-    async fn run(
-        &self,
-        script: &'static str,
-        inv: &ScriptInvocation<'_>,
-        unknown: Option<StoreError>,
-    ) -> Result<Reply, StoreError> {
-        let mut reply = self.call(script, inv).await?;
-        match (status_code(&mut reply)?, unknown) {
-            (0, _) => Ok(reply),
-            (1, _) => Err(StoreError::Full(self.max_entries)),
-            (7, _) => Err(StoreError::CountersFull(self.max_counters)),
-            (2, Some(unknown)) => Err(unknown),
-            (c, _) => Err(internal(format!("script status {c}"))),
-        }
-    }
-
-    /// Each subject's class (1 for a rate limit service counter, which the
-    /// script counts against its own bound) and limits. The class is read
-    /// from the raw id, as the embedded stores read it; the stored id keeps
-    /// the marker too, but the script is not asked to parse key names.
-    fn push_subjects(
-        inv: &mut ScriptInvocation<'_>,
-        subjects: &[Subject],
-        limits: &[&SubjectLimits],
-    ) {
-        for (subject, lim) in subjects.iter().zip(limits) {
-            inv.arg(u8::from(is_counter(subject)));
-            inv.arg(lim.all().count());
-            for (kind, limit) in lim.all() {
-                inv.arg(kind.index()).arg(hi(limit)).arg(lo(limit));
-            }
-        }
-    }
-
-    fn saw_id(&self, id: u64) {
-        self.highest_id.fetch_max(id, Ordering::Relaxed);
-    }
-
-    fn check_reply(
-        &self,
-        mut reply: Reply,
-        limits: &[&SubjectLimits],
-        attempts: &[limits_core::Attempt],
-        policy: &Policy,
-    ) -> Result<CheckOutcome, StoreError> {
-        let allowed = reply.int()? == 1;
-        let attempt = reply.uint()? as usize;
-        let reservation = reply.uint()?;
-        let evals = reply.uint()?;
-        // As engine::check: the worst denial of each attempt, the soonest
-        // any attempt could fit, and the last attempt's denials.
-        let mut soonest: Option<Option<Nanos>> = None;
-        let mut last: (Option<Denial>, Vec<(usize, LimitKind)>) = (None, Vec::new());
-        let mut admitted = None;
-        for idx in 0..evals as usize {
-            let count = reply.uint()?;
-            let mut worst = None;
-            let mut exceeded = Vec::new();
-            for _ in 0..count {
-                let subject = reply.uint()? as usize;
-                let kind = LimitKind::WINDOWED[reply.uint()? as usize];
-                let retry_after = reply.retry()?;
-                worst = Some(worse(
-                    worst,
-                    Denial {
-                        subject,
-                        kind,
-                        retry_after,
-                    },
-                ));
-                exceeded.push((subject, kind));
-            }
-            match worst {
-                None => admitted = Some(idx),
-                Some(d) => {
-                    soonest = Some(match soonest {
-                        None => d.retry_after,
-                        Some(prev) => match (prev, d.retry_after) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        },
-                    });
-                    last = (Some(d), exceeded);
-                }
-            }
-        }
-        let (denial, exceeded, action) = match admitted {
-            Some(idx) if idx > 0 => (None, Vec::new(), Action::Downgrade),
-            Some(_) => (None, Vec::new(), Action::Allow),
-            // Alert mode lets an over-limit request through, flagged.
-            None if allowed => (last.0, last.1, Action::Alert),
-            None => (last.0, last.1, Action::Block),
-        };
-        let reservation = (reservation > 0).then_some(reservation);
-        let statuses = reply.statuses(limits, &exceeded)?;
-        let pending = if reservation.is_some() {
-            0
-        } else {
-            attempts[attempt].cost.0
-        };
-        let alert = alert_flag(policy, &statuses, pending);
-        let action = if allowed && alert && action == Action::Allow {
-            Action::Alert
-        } else {
-            action
-        };
-        let verdict = match (allowed, denial) {
-            (true, over) => Verdict::Allowed { reservation, over },
-            (false, Some(denial)) => Verdict::Denied {
-                denial,
-                retry_after: soonest.flatten(),
-            },
-            (false, None) => return Err(internal("a denial that names no limit")),
-        };
-        Ok(CheckOutcome {
-            verdict,
-            action,
-            attempt,
-            statuses,
-            alert,
-        })
+        result
     }
 }
 
-fn mode_code(mode: EnforcementMode) -> u8 {
-    match mode {
-        EnforcementMode::Block | EnforcementMode::Queue => 0,
-        EnforcementMode::Downgrade => 1,
-        EnforcementMode::Alert => 2,
-    }
+/// The wall clock, in ns since the Unix epoch.
+fn wall_clock() -> Nanos {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Nanos::from(since)
 }
 
-fn ttl_arg(ttl: Nanos) -> u64 {
-    ttl.0.min(MAX_TTL)
-}
-
-impl RedisStore {
-    async fn check_once(
-        &self,
-        secret: &Secret,
-        call: Call<'_, CheckOp<'_>>,
-    ) -> Result<CheckOutcome, StoreError> {
-        let (limits, op) = (call.limits, call.op);
-        let CheckOp {
-            attempts,
-            reserve_ttl,
-            tag,
-            policy,
-        } = op;
-        let mut inv = self.subject_invocation("check", secret, &call);
-        inv.arg(mode_code(policy.mode));
-        match reserve_ttl {
-            Some(ttl) => inv.arg(ttl_arg(ttl)),
-            None => inv.arg(-1),
-        };
-        inv.arg(tag);
-        inv.arg(attempts.len());
-        for a in attempts {
-            inv.arg(hi(a.cost.0))
-                .arg(lo(a.cost.0))
-                .arg(hi(a.tokens))
-                .arg(lo(a.tokens));
-        }
-        let reply = self.run("check", &inv, None).await?;
-        let out = self.check_reply(reply, limits, attempts, policy)?;
-        if let Some(id) = out.reservation() {
-            self.saw_id(id);
-        }
-        Ok(out)
-    }
-
-    async fn record_once(
-        &self,
-        secret: &Secret,
-        call: Call<'_, RecordOp<'_>>,
-    ) -> Result<RecordOutcome, StoreError> {
-        let (limits, op) = (call.limits, call.op);
-        let RecordOp {
-            reservation,
-            cost,
-            tokens,
-            policy,
-        } = op;
-        let mut inv = self.subject_invocation("record", secret, &call);
-        inv.arg(reservation.unwrap_or(0))
-            .arg(hi(cost.0))
-            .arg(lo(cost.0))
-            .arg(hi(tokens))
-            .arg(lo(tokens));
-        let mut reply = self
-            .run("record", &inv, Some(StoreError::UnknownReservation))
-            .await?;
-        let duplicate = reply.int()? == 1;
-        let held = [reply.int()?, reply.int()?, reply.int()?, reply.int()?];
-        let settled = (held[0] >= 0).then(|| (join(held[0], held[1]), join(held[2], held[3])));
-        let statuses = reply.statuses(limits, &[])?;
-        let alert = alert_flag(policy, &statuses, 0);
-        Ok(RecordOutcome {
-            duplicate,
-            settled,
-            statuses,
-            alert,
-        })
-    }
-
-    async fn acquire_once(
-        &self,
-        secret: &Secret,
-        call: Call<'_, Nanos>,
-    ) -> Result<AcquireOutcome, StoreError> {
-        let (limits, ttl) = (call.limits, call.op);
-        let mut inv = self.subject_invocation("acquire", secret, &call);
-        inv.arg(ttl_arg(ttl));
-        let mut reply = self.run("acquire", &inv, None).await?;
-        let acquired = reply.int()? == 1;
-        let id = reply.uint()?;
-        let expires_at = reply.instant()?;
-        let count = reply.uint()?;
-        let mut worst = None;
-        let mut exceeded = Vec::new();
-        for _ in 0..count {
-            let subject = reply.uint()? as usize;
-            let retry_after = reply.retry()?;
-            let kind = LimitKind::MaxConcurrent;
-            worst = Some(worse(
-                worst,
-                Denial {
-                    subject,
-                    kind,
-                    retry_after,
-                },
-            ));
-            exceeded.push((subject, kind));
-        }
-        let statuses = reply
-            .statuses(limits, &exceeded)?
-            .into_iter()
-            .filter(|s| s.kind == LimitKind::MaxConcurrent)
-            .collect();
-        let admission = match (acquired, worst) {
-            (true, _) => {
-                self.saw_id(id);
-                Admission::Acquired(LeaseSlot { id, expires_at })
-            }
-            (false, Some(denial)) => Admission::Full(denial),
-            (false, None) => return Err(internal("a full subject that names no limit")),
-        };
-        Ok(AcquireOutcome {
-            admission,
-            statuses,
-        })
-    }
-
-    async fn hit_once(
-        &self,
-        secret: &Secret,
-        call: Call<'_, &[Charge]>,
-    ) -> Result<HitOutcome, StoreError> {
-        let (limits, charges) = (call.limits, call.op);
-        assert_eq!(charges.len(), call.subjects.len(), "one charge per subject");
-        let mut inv = self.subject_invocation("hit", secret, &call);
-        for c in charges {
-            inv.arg(hi(c.requests))
-                .arg(lo(c.requests))
-                .arg(hi(c.tokens))
-                .arg(lo(c.tokens));
-        }
-        let mut reply = self.run("hit", &inv, None).await?;
-        let allowed = reply.int()? == 1;
-        let count = reply.uint()?;
-        // As hit::hit picks its denial.
-        let mut worst: Option<Denial> = None;
-        let mut exceeded = Vec::new();
-        for _ in 0..count {
-            let subject = reply.uint()? as usize;
-            let kind = LimitKind::WINDOWED[reply.uint()? as usize];
-            let retry_after = reply.retry()?;
-            let d = Denial {
-                subject,
-                kind,
-                retry_after,
-            };
-            worst = Some(match worst {
-                Some(w) if w.retry_after.is_none() => w,
-                Some(w) if d.retry_after.is_some() && w.retry_after >= d.retry_after => w,
-                _ => d,
-            });
-            exceeded.push((subject, kind));
-        }
-        let statuses = reply
-            .statuses(limits, &exceeded)?
-            .into_iter()
-            .filter(|s| matches!(s.kind.resource(), Resource::Requests | Resource::Tokens))
-            .collect();
-        if allowed != worst.is_none() {
-            return Err(internal("a hit's answer and its denials disagree"));
-        }
-        Ok(HitOutcome {
-            denial: worst,
-            statuses,
-        })
-    }
-
-    async fn release_once(
-        &self,
-        secret: &Secret,
-        lease_id: u64,
-        now: Nanos,
-    ) -> Result<bool, StoreError> {
-        // The first call names no subjects; if the lease is still indexed
-        // the script answers with its subjects' keys and the second call
-        // declares them (scripts must name the keys they write).
-        let mut keys: Vec<String> = Vec::new();
-        for _ in 0..2 {
-            let mut inv = self.invocation("release", &keys, now, secret);
-            inv.arg(lease_id);
-            let mut reply = self.call("release", &inv).await?;
-            match status_code(&mut reply)? {
-                0 => return Ok(reply.int()? == 1),
-                3 => return Err(StoreError::UnknownLease),
-                4 => {
-                    keys.clear();
-                    while let Ok(k) = reply.string() {
-                        keys.push(k);
-                    }
-                }
-                c => return Err(internal(format!("script status {c}"))),
-            }
-        }
-        Err(unavailable("the lease's subjects changed during release"))
-    }
-
-    async fn usage_once(
-        &self,
-        secret: &Secret,
-        subject: &Subject,
-        limits: &SubjectLimits,
-        now: Nanos,
-    ) -> Result<UsageView, StoreError> {
-        let stored = secret.stored_subject(subject);
-        self.usage_stored_once(secret, &stored, limits, now).await
-    }
-
-    async fn usage_stored_once(
-        &self,
-        secret: &Secret,
-        stored: &Subject,
-        limits: &SubjectLimits,
-        now: Nanos,
-    ) -> Result<UsageView, StoreError> {
-        let keys = [self.keys.subject(stored)];
-        let subject = stored;
-        let mut inv = self.invocation("usage", &keys, now, secret);
-        Self::push_subjects(&mut inv, std::slice::from_ref(subject), &[limits]);
-        let mut reply = self.call("usage", &inv).await?;
-        match status_code(&mut reply)? {
-            0 => {}
-            c => return Err(internal(format!("script status {c}"))),
-        }
-        read_usage(&mut reply, limits)
-    }
-
-    async fn adjust_once(
-        &self,
-        secret: &Secret,
-        subject: &Subject,
-        limits: &SubjectLimits,
-        op: AdjustOp<'_>,
-        now: Nanos,
-    ) -> Result<Adjusted, StoreError> {
-        // The subject is in its stored form already.
-        let key = self.keys.subject(subject);
-        let mut inv = self.invocation("adjust", &[key], now, secret);
-        inv.key(&self.keys.audit).key(&self.keys.audit_seq);
-        inv.arg(self.max_entries).arg(self.max_counters);
-        Self::push_subjects(&mut inv, std::slice::from_ref(subject), &[limits]);
-        inv.arg(op.audit_keep.max(1))
-            .arg(op.audit)
-            .arg(op.changes.len());
-        for &(kind, change) in op.changes {
-            let (code, amount) = match change {
-                Adjustment::Debit(a) => (0, a),
-                Adjustment::Credit(a) => (1, a),
-                Adjustment::Reset => (2, 0),
-            };
-            inv.arg(kind.index())
-                .arg(code)
-                .arg(hi(amount))
-                .arg(lo(amount));
-        }
-        let mut reply = self.run("adjust", &inv, None).await?;
-        let audit_seq = reply.uint()?;
-        let applied = op
-            .changes
-            .iter()
-            .map(|_| reply.amount())
-            .collect::<Result<Vec<_>, _>>()?;
-        let usage = read_usage(&mut reply, limits)?;
-        Ok(Adjusted {
-            applied,
-            usage,
-            audit_seq,
-        })
-    }
-
-    /// An admin script invocation: its keys, the operation and the
-    /// caller's fingerprint.
-    fn admin_invocation(&self, op: &str, secret: &Secret) -> ScriptInvocation<'_> {
-        let mut inv = self.admin_script.prepare_invoke();
-        inv.key(&self.keys.records)
-            .key(&self.keys.records_version)
-            .key(&self.keys.audit)
-            .key(&self.keys.audit_seq)
-            .key(&self.keys.fingerprint);
-        inv.arg(op).arg(hex::encode(secret.fingerprint()));
-        inv
-    }
-
-    /// Runs a read of the admin script and checks its status (0).
-    async fn admin_call(&self, inv: &ScriptInvocation<'_>) -> Result<Reply, StoreError> {
-        let mut reply = self.call("admin", inv).await?;
-        match reply.int()? {
-            0 => Ok(reply),
-            c => Err(internal(format!("admin script status {c}"))),
-        }
-    }
-
-    async fn swap_once(
-        &self,
-        secret: &Secret,
-        swap: RecordSwap<'_>,
-    ) -> Result<Swapped, StoreError> {
-        let mut inv = self.admin_invocation("swap", secret);
-        inv.arg(swap.key)
-            .arg(u8::from(swap.expect.is_some()))
-            .arg(swap.expect.unwrap_or_default())
-            .arg(u8::from(swap.new.is_some()))
-            .arg(swap.new.unwrap_or_default())
-            .arg(u8::from(swap.audit.is_some()))
-            .arg(swap.audit.unwrap_or_default())
-            .arg(swap.audit_keep.max(1));
-        let mut reply = self.call("admin", &inv).await?;
-        match reply.int()? {
-            0 => Ok(Swapped::Done {
-                audit_seq: reply.uint()?,
-                version: reply.uint()?,
-            }),
-            1 => match reply.int()? {
-                0 => Ok(Swapped::Conflict(None)),
-                _ => Ok(Swapped::Conflict(Some(reply.bytes()?))),
-            },
-            c => Err(internal(format!("admin script status {c}"))),
-        }
-    }
-}
-
-/// The rest of a `usage` reply (after its status): statuses, holds and
-/// leases.
-fn read_usage(reply: &mut Reply, limits: &SubjectLimits) -> Result<UsageView, StoreError> {
-    let statuses = reply.statuses(&[limits], &[])?;
-    let holds_count = reply.uint()?;
-    let mut holds = Vec::with_capacity(holds_count as usize);
-    for _ in 0..holds_count {
-        let id = reply.uint()?;
-        let cost = reply.amount()?;
-        let tokens = reply.amount()?;
-        let expires_at = reply.instant()?;
-        let tag = u32::try_from(reply.uint()?).map_err(internal)?;
-        holds.push(Hold {
-            id,
-            cost,
-            tokens,
-            expires_at,
-            settled: false,
-            tag,
-        });
-    }
-    let leases_count = reply.uint()?;
-    let mut leases = Vec::with_capacity(leases_count as usize);
-    for _ in 0..leases_count {
-        let id = reply.uint()?;
-        let expires_at = reply.instant()?;
-        leases.push(LeaseSlot { id, expires_at });
-    }
-    Ok(UsageView {
-        statuses,
-        holds,
-        leases,
-    })
-}
-
-/// An audit list item, "sequence:event".
-fn audit_item(item: Vec<u8>) -> Result<AuditEntry, StoreError> {
-    let colon = item
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or_else(|| internal("an audit event without its sequence"))?;
-    let seq = std::str::from_utf8(&item[..colon])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| internal("an audit event with an unreadable sequence"))?;
-    Ok((seq, item[colon + 1..].to_vec()))
-}
-
-impl RedisStore {
-    async fn sweep_once(&self, secret: &Secret, now: Nanos) -> Result<SweepStats, StoreError> {
-        // Idle subjects and expired lease entries, a batch at a time; the
-        // limits are not needed: a subject's idle instant is in the index.
-        let mut stats = SweepStats::default();
-        loop {
-            let mut inv = self.invocation("sweep", &[], now, secret);
-            inv.arg(SWEEP_BATCH);
-            let mut reply = self.call("sweep", &inv).await?;
-            status_code(&mut reply)?;
-            let idle = reply.uint()? as usize;
-            let leases = reply.uint()? as usize;
-            stats.dropped += idle;
-            stats.subjects = reply.uint()? as usize;
-            stats.live_leases = reply.uint()? as usize;
-            let late_counters = reply.uint()? as usize;
-            if idle < SWEEP_BATCH && leases < SWEEP_BATCH && late_counters < SWEEP_BATCH {
-                break;
-            }
-        }
-        // Open reservations, for the gauge: a batch of subjects at a time,
-        // so the count is approximate while other calls run; skipped (0)
-        // past COUNT_LIMIT subjects.
-        let mut from = 0;
-        while stats.subjects <= COUNT_LIMIT {
-            let mut inv = self.invocation("count", &[], now, secret);
-            inv.arg(from).arg(SWEEP_BATCH);
-            let mut reply = self.call("sweep", &inv).await?;
-            status_code(&mut reply)?;
-            let seen = reply.uint()? as usize;
-            stats.open_reservations += reply.uint()? as usize;
-            from += seen;
-            if seen < SWEEP_BATCH {
-                break;
-            }
-        }
-        Ok(stats)
-    }
-}
-
-/// Runs `$call` with the settled secret; when the script finds that Redis
-/// keeps another secret's fingerprint (or none, after losing its data),
-/// settles again and runs it once more.
 macro_rules! with_secret {
-    ($store:expr, |$secret:ident| $call:expr) => {{
-        let $secret = $store.settled_secret().await?;
+    ($store:expr, $call:expr) => {{
         match $call.await {
             Err(e) if is_stale(&e) => {
-                let $secret = $store.settle_secret().await?;
+                $store.inner.settle_secret().await?;
                 $call.await
             }
             other => other,
@@ -1374,23 +1180,23 @@ macro_rules! with_secret {
 
 impl Store for RedisStore {
     async fn check(&self, call: Call<'_, CheckOp<'_>>) -> Result<CheckOutcome, StoreError> {
-        with_secret!(self, |secret| self.check_once(&secret, call))
+        with_secret!(self, self.check_once(call))
     }
 
     async fn record(&self, call: Call<'_, RecordOp<'_>>) -> Result<RecordOutcome, StoreError> {
-        with_secret!(self, |secret| self.record_once(&secret, call))
+        with_secret!(self, self.record_once(call))
     }
 
     async fn acquire(&self, call: Call<'_, Nanos>) -> Result<AcquireOutcome, StoreError> {
-        with_secret!(self, |secret| self.acquire_once(&secret, call))
+        with_secret!(self, self.acquire_once(call))
     }
 
     async fn hit(&self, call: Call<'_, &[Charge]>) -> Result<HitOutcome, StoreError> {
-        with_secret!(self, |secret| self.hit_once(&secret, call))
+        with_secret!(self, self.hit_once(call))
     }
 
     async fn release(&self, lease_id: u64, now: Nanos) -> Result<bool, StoreError> {
-        with_secret!(self, |secret| self.release_once(&secret, lease_id, now))
+        with_secret!(self, self.release_once(lease_id, now))
     }
 
     async fn usage(
@@ -1399,8 +1205,9 @@ impl Store for RedisStore {
         limits: &SubjectLimits,
         now: Nanos,
     ) -> Result<UsageView, StoreError> {
-        with_secret!(self, |secret| self
-            .usage_once(&secret, subject, limits, now))
+        let secret = self.inner.settled_secret().await?;
+        let stored = secret.stored_subject(subject);
+        self.usage_stored_once(&stored, limits, now).await
     }
 
     async fn usage_stored(
@@ -1409,12 +1216,11 @@ impl Store for RedisStore {
         limits: &SubjectLimits,
         now: Nanos,
     ) -> Result<UsageView, StoreError> {
-        with_secret!(self, |secret| self
-            .usage_stored_once(&secret, subject, limits, now))
+        self.usage_stored_once(subject, limits, now).await
     }
 
     async fn sweep(&self, _table: &LimitTable, now: Nanos) -> Result<SweepStats, StoreError> {
-        with_secret!(self, |secret| self.sweep_once(&secret, now))
+        with_secret!(self, self.sweep_once(now))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -1424,7 +1230,7 @@ impl Store for RedisStore {
     }
 
     async fn secret(&self) -> Result<Arc<Secret>, StoreError> {
-        self.settled_secret().await
+        self.inner.settled_secret().await
     }
 
     async fn adjust(
@@ -1434,32 +1240,33 @@ impl Store for RedisStore {
         op: AdjustOp<'_>,
         now: Nanos,
     ) -> Result<Adjusted, StoreError> {
-        with_secret!(self, |secret| self
-            .adjust_once(&secret, subject, limits, op, now))
+        with_secret!(self, self.adjust_once(subject, limits, op, now))
     }
 
     async fn records(&self) -> Result<Records, StoreError> {
-        let secret = self.settled_secret().await?;
-        let inv = self.admin_invocation("read", &secret);
-        let mut reply = self.admin_call(&inv).await?;
-        let version = reply.uint()?;
+        self.inner.settled_secret().await?;
+        let settled = self.inner.settled.load_full().ok_or_else(stale)?;
+        let inv = self.admin_invocation("read", &settled);
+        let mut items = self.admin_call(&inv).await?.into_iter();
+        let version = uint(items.next())?;
         let mut records = Vec::new();
-        while !reply.is_empty() {
-            let key = reply.string()?;
-            records.push((key, reply.bytes()?));
+        while let Some(key) = items.next() {
+            let key = string(Some(key))?;
+            records.push((key, bytes(items.next())?));
         }
         records.sort();
         Ok(Records { version, records })
     }
 
     async fn records_version(&self) -> Result<u64, StoreError> {
-        let secret = self.settled_secret().await?;
-        let inv = self.admin_invocation("version", &secret);
-        self.admin_call(&inv).await?.uint()
+        self.inner.settled_secret().await?;
+        let settled = self.inner.settled.load_full().ok_or_else(stale)?;
+        let inv = self.admin_invocation("version", &settled);
+        uint(self.admin_call(&inv).await?.into_iter().next())
     }
 
     async fn swap_record(&self, swap: RecordSwap<'_>) -> Result<Swapped, StoreError> {
-        with_secret!(self, |secret| self.swap_once(&secret, swap))
+        with_secret!(self, self.swap_once(swap))
     }
 
     async fn audit(
@@ -1467,15 +1274,15 @@ impl Store for RedisStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let secret = self.settled_secret().await?;
-        let mut inv = self.admin_invocation("audit", &secret);
+        self.inner.settled_secret().await?;
+        let settled = self.inner.settled.load_full().ok_or_else(stale)?;
+        let mut inv = self.admin_invocation("audit", &settled);
         inv.arg(before.unwrap_or(0)).arg(limit);
-        let mut reply = self.admin_call(&inv).await?;
-        let mut out = Vec::new();
-        while !reply.is_empty() {
-            out.push(audit_item(reply.bytes()?)?);
-        }
-        Ok(out)
+        self.admin_call(&inv)
+            .await?
+            .into_iter()
+            .map(|item| audit_item(bytes(Some(item))?))
+            .collect()
     }
 
     fn health(&self) -> Health {
@@ -1490,28 +1297,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_gets_core_window_constants() {
-        let s = script_source();
-        assert!(s.contains("{ L = 1000000000, w = 16666666, a = 60, b = 40 }"));
-        assert!(s.contains("{ L = 2592000000000000, w = 43200000000000, k = 43200 }"));
-    }
-
-    #[test]
-    fn limbs_round_trip_and_saturate() {
-        for v in [0, 1, NANOS - 1, NANOS, 1_000_000_000_000_000_000, u64::MAX] {
-            assert_eq!(join(hi(v) as i64, lo(v) as i64), v);
+    fn subjects_spread_over_every_tag_and_stay_put() {
+        let layout = Layout::new("p", 8);
+        let mut seen = [0usize; 8];
+        for i in 0..800 {
+            let s = Subject::new(Dimension::User, format!("u{i}"));
+            let (slot, key) = layout.state_key(&s);
+            assert_eq!(layout.state_key(&s), (slot, key.clone()));
+            assert!(key.starts_with(&format!("{{p:{slot}}}:s2:")), "{key}");
+            seen[slot as usize] += 1;
         }
-        assert_eq!(join(i64::MAX, 0), u64::MAX);
-    }
-
-    #[test]
-    fn bucket_expiry_matches_the_rolling_window() {
-        let kind = LimitKind::RequestsPerSecond;
-        let length = kind.window().unwrap();
-        let mut w = limits_core::RollingWindow::new();
-        let t = Nanos(1_700_000_000_123_456_789);
-        w.add(length, t, 1);
-        let index = w.buckets()[0].0;
-        assert_eq!(w.reset_at(length), Some(bucket_expiry(kind, index)));
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        assert_eq!(layout.meta(), 8);
+        let one = Layout::new("p", 1);
+        assert_eq!(one.groups(), 1);
+        assert_eq!(one.meta(), 0);
+        let (slot, key) = one.state_key(&Subject::new(Dimension::Team, "t"));
+        assert_eq!((slot, key.as_str()), (0, "{p}:s2:2:t"));
     }
 }

@@ -51,6 +51,39 @@ macro_rules! for_every_backend {
     };
 }
 
+/// The same on Redis with subjects spread over eight hash tags (as on a
+/// cluster), so that an operation over several subjects commits in several
+/// slots. Bounds are per tag there (`max_entries / shards`), so the bound's
+/// own test is in `redis_store.rs`.
+macro_rules! on_spread_redis {
+    ($($name:ident),* $(,)?) => {
+        mod redis_spread {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let server = super::common::RedisServer::start();
+                    super::$name(|max| server.spread_store(max, 8)).await;
+                }
+            )*
+        }
+    };
+}
+
+on_spread_redis!(
+    request_rate_limits_allow_then_deny,
+    budgets_allow_then_deny,
+    token_limits_allow_then_deny,
+    several_subjects_move_all_or_nothing,
+    reservations_hold_settle_and_expire,
+    leases_acquire_release_and_expire,
+    usage_shows_windows_holds_and_leases,
+    sweep_drops_idle_subjects_and_keeps_live_ones,
+    hits_charge_many_subjects_all_or_nothing,
+    adjustments_credit_debit_and_reset_exactly,
+    records_change_only_as_expected_and_keep_their_audit,
+    the_audit_trail_keeps_the_newest,
+);
+
 for_every_backend!(
     request_rate_limits_allow_then_deny,
     budgets_allow_then_deny,

@@ -1,11 +1,16 @@
 //! The Redis backend beyond the shared behaviour suite: it decides exactly
-//! as the engine does (a differential run against the memory store over
-//! random operations), its money stays exact past 2^53 nano-dollars,
-//! separate instances on one Redis share ids, windows and leases, and the
-//! rate limit service's counters have their own bound, as on the memory
-//! store, also over data an earlier version wrote.
+//! as the memory store does (a differential run over random operations, on
+//! one hash tag and spread over several), its money stays exact past 2^53
+//! nano-dollars, separate instances on one Redis share ids, windows and
+//! leases and never admit past a limit when they race, the rate limit
+//! service's counters have their own bound, as on the memory store, and a
+//! reply or a state it cannot read is an internal error, never an outage.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
+
+use cluster::RedisCluster;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -114,10 +119,10 @@ fn pick_subjects(rng: &mut StdRng, pool: &[Subject], most: usize) -> Vec<usize> 
 
 /// Random operations, the same on both stores at the same fake instants:
 /// every outcome, usage view and sweep count must be equal.
-async fn differential(seed: u64, server: &RedisServer) {
+async fn differential(seed: u64, server: &RedisServer, shards: u16) {
     let mut rng = StdRng::seed_from_u64(seed);
     let memory = MemoryStore::new(100_000);
-    let redis = server.store(100_000);
+    let redis = server.spread_store(100_000, shards);
     let mut ids = Ids::default();
     let pool: Vec<Subject> = (0..5)
         .map(|i| {
@@ -370,7 +375,11 @@ async fn differential(seed: u64, server: &RedisServer) {
 async fn decides_exactly_as_the_engine_over_random_operations() {
     let server = RedisServer::start();
     for seed in 1..=4 {
-        differential(seed, &server).await;
+        differential(seed, &server, 1).await;
+    }
+    // Several subjects of one operation in several hash tags.
+    for seed in 5..=6 {
+        differential(seed, &server, 8).await;
     }
 }
 
@@ -558,87 +567,109 @@ async fn rediss_speaks_tls() {
     assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
 }
 
-/// `cluster: true`: the same operations through the cluster client on a
-/// one-node Redis Cluster holding every slot. All of a prefix's keys share
-/// one hash tag, so a request over several subjects is still one script.
+/// A real Redis Cluster of three persistent masters. Three replicas race
+/// 300 reserved checks against a team's budget for 50, each request naming
+/// one of 30 API keys and users too: exactly 50 are admitted although each
+/// request's subjects sit in different slots, and the subjects' states are
+/// spread over all three masters. Then the master that holds the team's
+/// state stops: calls that need it are `UNAVAILABLE`; when it is back,
+/// service resumes by itself and nothing it acknowledged is lost.
 #[tokio::test]
-async fn a_redis_cluster_runs_the_same_script() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let mut child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--cluster-enabled",
-            "yes",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+async fn a_three_master_cluster_spreads_subjects_and_stays_exact() {
+    let mut cluster = RedisCluster::start(true);
+    let open = || {
+        RedisStore::open(&limits_store::RedisOptions {
+            url: cluster.url(0),
+            nodes: cluster.urls(),
+            cluster: true,
+            key_prefix: "cluster".to_owned(),
+            command_timeout: std::time::Duration::from_secs(2),
+            ..limits_store::RedisOptions::default()
+        })
+        .unwrap()
+    };
+    let replicas = [open(), open(), open()];
+    assert_eq!(replicas[0].shards(), 64);
+    let budget = limits(&[(LimitKind::BudgetDaily, usd(50))]);
+    let open_limits = limits(&[(LimitKind::RequestsPerHour, 1_000)]);
+    let requests: Vec<Req<'_>> = (0..30)
+        .map(|i| {
+            Req::new(&[
+                (key(&format!("k{i}")), &open_limits),
+                (common::user(&format!("u{i}")), &open_limits),
+                (common::team("shared"), &budget),
+            ])
+        })
+        .collect();
+    let calls = (0..300).map(|i| {
+        let (store, r) = (&replicas[i % 3], &requests[i % 30]);
+        async move { r.check(store, usd(1), 0, Some(Nanos::MINUTE), T0).await }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let allowed = outcomes
+        .iter()
+        .filter(|o| o.as_ref().expect("answered").allowed())
+        .count();
+    assert_eq!(allowed, 50, "exactly the budget");
+    let states = |i: usize| {
+        cluster
+            .cli(i, &["--scan", "--pattern", "*:s2:*"])
+            .lines()
+            .count()
+    };
+    let spread: Vec<usize> = (0..3).map(states).collect();
+    assert!(
+        spread.iter().all(|&n| n > 0),
+        "states per master: {spread:?}"
+    );
+    assert_eq!(
+        spread.iter().sum::<usize>(),
+        61,
+        "30 keys, 30 users, 1 team"
+    );
+
+    // An acknowledged record, then the team's master stops.
+    let team = Req::new(&[(common::team("shared"), &budget)]);
+    team.record(&replicas[0], None, usd(7), 0, T0)
+        .await
+        .unwrap();
+    let daily = LimitKind::BudgetDaily;
+    let spent = used(&replicas[1], &common::team("shared"), &budget, daily, T0).await;
+    assert_eq!(spent, usd(57), "50 held, 7 recorded");
+    let holder = (0..3)
+        .find(|&i| {
+            cluster
+                .cli(i, &["--scan", "--pattern", "*:s2:2:shared"])
+                .contains("shared")
+        })
+        .expect("a master holds the team");
+    cluster.stop(holder);
+    let err = team
+        .check(&replicas[2], 0, 0, None, T0)
+        .await
+        .expect_err("the team's master is down");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    cluster.restart(holder);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match used_or_err(&replicas[2], &budget).await {
+            Ok(n) => {
+                assert_eq!(n, usd(57), "nothing acknowledged was lost");
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "{e:?}");
+                assert!(std::time::Instant::now() < deadline, "no recovery: {e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
-    let _guard = Kill(&mut child);
-    let cli = |args: &[&str]| {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !cli(&["cluster", "addslotsrange", "0", "16383"]).contains("OK") {
-        assert!(std::time::Instant::now() < deadline, "no cluster");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    while !cli(&["cluster", "info"]).contains("cluster_state:ok") {
-        assert!(std::time::Instant::now() < deadline, "cluster not ok");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let store = RedisStore::open(&limits_store::RedisOptions {
-        url: format!("redis://127.0.0.1:{port}"),
-        cluster: true,
-        key_prefix: "cluster".to_owned(),
-        ..limits_store::RedisOptions::default()
-    })
-    .unwrap()
-    .with_fake_clock();
-    let l = limits(&[
-        (LimitKind::RequestsPerMinute, 2),
-        (LimitKind::MaxConcurrent, 1),
-    ]);
-    let r = Req::new(&[
-        (key("c1"), &l),
-        (common::user("c2"), &l),
-        (common::team("c3"), &l),
-    ]);
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
-    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
-    assert!(!r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
-    let (_, lease) = r.acquire(&store, Nanos::MINUTE, T0).await.unwrap();
-    assert_eq!(store.release(lease.unwrap().0, T0).await, Ok(true));
-    let view = store.usage(&key("c1"), &l, T0).await.unwrap();
-    assert_eq!(
-        common::status(&view.statuses, LimitKind::RequestsPerMinute).used,
-        2
-    );
-    // A rate limit service counter, kept in the counter index too.
-    assert_eq!(hit(&store, &[(counter(0), &l)], T0).await, Ok(true));
-    // The sweep deletes keys it finds in the indexes (not declared in
-    // KEYS): allowed because they share the indexes' slot.
-    let table = limits_core::LimitTable::new();
-    let swept = store.sweep(&table, at(3_600)).await.unwrap();
-    assert_eq!((swept.dropped, swept.subjects), (4, 0));
+    assert!(team.check(&replicas[2], 0, 0, None, T0).await.is_ok());
+}
+
+async fn used_or_err(store: &RedisStore, l: &SubjectLimits) -> Result<u64, StoreError> {
+    let view = store.usage(&common::team("shared"), l, T0).await?;
+    Ok(common::status(&view.statuses, LimitKind::BudgetDaily).used)
 }
 
 /// A script that answers what this build cannot read, or fails, is an
@@ -873,141 +904,90 @@ async fn counters_have_their_own_bound_as_on_the_memory_store() {
     expired_counters_make_room_after_a_sweep(&redis()).await;
 }
 
-/// A store's raw view of one counter: its score in the index of every
-/// state key and in the counter index.
-async fn scores(
-    conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-    state_key: &str,
-) -> (Option<u64>, Option<u64>) {
-    let mut out = [None, None];
-    for (score, index) in out.iter_mut().zip(["idx", "idx:counters"]) {
-        *score = redis::cmd("ZSCORE")
-            .arg(format!("{{{prefix}}}:{index}"))
-            .arg(state_key)
-            .query_async(conn)
-            .await
-            .unwrap();
-    }
-    (out[0], out[1])
-}
-
-async fn state_key(store: &RedisStore, prefix: &str, subject: &Subject) -> String {
-    let stored = store.secret().await.unwrap().stored_subject(subject);
-    format!("{{{prefix}}}:s:{}:{}", stored.dimension.index(), stored.id)
-}
-
-/// Data an earlier version wrote has no counter index: its counters are in
-/// the one index, counted as subjects. Read by this version, such a counter
-/// keeps its state, counts as a subject (never as nothing) until it is next
-/// written, and from then on against the counters' bound.
+/// Two replicas on one prefix, their subjects spread over eight hash tags,
+/// race 240 checks of the same three subjects (an API key, a user, a team)
+/// against 50 requests a minute: exactly 50 are admitted, and each subject
+/// counts exactly 50, whatever conflicts and retries happened in between.
 #[tokio::test]
-async fn counters_an_earlier_version_wrote_keep_their_state_and_move_bound() {
+async fn racing_replicas_admit_exactly_the_limit_on_spread_subjects() {
     let server = RedisServer::start();
     let prefix = common::unique_prefix();
-    let store = server.store_with_bounds(&prefix, 2, 2, true);
-    let mut conn = server.connection().await;
-    let l = limits(&[(LimitKind::RequestsPerHour, 100)]);
-    let hourly = LimitKind::RequestsPerHour;
-    for _ in 0..2 {
-        assert_eq!(hit(&store, &[(counter(0), &l)], T0).await, Ok(true));
+    let open = || {
+        RedisStore::open(&limits_store::RedisOptions {
+            url: server.url(),
+            key_prefix: prefix.clone(),
+            shards: 8,
+            command_timeout: std::time::Duration::from_secs(5),
+            ..limits_store::RedisOptions::default()
+        })
+        .unwrap()
+        .with_fake_clock()
+    };
+    let (a, b) = (open(), open());
+    let l = limits(&[(LimitKind::RequestsPerMinute, 50)]);
+    let subjects = [
+        key("racing"),
+        common::user("racing"),
+        common::team("racing"),
+    ];
+    let r = Req::new(&[
+        (subjects[0].clone(), &l),
+        (subjects[1].clone(), &l),
+        (subjects[2].clone(), &l),
+    ]);
+    let calls = (0..240).map(|i| {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let r = &r;
+        async move { r.check(store, 0, 0, None, T0).await }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let allowed = outcomes
+        .iter()
+        .filter(|o| o.as_ref().expect("answered").allowed())
+        .count();
+    assert_eq!(allowed, 50);
+    for s in &subjects {
+        let rpm = LimitKind::RequestsPerMinute;
+        assert_eq!(used(&a, s, &l, rpm, T0).await, 50, "{s:?}");
+        assert_eq!(used(&b, s, &l, rpm, T0).await, 50, "{s:?}");
     }
-    // As the earlier version left it: in the index, not in a counter index.
-    let c0 = state_key(&store, &prefix, &counter(0)).await;
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{{{prefix}}}:idx:counters"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(matches!(
-        scores(&mut conn, &prefix, &c0).await,
-        (Some(_), None)
-    ));
-
-    assert_eq!(
-        used(&store, &counter(0), &l, hourly, T0).await,
-        2,
-        "state kept"
-    );
-    assert_eq!(checked(&store, key("a"), &l).await, Ok(true));
-    assert_eq!(
-        checked(&store, key("b"), &l).await,
-        Err(StoreError::Full(2)),
-        "the old counter counts as a subject until it is written again"
-    );
-    assert_eq!(hit(&store, &[(counter(0), &l)], T0).await, Ok(true));
-    assert_eq!(used(&store, &counter(0), &l, hourly, T0).await, 3);
-    let (all, counters) = scores(&mut conn, &prefix, &c0).await;
-    assert!(all.is_some() && all == counters, "{all:?} {counters:?}");
-    assert_eq!(checked(&store, key("b"), &l).await, Ok(true));
-    assert_eq!(hit(&store, &[(counter(1), &l)], T0).await, Ok(true));
-    assert_eq!(
-        hit(&store, &[(counter(2), &l)], T0).await,
-        Err(StoreError::CountersFull(2))
-    );
 }
 
-/// During a rolling upgrade an earlier version, which knows no counter
-/// index, deletes idle counters from the one index only, and moves a
-/// counter's instant there only. The sweep removes the first kind from the
-/// counter index (or it would count forever) and keeps the second.
+/// A stored state this build cannot decode (another version's format, or
+/// damage) is an internal error for every operation that reads it, never a
+/// reason to treat the subject as empty, and never `Unavailable`.
 #[tokio::test]
-async fn the_sweep_repairs_what_an_earlier_version_changed() {
+async fn a_state_that_cannot_be_read_is_internal() {
     let server = RedisServer::start();
     let prefix = common::unique_prefix();
-    let store = server.store_with_bounds(&prefix, 10, 2, true);
+    let store = server.store_on_prefix(&prefix, 100, true);
+    let l = limits(&[(LimitKind::RequestsPerMinute, 5)]);
+    let r = Req::new(&[(key("damaged"), &l)]);
+    assert!(r.check(&store, 0, 0, None, T0).await.unwrap().allowed());
+    let stored = store
+        .secret()
+        .await
+        .unwrap()
+        .stored_subject(&key("damaged"));
+    let state_key = format!("{{{prefix}}}:s2:{}:{}", stored.dimension.index(), stored.id);
     let mut conn = server.connection().await;
-    let l = limits(&[(LimitKind::RequestsPerMinute, 100)]);
-    for i in 0..2 {
-        assert_eq!(hit(&store, &[(counter(i), &l)], T0).await, Ok(true));
+    let _: () = redis::cmd("HSET")
+        .arg(&state_key)
+        .arg("v")
+        .arg(999_999)
+        .arg("s")
+        .arg(b"\xffnot a state".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Another replica, whose cache never held the state, and this one,
+    // whose cached version no longer matches.
+    let other = server.store_on_prefix(&prefix, 100, true);
+    for s in [&other, &store] {
+        let err = r.check(s, 0, 0, None, T0).await.unwrap_err();
+        assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
+        assert!(!err.is_transient());
     }
-    let (c0, c1) = (
-        state_key(&store, &prefix, &counter(0)).await,
-        state_key(&store, &prefix, &counter(1)).await,
-    );
-    let (_, stale) = scores(&mut conn, &prefix, &c1).await;
-    // A later hit on counter 1, then its counter index entry put back as
-    // an earlier version's write would have left it.
-    assert_eq!(hit(&store, &[(counter(1), &l)], at(100)).await, Ok(true));
-    let _: () = redis::cmd("ZADD")
-        .arg(format!("{{{prefix}}}:idx:counters"))
-        .arg(stale.unwrap())
-        .arg(&c1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    // Counter 0, idle, deleted as an earlier version's sweep deletes.
-    let _: () = redis::cmd("DEL")
-        .arg(&c0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("ZREM")
-        .arg(format!("{{{prefix}}}:idx"))
-        .arg(&c0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let later = at(120);
-    assert_eq!(
-        hit(&store, &[(counter(2), &l)], later).await,
-        Err(StoreError::CountersFull(2)),
-        "until the sweep, the deleted counter is still counted"
-    );
-    let table = limits_core::LimitTable::new();
-    let swept = store.sweep(&table, later).await.unwrap();
-    assert_eq!((swept.dropped, swept.subjects), (0, 1));
-    assert_eq!(
-        used(&store, &counter(1), &l, LimitKind::RequestsPerMinute, later).await,
-        1,
-        "the counter an earlier version moved is kept"
-    );
-    let (all, counters) = scores(&mut conn, &prefix, &c1).await;
-    assert!(all.is_some() && all == counters, "{all:?} {counters:?}");
-    assert_eq!(scores(&mut conn, &prefix, &c0).await, (None, None));
-    assert_eq!(hit(&store, &[(counter(2), &l)], later).await, Ok(true));
-    assert_eq!(
-        hit(&store, &[(counter(3), &l)], later).await,
-        Err(StoreError::CountersFull(2))
-    );
+    let err = store.usage(&key("damaged"), &l, T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
 }

@@ -73,6 +73,7 @@ pub fn open_store(config: &Config) -> Result<AnyStore, OpenError> {
                 command_timeout: r.command_timeout,
                 max_entries: r.max_entries,
                 max_counters: config.rls.max_counters,
+                shards: r.shards,
                 secret: config.secret.clone(),
             };
             Ok(AnyStore::Redis(limits_store::RedisStore::open(&options)?))

@@ -156,7 +156,7 @@ fn describe() {
     );
     describe_histogram!(
         REDIS_DURATION,
-        "Redis round trips of the decision script, by operation, in seconds."
+        "Redis round trips, by operation (commit, read, sweep, admin, ...), in seconds."
     );
 }
 

@@ -306,6 +306,23 @@ impl RedisServer {
         self.store_with_bounds(prefix, max_entries, max_entries, fake)
     }
 
+    /// A fresh store whose subjects are spread over `shards` hash tags,
+    /// each with `max_entries` subjects and counters (fake clock).
+    pub fn spread_store(&self, max_entries: usize, shards: u16) -> limits_store::RedisStore {
+        let options = limits_store::RedisOptions {
+            url: self.url(),
+            key_prefix: unique_prefix(),
+            max_entries: max_entries * usize::from(shards),
+            max_counters: max_entries * usize::from(shards),
+            shards,
+            command_timeout: Duration::from_secs(5),
+            ..limits_store::RedisOptions::default()
+        };
+        limits_store::RedisStore::open(&options)
+            .expect("a valid Redis config")
+            .with_fake_clock()
+    }
+
     /// A store on `prefix` with its own bounds for subjects and counters.
     pub fn store_with_bounds(
         &self,

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use super::declare::{FieldDoc, declare};
 use super::setting::{
     Addr, Alias, Auto, Choice, Count, Digest, FileOnly, FilePath, Flag, Fraction, KeyPrefix, Limit,
-    LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret, Size, Slots, Span, Usd,
+    LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret, Shards, Size, Slots, Span,
+    Usd,
 };
 use super::{ClientAuth, LogFormat, Scope};
 use crate::config::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
@@ -291,8 +292,12 @@ declare! {
         connect_timeout: Span = Span(DEFAULT_REDIS_CONNECT_TIMEOUT, REDIS_TIMEOUT_RANGE),
         /// Longest one decision may take before the call is `UNAVAILABLE`.
         command_timeout: Span = Span(DEFAULT_REDIS_COMMAND_TIMEOUT, REDIS_TIMEOUT_RANGE),
-        /// Most subjects kept; past it, new subjects get `RESOURCE_EXHAUSTED`.
+        /// Most subjects kept; past it, new subjects get `RESOURCE_EXHAUSTED` (with several
+        /// `shards`, each has its share).
         max_entries: Count<usize> = Count(DEFAULT_REDIS_MAX_ENTRIES),
+        /// Hash tags subjects are spread over, so that a Redis Cluster spreads them over its
+        /// masters; the same on every replica of a `key_prefix`.
+        shards: Shards = Shards,
         /// With Redis unreachable, allow `CheckLimits` / `AcquireConcurrent` (logged, counted)
         /// instead of `UNAVAILABLE`.
         fail_open: Flag = Flag(false),

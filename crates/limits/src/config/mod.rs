@@ -349,6 +349,9 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// The most subjects the Redis store keeps; a new one past it is refused.
     pub max_entries: usize,
+    /// Hash tags subjects are spread over (0: the store's default, one on
+    /// a server and more on a cluster).
+    pub shards: u16,
     /// Allow (logged and counted) instead of answering UNAVAILABLE when
     /// Redis cannot be reached.
     pub fail_open: bool,
@@ -369,6 +372,7 @@ impl fmt::Debug for RedisSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("max_entries", &self.max_entries)
+            .field("shards", &self.shards)
             .field("fail_open", &self.fail_open)
             .finish()
     }

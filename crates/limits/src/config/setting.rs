@@ -175,6 +175,33 @@ impl<T: TryFrom<u64> + Copy + fmt::Display> Setting for Count<T> {
     }
 }
 
+/// `storage.redis.shards`: how many hash tags subjects are spread over; 0
+/// when unset, for the store's own default (one on a server, more on a
+/// cluster).
+pub(crate) struct Shards;
+
+impl Setting for Shards {
+    type Raw = u64;
+    type Value = u16;
+    const ENV: Option<EnvKind> = Some(EnvKind::Number);
+
+    fn check(&self, key: &str, raw: Option<&u64>) -> Result<u16> {
+        match raw {
+            None => Ok(0),
+            Some(&n) if (1..=1024).contains(&n) => Ok(n as u16),
+            Some(_) => Err(ConfigError::new(key, "must be between 1 and 1024")),
+        }
+    }
+
+    fn type_doc(&self) -> String {
+        "integer 1–1024".to_owned()
+    }
+
+    fn default_doc(&self) -> String {
+        "1; with `cluster`, 64".to_owned()
+    }
+}
+
 /// The values a duration key takes: between `min` and `max`, or zero where
 /// zero means "off". A duration outside a sane range (a sweep every
 /// nanosecond, a lease for a billion years) is a mistake, not a setting.

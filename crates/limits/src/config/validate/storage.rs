@@ -59,6 +59,7 @@ fn redis_settings(raw: &RawStorage) -> Result<RedisSettings> {
         connect_timeout: keys.connect_timeout,
         command_timeout: keys.command_timeout,
         max_entries: keys.max_entries,
+        shards: keys.shards,
         fail_open: keys.fail_open,
     })
 }
