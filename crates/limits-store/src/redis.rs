@@ -107,6 +107,10 @@ use crate::{
 
 /// The histogram of Redis round trips, by operation.
 pub const DURATION_METRIC: &str = "mercator_limits_redis_duration_seconds";
+/// The histogram of operations decided in one commit.
+pub const BATCH_METRIC: &str = "mercator_limits_redis_batch_size";
+/// The histogram of how long an operation waited for its commit to start.
+pub const WAIT_METRIC: &str = "mercator_limits_redis_batch_wait_seconds";
 
 /// Subjects or lease entries a sweep call handles at once, so that no
 /// single script call blocks Redis for long.

@@ -54,6 +54,14 @@ pub const STORE_WRITE_FAILURES: &str = limits_store::sled::WRITE_FAILURES_METRIC
 pub const AUTH_REFUSED: &str = "mercator_limits_auth_refused_total";
 /// Recorded by the Redis store itself, per script round trip.
 pub const REDIS_DURATION: &str = limits_store::redis::DURATION_METRIC;
+/// Recorded by the Redis store: operations decided per commit.
+pub const REDIS_BATCH: &str = limits_store::redis::BATCH_METRIC;
+/// Recorded by the Redis store: how long an operation waited for its
+/// commit to start.
+pub const REDIS_WAIT: &str = limits_store::redis::WAIT_METRIC;
+
+/// Buckets for the operations in one Redis commit.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Histogram buckets for check durations: fine below a millisecond, where
 /// checks are expected to be.
@@ -70,6 +78,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(REDIS_DURATION.to_owned()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(REDIS_WAIT.to_owned()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(REDIS_BATCH.to_owned()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
     // Error counters exist from the start at zero, so an alert on their
@@ -157,6 +167,14 @@ fn describe() {
     describe_histogram!(
         REDIS_DURATION,
         "Redis round trips, by operation (commit, read, sweep, admin, ...), in seconds."
+    );
+    describe_histogram!(
+        REDIS_BATCH,
+        "Operations decided together and written in one Redis commit (per hash tag)."
+    );
+    describe_histogram!(
+        REDIS_WAIT,
+        "Time an operation waited for its Redis commit to start (the commit before it in flight), in seconds."
     );
 }
 

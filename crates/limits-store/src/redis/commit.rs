@@ -134,6 +134,9 @@ pub(super) struct Op {
 
 type Reply = oneshot::Sender<Result<Done, StoreError>>;
 
+/// An operation in the commit task's queue, with when it arrived.
+type Queued = (Op, Reply, std::time::Instant);
+
 /// Something written in the key prefix's slot with an operation.
 #[derive(Debug, Clone)]
 enum Extra {
@@ -194,7 +197,7 @@ struct Task {
 
 /// Sends operations to the commit task, starting it on first use.
 pub(super) struct Committer {
-    tx: parking_lot::Mutex<Option<mpsc::UnboundedSender<(Op, Reply)>>>,
+    tx: parking_lot::Mutex<Option<mpsc::UnboundedSender<Queued>>>,
 }
 
 impl Committer {
@@ -207,7 +210,7 @@ impl Committer {
     /// Runs `op` in the next batch and waits for its answer.
     pub(super) async fn run(&self, inner: &Arc<Inner>, op: Op) -> Result<Done, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let op = (op, tx);
+        let op = (op, tx, std::time::Instant::now());
         {
             let mut sender = self.tx.lock();
             let op = match sender.as_ref() {
@@ -233,8 +236,10 @@ impl Committer {
     }
 }
 
-async fn run_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<(Op, Reply)>) {
+async fn run_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let mut task = Task::default();
+    let wait = metrics::histogram!(super::WAIT_METRIC);
+    let size = metrics::histogram!(super::BATCH_METRIC);
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH {
@@ -243,6 +248,12 @@ async fn run_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<(Op, Reply)
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        for (_, _, queued) in &ops {
+            wait.record(started.duration_since(*queued).as_secs_f64());
+        }
+        size.record(ops.len() as f64);
+        let ops = ops.into_iter().map(|(op, reply, _)| (op, reply)).collect();
         inner.commit(&mut task, ops).await;
     }
 }
