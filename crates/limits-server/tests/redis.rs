@@ -440,6 +440,7 @@ fn redis_config_loads_and_validates() {
     assert!(r.fail_open && !r.cluster);
     assert_eq!(r.key_prefix, "limits");
     assert_eq!(r.command_timeout, Duration::from_millis(250));
+    assert_eq!(r.shards, 0, "unset: the store's own default");
     assert!(!format!("{c:?}").contains("s3cret"));
     assert_eq!(
         config::redact_url("rediss://app:pw@host:6380"),
@@ -453,6 +454,20 @@ fn redis_config_loads_and_validates() {
     assert!(e.contains("limits.storage.redis.key_prefix"), "{e}");
     let e = bad("limits:\n  storage:\n    redis:\n      command_timeout: 0s\n");
     assert!(e.contains("limits.storage.redis.command_timeout"), "{e}");
+    for shards in ["0", "1025"] {
+        let e = bad(&format!(
+            "limits:\n  storage:\n    redis:\n      shards: {shards}\n"
+        ));
+        assert!(e.contains("limits.storage.redis.shards"), "{e}");
+    }
+    let c = config::parse_str(
+        "limits:\n  storage:\n    backend: redis\n    redis:\n      shards: 16\n",
+    )
+    .unwrap();
+    let Storage::Redis(r) = &c.storage else {
+        panic!("{:?}", c.storage)
+    };
+    assert_eq!(r.shards, 16);
 }
 
 /// Waits for `f` to hold, failing if it takes longer than `bound` (the

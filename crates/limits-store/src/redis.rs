@@ -355,6 +355,8 @@ struct Inner {
     clock_offset: AtomicI64,
     /// The ids this replica may hand out: next and end of its block.
     ids: parking_lot::Mutex<(u64, u64)>,
+    /// Held while a new block is taken.
+    refilling: tokio::sync::Mutex<()>,
     /// The highest id seen issued (by any replica).
     highest_id: AtomicU64,
 }
@@ -517,6 +519,7 @@ impl RedisStore {
                 generation: AtomicU64::new(0),
                 clock_offset: AtomicI64::new(0),
                 ids: parking_lot::Mutex::new((0, 0)),
+                refilling: tokio::sync::Mutex::new(()),
                 highest_id: AtomicU64::new(0),
             }),
             committer: Committer::new(),
@@ -1049,14 +1052,15 @@ impl Inner {
         (self.max_entries.div_ceil(n), self.max_counters.div_ceil(n))
     }
 
-    /// A fresh reservation or lease id, from this replica's block.
+    /// A fresh reservation or lease id, from this replica's block; one
+    /// caller at a time takes a new block when it runs out.
     async fn next_id(&self) -> Result<u64, StoreError> {
-        {
-            let mut ids = self.ids.lock();
-            if ids.0 < ids.1 {
-                ids.0 += 1;
-                return Ok(ids.0 - 1);
-            }
+        if let Some(id) = self.take_id() {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.refilling.lock().await;
+        if let Some(id) = self.take_id() {
+            return Ok(id);
         }
         let end: u64 = self
             .command(
@@ -1068,11 +1072,16 @@ impl Inner {
             .await?;
         self.highest_id.fetch_max(end, Ordering::Relaxed);
         let mut ids = self.ids.lock();
-        if ids.0 >= ids.1 {
-            *ids = (end + 1 - ID_BLOCK, end + 1);
-        }
-        ids.0 += 1;
-        Ok(ids.0 - 1)
+        *ids = (end + 2 - ID_BLOCK, end + 1);
+        Ok(end + 1 - ID_BLOCK)
+    }
+
+    fn take_id(&self) -> Option<u64> {
+        let mut ids = self.ids.lock();
+        (ids.0 < ids.1).then(|| {
+            ids.0 += 1;
+            ids.0 - 1
+        })
     }
 
     /// Whether some replica was handed this id.

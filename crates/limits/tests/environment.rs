@@ -131,6 +131,7 @@ fn every_environment_variable_sets_its_key() {
         ("limits.storage.redis.connect_timeout", "2s"),
         ("limits.storage.redis.command_timeout", "300ms"),
         ("limits.storage.redis.max_entries", "5000"),
+        ("limits.storage.redis.shards", "16"),
         ("limits.storage.redis.fail_open", "yes"),
         ("limits.server.grpc_addr", "127.0.0.1:7000"),
         ("limits.server.metrics_addr", "127.0.0.1:7001"),

@@ -60,6 +60,13 @@ pub const REDIS_BATCH: &str = limits_store::redis::BATCH_METRIC;
 /// commit to start.
 pub const REDIS_WAIT: &str = limits_store::redis::WAIT_METRIC;
 
+/// Buckets for the wait before a Redis commit: fine around the 200 µs it
+/// is meant to stay under.
+const WAIT_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_5, 0.001,
+    0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Buckets for the operations in one Redis commit.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -78,7 +85,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(REDIS_DURATION.to_owned()), DURATION_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(REDIS_WAIT.to_owned()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(REDIS_WAIT.to_owned()), WAIT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(REDIS_BATCH.to_owned()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();

@@ -5,12 +5,16 @@
 //!
 //! # A batch
 //!
-//! Operations that arrive while a batch is in flight wait for the next one,
-//! so under load a round trip carries many decisions (group commit), and
-//! an idle replica answers one operation in one round trip. The batch's
-//! operations run one after another, in arrival order, over the same
-//! working states: each sees what the ones before it did, exactly as on
-//! the embedded store.
+//! Operations that arrive together are decided together and written in one
+//! round trip (group commit), so under load a round trip carries many
+//! decisions, and an idle replica answers one operation in one round trip.
+//! Up to [`MAX_IN_FLIGHT`] batches are in flight at once, over disjoint
+//! subjects: an operation whose subject is in a batch in flight waits for
+//! it (and so does every later operation on that subject), so each
+//! subject's operations are decided one after another in the order they
+//! arrived, and a replica never races itself. A batch's operations run in
+//! arrival order over the same working states: each sees what the ones
+//! before it did, exactly as on the embedded store.
 //!
 //! Every state an operation read is checked by the script, whether the
 //! operation changed it or not: a denial is never decided on a state that
@@ -48,7 +52,7 @@
 //! take are bounded; past the bound its operations are answered
 //! `Unavailable`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +73,8 @@ use crate::{Adjusted, StoreError};
 
 /// Operations decided in one round trip at most.
 const MAX_BATCH: usize = 256;
+/// Batches in flight at once; each holds subjects no other one holds.
+const MAX_IN_FLIGHT: usize = 4;
 /// Rounds one batch may take before its operations are answered
 /// `Unavailable`.
 const MAX_ROUNDS: u32 = 24;
@@ -179,20 +185,39 @@ struct Piece {
     now: Nanos,
 }
 
+impl Piece {
+    /// A piece with nothing left to do.
+    fn done() -> Piece {
+        Piece {
+            slot: 0,
+            keys: Vec::new(),
+            undo: Box::new(|_, _| {}),
+            now: Nanos::ZERO,
+        }
+    }
+}
+
 /// A subject's state as this replica last saw it.
 struct Cached {
     version: u64,
     state: SubjectState,
 }
 
-/// The commit task's own data.
+/// What the commit task's batches share: the cache (each batch reads and
+/// writes only its own subjects' entries, which no other batch in flight
+/// touches) and undo work left for later.
 #[derive(Default)]
-struct Task {
-    cache: HashMap<String, Cached>,
+struct Shared {
+    cache: parking_lot::Mutex<Cache>,
+    /// Undo work not yet written (its slot could not be reached).
+    leftover: parking_lot::Mutex<Vec<Piece>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    states: HashMap<String, Cached>,
     /// The secret generation the cache belongs to.
     generation: u64,
-    /// Undo work not yet written.
-    leftover: Vec<Piece>,
 }
 
 /// Sends operations to the commit task, starting it on first use.
@@ -236,25 +261,112 @@ impl Committer {
     }
 }
 
+/// An operation waiting for a batch, with its subjects' tags and keys.
+struct Waiting {
+    op: Op,
+    reply: Reply,
+    queued: std::time::Instant,
+    keys: Vec<(u32, String)>,
+}
+
+/// Takes, in arrival order, the waiting operations none of whose subjects
+/// is in a batch in flight or in an earlier operation left waiting (so
+/// that each subject's operations are decided in the order they came),
+/// and marks their subjects busy.
+fn take_batch(waiting: &mut VecDeque<Waiting>, busy: &mut HashSet<String>) -> Vec<Waiting> {
+    let mut batch = Vec::new();
+    let mut mine: HashSet<String> = HashSet::new();
+    let mut held: HashSet<String> = HashSet::new();
+    let mut left = VecDeque::with_capacity(waiting.len());
+    while let Some(w) = waiting.pop_front() {
+        let free = batch.len() < MAX_BATCH
+            && w.keys
+                .iter()
+                .all(|(_, k)| !held.contains(k) && (mine.contains(k) || !busy.contains(k)));
+        if free {
+            mine.extend(w.keys.iter().map(|(_, k)| k.clone()));
+            batch.push(w);
+        } else {
+            held.extend(w.keys.iter().map(|(_, k)| k.clone()));
+            left.push_back(w);
+        }
+    }
+    busy.extend(mine);
+    *waiting = left;
+    batch
+}
+
 async fn run_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    let mut task = Task::default();
+    let shared = Shared::default();
     let wait = metrics::histogram!(super::WAIT_METRIC);
     let size = metrics::histogram!(super::BATCH_METRIC);
-    while let Some(first) = rx.recv().await {
-        let mut ops = vec![first];
-        while ops.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    let mut open = true;
+    let arrived = |(op, reply, queued): Queued| Waiting {
+        keys: op
+            .subjects
+            .iter()
+            .map(|s| inner.layout.state_key(s))
+            .collect(),
+        op,
+        reply,
+        queued,
+    };
+    loop {
+        while let Ok(q) = rx.try_recv() {
+            waiting.push_back(arrived(q));
+        }
+        while in_flight.len() < MAX_IN_FLIGHT {
+            let batch = take_batch(&mut waiting, &mut busy);
+            if batch.is_empty() {
+                break;
             }
+            // Undo work left by a batch that could not reach Redis goes
+            // with the next batch that can take its subjects.
+            let mut undo = Vec::new();
+            shared.leftover.lock().retain_mut(|p| {
+                if p.keys.iter().any(|(k, _)| busy.contains(k)) {
+                    return true;
+                }
+                busy.extend(p.keys.iter().map(|(k, _)| k.clone()));
+                undo.push(std::mem::replace(p, Piece::done()));
+                false
+            });
+            let started = std::time::Instant::now();
+            for w in &batch {
+                wait.record(started.duration_since(w.queued).as_secs_f64());
+            }
+            size.record(batch.len() as f64);
+            let mut keys: Vec<String> = batch
+                .iter()
+                .flat_map(|w| w.keys.iter().map(|(_, k)| k.clone()))
+                .collect();
+            keys.extend(
+                undo.iter()
+                    .flat_map(|p| p.keys.iter().map(|(k, _)| k.clone())),
+            );
+            let (inner, shared) = (&inner, &shared);
+            in_flight.push(async move {
+                inner.commit(shared, batch, undo).await;
+                keys
+            });
         }
-        let started = std::time::Instant::now();
-        for (_, _, queued) in &ops {
-            wait.record(started.duration_since(*queued).as_secs_f64());
+        if !open && in_flight.is_empty() {
+            break;
         }
-        size.record(ops.len() as f64);
-        let ops = ops.into_iter().map(|(op, reply, _)| (op, reply)).collect();
-        inner.commit(&mut task, ops).await;
+        tokio::select! {
+            Some(keys) = futures_util::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
+                for k in keys {
+                    busy.remove(&k);
+                }
+            }
+            q = rx.recv(), if open => match q {
+                Some(q) => waiting.push_back(arrived(q)),
+                None => open = false,
+            },
+        }
     }
 }
 
@@ -262,6 +374,8 @@ async fn run_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Queued>) {
 struct Pending {
     op: Op,
     reply: Reply,
+    /// Its subjects' tags and state keys.
+    keys: Vec<(u32, String)>,
     /// Its subjects' indexes in the working set.
     entries: Vec<usize>,
     decided: Option<Decided>,
@@ -311,25 +425,32 @@ struct SlotWrite {
 }
 
 impl Inner {
-    async fn commit(&self, task: &mut Task, ops: Vec<(Op, Reply)>) {
-        let generation = self.generation();
-        if task.generation != generation {
-            task.cache.clear();
-            task.generation = generation;
+    async fn commit(&self, shared: &Shared, ops: Vec<Waiting>, mut undo_work: Vec<Piece>) {
+        {
+            let generation = self.generation();
+            let mut cache = shared.cache.lock();
+            if cache.generation != generation {
+                cache.states.clear();
+                cache.generation = generation;
+            }
         }
         let mut pending: Vec<Pending> = ops
             .into_iter()
-            .map(|(op, reply)| Pending {
-                op,
-                reply,
-                entries: Vec::new(),
-                decided: None,
-                failed: None,
-                answered: false,
-            })
+            .map(
+                |Waiting {
+                     op, reply, keys, ..
+                 }| Pending {
+                    keys,
+                    op,
+                    reply,
+                    entries: Vec::new(),
+                    decided: None,
+                    failed: None,
+                    answered: false,
+                },
+            )
             .collect();
         let mut room: HashMap<u32, (i64, i64)> = HashMap::new();
-        let mut undo_work = std::mem::take(&mut task.leftover);
         let one_slot = self.layout.groups() == 1;
         let mut waited = false;
         for round in 0..MAX_ROUNDS {
@@ -344,7 +465,7 @@ impl Inner {
                 tokio::time::sleep(Duration::from_micros(200 * u64::from(round.min(10)))).await;
             }
             let now = self.clock();
-            let (mut work, index) = self.working_set(task, &pending, &open, &undo_work);
+            let (mut work, index) = self.working_set(shared, &pending, &open, &undo_work);
             for piece in &undo_work {
                 let idx: Vec<usize> = piece.keys.iter().map(|(k, _)| index[k]).collect();
                 let at = if self.fake_clock { piece.now } else { now };
@@ -354,12 +475,7 @@ impl Inner {
                 }
             }
             for &p in &open {
-                let entries: Vec<usize> = pending[p]
-                    .op
-                    .subjects
-                    .iter()
-                    .map(|s| index[&self.layout.state_key(s).1])
-                    .collect();
+                let entries: Vec<usize> = pending[p].keys.iter().map(|(_, k)| index[k]).collect();
                 // A subject it would create needs room in its slot.
                 if let Some(e) =
                     self.take_room(&mut room, &mut work, &entries, &pending[p].op.limits)
@@ -547,8 +663,9 @@ impl Inner {
             // conflicting slot's current ones; a slot that refused (full,
             // busy) still holds what the cache has; one that failed, who
             // knows.
-            if task.cache.len() > CACHE_MAX {
-                task.cache.clear();
+            let mut cache = shared.cache.lock();
+            if cache.states.len() > CACHE_MAX {
+                cache.states.clear();
             }
             let mut work: Vec<Option<Entry>> = work.into_iter().map(Some).collect();
             for (slot, outcome) in &results {
@@ -560,7 +677,7 @@ impl Inner {
                     Outcome::Failed(_) => {
                         for &i in &slots[slot].entries {
                             if let Some(e) = &work[i] {
-                                task.cache.remove(&e.key);
+                                cache.states.remove(&e.key);
                             }
                         }
                         continue;
@@ -570,13 +687,13 @@ impl Inner {
                 for i in fresh {
                     let Some(e) = work[i].take() else { continue };
                     if broken[i] {
-                        task.cache.remove(&e.key);
+                        cache.states.remove(&e.key);
                     } else {
                         let cached = Cached {
                             version: e.version,
                             state: e.state,
                         };
-                        task.cache.insert(e.key, cached);
+                        cache.states.insert(e.key, cached);
                     }
                 }
             }
@@ -594,10 +711,13 @@ impl Inner {
                 ));
             }
         }
-        task.leftover = undo_work;
-        if task.leftover.len() > MAX_LEFTOVER {
-            let excess = task.leftover.len() - MAX_LEFTOVER;
-            task.leftover.drain(..excess);
+        if !undo_work.is_empty() {
+            let mut leftover = shared.leftover.lock();
+            leftover.extend(undo_work);
+            if leftover.len() > MAX_LEFTOVER {
+                let excess = leftover.len() - MAX_LEFTOVER;
+                leftover.drain(..excess);
+            }
         }
         for p in pending {
             let answer = match (p.failed, p.decided) {
@@ -661,18 +781,19 @@ impl Inner {
     /// there).
     fn working_set(
         &self,
-        task: &Task,
+        shared: &Shared,
         pending: &[Pending],
         open: &[usize],
         undo_work: &[Piece],
     ) -> (Vec<Entry>, HashMap<String, usize>) {
         let mut work: Vec<Entry> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
+        let cache = shared.cache.lock();
         let mut add = |key: String, slot: u32, counter: bool| {
             if index.contains_key(&key) {
                 return;
             }
-            let (version, state) = match task.cache.get(&key) {
+            let (version, state) = match cache.states.get(&key) {
                 Some(c) => (c.version, c.state.clone()),
                 None => (0, SubjectState::new()),
             };
@@ -694,9 +815,9 @@ impl Inner {
             }
         }
         for &p in open {
-            for s in &pending[p].op.subjects {
-                let (slot, key) = self.layout.state_key(s);
-                add(key, slot, super::is_counter(s));
+            let op = &pending[p];
+            for ((slot, key), s) in op.keys.iter().zip(&op.op.subjects) {
+                add(key.clone(), *slot, super::is_counter(s));
             }
         }
         (work, index)
