@@ -7,7 +7,7 @@
 //! stores; Redis keeps each subject's encoded state (the same format as
 //! the sled store's, every window included) with a version, and checks
 //! versions. Every operation that changes state goes through this
-//! replica's commit task ([`commit`]): it decides a batch of operations
+//! replica's commit task (`redis/commit.rs`): it decides a batch of operations
 //! over its copies of their subjects' states, then one small script per
 //! hash slot (`redis/state.lua`) checks that each state it read is still
 //! at the version it read and writes the new ones, all or nothing. A state
@@ -66,7 +66,7 @@
 //! A request whose subjects sit in one tag is one script call, as atomic
 //! as on one server. One whose subjects sit in several is written to each
 //! of them at once, each atomically; if any fails, its effect is taken
-//! back where it was written and it is decided again (see [`commit`]): a
+//! back where it was written and it is decided again (see `redis/commit.rs`): a
 //! concurrent caller may see a brief false denial, never an admission past
 //! a limit. What must follow an operation in the prefix's tag (a lease's
 //! entry, an audit event) is written after its subjects committed.
