@@ -67,6 +67,11 @@ pub(crate) enum ChangeKind {
     /// Only request counters moved (an unreserved check): worth keeping, not
     /// worth making a caller wait for.
     Counters,
+    /// A lease taken or released: written like `Durable`, but the caller is
+    /// answered without waiting for the flush. A crash can then lose the
+    /// leases taken since the last flush (their slots are freed early) and
+    /// bring back the ones released since (held until their TTL).
+    Lease,
 }
 
 /// What an operation did to the lease index.
@@ -111,8 +116,10 @@ pub(crate) trait Journal: Send + Sync + 'static {
     fn needs_catch_up(&self);
 
     /// `ids` has just handed out an id of `kind`; make sure a restarted store
-    /// will still recognise it as issued.
-    fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<(), StoreError>;
+    /// will still recognise it as issued (and never hand it out again).
+    /// Returns whether that took a write the caller must wait for before
+    /// answering (whatever its own change is).
+    fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<bool, StoreError>;
 
     /// Logs what an operation changed. Returns whether the caller must wait
     /// for [`durable`](Self::durable) before answering.
@@ -148,8 +155,8 @@ impl Journal for Volatile {
 
     fn needs_catch_up(&self) {}
 
-    fn issued(&self, _: IdKind, _: &IdGen) -> Result<(), StoreError> {
-        Ok(())
+    fn issued(&self, _: IdKind, _: &IdGen) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     fn write(&self, _: &Change<'_>) -> Result<bool, StoreError> {
@@ -542,6 +549,8 @@ impl<J: Journal> Store for Embedded<J> {
         let reserve = match op.reserve_ttl {
             Some(ttl) => {
                 let id = state.reservations.next_id();
+                // A reservation's own write is waited for whenever it holds
+                // something; an id block taken for a denied one need not be.
                 self.journal
                     .issued(IdKind::Reservation, &state.reservations)?;
                 Some(Reserve {
@@ -630,7 +639,10 @@ impl<J: Journal> Store for Embedded<J> {
         let (stored, started) = self.begin(call.subjects)?;
         let (state, limits, ttl, now) = (&*self.state, call.limits, call.op, call.now);
         let id = state.lease_ids.next_id();
-        self.journal.issued(IdKind::Lease, &state.lease_ids)?;
+        // A lease is answered before its flush, but never before the block
+        // its id came from is on disk: a restarted store must not hand the
+        // id out again, or a holder's release would free another's slot.
+        let block_taken = self.journal.issued(IdKind::Lease, &state.lease_ids)?;
         let expires_at = now.saturating_add(ttl);
         let (out, written) = state.shards.with_states_then(
             &stored,
@@ -647,10 +659,11 @@ impl<J: Journal> Store for Embedded<J> {
                         subjects: &stored,
                         expires_at,
                     },
-                    kind: ChangeKind::Durable,
+                    kind: ChangeKind::Lease,
                 })
             },
         )?;
+        let written = written.map(|wait| wait || block_taken);
         if out.acquired() {
             state.add_lease(id, &stored, expires_at);
         }
@@ -725,7 +738,7 @@ impl<J: Journal> Store for Embedded<J> {
                 self.journal.write(&Change {
                     subjects: after,
                     lease: LeaseChange::Removed(lease_id),
-                    kind: ChangeKind::Durable,
+                    kind: ChangeKind::Lease,
                 })
             },
         )?;

@@ -817,6 +817,18 @@ impl Shared {
         f(tree).map_err(|e| self.failed(e))
     }
 
+    /// Writes one operation's keys one by one (leases: see
+    /// `ChangeKind::Lease`), with no batch's cost.
+    fn put_each(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        for (key, value) in writes {
+            self.with_tree(|tree| match value {
+                Some(v) => tree.insert(key, v).map(drop),
+                None => tree.remove(key).map(drop),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Writes one operation's keys, in one atomic batch if there are several.
     fn put(&self, mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         if writes.is_empty() {
@@ -980,15 +992,15 @@ impl Journal for SledJournal {
         self.shared.group.wake.notify_one();
     }
 
-    fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<(), StoreError> {
+    fn issued(&self, kind: IdKind, ids: &IdGen) -> Result<bool, StoreError> {
         let next = ids.next_sequence();
         let high_water = &self.shared.high_water[kind as usize];
         if next <= high_water.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(false);
         }
         let _bump = self.shared.bump.lock();
         if next <= high_water.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(false);
         }
         let new = next.saturating_add(ID_BLOCK);
         let key = match kind {
@@ -1002,9 +1014,10 @@ impl Journal for SledJournal {
         high_water.store(new, Ordering::Release);
         // Usually the operation's own write follows and is waited for; a
         // denied reserved check writes nothing else, so make sure this goes
-        // to disk all the same.
+        // to disk all the same. A lease, whose own write is not waited for,
+        // waits for this one.
         self.shared.group.mark_dirty();
-        Ok(())
+        Ok(true)
     }
 
     fn write(&self, change: &Change<'_>) -> Result<bool, StoreError> {
@@ -1031,7 +1044,7 @@ impl Journal for SledJournal {
                 }
                 Ok(false)
             }
-            ChangeKind::Durable => {
+            ChangeKind::Durable | ChangeKind::Lease => {
                 let mut writes = Vec::with_capacity(change.subjects.len() + 1);
                 for a in change.subjects {
                     if !a.was_stored && a.state.is_idle() {
@@ -1058,6 +1071,15 @@ impl Journal for SledJournal {
                 // outcome depended on no state, so there is nothing to wait
                 // for.
                 let wait = !writes.is_empty();
+                if matches!(change.kind, ChangeKind::Lease) {
+                    self.shared.put_each(writes)?;
+                    // Flushed with the next group, unwaited (see
+                    // `ChangeKind::Lease`).
+                    if wait {
+                        self.shared.group.mark_dirty();
+                    }
+                    return Ok(false);
+                }
                 self.shared.put(writes)?;
                 Ok(wait)
             }
