@@ -81,8 +81,9 @@ const MAX_ROUNDS: u32 = 24;
 /// From this round on, a batch that loses a slot's race claims its turn.
 const CLAIM_FROM: u32 = 3;
 /// States kept between batches; past it the cache starts again empty (each
-/// dropped state costs one conflict when next used).
-const CACHE_MAX: usize = 65_536;
+/// dropped state costs one conflict when next used). A state is a few
+/// hundred bytes, so this stays within a few MiB.
+const CACHE_MAX: usize = 16_384;
 /// Undo work kept for slots that cannot be written (Redis down): past it,
 /// the oldest is dropped (its amounts then expire with their windows).
 const MAX_LEFTOVER: usize = 4_096;
