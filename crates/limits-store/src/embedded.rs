@@ -74,23 +74,10 @@ pub(crate) enum ChangeKind {
     Lease,
 }
 
-/// What an operation did to the lease index.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum LeaseChange<'a> {
-    None,
-    Added {
-        id: u64,
-        subjects: &'a [Subject],
-        expires_at: Nanos,
-    },
-    Removed(u64),
-}
-
 /// Everything one operation changed, as shown to [`Journal::write`].
 #[derive(Debug)]
 pub(crate) struct Change<'a> {
     pub subjects: &'a [After<'a>],
-    pub lease: LeaseChange<'a>,
     pub kind: ChangeKind,
 }
 
@@ -260,23 +247,6 @@ impl State {
         }
     }
 
-    /// Calls `f` with every lease index entry, one index shard locked at a
-    /// time (`f` runs with it locked).
-    pub(crate) fn for_each_lease(&self, mut f: impl FnMut(u64, &[Subject], Nanos)) {
-        for shard in self.leases.iter() {
-            for (&id, e) in shard.lock().iter() {
-                f(id, &e.subjects, e.expires_at);
-            }
-        }
-    }
-
-    /// Calls `f` with whether lease `id` is in the index, with its index
-    /// shard locked.
-    pub(crate) fn with_lease_present<R>(&self, id: u64, f: impl FnOnce(bool) -> R) -> R {
-        let shard = self.lease_shard(id).lock();
-        f(shard.contains_key(&id))
-    }
-
     /// The admin data, locked (start-up recovery, and a journal writing
     /// memory out).
     pub(crate) fn admin(&self) -> parking_lot::MutexGuard<'_, Admin> {
@@ -439,12 +409,7 @@ impl<J: Journal> Embedded<J> {
     /// Runs an undo over `subjects` (their limits do not matter: nothing is
     /// added) and logs the result; a journal that cannot take it catches up
     /// when it recovers.
-    fn undo_with(
-        &self,
-        subjects: &[Subject],
-        lease: LeaseChange<'_>,
-        f: impl FnOnce(&mut [&mut SubjectState]),
-    ) {
+    fn undo_with(&self, subjects: &[Subject], f: impl FnOnce(&mut [&mut SubjectState])) {
         let unlimited = [&SubjectLimits::UNLIMITED; crate::MAX_SUBJECTS];
         let undone = self.state.shards.with_states_then(
             subjects,
@@ -453,7 +418,6 @@ impl<J: Journal> Embedded<J> {
             |_, after| {
                 self.journal.write(&Change {
                     subjects: after,
-                    lease,
                     kind: ChangeKind::Durable,
                 })
             },
@@ -583,15 +547,12 @@ impl<J: Journal> Store for Embedded<J> {
                 };
                 self.journal.write(&Change {
                     subjects: after,
-                    lease: LeaseChange::None,
                     kind,
                 })
             },
         )?;
         self.settle(out, written, now, started, |out, later| {
-            self.undo_with(&stored, LeaseChange::None, |states| {
-                undo::undo_check(states, out, now, later)
-            })
+            self.undo_with(&stored, |states| undo::undo_check(states, out, now, later))
         })
         .await
     }
@@ -622,13 +583,12 @@ impl<J: Journal> Store for Embedded<J> {
                 }
                 self.journal.write(&Change {
                     subjects: after,
-                    lease: LeaseChange::None,
                     kind: ChangeKind::Durable,
                 })
             },
         )?;
         self.settle(out, written, now, started, |out, later| {
-            self.undo_with(&stored, LeaseChange::None, |states| {
+            self.undo_with(&stored, |states| {
                 undo::undo_record(states, &req, out, now, later)
             })
         })
@@ -654,11 +614,6 @@ impl<J: Journal> Store for Embedded<J> {
                 }
                 self.journal.write(&Change {
                     subjects: after,
-                    lease: LeaseChange::Added {
-                        id,
-                        subjects: &stored,
-                        expires_at,
-                    },
                     kind: ChangeKind::Lease,
                 })
             },
@@ -670,9 +625,7 @@ impl<J: Journal> Store for Embedded<J> {
         self.settle(out, written, now, started, |out, _| {
             if let Some(lease) = out.lease() {
                 state.remove_lease(lease.id);
-                self.undo_with(&stored, LeaseChange::Removed(lease.id), |states| {
-                    undo::undo_acquire(states, lease.id)
-                });
+                self.undo_with(&stored, |states| undo::undo_acquire(states, lease.id));
             }
         })
         .await
@@ -699,13 +652,12 @@ impl<J: Journal> Store for Embedded<J> {
                 };
                 self.journal.write(&Change {
                     subjects: after,
-                    lease: LeaseChange::None,
                     kind,
                 })
             },
         )?;
         self.settle(out, written, now, started, |out, later| {
-            self.undo_with(&stored, LeaseChange::None, |states| {
+            self.undo_with(&stored, |states| {
                 undo::undo_hit(states, charges, out, now, later)
             })
         })
@@ -737,7 +689,6 @@ impl<J: Journal> Store for Embedded<J> {
             |_, after| {
                 self.journal.write(&Change {
                     subjects: after,
-                    lease: LeaseChange::Removed(lease_id),
                     kind: ChangeKind::Lease,
                 })
             },
@@ -753,15 +704,9 @@ impl<J: Journal> Store for Embedded<J> {
             if entry.expires_at > later {
                 state.add_lease(lease_id, &entry.subjects, entry.expires_at);
             }
-            self.undo_with(
-                &entry.subjects,
-                LeaseChange::Added {
-                    id: lease_id,
-                    subjects: &entry.subjects,
-                    expires_at: entry.expires_at,
-                },
-                |states| undo::undo_release(states, &slot, &held[..n], later),
-            )
+            self.undo_with(&entry.subjects, |states| {
+                undo::undo_release(states, &slot, &held[..n], later)
+            })
         })
         .await
     }
@@ -857,14 +802,13 @@ impl<J: Journal> Store for Embedded<J> {
             |_, after| {
                 let wait = self.journal.write(&Change {
                     subjects: after,
-                    lease: LeaseChange::None,
                     kind: ChangeKind::Durable,
                 })?;
                 Ok::<_, StoreError>((wait, view(after[0].state, limits, now)))
             },
         )?;
         let undo_state = |later: Nanos| {
-            self.undo_with(subjects, LeaseChange::None, |states| {
+            self.undo_with(subjects, |states| {
                 for (&(kind, change), &moved) in op.changes.iter().zip(&applied).rev() {
                     limits_core::undo_adjust(states[0], limits, kind, change, moved, now, later);
                 }

@@ -10,14 +10,16 @@
 //! values) and written to the sled tree *while the subject's shard lock is
 //! still held*, so the writes of one subject reach the log in the order the
 //! operations were applied. The writes of one operation go in one sled batch
-//! (several subjects, plus the lease index entry for an acquire or release),
-//! which sled recovers all or nothing. Reads never touch sled.
+//! (its several subjects), which sled recovers all or nothing; an acquire's
+//! or a release's are plain inserts (see below). Reads never touch sled.
 //!
 //! # What is durable
 //!
 //! - Budget windows, token windows and the hourly request window; open and
-//!   settled reservations (holds); concurrency leases and the lease index
-//!   (lease id → subjects, expiry).
+//!   settled reservations (holds); concurrency leases, in their subjects'
+//!   states. The lease index (lease id → subjects, expiry) is not written:
+//!   start-up rebuilds it from the subjects' leases, so the two can never
+//!   disagree (stores that kept it on disk lose those keys on open).
 //! - Each id generator's prefix and a high-water mark of its sequence,
 //!   reserved [`ID_BLOCK`] ids at a time, so that ids issued before a restart
 //!   are still recognised as issued (a retried RecordUsage or
@@ -30,9 +32,13 @@
 //!
 //! # Durability contract and group commit
 //!
-//! RecordUsage, a reserved check that was allowed, an acquire that succeeded
-//! and a release return only after a flush (`fsync`) that began after their
-//! write. An unreserved check is never made to wait: if it moved the hourly
+//! RecordUsage and a reserved check that was allowed return only after a
+//! flush (`fsync`) that began after their write. An acquire and a release
+//! are written without a batch and answered at once, flushed with the next
+//! group (a crash loses at most the leases taken since the last flush, and
+//! brings back the ones released since until their TTL); an acquire waits
+//! only when its id starts a new block, so no id is handed out twice. An
+//! unreserved check is never made to wait: if it moved the hourly
 //! request window it writes the subject without waiting, and that write goes
 //! to disk with the next flush. Denials write nothing (expiry is re-applied
 //! at load anyway).
@@ -101,9 +107,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 use crate::codec::{self, DecodeError};
-use crate::embedded::{
-    AdminWrite, Bounds, Change, ChangeKind, Embedded, IdKind, Journal, LeaseChange, State,
-};
+use crate::embedded::{AdminWrite, Bounds, Change, ChangeKind, Embedded, IdKind, Journal, State};
 use crate::ids::IdGen;
 use crate::secret::Secret;
 use crate::{Health, StoreError};
@@ -290,6 +294,24 @@ impl OpenError {
 
 /// Names a key for an error message without its subject id: ids include API
 /// keys, and an open error ends up in a log line.
+/// The lease index as the subjects' states hold it: every live lease id
+/// with the subjects that hold a slot for it.
+fn rebuild_lease_index(inner: &State, now: Nanos) {
+    let mut leases: std::collections::HashMap<u64, (Vec<Subject>, Nanos)> =
+        std::collections::HashMap::new();
+    inner.shards().for_each(|d, id, state| {
+        for slot in state.leases().iter().filter(|l| l.expires_at > now) {
+            let entry = leases
+                .entry(slot.id)
+                .or_insert_with(|| (Vec::new(), slot.expires_at));
+            entry.0.push(Subject::new(d, id));
+        }
+    });
+    for (id, (subjects, expires_at)) in leases {
+        inner.restore_lease(id, subjects.into_boxed_slice(), expires_at);
+    }
+}
+
 fn describe_key(key: &[u8]) -> String {
     if let Some(rest) = key.strip_prefix(codec::SUBJECT_PREFIX) {
         let dimension = rest
@@ -477,13 +499,10 @@ impl Embedded<SledJournal> {
                     inner.restore_subject(&subject, state);
                 }
             } else if key.starts_with(codec::LEASE_PREFIX) {
-                let id = codec::decode_lease_key(&key).map_err(decode_err)?;
-                let (subjects, expires_at) = codec::decode_lease(&value).map_err(decode_err)?;
-                if expires_at > now {
-                    inner.restore_lease(id, subjects, expires_at);
-                } else {
-                    stale.push(key);
-                }
+                // Lease index entries of a store that kept them: the index
+                // is rebuilt from the subjects' leases below.
+                codec::decode_lease_key(&key).map_err(decode_err)?;
+                stale.push(key);
             } else if key.starts_with(codec::RECORD_PREFIX) {
                 let name = codec::decode_record_key(&key).map_err(decode_err)?;
                 let value = codec::decode_blob(&value).map_err(decode_err)?;
@@ -513,6 +532,7 @@ impl Embedded<SledJournal> {
         for key in stale {
             tree.remove(key).map_err(sled_err)?;
         }
+        rebuild_lease_index(inner, now);
         for (key, prefix, next) in starts {
             tree.insert(key, &codec::encode_ids(prefix, next))
                 .map_err(sled_err)?;
@@ -897,32 +917,11 @@ impl Shared {
                 }
             })?;
         }
-        let mut first_error = None;
-        inner.for_each_lease(|id, subjects, expires_at| {
-            if first_error.is_none()
-                && let Err(e) = tree.insert(
-                    codec::lease_key(id),
-                    codec::encode_lease(subjects, expires_at),
-                )
-            {
-                first_error = Some(e);
-            }
-        });
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        // The lease index is not kept on disk (rebuilt on open): drop any
+        // entry an earlier version left.
         for item in tree.scan_prefix(codec::LEASE_PREFIX) {
             let (key, _) = item?;
-            let Ok(id) = codec::decode_lease_key(&key) else {
-                continue;
-            };
-            inner.with_lease_present(id, |present| {
-                if present {
-                    Ok(())
-                } else {
-                    tree.remove(&key).map(drop)
-                }
-            })?;
+            tree.remove(&key)?;
         }
         // Admin data, with the admin lock held, as every admin write.
         {
@@ -1055,18 +1054,8 @@ impl Journal for SledJournal {
                     let value = codec::encode_state(a.state, &mut buf).then(|| buf.clone());
                     writes.push((key, value));
                 }
-                match change.lease {
-                    LeaseChange::None => {}
-                    LeaseChange::Added {
-                        id,
-                        subjects,
-                        expires_at,
-                    } => writes.push((
-                        codec::lease_key(id).to_vec(),
-                        Some(codec::encode_lease(subjects, expires_at)),
-                    )),
-                    LeaseChange::Removed(id) => writes.push((codec::lease_key(id).to_vec(), None)),
-                }
+                // The lease index is not written: it is rebuilt from the
+                // subjects' leases on open (`change.lease` needs nothing).
                 // Nothing written means no subject was held or is now: the
                 // outcome depended on no state, so there is nothing to wait
                 // for.
@@ -1114,10 +1103,9 @@ impl Journal for SledJournal {
         Ok(())
     }
 
-    fn lease_expired(&self, id: u64) -> Result<(), StoreError> {
-        self.shared
-            .with_tree(|tree| tree.remove(codec::lease_key(id)))?;
-        self.shared.group.mark_dirty();
+    fn lease_expired(&self, _id: u64) -> Result<(), StoreError> {
+        // Nothing on disk: the index is rebuilt from the subjects' leases,
+        // whose expired slots the load drops.
         Ok(())
     }
 
