@@ -30,7 +30,7 @@ const FIELDS = {
   alias: 'alias',
   expireTime: 'expire_time',
 };
-const DIMENSIONS = { apiKey: 'DIMENSION_API_KEY', user: 'DIMENSION_USER', team: 'DIMENSION_TEAM' };
+const DIMENSIONS = { apiKey: 'DIMENSION_API_KEY', user: 'DIMENSION_USER', team: 'DIMENSION_TEAM', org: 'DIMENSION_ORG' };
 
 /** An API key named by the keyed hash answers show (32 hex digits), not by the key. */
 const apiKeyHash = (keyHash) => ({ dimension: 'DIMENSION_API_KEY', keyHash });
@@ -41,7 +41,7 @@ function subjectRef(s) {
   }
   if (s && s.subject && s.subject.dimension) return { subject: s.subject, key_hash: '' }; // an entry
   if (s && s.dimension && typeof s.id === 'string') return { subject: s, key_hash: '' };
-  throw new TypeError('limitsd: subject: expected apiKey(...), user(...), team(...), apiKeyHash(...) or an entry');
+  throw new TypeError('limitsd: subject: expected apiKey(...), user(...), team(...), org(...), apiKeyHash(...) or an entry');
 }
 
 function kindOf(name) {
@@ -159,7 +159,7 @@ class AdminClient extends BaseClient {
     return subjectLimitsOf(r.subject_limits);
   }
 
-  /** Every runtime entry (of one dimension: 'apiKey', 'user', 'team'), fetched page by page. */
+  /** Every runtime entry (of one dimension: 'apiKey', 'user', 'team', 'org'), fetched page by page. */
   async* listLimits({ dimension, pageSize = 0, timeoutMs } = {}) {
     if (dimension != null && !Object.hasOwn(DIMENSIONS, dimension)) {
       throw new TypeError(`limitsd: dimension: expected one of ${Object.keys(DIMENSIONS).join(', ')}`);

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 
 export { grpc };
 
-export type Dimension = 'DIMENSION_API_KEY' | 'DIMENSION_USER' | 'DIMENSION_TEAM';
+export type Dimension = 'DIMENSION_API_KEY' | 'DIMENSION_USER' | 'DIMENSION_TEAM' | 'DIMENSION_ORG';
 export type Action = 'ACTION_ALLOW' | 'ACTION_BLOCK' | 'ACTION_QUEUE' | 'ACTION_DOWNGRADE' | 'ACTION_ALERT';
 export type LimitKind =
   | 'LIMIT_KIND_BUDGET_HOURLY' | 'LIMIT_KIND_BUDGET_DAILY' | 'LIMIT_KIND_BUDGET_MONTHLY'
@@ -230,6 +230,8 @@ export class LimitExceeded extends Error {
 export function apiKey(id: string): Subject;
 export function user(id: string): Subject;
 export function team(id: string): Subject;
+/** An organisation (above teams). */
+export function org(id: string): Subject;
 
 // ---- the admin API (mercator.limits.admin.v1) ---------------------------------
 // Requests and answers are camelCase objects; money is US dollars; instants
@@ -333,7 +335,7 @@ export class AdminClient {
   constructor(target: string, opts?: AdminClientOptions);
   close(): void;
   getLimits(subject: SubjectName, opts?: CallOptions): Promise<SubjectLimits>;
-  listLimits(opts?: { dimension?: 'apiKey' | 'user' | 'team'; pageSize?: number; timeoutMs?: number }): AsyncIterable<SubjectLimits>;
+  listLimits(opts?: { dimension?: 'apiKey' | 'user' | 'team' | 'org'; pageSize?: number; timeoutMs?: number }): AsyncIterable<SubjectLimits>;
   createLimits(subject: Subject, opts?: LimitFields & { reason?: string; timeoutMs?: number }): Promise<SubjectLimits>;
   updateLimits(
     subject: SubjectName,

@@ -13,6 +13,7 @@ const { AdminClient, apiKeyHash } = require('./admin');
 const apiKey = (id) => ({ dimension: 'DIMENSION_API_KEY', id });
 const user = (id) => ({ dimension: 'DIMENSION_USER', id });
 const team = (id) => ({ dimension: 'DIMENSION_TEAM', id });
+const org = (id) => ({ dimension: 'DIMENSION_ORG', id });
 
 const seconds = (d) => (d ? Number(d.seconds) + d.nanos / 1e9 : null);
 const duration = (s) => (s == null ? undefined
@@ -195,6 +196,7 @@ module.exports = {
   apiKeyHash,
   user,
   team,
+  org,
   grpc,
   CHECK_RETRY,
   SETTLE_RETRY,

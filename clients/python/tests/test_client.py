@@ -135,6 +135,32 @@ def test_guard_without_concurrency_takes_no_slot(client: LimitsClient) -> None:
     assert holds(client) == (0, 0)
 
 
+def test_an_org_above_its_teams_denies_every_team(start_limitsd: Callable[[str], Limitsd]) -> None:
+    d = start_limitsd(
+        """
+limits:
+  budgets:
+    by_team: { default: { daily: 100.00 } }
+    by_org: { "acme": { daily: 1.00 } }
+  storage: { backend: memory }
+"""
+    )
+    with LimitsClient(d.grpc_addr, options=OPTIONS, timeout=5) as c:
+        acme = limitsd.org("acme")
+        eng = [limitsd.api_key("k1"), limitsd.user("u1"), limitsd.team("eng"), acme]
+        ops = [limitsd.api_key("k2"), limitsd.user("u2"), limitsd.team("ops"), acme]
+        with c.guard(eng, model="gpt-4", estimated_cost_usd=0.5) as g:
+            g.record(cost_usd=0.6)
+        with c.guard(ops, model="gpt-4", estimated_cost_usd=0.4) as g:
+            g.record(cost_usd=0.4)
+        with pytest.raises(LimitExceeded) as e:
+            with c.guard(ops, model="gpt-4", estimated_cost_usd=0.1):
+                pass
+        assert "org:acme" in e.value.decision.reason
+        assert daily_used(c, acme) == pytest.approx(1.0)
+        assert daily_used(c, limitsd.team("ops")) == pytest.approx(0.4)
+
+
 def test_guard_downgrades(start_limitsd: Callable[[str], Limitsd]) -> None:
     d = start_limitsd(
         """

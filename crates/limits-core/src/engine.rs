@@ -1,4 +1,4 @@
-//! The engine's operations over the state of the 1–3 subjects of one
+//! The engine's operations over the state of the 1–4 subjects of one
 //! request: check, record, acquire and release.
 //!
 //! Each operation takes the subjects' states (already loaded and locked by a

@@ -28,7 +28,9 @@ pub use engine::{
     AcquireOutcome, Admission, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest,
     Verdict, acquire, check, record, release, usage,
 };
-pub use limits::{Dimension, LimitKind, LimitStatus, LimitTable, Resource, Subject, SubjectLimits};
+pub use limits::{
+    DIMENSIONS, Dimension, LimitKind, LimitStatus, LimitTable, Resource, Subject, SubjectLimits,
+};
 pub use money::{MoneyError, NanoUsd};
 pub use state::{Hold, LeaseSlot, SubjectState};
 pub use time::Nanos;

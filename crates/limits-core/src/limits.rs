@@ -17,22 +17,35 @@ pub enum Dimension {
     User = 1,
     /// A team.
     Team = 2,
+    /// An organisation: above teams (every request of its teams, users and
+    /// keys that names it).
+    Org = 3,
 }
+
+/// How many dimensions there are.
+pub const DIMENSIONS: usize = Dimension::ALL.len();
 
 impl Dimension {
     /// Every dimension, in index order.
-    pub const ALL: [Dimension; 3] = [Dimension::ApiKey, Dimension::User, Dimension::Team];
+    pub const ALL: [Dimension; 4] = [
+        Dimension::ApiKey,
+        Dimension::User,
+        Dimension::Team,
+        Dimension::Org,
+    ];
 
-    /// The name used in config, the API and metrics (`api_key`, `user`, `team`).
+    /// The name used in config, the API and metrics (`api_key`, `user`,
+    /// `team`, `org`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Dimension::ApiKey => "api_key",
             Dimension::User => "user",
             Dimension::Team => "team",
+            Dimension::Org => "org",
         }
     }
 
-    /// A dense index (0, 1, 2) for per-dimension arrays.
+    /// A dense index (0 to 3) for per-dimension arrays.
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -305,8 +318,8 @@ impl SubjectLimits {
 /// entry and no default is unlimited.
 #[derive(Clone, Debug, Default)]
 pub struct LimitTable {
-    explicit: [AHashMap<Box<str>, SubjectLimits>; 3],
-    defaults: [Option<SubjectLimits>; 3],
+    explicit: [AHashMap<Box<str>, SubjectLimits>; DIMENSIONS],
+    defaults: [Option<SubjectLimits>; DIMENSIONS],
 }
 
 impl LimitTable {

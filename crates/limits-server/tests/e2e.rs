@@ -187,6 +187,100 @@ async fn a_team_over_budget_leaves_key_and_user_untouched() {
     assert_eq!(before_user, after_user);
 }
 
+const ORG: &str = r#"
+limits:
+  budgets:
+    by_org:
+      "acme":
+        daily: 5.00
+    by_team:
+      default:
+        daily: 100.00
+  rate_limits:
+    by_user:
+      default:
+        requests_per_minute: 100
+  by_org:
+    "globex":
+      daily: 50.00
+      requests_per_minute: 1
+  storage:
+    backend: memory
+"#;
+
+/// A request may name an API key, a user, a team and an organisation, all
+/// checked together: the organisation's spent budget denies it, naming the
+/// org, and the three others do not move. A fifth subject is refused.
+#[tokio::test]
+async fn an_org_over_budget_denies_and_leaves_the_other_three_untouched() {
+    let d = Limitsd::start(ORG);
+    let mut c = d.client().await;
+    let four = |t: &str| vec![key("org-key"), user("alice"), team(t), org("acme")];
+    c.record_usage(record(four("eng"), 3.0)).await.unwrap();
+    c.record_usage(record(four("ops"), 2.0)).await.unwrap();
+    let spent = c
+        .get_usage(usage_req(org("acme")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        used(&spent, pb::LimitKind::BudgetDaily),
+        5.0,
+        "both teams' spend"
+    );
+
+    let reader = c.clone();
+    let usage = |s: pb::Subject| {
+        let mut c = reader.clone();
+        async move { c.get_usage(usage_req(s)).await.unwrap().into_inner() }
+    };
+    let before = (usage(user("alice")).await, usage(team("eng")).await);
+    let r = c
+        .check_limits(check(four("eng"), 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed);
+    assert!(r.reason.contains("org:acme"), "{}", r.reason);
+    let exceeded: Vec<_> = r.statuses.iter().filter(|s| s.exceeded).collect();
+    assert_eq!(exceeded.len(), 1);
+    let named = exceeded[0].subject.as_ref().unwrap();
+    assert_eq!(
+        (named.dimension, named.id.as_str()),
+        (pb::Dimension::Org as i32, "acme")
+    );
+    assert_eq!(
+        before,
+        (usage(user("alice")).await, usage(team("eng")).await)
+    );
+
+    // A combined `by_org` entry: budget and request rate together.
+    let globex = vec![key("g-key"), user("bob"), team("eng"), org("globex")];
+    assert!(
+        c.check_limits(check(globex.clone(), 0.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    let r = c
+        .check_limits(check(globex, 0.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !r.allowed && r.reason.contains("org:globex"),
+        "{}",
+        r.reason
+    );
+
+    let mut five = four("eng");
+    five.push(org("globex"));
+    let e = c.check_limits(check(five, 0.0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("subjects"), "{}", e.message());
+}
+
 const OVERSHOOT: &str = r#"
 limits:
   budgets:

@@ -801,3 +801,34 @@ async fn an_edited_rule_file_is_reloaded() {
     assert_eq!(overall(&r), Code::Ok);
     assert_eq!(r.statuses[0].limit_remaining, 98);
 }
+
+/// The Envoy path can name an organisation: a descriptor entry mapped to
+/// `org` charges the org's own counter, shared by every key of the org,
+/// and its limit denies.
+#[tokio::test]
+async fn a_descriptor_entry_names_an_org() {
+    let d = Limitsd::start(
+        r#"
+limits:
+  rate_limits:
+    by_org:
+      acme: { requests_per_minute: 2 }
+  rls:
+    domains:
+      - domain: gateway
+        subjects: { api_key: api_key, org: org_id }
+"#,
+    );
+    let mut rls = d.rls_client().await;
+    let call = |key: &str| {
+        req(
+            "gateway",
+            vec![desc(&[("api_key", key), ("org_id", "acme")])],
+        )
+    };
+    assert_eq!(overall(&ask(&mut rls, call("k1")).await), Code::Ok);
+    assert_eq!(overall(&ask(&mut rls, call("k2")).await), Code::Ok);
+    assert_eq!(overall(&ask(&mut rls, call("k3")).await), Code::OverLimit);
+    let u = usage(&d, org("acme")).await;
+    assert_eq!(used(&u, pb::LimitKind::RequestsPerMinute), 2.0);
+}

@@ -273,8 +273,8 @@ pub(crate) fn decode_lease(bytes: &[u8]) -> Result<(Box<[Subject]>, Nanos), Deco
     let mut r = Reader::versioned(bytes)?;
     let expires_at = Nanos(r.u64()?);
     let count = r.len()?;
-    if !(1..=3).contains(&count) {
-        return Err(DecodeError::Invalid("a lease names 1 to 3 subjects"));
+    if !(1..=limits_core::DIMENSIONS).contains(&count) {
+        return Err(DecodeError::Invalid("a lease names 1 to 4 subjects"));
     }
     let mut subjects = Vec::with_capacity(count);
     for _ in 0..count {

@@ -99,7 +99,7 @@ impl Secret {
 
     /// The id a subject is stored under. API keys, and the internal counters
     /// (whose ids may hold secrets), become a keyed hash: 32 hex digits,
-    /// after the internal marker for a counter. User and team ids are not
+    /// after the internal marker for a counter. User, team and org ids are not
     /// secrets and are stored as they are.
     pub fn stored_subject(&self, subject: &Subject) -> Subject {
         match subject.dimension {
@@ -107,7 +107,7 @@ impl Secret {
                 dimension: Dimension::ApiKey,
                 id: self.stored_key(&subject.id),
             },
-            Dimension::User | Dimension::Team => subject.clone(),
+            Dimension::User | Dimension::Team | Dimension::Org => subject.clone(),
         }
     }
 

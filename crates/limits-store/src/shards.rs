@@ -14,14 +14,14 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::StoreError;
 
 /// The most subjects one operation may name: a gateway's request names at
-/// most three (one per dimension); a rate limit service call may name more.
+/// most four (one per dimension); a rate limit service call may name more.
 pub const MAX_SUBJECTS: usize = 8;
 
 /// One shard: a map per dimension. An operation takes its subjects' states
 /// out of the maps for its duration, so several may come from one map.
 #[derive(Debug, Default)]
 pub(crate) struct Shard {
-    maps: [AHashMap<Box<str>, SubjectState>; 3],
+    maps: [AHashMap<Box<str>, SubjectState>; limits_core::limits::DIMENSIONS],
 }
 
 /// What an operation over one shard's subjects saw.

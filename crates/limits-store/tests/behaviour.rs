@@ -10,7 +10,7 @@ use limits_core::{
 };
 use limits_store::{AdjustOp, RecordSwap, Store, StoreError, Swapped, SweepStats};
 
-use common::{Req, T0, at, key, limits, team, usd, used, user};
+use common::{Req, T0, at, key, limits, org, team, usd, used, user};
 
 /// Room for every subject a test makes, unless it tests the bound.
 const ROOMY: usize = 1_000;
@@ -74,6 +74,7 @@ on_spread_redis!(
     budgets_allow_then_deny,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
+    four_subjects_deny_on_the_org_and_move_nothing_else,
     reservations_hold_settle_and_expire,
     leases_acquire_release_and_expire,
     usage_shows_windows_holds_and_leases,
@@ -89,6 +90,7 @@ for_every_backend!(
     budgets_allow_then_deny,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
+    four_subjects_deny_on_the_org_and_move_nothing_else,
     reservations_hold_settle_and_expire,
     leases_acquire_release_and_expire,
     usage_shows_windows_holds_and_leases,
@@ -205,6 +207,61 @@ async fn token_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
                 .allowed()
         );
     }
+}
+
+/// A request may name one subject of each of the four dimensions. An
+/// organisation whose budget is spent denies a request of any of its keys,
+/// users and teams, and the three others do not move; its spend is the sum
+/// of its teams'.
+async fn four_subjects_deny_on_the_org_and_move_nothing_else<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let open = limits(&[(LimitKind::RequestsPerMinute, 100)]);
+    let ol = limits(&[(LimitKind::BudgetDaily, usd(10))]);
+    let rpm = LimitKind::RequestsPerMinute;
+    let daily = LimitKind::BudgetDaily;
+    let request = |team_id: &str| {
+        Req::new(&[
+            (key(&format!("k-{team_id}")), &open),
+            (user(&format!("u-{team_id}")), &open),
+            (team(team_id), &open),
+            (org("acme"), &ol),
+        ])
+    };
+    let (a, b) = (request("a"), request("b"));
+    a.record(&store, None, usd(6), 0, T0).await.unwrap();
+    b.record(&store, None, usd(4), 0, T0).await.unwrap();
+    assert_eq!(used(&store, &org("acme"), &ol, daily, T0).await, usd(10));
+    for (r, t) in [(&a, "a"), (&b, "b")] {
+        let denied = r.check(&store, usd(1), 0, None, T0).await.unwrap();
+        assert!(!denied.allowed(), "team {t}");
+        let d = denied.denial().unwrap();
+        assert_eq!((d.subject, d.kind), (3, daily), "the org denies");
+        assert_eq!(
+            used(&store, &key(&format!("k-{t}")), &open, rpm, T0).await,
+            0
+        );
+        assert_eq!(
+            used(&store, &user(&format!("u-{t}")), &open, rpm, T0).await,
+            0
+        );
+        assert_eq!(used(&store, &team(t), &open, rpm, T0).await, 0);
+    }
+    // Another organisation's request with the same key, user and team ids
+    // is not held back.
+    let other = limits(&[(LimitKind::BudgetDaily, usd(10))]);
+    let r = Req::new(&[
+        (key("k-a"), &open),
+        (user("u-a"), &open),
+        (team("a"), &open),
+        (org("globex"), &other),
+    ]);
+    assert!(
+        r.check(&store, usd(1), 0, None, T0)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    assert_eq!(used(&store, &team("a"), &open, rpm, T0).await, 1);
 }
 
 async fn several_subjects_move_all_or_nothing<S: Store>(make: impl Fn(usize) -> S) {

@@ -43,10 +43,10 @@ fn refs<'a>(limits: &'a [Limits<'_>]) -> [&'a SubjectLimits; validate::MAX_SUBJE
 }
 
 /// What a check asks (the usage guide's `CheckLimits(ctx, id, tokens,
-/// cost, model)`, for 1–3 subjects).
+/// cost, model)`, for 1–4 subjects).
 #[derive(Debug, Clone, Copy)]
 pub struct CheckRequest<'a> {
-    /// 1 to 3 subjects, at most one per dimension.
+    /// 1 to 4 subjects, at most one per dimension.
     pub subjects: &'a [Subject],
     /// The model asked for (downgrades start from it; pricing prices it).
     pub model: &'a str,
@@ -180,7 +180,7 @@ impl Names<'_> {
         let hide = match subject.dimension {
             Dimension::ApiKey => false,
             Dimension::User => !self.show_users,
-            Dimension::Team => !self.show_teams,
+            Dimension::Team | Dimension::Org => !self.show_teams,
         };
         identity::display(&self.secret, subject, limits, hide)
     }
@@ -683,7 +683,7 @@ impl<S: Store> Limiter<S> {
 pub(crate) fn stored_id<'a>(secret: &Secret, subject: &'a Subject) -> Cow<'a, str> {
     match subject.dimension {
         Dimension::ApiKey => Cow::Owned(secret.stored_key(&subject.id)),
-        Dimension::User | Dimension::Team => Cow::Borrowed(&subject.id),
+        Dimension::User | Dimension::Team | Dimension::Org => Cow::Borrowed(&subject.id),
     }
 }
 

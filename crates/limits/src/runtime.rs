@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
-use limits_core::{Dimension, LimitKind, Nanos, SubjectLimits};
+use limits_core::{DIMENSIONS, Dimension, LimitKind, Nanos, SubjectLimits};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -294,7 +294,7 @@ pub(crate) struct Held {
 /// lock's cache line with a writer.
 const SHARDS: usize = 64;
 
-type Shard = [AHashMap<Box<str>, Arc<Held>>; 3];
+type Shard = [AHashMap<Box<str>, Arc<Held>>; DIMENSIONS];
 
 /// This process's copy of the admin records, by dimension and stored id.
 /// Reads take one shard's read lock; the check path skips the table
@@ -303,7 +303,7 @@ pub(crate) struct Runtime {
     shards: Box<[RwLock<Shard>]>,
     hasher: ahash::RandomState,
     /// Records per dimension.
-    len: [AtomicUsize; 3],
+    len: [AtomicUsize; DIMENSIONS],
     /// The store's version of the records this copy reflects.
     version: parking_lot::Mutex<Option<u64>>,
 }
@@ -379,7 +379,7 @@ impl Runtime {
         }
         let mut version = self.version.lock();
         let mut by_shard: Vec<Shard> = (0..SHARDS).map(|_| Default::default()).collect();
-        let mut counts = [0usize; 3];
+        let mut counts = [0usize; DIMENSIONS];
         for (d, id, held) in fresh {
             let i = (self.hasher.hash_one(id.as_str()) % SHARDS as u64) as usize;
             by_shard[i][d.index()].insert(id.into(), Arc::new(held));
@@ -564,7 +564,8 @@ mod tests {
             parse_record_key(&key),
             Some((Dimension::Team, "research:west"))
         );
-        assert_eq!(parse_record_key("org:x"), None);
+        assert_eq!(parse_record_key("org:x"), Some((Dimension::Org, "x")));
+        assert_eq!(parse_record_key("region:x"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub const MAX_ID_BYTES: usize = 256;
 /// The longest model name accepted, in bytes.
 pub const MAX_MODEL_BYTES: usize = 256;
 /// The most subjects one request may name (one per dimension).
-pub const MAX_SUBJECTS: usize = 3;
+pub const MAX_SUBJECTS: usize = 4;
 
 /// One subject's id, named `field` in errors (the field name is only
 /// formatted when there is an error: this runs on every request).
@@ -37,7 +37,7 @@ pub fn subject_id(field: impl std::fmt::Display, id: &str) -> Result<(), Error> 
     Ok(())
 }
 
-/// The 1–3 subjects of a request, at most one per dimension.
+/// The 1–4 subjects of a request, at most one per dimension.
 pub fn subjects(subjects: &[Subject]) -> Result<(), Error> {
     if subjects.is_empty() {
         return Err(Error::invalid(

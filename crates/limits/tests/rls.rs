@@ -41,7 +41,7 @@ limits:
     domains:
       - domain: gateway
         shadow_mode: true
-        subjects: { api_key: x-api-key, user: user_id, team: team }
+        subjects: { api_key: x-api-key, user: user_id, team: team, org: org_id }
         tokens: [llm_tokens, tokens_out]
 "#,
     );
@@ -52,6 +52,7 @@ limits:
     assert_eq!(mapping.subject_key("x-api-key"), Some(Dimension::ApiKey));
     assert_eq!(mapping.subject_key("user_id"), Some(Dimension::User));
     assert_eq!(mapping.subject_key("team"), Some(Dimension::Team));
+    assert_eq!(mapping.subject_key("org_id"), Some(Dimension::Org));
     assert_eq!(mapping.subject_key("llm_tokens"), None);
     assert!(mapping.is_token_key("tokens_out") && !mapping.is_token_key("team"));
 

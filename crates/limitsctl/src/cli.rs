@@ -133,7 +133,7 @@ the dimension's default.";
 
 #[derive(Args)]
 pub struct UsageArgs {
-    /// The subject: api_key=KEY, user=ID or team=ID.
+    /// The subject: api_key=KEY, user=ID, team=ID or org=ID.
     pub subject: Subject,
 }
 
@@ -148,7 +148,7 @@ pricing table.";
 
 #[derive(Args)]
 pub struct CheckArgs {
-    /// 1 to 3 subjects, one per dimension: api_key=KEY, user=ID, team=ID.
+    /// 1 to 4 subjects, one per dimension: api_key=KEY, user=ID, team=ID, org=ID.
     #[arg(required = true, num_args = 1..=3)]
     pub subjects: Vec<Subject>,
     /// The model asked for.

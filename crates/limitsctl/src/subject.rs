@@ -13,7 +13,7 @@ use limits_server::pb;
 use limits_server::pb::admin as apb;
 
 /// What a subject argument should look like, for error messages.
-const FORMS: &str = "expected DIMENSION=ID: api_key=sk-..., user=alice, team=engineering or api_key_hash=<32 hex digits>";
+const FORMS: &str = "expected DIMENSION=ID: api_key=sk-..., user=alice, team=engineering, org=acme or api_key_hash=<32 hex digits>";
 
 /// A subject named by its id, as the data plane takes it.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,6 +46,7 @@ impl FromStr for SubjectRef {
             "api_key" => pb::Dimension::ApiKey,
             "user" => pb::Dimension::User,
             "team" => pb::Dimension::Team,
+            "org" => pb::Dimension::Org,
             other => return Err(format!("unknown dimension {other:?}: {FORMS}")),
         };
         if id.is_empty() {
@@ -111,6 +112,7 @@ pub fn dimension_name(d: pb::Dimension) -> &'static str {
         pb::Dimension::ApiKey => "api_key",
         pb::Dimension::User => "user",
         pb::Dimension::Team => "team",
+        pb::Dimension::Org => "org",
         pb::Dimension::Unspecified => "unspecified",
     }
 }

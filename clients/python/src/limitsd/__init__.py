@@ -20,6 +20,7 @@ from limitsd._common import (
     RetryPolicy,
     Usage,
     api_key,
+    org,
     team,
     user,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Usage",
     "api_key",
     "api_key_hash",
+    "org",
     "pb",
     "team",
     "user",

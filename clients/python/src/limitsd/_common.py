@@ -34,6 +34,11 @@ def team(id: str) -> pb.Subject:
     return pb.Subject(dimension=pb.DIMENSION_TEAM, id=id)
 
 
+def org(id: str) -> pb.Subject:
+    """The organisation subject ``id`` (above teams)."""
+    return pb.Subject(dimension=pb.DIMENSION_ORG, id=id)
+
+
 def duration(seconds: float | None) -> duration_pb2.Duration | None:
     if seconds is None:
         return None

@@ -59,11 +59,12 @@ _KINDS: dict[Kind, pb.LimitKind] = {
 }
 _KIND_NAMES: dict[int, Kind] = {int(v): k for k, v in _KINDS.items()}
 
-Dimension = Literal["api_key", "user", "team"]
+Dimension = Literal["api_key", "user", "team", "org"]
 _DIMENSIONS: dict[Dimension, pb.Dimension] = {
     "api_key": pb.DIMENSION_API_KEY,
     "user": pb.DIMENSION_USER,
     "team": pb.DIMENSION_TEAM,
+    "org": pb.DIMENSION_ORG,
 }
 
 

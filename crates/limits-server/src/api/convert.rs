@@ -74,6 +74,7 @@ pub fn dimension(raw: i32) -> Result<Dimension, String> {
         Ok(pb::Dimension::ApiKey) => Ok(Dimension::ApiKey),
         Ok(pb::Dimension::User) => Ok(Dimension::User),
         Ok(pb::Dimension::Team) => Ok(Dimension::Team),
+        Ok(pb::Dimension::Org) => Ok(Dimension::Org),
         Ok(pb::Dimension::Unspecified) => Err("dimension must be set".to_owned()),
         Err(_) => Err(format!("unknown dimension {raw}")),
     }
@@ -90,7 +91,7 @@ pub fn subject(field: &str, s: pb::Subject) -> Result<Subject, Status> {
     })
 }
 
-/// The 1–3 subjects of a request, at most one per dimension.
+/// The 1–4 subjects of a request, at most one per dimension.
 pub fn subjects(raw: Vec<pb::Subject>) -> Result<Vec<Subject>, Status> {
     let max = limits::validate::MAX_SUBJECTS;
     if raw.is_empty() {
@@ -140,6 +141,7 @@ pub fn pb_dimension(d: Dimension) -> pb::Dimension {
         Dimension::ApiKey => pb::Dimension::ApiKey,
         Dimension::User => pb::Dimension::User,
         Dimension::Team => pb::Dimension::Team,
+        Dimension::Org => pb::Dimension::Org,
     }
 }
 

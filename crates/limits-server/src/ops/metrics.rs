@@ -315,7 +315,7 @@ const SUBJECTS_PER_LABEL: usize = 16;
 /// One shard of the subject cache: subjects by dimension, then id.
 #[derive(Debug, Default)]
 struct SubjectShard {
-    by_dimension: [AHashMap<Box<str>, Cached>; 3],
+    by_dimension: [AHashMap<Box<str>, Cached>; limits_core::DIMENSIONS],
 }
 
 #[derive(Debug)]
@@ -439,7 +439,7 @@ impl Labels {
         let hide = match subject.dimension {
             Dimension::ApiKey => true,
             Dimension::User => !self.show_users,
-            Dimension::Team => !self.show_teams,
+            Dimension::Team | Dimension::Org => !self.show_teams,
         };
         // Handlers settle the secret before any store call, so this is
         // there; without it no keyed name can be made, and the subject

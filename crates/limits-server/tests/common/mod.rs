@@ -239,6 +239,13 @@ pub fn team(id: &str) -> pb::Subject {
     }
 }
 
+pub fn org(id: &str) -> pb::Subject {
+    pb::Subject {
+        dimension: pb::Dimension::Org as i32,
+        id: id.into(),
+    }
+}
+
 pub fn check(subjects: Vec<pb::Subject>, cost: f64) -> pb::CheckLimitsRequest {
     pb::CheckLimitsRequest {
         subjects,

@@ -53,6 +53,10 @@ pub fn team(id: &str) -> Subject {
     Subject::new(Dimension::Team, id)
 }
 
+pub fn org(id: &str) -> Subject {
+    Subject::new(Dimension::Org, id)
+}
+
 pub fn policy() -> Policy {
     Policy::default()
 }

@@ -51,7 +51,7 @@ pub const DEFAULT_METRICS_ADDR: SocketAddr =
 /// Default `server.reload_interval`.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `server.max_request_bytes`: the largest valid request is a few
-/// KiB (three subjects of 256 bytes, a model name, a rate limit service
+/// KiB (four subjects of 256 bytes, a model name, a rate limit service
 /// call of 64 descriptors of small entries).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * KIB;
 /// Default `server.memory_budget`.
@@ -149,7 +149,7 @@ declare! {
     } and {
         /// Per-id budgets. The id `default` applies to unlisted ids of that dimension; `{}`
         /// exempts an id from the default.
-        by_api_key, by_user, by_team: IdMap<RawBudget> => PER_ID;
+        by_api_key, by_user, by_team, by_org: IdMap<RawBudget> => PER_ID;
     };
 
     /// `limits.budgets.by_*.<id>`: one id's budgets.
@@ -173,7 +173,7 @@ declare! {
     } and {
         /// Per-id rate limits; `default` and `{}` work as for budgets. An id in only one family
         /// gets the other family's `default`.
-        by_api_key, by_user, by_team: IdMap<RawRate> => PER_ID;
+        by_api_key, by_user, by_team, by_org: IdMap<RawRate> => PER_ID;
     };
 
     /// `limits.rate_limits.by_*.<id>`: one id's rate and concurrency limits.
@@ -202,7 +202,7 @@ declare! {
         rate_limits: RawRateLimits;
         /// Combined entry: any budget and rate keys plus `alias`, with no family default. An id
         /// may not also appear under `budgets`/`rate_limits`.
-        by_api_key, by_user, by_team: IdMap<RawCombined> => PER_ID;
+        by_api_key, by_user, by_team, by_org: IdMap<RawCombined> => PER_ID;
         enforcement: RawEnforcement;
         pricing: IdMap<RawPrice>;
         storage: RawStorage;
@@ -418,7 +418,7 @@ declare! {
         identifier_cap: Count<usize> = Count(DEFAULT_IDENTIFIER_CAP),
         /// Whether user ids may appear raw in labels and reasons (else hashed).
         show_user_ids: Flag = Flag(true),
-        /// Whether team ids may appear raw in labels and reasons (else hashed).
+        /// Whether team and org ids may appear raw in labels and reasons (else hashed).
         show_team_ids: Flag = Flag(true),
     };
 }

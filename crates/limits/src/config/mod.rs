@@ -482,7 +482,7 @@ pub struct MetricsSettings {
     pub identifier_cap: usize,
     /// Whether user ids may appear as labels (API keys never do).
     pub show_user_ids: bool,
-    /// Whether team ids may appear as labels.
+    /// Whether team and org ids may appear as labels.
     pub show_team_ids: bool,
 }
 

@@ -3,8 +3,8 @@
 //! counters. Two sources, which may be combined for one domain:
 //!
 //! - **Mappings** (`limits.rls.domains`): descriptor keys that carry an API
-//!   key, user or team id, whose limits come from the ordinary limit table
-//!   (`by_api_key` / `by_user` / `by_team`), and the keys that mark a
+//!   key, user, team or org id, whose limits come from the ordinary limit
+//!   table (`by_api_key` / `by_user` / `by_team` / `by_org`), and the keys that mark a
 //!   descriptor as counting tokens rather than requests.
 //! - **Rule files** in the envoyproxy/ratelimit YAML format
 //!   (`limits.rls.config_files`, `--rls-config`): a tree of descriptor
@@ -319,12 +319,13 @@ pub(crate) struct RawDomain {
 #[serde(
     default,
     deny_unknown_fields,
-    expecting = "a mapping of api_key, user and team to descriptor keys"
+    expecting = "a mapping of api_key, user, team and org to descriptor keys"
 )]
 struct RawSubjects {
     api_key: Option<String>,
     user: Option<String>,
     team: Option<String>,
+    org: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -372,6 +373,7 @@ pub(crate) fn build(
             (Dimension::ApiKey, &d.subjects.api_key),
             (Dimension::User, &d.subjects.user),
             (Dimension::Team, &d.subjects.team),
+            (Dimension::Org, &d.subjects.org),
         ] {
             let Some(key) = key else { continue };
             let field = format!("{at}.subjects.{}", dimension.as_str());
@@ -387,7 +389,7 @@ pub(crate) fn build(
         if subjects.is_empty() {
             return Err(error(
                 format!("{at}.subjects"),
-                "map at least one of api_key, user, team to a descriptor key",
+                "map at least one of api_key, user, team, org to a descriptor key",
             ));
         }
         let mut tokens = Vec::new();

@@ -8,7 +8,7 @@ const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 
 const {
-  AdminClient, LimitsClient, LimitsError, apiKey, apiKeyHash, user, team, grpc,
+  AdminClient, LimitsClient, LimitsError, apiKey, apiKeyHash, user, team, org, grpc,
 } = require('limitsd');
 const {
   startSecure, WRITE_TOKEN, READ_TOKEN, DATA_TOKEN, CLIENT_CN,
@@ -148,6 +148,20 @@ describe('the admin client', () => {
     await admin.deleteLimits(team('ml'), { reason: 'back to the config' });
     await rejectsWith(admin.getLimits(team('ml')), grpc.status.NOT_FOUND);
     await rejectsWith(admin.createLimits(team('research'), { monthlyUsd: 1 }), grpc.status.ALREADY_EXISTS);
+  });
+
+  test('an organisation gets a runtime budget that every request naming it shares', async () => {
+    const acme = org('acme-admin');
+    const entry = await admin.createLimits(acme, { dailyUsd: 0.10, reason: 'org cap' });
+    assert.equal(entry.subject.dimension, 'DIMENSION_ORG');
+    const orgs = await collect(admin.listLimits({ dimension: 'org' }));
+    assert.deepEqual(orgs.map((e) => e.subject.id), ['acme-admin']);
+    await c.record({ subjects: [apiKey('sk-org-1'), team('eng-org'), acme], costUsd: 0.08 });
+    const four = [apiKey('sk-org-2'), user('bob-org'), team('ops-org'), acme];
+    const r = await c.check({ subjects: four, model: 'gpt-4', estimatedCostUsd: 0.05 });
+    assert.equal(r.allowed, false);
+    assert.match(r.reason, /org:acme-admin/);
+    assert.equal((await daily(c, acme)).used, 0.08);
   });
 
   test('a credit lets a key through again; resets and debits by its hash', async () => {

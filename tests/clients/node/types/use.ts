@@ -35,7 +35,7 @@ void handle(client, 'sk-1');
 void client.check({ subjects: [apiKey('k')], reserve: true }).then((d) => d.reservation_id.length);
 
 // @ts-expect-error: a subject needs a known dimension
-void client.check({ subjects: [{ dimension: 'DIMENSION_ORG', id: 'x' }] });
+void client.check({ subjects: [{ dimension: 'DIMENSION_REGION', id: 'x' }] });
 // @ts-expect-error: the guard needs a model
 void client.guard({ subjects: [apiKey('k')] }, () => 1);
 

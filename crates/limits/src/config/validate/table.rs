@@ -38,10 +38,11 @@ impl Entry {
     }
 }
 
-const DIMENSIONS: [(Dimension, &str); 3] = [
+const DIMENSIONS: [(Dimension, &str); 4] = [
     (Dimension::ApiKey, "by_api_key"),
     (Dimension::User, "by_user"),
     (Dimension::Team, "by_team"),
+    (Dimension::Org, "by_org"),
 ];
 
 pub(super) fn build(
@@ -59,6 +60,7 @@ pub(super) fn build(
             ),
             Dimension::User => (&raw.budgets.by_user, &raw.rate_limits.by_user, &raw.by_user),
             Dimension::Team => (&raw.budgets.by_team, &raw.rate_limits.by_team, &raw.by_team),
+            Dimension::Org => (&raw.budgets.by_org, &raw.rate_limits.by_org, &raw.by_org),
         };
         let mut entries: BTreeMap<&str, Entry> = BTreeMap::new();
 
