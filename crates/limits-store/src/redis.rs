@@ -1118,8 +1118,7 @@ impl Inner {
         operation: &'static str,
         cmd: &mut redis::Cmd,
     ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let run = async {
+        self.timed(operation, async {
             match &self.conn {
                 Conn::Single(m) => cmd.query_async::<T>(&mut m.clone()).await,
                 Conn::Cluster(_) => {
@@ -1128,17 +1127,8 @@ impl Inner {
                 }
             }
             .map_err(redis_error)
-        };
-        let result = match tokio::time::timeout(self.command_timeout, run).await {
-            Ok(r) => r,
-            Err(_) => Err(unavailable(format!(
-                "no answer within {:?}",
-                self.command_timeout
-            ))),
-        };
-        metrics::histogram!(DURATION_METRIC, "operation" => operation)
-            .record(started.elapsed().as_secs_f64());
-        result
+        })
+        .await
     }
 
     /// One script call, bounded by the command timeout.
@@ -1147,8 +1137,7 @@ impl Inner {
         operation: &'static str,
         inv: &ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
-        let started = Instant::now();
-        let run = async {
+        self.timed(operation, async {
             match &self.conn {
                 Conn::Single(m) => inv.invoke_async::<Value>(&mut m.clone()).await,
                 Conn::Cluster(_) => {
@@ -1157,7 +1146,18 @@ impl Inner {
                 }
             }
             .map_err(redis_error)
-        };
+        })
+        .await
+    }
+
+    /// Runs one round trip within the command timeout, recording how long
+    /// it took under `operation`.
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        run: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.command_timeout, run).await {
             Ok(r) => r,
             Err(_) => Err(unavailable(format!(

@@ -294,6 +294,14 @@ impl OpenError {
 
 /// Names a key for an error message without its subject id: ids include API
 /// keys, and an open error ends up in a log line.
+/// Writes one key, or removes it.
+fn put_one(tree: &Tree, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), ::sled::Error> {
+    match value {
+        Some(v) => tree.insert(key, v).map(drop),
+        None => tree.remove(key).map(drop),
+    }
+}
+
 /// The lease index as the subjects' states hold it: every live lease id
 /// with the subjects that hold a slot for it.
 fn rebuild_lease_index(inner: &State, now: Nanos) {
@@ -841,10 +849,7 @@ impl Shared {
     /// `ChangeKind::Lease`), with no batch's cost.
     fn put_each(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         for (key, value) in writes {
-            self.with_tree(|tree| match value {
-                Some(v) => tree.insert(key, v).map(drop),
-                None => tree.remove(key).map(drop),
-            })?;
+            self.with_tree(|tree| put_one(tree, key, value))?;
         }
         Ok(())
     }
@@ -857,10 +862,7 @@ impl Shared {
         self.with_tree(|tree| match writes.len() {
             1 => {
                 let (key, value) = writes.pop().expect("one write");
-                match value {
-                    Some(v) => tree.insert(key, v).map(drop),
-                    None => tree.remove(key).map(drop),
-                }
+                put_one(tree, key, value)
             }
             _ => {
                 let mut batch = Batch::default();

@@ -186,18 +186,6 @@ struct Piece {
     now: Nanos,
 }
 
-impl Piece {
-    /// A piece with nothing left to do.
-    fn done() -> Piece {
-        Piece {
-            slot: 0,
-            keys: Vec::new(),
-            undo: Box::new(|_, _| {}),
-            now: Nanos::ZERO,
-        }
-    }
-}
-
 /// A subject's state as this replica last saw it.
 struct Cached {
     version: u64,
@@ -326,15 +314,17 @@ async fn run_task(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Queued>) {
             }
             // Undo work left by a batch that could not reach Redis goes
             // with the next batch that can take its subjects.
-            let mut undo = Vec::new();
-            shared.leftover.lock().retain_mut(|p| {
-                if p.keys.iter().any(|(k, _)| busy.contains(k)) {
-                    return true;
-                }
-                busy.extend(p.keys.iter().map(|(k, _)| k.clone()));
-                undo.push(std::mem::replace(p, Piece::done()));
-                false
-            });
+            let undo: Vec<Piece> = shared
+                .leftover
+                .lock()
+                .extract_if(.., |p| {
+                    let free = p.keys.iter().all(|(k, _)| !busy.contains(k));
+                    if free {
+                        busy.extend(p.keys.iter().map(|(k, _)| k.clone()));
+                    }
+                    free
+                })
+                .collect();
             let started = std::time::Instant::now();
             for w in &batch {
                 wait.record(started.duration_since(w.queued).as_secs_f64());
