@@ -114,6 +114,13 @@ fn statuses(n: usize, now: i64) -> Vec<pb::LimitStatus> {
                 remaining: limit - limit / 7.0,
                 reset_at: Some(timestamp(now + window.unwrap_or(600))),
                 exceeded: false,
+                // As limitsd says of a budget.
+                period: match kind {
+                    pb::LimitKind::BudgetDaily | pb::LimitKind::BudgetMonthly => {
+                        pb::BudgetPeriod::Rolling as i32
+                    }
+                    _ => pb::BudgetPeriod::Unspecified as i32,
+                },
                 ..Default::default()
             }
         })
@@ -139,6 +146,7 @@ impl Baseline {
             remaining_usd: 857.14,
             percentage: 0.14286,
             reset_at: Some(timestamp(now + 86_400)),
+            period: pb::BudgetPeriod::Rolling as i32,
         });
         let reset = (now + 1).to_string();
         let header_values = [

@@ -34,6 +34,7 @@ pub fn adjust(
     if kind.window().is_none() {
         return 0;
     }
+    let kind = limits.slot(kind);
     match change {
         Adjustment::Debit(amount) => state.add_to(kind, limits, now, amount),
         Adjustment::Credit(amount) => state.take_newest(kind, amount),
@@ -57,8 +58,9 @@ pub fn undo_adjust(
     if applied == 0 {
         return;
     }
+    let kind = limits.slot(kind);
     match change {
-        Adjustment::Debit(_) => state.remove_from(kind, at, now, applied),
+        Adjustment::Debit(_) => state.remove_from(kind, limits, at, now, applied),
         Adjustment::Credit(_) | Adjustment::Reset => {
             state.add_to(kind, limits, now, applied);
         }

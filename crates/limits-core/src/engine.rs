@@ -273,15 +273,17 @@ fn evaluate(
                 return;
             };
             let amount = amount_for(kind.resource(), attempt);
-            let window = windows.get(kind);
+            let slot = lim.slot(kind);
+            let window = windows.get(slot);
             if let Err(retry_after) =
-                test_limit(state, kind, limit.get(), amount, now, window, held)
+                test_limit(state, slot, limit.get(), amount, now, window, held)
             {
-                note_denial(&mut worst, &mut exceeded, i, kind, retry_after);
+                note_denial(&mut worst, &mut exceeded, i, slot, retry_after);
             }
         };
         test(LimitKind::BudgetHourly);
         test(LimitKind::BudgetDaily);
+        test(LimitKind::BudgetWeekly);
         test(LimitKind::BudgetMonthly);
         test(LimitKind::RequestsPerSecond);
         test(LimitKind::RequestsPerMinute);
@@ -339,10 +341,11 @@ pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
         // One call per kind with the kind a constant, so that its resource
         // and window length fold away after inlining.
         let mut push = |kind: LimitKind| {
-            push_windowed_status(&mut out, i, kind, limit, &windows, held, exceeded)
+            push_windowed_status(&mut out, i, kind, lim, limit, &windows, held, exceeded, now)
         };
         push(LimitKind::BudgetHourly);
         push(LimitKind::BudgetDaily);
+        push(LimitKind::BudgetWeekly);
         push(LimitKind::BudgetMonthly);
         push(LimitKind::RequestsPerSecond);
         push(LimitKind::RequestsPerMinute);
@@ -364,34 +367,44 @@ pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
     out
 }
 
-/// Appends the status of one windowed limit, if the subject has it.
+/// Appends the status of one windowed limit, if the subject has it. A
+/// calendar budget's status names its calendar slot, and resets at the end
+/// of the current period even when nothing is counted yet.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn push_windowed_status(
     out: &mut Vec<LimitStatus>,
     subject: usize,
     kind: LimitKind,
+    lim: &SubjectLimits,
     limits: &[Option<std::num::NonZeroU64>; crate::limits::WINDOW_KINDS],
     windows: &crate::window_set::ByKind<'_>,
     held: (u64, u64),
     exceeded: &[(usize, LimitKind)],
+    now: Nanos,
 ) {
     let Some(limit) = limits[kind.index()] else {
         return;
     };
-    let window = windows.get(kind);
+    let slot = lim.slot(kind);
+    let window = windows.get(slot);
     let counted = window.map_or(0, |w| w.total());
     let used = match kind.resource() {
         Resource::Cost => counted.saturating_add(held.0),
         Resource::Tokens => counted.saturating_add(held.1),
         Resource::Requests | Resource::Leases => counted,
     };
+    let reset_at = match (slot.period(), lim.calendar()) {
+        (Some(period), Some(calendar)) => Some(calendar.end(period, now)),
+        _ => window.and_then(|w| w.reset_at(kind.window().expect("windowed kind"))),
+    };
     out.push(LimitStatus {
         subject,
-        kind,
+        kind: slot,
         limit: limit.get(),
         used,
-        reset_at: window.and_then(|w| w.reset_at(kind.window().expect("windowed kind"))),
-        exceeded: !exceeded.is_empty() && exceeded.contains(&(subject, kind)),
+        reset_at,
+        exceeded: !exceeded.is_empty() && exceeded.contains(&(subject, slot)),
     });
 }
 

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod adjust;
+pub mod calendar;
 pub mod enforcement;
 pub mod engine;
 pub mod headers;
@@ -23,13 +24,15 @@ pub mod window;
 mod window_set;
 
 pub use adjust::{Adjustment, adjust, undo_adjust};
+pub use calendar::{Calendar, CalendarError, Period};
 pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
 pub use engine::{
     AcquireOutcome, Admission, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest,
     Verdict, acquire, check, record, release, usage,
 };
 pub use limits::{
-    DIMENSIONS, Dimension, LimitKind, LimitStatus, LimitTable, Resource, Subject, SubjectLimits,
+    DIMENSIONS, Dimension, LimitKind, LimitStatus, LimitTable, Resource, SLOTS, Subject,
+    SubjectLimits,
 };
 pub use money::{MoneyError, NanoUsd};
 pub use state::{Hold, LeaseSlot, SubjectState};

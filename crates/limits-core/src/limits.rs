@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 
+use crate::calendar::{Calendar, Period};
 use crate::time::Nanos;
 
 /// What kind of identity a subject is.
@@ -83,15 +84,17 @@ pub enum Resource {
     Leases,
 }
 
-/// Every limit a subject can have. The first eight are rolling windows; the
-/// last is the concurrency limit.
+/// Every limit a subject can have: the windowed kinds (rolling windows),
+/// then the concurrency limit; then the calendar slots, which are not
+/// limits of their own but where a calendar budget is counted (see
+/// [`calendar`](Self::calendar)).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LimitKind {
     /// USD spent over the last hour.
     BudgetHourly = 0,
-    /// USD spent over the last 24 hours.
+    /// USD spent over the last 24 hours (or, on a calendar, today).
     BudgetDaily = 1,
-    /// USD spent over the last 30 days.
+    /// USD spent over the last 30 days (or, on a calendar, this month).
     BudgetMonthly = 2,
     /// Requests over the last second.
     RequestsPerSecond = 3,
@@ -103,12 +106,24 @@ pub enum LimitKind {
     TokensPerMinute = 6,
     /// Tokens over the last hour.
     TokensPerHour = 7,
+    /// USD spent over the last 7 days (or, on a calendar, this week).
+    BudgetWeekly = 8,
     /// Leases held at once.
-    MaxConcurrent = 8,
+    MaxConcurrent = 9,
+    /// Where a daily budget on a calendar is counted: one bucket per day.
+    CalendarDaily = 10,
+    /// Where a weekly budget on a calendar is counted.
+    CalendarWeekly = 11,
+    /// Where a monthly budget on a calendar is counted.
+    CalendarMonthly = 12,
 }
 
-/// The number of windowed limit kinds.
-pub const WINDOW_KINDS: usize = 8;
+/// The number of windowed limit kinds (the calendar slots are not limits).
+pub const WINDOW_KINDS: usize = 9;
+
+/// The number of windows a subject can have: one per windowed kind and one
+/// per calendar slot.
+pub const SLOTS: usize = WINDOW_KINDS + 3;
 
 impl LimitKind {
     /// The windowed kinds, in index order.
@@ -121,14 +136,50 @@ impl LimitKind {
         LimitKind::RequestsPerHour,
         LimitKind::TokensPerMinute,
         LimitKind::TokensPerHour,
+        LimitKind::BudgetWeekly,
+    ];
+
+    /// Every limit kind, concurrency included, in index order.
+    pub const LIMITS: [LimitKind; WINDOW_KINDS + 1] = [
+        LimitKind::BudgetHourly,
+        LimitKind::BudgetDaily,
+        LimitKind::BudgetMonthly,
+        LimitKind::RequestsPerSecond,
+        LimitKind::RequestsPerMinute,
+        LimitKind::RequestsPerHour,
+        LimitKind::TokensPerMinute,
+        LimitKind::TokensPerHour,
+        LimitKind::BudgetWeekly,
+        LimitKind::MaxConcurrent,
+    ];
+
+    /// Every window a subject can have: the windowed kinds, then the
+    /// calendar slots.
+    pub const SLOTS: [LimitKind; SLOTS] = [
+        LimitKind::BudgetHourly,
+        LimitKind::BudgetDaily,
+        LimitKind::BudgetMonthly,
+        LimitKind::RequestsPerSecond,
+        LimitKind::RequestsPerMinute,
+        LimitKind::RequestsPerHour,
+        LimitKind::TokensPerMinute,
+        LimitKind::TokensPerHour,
+        LimitKind::BudgetWeekly,
+        LimitKind::CalendarDaily,
+        LimitKind::CalendarWeekly,
+        LimitKind::CalendarMonthly,
     ];
 
     /// What this limit counts.
     pub const fn resource(self) -> Resource {
         match self {
-            LimitKind::BudgetHourly | LimitKind::BudgetDaily | LimitKind::BudgetMonthly => {
-                Resource::Cost
-            }
+            LimitKind::BudgetHourly
+            | LimitKind::BudgetDaily
+            | LimitKind::BudgetWeekly
+            | LimitKind::BudgetMonthly
+            | LimitKind::CalendarDaily
+            | LimitKind::CalendarWeekly
+            | LimitKind::CalendarMonthly => Resource::Cost,
             LimitKind::RequestsPerSecond
             | LimitKind::RequestsPerMinute
             | LimitKind::RequestsPerHour => Resource::Requests,
@@ -137,7 +188,8 @@ impl LimitKind {
         }
     }
 
-    /// The rolling window's length; `None` for the concurrency limit.
+    /// The rolling window's length (a calendar slot's: its period's usual
+    /// length); `None` for the concurrency limit.
     pub const fn window(self) -> Option<Nanos> {
         Some(match self {
             LimitKind::RequestsPerSecond => Nanos::SECOND,
@@ -145,18 +197,64 @@ impl LimitKind {
             LimitKind::BudgetHourly | LimitKind::RequestsPerHour | LimitKind::TokensPerHour => {
                 Nanos::HOUR
             }
-            LimitKind::BudgetDaily => Nanos::DAY,
-            LimitKind::BudgetMonthly => Nanos(30 * Nanos::DAY.0),
+            LimitKind::BudgetDaily | LimitKind::CalendarDaily => Nanos::DAY,
+            LimitKind::BudgetWeekly | LimitKind::CalendarWeekly => Nanos(7 * Nanos::DAY.0),
+            LimitKind::BudgetMonthly | LimitKind::CalendarMonthly => Nanos(30 * Nanos::DAY.0),
             LimitKind::MaxConcurrent => return None,
         })
     }
 
-    /// The config key that sets this limit, also used in reasons and labels.
+    /// How long an amount is counted after its bucket ends: the window's
+    /// length, or zero for a calendar slot, whose buckets are whole periods
+    /// (see [`crate::calendar`]). `None` for the concurrency limit.
+    pub const fn lifetime(self) -> Option<Nanos> {
+        match self.period() {
+            Some(_) => Some(Nanos::ZERO),
+            None => self.window(),
+        }
+    }
+
+    /// The calendar slot a budget of this kind is counted in when its
+    /// subject's budgets follow a calendar; `None` for kinds with no
+    /// calendar period (the hourly budget stays rolling).
+    pub const fn calendar(self) -> Option<LimitKind> {
+        match self {
+            LimitKind::BudgetDaily => Some(LimitKind::CalendarDaily),
+            LimitKind::BudgetWeekly => Some(LimitKind::CalendarWeekly),
+            LimitKind::BudgetMonthly => Some(LimitKind::CalendarMonthly),
+            _ => None,
+        }
+    }
+
+    /// A calendar slot's period; `None` for every other kind.
+    pub const fn period(self) -> Option<Period> {
+        match self {
+            LimitKind::CalendarDaily => Some(Period::Day),
+            LimitKind::CalendarWeekly => Some(Period::Week),
+            LimitKind::CalendarMonthly => Some(Period::Month),
+            _ => None,
+        }
+    }
+
+    /// The limit a calendar slot counts for (the budget kind); every other
+    /// kind is its own.
+    pub const fn public(self) -> LimitKind {
+        match self {
+            LimitKind::CalendarDaily => LimitKind::BudgetDaily,
+            LimitKind::CalendarWeekly => LimitKind::BudgetWeekly,
+            LimitKind::CalendarMonthly => LimitKind::BudgetMonthly,
+            k => k,
+        }
+    }
+
+    /// The config key that sets this limit, also used in reasons and labels
+    /// (a calendar slot has its budget's).
     pub const fn name(self) -> &'static str {
         match self {
             LimitKind::BudgetHourly => "hourly",
-            LimitKind::BudgetDaily => "daily",
-            LimitKind::BudgetMonthly => "monthly",
+            LimitKind::BudgetDaily | LimitKind::CalendarDaily => "daily",
+            LimitKind::BudgetWeekly | LimitKind::CalendarWeekly => "weekly",
+            LimitKind::BudgetMonthly | LimitKind::CalendarMonthly => "monthly",
             LimitKind::RequestsPerSecond => "requests_per_second",
             LimitKind::RequestsPerMinute => "requests_per_minute",
             LimitKind::RequestsPerHour => "requests_per_hour",
@@ -170,8 +268,9 @@ impl LimitKind {
     pub const fn describe(self) -> &'static str {
         match self {
             LimitKind::BudgetHourly => "hourly budget",
-            LimitKind::BudgetDaily => "daily budget",
-            LimitKind::BudgetMonthly => "monthly budget",
+            LimitKind::BudgetDaily | LimitKind::CalendarDaily => "daily budget",
+            LimitKind::BudgetWeekly | LimitKind::CalendarWeekly => "weekly budget",
+            LimitKind::BudgetMonthly | LimitKind::CalendarMonthly => "monthly budget",
             LimitKind::RequestsPerSecond => "requests per second limit",
             LimitKind::RequestsPerMinute => "requests per minute limit",
             LimitKind::RequestsPerHour => "requests per hour limit",
@@ -186,7 +285,8 @@ impl LimitKind {
         matches!(self.resource(), Resource::Cost)
     }
 
-    /// A dense index for per-kind arrays (windowed kinds first).
+    /// A dense index for per-kind arrays (windowed kinds first, then the
+    /// concurrency limit, then the calendar slots).
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -204,6 +304,9 @@ pub struct SubjectLimits {
     /// A name to show for the subject in reasons and metrics instead of its id
     /// (API keys are secrets).
     alias: Option<Arc<str>>,
+    /// When set, the daily, weekly and monthly budgets reset on this
+    /// calendar's boundaries instead of rolling.
+    calendar: Option<Arc<Calendar>>,
 }
 
 impl SubjectLimits {
@@ -213,13 +316,14 @@ impl SubjectLimits {
         max_concurrent: None,
         count: 0,
         alias: None,
+        calendar: None,
     };
 
     /// Sets a windowed limit. Panics if `kind` is the concurrency limit; use
     /// [`with_max_concurrent`](Self::with_max_concurrent) for that.
     pub fn with(mut self, kind: LimitKind, limit: NonZeroU64) -> SubjectLimits {
         assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
-        self.windows[kind.index()] = Some(limit);
+        self.windows[kind.public().index()] = Some(limit);
         self.recount();
         self
     }
@@ -228,7 +332,7 @@ impl SubjectLimits {
     /// limit; use [`set_max_concurrent`](Self::set_max_concurrent) for that.
     pub fn set(&mut self, kind: LimitKind, limit: Option<NonZeroU64>) {
         assert!(kind != LimitKind::MaxConcurrent, "use with_max_concurrent");
-        self.windows[kind.index()] = limit;
+        self.windows[kind.public().index()] = limit;
         self.recount();
     }
 
@@ -267,11 +371,68 @@ impl SubjectLimits {
         self.alias.as_deref()
     }
 
-    /// The limit of a kind, as a plain number (0 is never returned).
+    /// Makes the daily, weekly and monthly budgets reset on a calendar.
+    pub fn with_calendar(mut self, calendar: Arc<Calendar>) -> SubjectLimits {
+        self.calendar = Some(calendar);
+        self
+    }
+
+    /// Sets or clears the calendar the budgets reset on.
+    pub fn set_calendar(&mut self, calendar: Option<Arc<Calendar>>) {
+        self.calendar = calendar;
+    }
+
+    /// The calendar the budgets reset on; `None` when they roll.
+    pub fn calendar(&self) -> Option<&Arc<Calendar>> {
+        self.calendar.as_ref()
+    }
+
+    /// The window a limit of `kind` is counted in: its calendar slot when
+    /// the budgets follow a calendar and the kind has one, else its own.
+    #[inline(always)]
+    pub fn slot(&self, kind: LimitKind) -> LimitKind {
+        match (kind.calendar(), &self.calendar) {
+            (Some(slot), Some(_)) => slot,
+            _ => kind,
+        }
+    }
+
+    /// The limit counted in window `slot`, if any: a calendar slot counts
+    /// its budget only while the budgets follow a calendar, and a budget's
+    /// own window only while they roll.
+    #[inline(always)]
+    pub fn limit_in(&self, slot: LimitKind) -> Option<u64> {
+        match slot {
+            LimitKind::MaxConcurrent => None,
+            LimitKind::CalendarDaily | LimitKind::CalendarWeekly | LimitKind::CalendarMonthly => {
+                self.calendar.as_ref()?;
+                self.windows[slot.public().index()].map(NonZeroU64::get)
+            }
+            k => {
+                if k.calendar().is_some() && self.calendar.is_some() {
+                    return None;
+                }
+                self.windows[k.index()].map(NonZeroU64::get)
+            }
+        }
+    }
+
+    /// Where the bucket of window `slot` that counts an amount charged at
+    /// `now` is: for a calendar slot, the last nanosecond of the period
+    /// containing `now`.
+    #[inline(never)]
+    pub(crate) fn calendar_bucket(&self, slot: LimitKind, now: Nanos) -> Option<u64> {
+        let period = slot.period()?;
+        let end = self.calendar.as_ref()?.end(period, now);
+        Some(end.0.saturating_sub(1))
+    }
+
+    /// The limit of a kind, as a plain number (0 is never returned); a
+    /// calendar slot has its budget's.
     pub fn get(&self, kind: LimitKind) -> Option<u64> {
         match kind {
             LimitKind::MaxConcurrent => self.max_concurrent.map(|n| u64::from(n.get())),
-            k => self.windows[k.index()].map(NonZeroU64::get),
+            k => self.windows[k.public().index()].map(NonZeroU64::get),
         }
     }
 

@@ -144,7 +144,7 @@ impl SubjectState {
     pub fn idle_at(&self) -> Option<Nanos> {
         let windows = self.windows().filter_map(|(kind, w)| {
             let &(newest, _) = w.buckets().last()?;
-            Some(Span::of(kind.window()?).expiry(newest))
+            Some(Span::of(kind.lifetime()?).expiry(newest))
         });
         let holds = self.holds().iter().map(|h| h.expires_at);
         let leases = self.leases().iter().map(|l| l.expires_at);
@@ -208,7 +208,7 @@ impl SubjectState {
         kind: LimitKind,
         window: Option<WindowRef<'_>>,
     ) -> Option<Nanos> {
-        match kind.window() {
+        match kind.lifetime() {
             Some(length) => window.and_then(|w| w.reset_at(length)),
             None => self.leases().iter().map(|l| l.expires_at).min(),
         }
@@ -218,7 +218,7 @@ impl SubjectState {
     /// expiry and the expiry of open holds (a settlement may free it sooner).
     /// `None` when even everything expiring would not free that much.
     pub fn time_until_freed(&self, kind: LimitKind, now: Nanos, need: u64) -> Option<Nanos> {
-        let length = kind.window()?;
+        let length = kind.lifetime()?;
         let window = self.window(kind);
         let holds_matter = matches!(kind.resource(), Resource::Cost | Resource::Tokens);
         if !holds_matter || self.holds().iter().all(|h| !h.is_open(now)) {
@@ -266,29 +266,47 @@ impl SubjectState {
         // Each arm names its kinds as constants, so that after inlining each
         // kind's window length (and the bucket width derived from it) is a
         // constant: no division by a runtime width when a bucket is opened.
-        let [k0, k1, k2] = match resource {
-            Resource::Cost => COST_KINDS,
-            Resource::Requests => REQUEST_KINDS,
+        match resource {
+            Resource::Cost => {
+                let [k0, k1, k2, k3, k4, k5, k6] = COST_KINDS;
+                let mut pos = self.windows.position_from(k0);
+                self.windows.add(&mut pos, k0, limits, now, amount);
+                self.windows.add(&mut pos, k1, limits, now, amount);
+                self.windows.add(&mut pos, k2, limits, now, amount);
+                self.windows.add(&mut pos, k3, limits, now, amount);
+                self.windows.add(&mut pos, k4, limits, now, amount);
+                self.windows.add(&mut pos, k5, limits, now, amount);
+                self.windows.add(&mut pos, k6, limits, now, amount);
+            }
+            Resource::Requests => {
+                let [k0, k1, k2] = REQUEST_KINDS;
+                let mut pos = self.windows.position_from(k0);
+                self.windows.add(&mut pos, k0, limits, now, amount);
+                self.windows.add(&mut pos, k1, limits, now, amount);
+                self.windows.add(&mut pos, k2, limits, now, amount);
+            }
             Resource::Tokens => {
                 let [k0, k1] = TOKEN_KINDS;
                 let mut pos = self.windows.position_from(k0);
                 self.windows.add(&mut pos, k0, limits, now, amount);
                 self.windows.add(&mut pos, k1, limits, now, amount);
-                return;
             }
-            Resource::Leases => return,
-        };
-        let mut pos = self.windows.position_from(k0);
-        self.windows.add(&mut pos, k0, limits, now, amount);
-        self.windows.add(&mut pos, k1, limits, now, amount);
-        self.windows.add(&mut pos, k2, limits, now, amount);
+            Resource::Leases => {}
+        }
     }
 
     /// Takes back what [`charge`](Self::charge) added at `at` (see
     /// `WindowSet::remove` for which bucket it is taken from).
-    pub(crate) fn uncharge(&mut self, resource: Resource, at: Nanos, now: Nanos, amount: u64) {
+    pub(crate) fn uncharge(
+        &mut self,
+        limits: &SubjectLimits,
+        resource: Resource,
+        at: Nanos,
+        now: Nanos,
+        amount: u64,
+    ) {
         for &kind in kinds_counting(resource) {
-            self.windows.remove(kind, at, now, amount);
+            self.windows.remove(kind, limits, at, now, amount);
         }
     }
 
@@ -316,8 +334,15 @@ impl SubjectState {
     }
 
     /// Takes back what [`add_to`](Self::add_to) added at `at`.
-    pub(crate) fn remove_from(&mut self, kind: LimitKind, at: Nanos, now: Nanos, amount: u64) {
-        self.windows.remove(kind, at, now, amount);
+    pub(crate) fn remove_from(
+        &mut self,
+        kind: LimitKind,
+        limits: &SubjectLimits,
+        at: Nanos,
+        now: Nanos,
+        amount: u64,
+    ) {
+        self.windows.remove(kind, limits, at, now, amount);
     }
 
     /// Removes a hold; true if it was there.
@@ -375,11 +400,16 @@ impl SubjectState {
 
 // Keep the per-kind array size and the window list in step.
 const _: () = assert!(WINDOW_KINDS == LimitKind::WINDOWED.len());
+const _: () = assert!(crate::limits::SLOTS == LimitKind::SLOTS.len());
 
 // The kinds of each resource in storage order, so that charging one
 // resource is one forward walk over the window buffer.
-const COST_KINDS: [LimitKind; 3] = [
+const COST_KINDS: [LimitKind; 7] = [
+    LimitKind::CalendarMonthly,
     LimitKind::BudgetMonthly,
+    LimitKind::CalendarWeekly,
+    LimitKind::BudgetWeekly,
+    LimitKind::CalendarDaily,
     LimitKind::BudgetDaily,
     LimitKind::BudgetHourly,
 ];

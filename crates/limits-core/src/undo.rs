@@ -16,9 +16,13 @@
 
 use crate::engine::{CheckOutcome, RecordOutcome, RecordRequest};
 use crate::hit::{Charge, HitOutcome};
-use crate::limits::Resource;
+use crate::limits::{Resource, SubjectLimits};
 use crate::state::{LeaseSlot, SubjectState};
 use crate::time::Nanos;
+
+/// Request and token windows never follow a calendar: taking back from them
+/// needs no subject's limits.
+const NO_CALENDAR: &SubjectLimits = &SubjectLimits::UNLIMITED;
 
 /// Undoes an allowed [`check`](crate::check): the request counted, and the
 /// reservation held.
@@ -27,7 +31,7 @@ pub fn undo_check(states: &mut [&mut SubjectState], out: &CheckOutcome, at: Nano
         return;
     }
     for state in states.iter_mut() {
-        state.uncharge(Resource::Requests, at, now, 1);
+        state.uncharge(NO_CALENDAR, Resource::Requests, at, now, 1);
         if let Some(id) = out.reservation() {
             state.remove_hold(id);
         }
@@ -38,6 +42,7 @@ pub fn undo_check(states: &mut [&mut SubjectState], out: &CheckOutcome, at: Nano
 /// settlement of its reservation, which holds its estimate again.
 pub fn undo_record(
     states: &mut [&mut SubjectState],
+    limits: &[&SubjectLimits],
     req: &RecordRequest,
     out: &RecordOutcome,
     at: Nanos,
@@ -46,9 +51,9 @@ pub fn undo_record(
     if out.duplicate {
         return;
     }
-    for state in states.iter_mut() {
-        state.uncharge(Resource::Cost, at, now, req.cost.0);
-        state.uncharge(Resource::Tokens, at, now, req.tokens);
+    for (state, lim) in states.iter_mut().zip(limits) {
+        state.uncharge(lim, Resource::Cost, at, now, req.cost.0);
+        state.uncharge(lim, Resource::Tokens, at, now, req.tokens);
         if let (Some(id), Some((cost, tokens))) = (req.reservation, out.settled)
             && let Some(h) = state.hold_mut(id)
         {
@@ -96,9 +101,9 @@ pub fn undo_hit(
 ) {
     for (state, charge) in states.iter_mut().zip(charges) {
         if out.allowed() {
-            state.uncharge(Resource::Requests, at, now, charge.requests);
+            state.uncharge(NO_CALENDAR, Resource::Requests, at, now, charge.requests);
         }
-        state.uncharge(Resource::Tokens, at, now, charge.tokens);
+        state.uncharge(NO_CALENDAR, Resource::Tokens, at, now, charge.tokens);
     }
 }
 
@@ -196,7 +201,7 @@ mod tests {
         };
         let out = engine::record(&mut [&mut s], &[&lim], &rec, &policy, at);
         assert_eq!(out.settled, Some((10, 5)));
-        undo_record(&mut [&mut s], &rec, &out, at, now);
+        undo_record(&mut [&mut s], &[&lim], &rec, &out, at, now);
         assert_eq!(s, before, "the hold holds its estimate again");
         // ...so that the retry settles it.
         let again = engine::record(&mut [&mut s], &[&lim], &rec, &policy, now);

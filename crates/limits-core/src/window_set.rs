@@ -24,7 +24,7 @@
 
 use std::borrow::Cow;
 
-use crate::limits::{LimitKind, SubjectLimits, WINDOW_KINDS};
+use crate::limits::{LimitKind, SLOTS, SubjectLimits};
 use crate::time::Nanos;
 use crate::window::{Span, WindowRef};
 
@@ -33,9 +33,14 @@ type Entry = (u64, u64);
 /// The order windows are stored in: the kinds of one resource together (so
 /// that charging a resource is one forward walk), and the windows that gain
 /// buckets most often — the shortest, and the request windows that every
-/// check writes — last, where the buffer's spare capacity is.
-pub(crate) const STORAGE_ORDER: [LimitKind; WINDOW_KINDS] = [
+/// check writes — last, where the buffer's spare capacity is. A calendar
+/// slot sits before its rolling budget: a subject has one or the other.
+pub(crate) const STORAGE_ORDER: [LimitKind; SLOTS] = [
+    LimitKind::CalendarMonthly,
     LimitKind::BudgetMonthly,
+    LimitKind::CalendarWeekly,
+    LimitKind::BudgetWeekly,
+    LimitKind::CalendarDaily,
     LimitKind::BudgetDaily,
     LimitKind::BudgetHourly,
     LimitKind::TokensPerHour,
@@ -48,25 +53,51 @@ pub(crate) const STORAGE_ORDER: [LimitKind; WINDOW_KINDS] = [
 /// A kind's place in [`STORAGE_ORDER`].
 pub(crate) const fn rank(kind: LimitKind) -> usize {
     match kind {
-        LimitKind::BudgetMonthly => 0,
-        LimitKind::BudgetDaily => 1,
-        LimitKind::BudgetHourly => 2,
-        LimitKind::TokensPerHour => 3,
-        LimitKind::TokensPerMinute => 4,
-        LimitKind::RequestsPerHour => 5,
-        LimitKind::RequestsPerMinute => 6,
-        LimitKind::RequestsPerSecond => 7,
-        LimitKind::MaxConcurrent => WINDOW_KINDS,
+        LimitKind::CalendarMonthly => 0,
+        LimitKind::BudgetMonthly => 1,
+        LimitKind::CalendarWeekly => 2,
+        LimitKind::BudgetWeekly => 3,
+        LimitKind::CalendarDaily => 4,
+        LimitKind::BudgetDaily => 5,
+        LimitKind::BudgetHourly => 6,
+        LimitKind::TokensPerHour => 7,
+        LimitKind::TokensPerMinute => 8,
+        LimitKind::RequestsPerHour => 9,
+        LimitKind::RequestsPerMinute => 10,
+        LimitKind::RequestsPerSecond => 11,
+        LimitKind::MaxConcurrent => SLOTS,
     }
 }
 
-/// Each rank's window length and bucket width, so that walking the buffer
-/// does not divide.
-const SPANS: [Span; WINDOW_KINDS] = {
-    let mut out = [Span::of(Nanos::SECOND); WINDOW_KINDS];
+/// How many ranks a header can name: [`SLOTS`] rounded up to a power of
+/// two, so that masking a parsed rank keeps it in bounds.
+const RANKS: usize = 16;
+
+/// The ranks as a bit mask.
+type Mask = u16;
+
+const _: () = assert!(SLOTS <= RANKS && RANKS.is_power_of_two());
+const _: () = assert!(RANKS <= Mask::BITS as usize, "a mask has a bit per rank");
+
+/// Each rank's kind; ranks past [`SLOTS`] are never written and read as
+/// the last slot, so that indexing by a masked rank needs no bounds check.
+const KIND_AT: [LimitKind; RANKS] = {
+    let mut out = [STORAGE_ORDER[SLOTS - 1]; RANKS];
     let mut i = 0;
-    while i < WINDOW_KINDS {
-        out[i] = match STORAGE_ORDER[i].window() {
+    while i < SLOTS {
+        out[i] = STORAGE_ORDER[i];
+        i += 1;
+    }
+    out
+};
+
+/// Each rank's bucket arithmetic, so that walking the buffer does not
+/// divide.
+const SPANS: [Span; RANKS] = {
+    let mut out = [Span::of(Nanos::SECOND); RANKS];
+    let mut i = 0;
+    while i < RANKS {
+        out[i] = match KIND_AT[i].lifetime() {
             Some(length) => Span::of(length),
             None => panic!("every stored kind is windowed"),
         };
@@ -89,7 +120,7 @@ const fn capacity_for(entries: usize) -> usize {
     entries.div_ceil(GRAIN) * GRAIN
 }
 
-/// A header's `meta` word: `rank << 56 | ranks << 48 | start << 24 | len`,
+/// A header's `meta` word: `rank << 60 | ranks << 44 | start << 22 | len`,
 /// where `ranks` has bit `r` set for each rank `r` that has a window (every
 /// header carries the same mask, so that the first says how many headers
 /// there are and which one holds each kind), and the window's buckets are
@@ -97,7 +128,7 @@ const fn capacity_for(entries: usize) -> usize {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct Meta {
     rank: usize,
-    ranks: u8,
+    ranks: Mask,
     start: usize,
     len: usize,
 }
@@ -105,35 +136,34 @@ struct Meta {
 /// The width of a header's `start` and `len`. A valid window holds at most
 /// `BUCKETS + 1` buckets; [`WindowSet::from_windows`] folds longer bucket
 /// lists (only a corrupt store could hold one) to fit.
-const FIELD_BITS: u32 = 24;
+const FIELD_BITS: u32 = 22;
 const FIELD: u64 = (1 << FIELD_BITS) - 1;
 
-const _: () = assert!(WINDOW_KINDS <= 8, "a mask of ranks is one byte");
-
 /// The most buckets [`WindowSet::from_windows`] keeps in one window: with
-/// eight windows and their headers, every position fits in [`FIELD`].
+/// every window and its header, every position fits in [`FIELD`].
 const MAX_DECODED_BUCKETS: usize = 1 << 16;
+
+const _: () = assert!(((MAX_DECODED_BUCKETS + 1) * RANKS) as u64 <= FIELD);
 
 impl Meta {
     #[inline(always)]
     const fn pack(self) -> u64 {
-        debug_assert!(self.rank < WINDOW_KINDS);
+        debug_assert!(self.rank < SLOTS);
         debug_assert!(self.start as u64 <= FIELD && self.len as u64 <= FIELD);
-        (self.rank as u64) << 56
-            | (self.ranks as u64) << 48
+        (self.rank as u64) << 60
+            | (self.ranks as u64) << 44
             | (self.start as u64 & FIELD) << FIELD_BITS
             | (self.len as u64 & FIELD)
     }
 
     /// The fields of a header's `meta`. The rank is masked to the number of
     /// ranks (a no-op for a header this module wrote), so that indexing
-    /// [`SPANS`] and [`STORAGE_ORDER`] by it needs no bounds check.
+    /// [`SPANS`] and [`KIND_AT`] by it needs no bounds check.
     #[inline(always)]
     const fn parse(word: u64) -> Meta {
-        const _: () = assert!(WINDOW_KINDS.is_power_of_two());
         Meta {
-            rank: (word >> 56) as usize & (WINDOW_KINDS - 1),
-            ranks: (word >> 48) as u8,
+            rank: (word >> 60) as usize & (RANKS - 1),
+            ranks: (word >> 44) as Mask,
             start: ((word >> FIELD_BITS) & FIELD) as usize,
             len: (word & FIELD) as usize,
         }
@@ -151,15 +181,15 @@ impl Meta {
 /// a byte still compiles to five register instructions (two
 /// multiplications, two shifts and a mask), so no table is needed.
 #[inline(always)]
-fn headers_below(ranks: u8, r: usize) -> usize {
-    let below = (1u16 << r) - 1;
-    (u16::from(ranks) & below).count_ones() as usize
+fn headers_below(ranks: Mask, r: usize) -> usize {
+    let below = (1u32 << r) - 1;
+    (u32::from(ranks) & below).count_ones() as usize
 }
 
 /// The header of rank `r`'s window, if the set has one.
 #[inline(always)]
-fn header_of(ranks: u8, r: usize) -> Option<usize> {
-    (u16::from(ranks) >> r & 1 == 1).then(|| headers_below(ranks, r))
+fn header_of(ranks: Mask, r: usize) -> Option<usize> {
+    (u32::from(ranks) >> r & 1 == 1).then(|| headers_below(ranks, r))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -200,7 +230,7 @@ impl<'a> Iterator for Windows<'a> {
         let m = Meta::parse(word);
         self.next += 1;
         let buckets = self.buf.get(m.start..m.end()).unwrap_or_default();
-        Some((STORAGE_ORDER[m.rank], WindowRef::new(buckets, total)))
+        Some((KIND_AT[m.rank], WindowRef::new(buckets, total)))
     }
 }
 
@@ -210,7 +240,7 @@ impl<'a> Iterator for Windows<'a> {
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct ByKind<'a> {
     buf: &'a [Entry],
-    ranks: u8,
+    ranks: Mask,
 }
 
 impl<'a> ByKind<'a> {
@@ -246,7 +276,7 @@ impl WindowSet {
     pub(crate) fn from_windows<'b>(
         windows: impl IntoIterator<Item = (LimitKind, &'b [(u64, u64)])>,
     ) -> WindowSet {
-        let mut lists: [Option<Cow<'b, [Entry]>>; WINDOW_KINDS] = Default::default();
+        let mut lists: [Option<Cow<'b, [Entry]>>; SLOTS] = Default::default();
         for (kind, buckets) in windows {
             if kind.window().is_some() && lists[rank(kind)].is_none() {
                 lists[rank(kind)] = Some(fold_oldest(buckets));
@@ -257,12 +287,12 @@ impl WindowSet {
 
     /// A compact buffer holding the windows given by rank, with `spare`
     /// more entries of capacity.
-    fn build(by_rank: [Option<&[Entry]>; WINDOW_KINDS], spare: usize) -> WindowSet {
+    fn build(by_rank: [Option<&[Entry]>; SLOTS], spare: usize) -> WindowSet {
         let count = by_rank.iter().flatten().count();
         let ranks = by_rank
             .iter()
             .enumerate()
-            .fold(0u8, |m, (r, b)| if b.is_some() { m | 1 << r } else { m });
+            .fold(0, |m: Mask, (r, b)| if b.is_some() { m | 1 << r } else { m });
         let len = count + by_rank.iter().flatten().map(|b| b.len()).sum::<usize>();
         let mut buf = Vec::with_capacity(capacity_for(len + spare));
         let mut start = count;
@@ -325,7 +355,7 @@ impl WindowSet {
 
     /// The ranks that have a window, as a bit mask.
     #[inline(always)]
-    fn ranks(&self) -> u8 {
+    fn ranks(&self) -> Mask {
         self.buf.first().map_or(0, |&(w, _)| Meta::parse(w).ranks)
     }
 
@@ -390,10 +420,10 @@ impl WindowSet {
                 self.buf[h] = (m.pack(), total);
             }
             live += m.len;
-            drop_any |= m.len == 0 && limits.get(STORAGE_ORDER[m.rank]).is_none();
+            drop_any |= m.len == 0 && limits.limit_in(KIND_AT[m.rank]).is_none();
         }
         if drop_any {
-            self.rebuild(|k, w| !w.is_empty() || limits.get(k).is_some(), None, 0);
+            self.rebuild(|k, w| !w.is_empty() || limits.limit_in(k).is_some(), None, 0);
         } else if self.buf.capacity() - live > live.max(GRAIN) {
             // Give back what a burst left, keeping some room so that a
             // subject whose windows empty and refill does not reallocate
@@ -427,7 +457,7 @@ impl WindowSet {
         add: Option<usize>,
         spare: usize,
     ) {
-        let mut by_rank: [Option<&[Entry]>; WINDOW_KINDS] = [None; WINDOW_KINDS];
+        let mut by_rank: [Option<&[Entry]>; SLOTS] = [None; SLOTS];
         for (kind, w) in self.iter() {
             if keep(kind, w) {
                 by_rank[rank(kind)] = Some(w.buckets());
@@ -463,7 +493,7 @@ impl WindowSet {
         let span = SPANS[rank(kind)];
         let here = *pos < self.count() && self.meta(*pos).rank == rank(kind);
         if !here {
-            if limits.get(kind).is_none() {
+            if limits.limit_in(kind).is_none() {
                 return;
             }
             // Once per kind in a subject's life (or after it emptied and its
@@ -478,7 +508,11 @@ impl WindowSet {
             let a = &mut self.buf[m.end() - 1].1;
             *a = a.saturating_add(amount);
         } else {
-            self.append(h, (span.bucket_at(now), amount));
+            let bucket = match kind.period() {
+                Some(_) => limits.calendar_bucket(kind, now).unwrap_or(now.0),
+                None => span.bucket_at(now),
+            };
+            self.append(h, (bucket, amount));
         }
         let total = &mut self.buf[h].1;
         *total = total.saturating_add(amount);
@@ -494,21 +528,41 @@ impl WindowSet {
     /// counts the amount a little longer, never shorter. At `now`, a window
     /// `at` has left entirely is not touched, since its buckets from then
     /// may be gone and the ones left belong to later operations.
-    pub(crate) fn remove(&mut self, kind: LimitKind, at: Nanos, now: Nanos, amount: u64) {
+    ///
+    /// A calendar slot's amount went to the bucket of the period containing
+    /// `at` and is taken from that bucket only, unless that period is over.
+    pub(crate) fn remove(
+        &mut self,
+        kind: LimitKind,
+        limits: &SubjectLimits,
+        at: Nanos,
+        now: Nanos,
+        amount: u64,
+    ) {
         let span = SPANS[rank(kind)];
         let Some(length) = kind.window() else { return };
-        if amount == 0 || at.saturating_add(length) <= now {
+        if amount == 0 {
             return;
         }
+        let (first, last) = match kind.period() {
+            None if at.saturating_add(length) <= now => return,
+            None => (span.bucket_at(at), u64::MAX),
+            Some(_) => match limits.calendar_bucket(kind, at) {
+                Some(b) if b >= now.0 => (b, b),
+                _ => return,
+            },
+        };
         let Some(h) = header_of(self.ranks(), rank(kind)) else {
             return;
         };
-        let first = span.bucket_at(at);
         let mut m = self.meta(h);
         let mut left = amount;
         let mut i = m.start;
         while left > 0 && i < m.end() {
             let (index, a) = self.buf[i];
+            if index > last {
+                break;
+            }
             if index < first {
                 i += 1;
                 continue;
@@ -657,7 +711,7 @@ impl WindowSet {
     #[cfg(test)]
     fn assert_layout(&self) {
         let count = self.count();
-        let ranks = (0..count).fold(0u8, |mask, h| mask | 1 << self.meta(h).rank);
+        let ranks = (0..count).fold(0, |mask: Mask, h| mask | 1 << self.meta(h).rank);
         assert_eq!(ranks.count_ones() as usize, count, "one header per rank");
         let mut prev_rank = None;
         let mut prev_end = count;
@@ -687,6 +741,7 @@ mod tests {
 
     use super::*;
     use crate::RollingWindow;
+    use crate::limits::WINDOW_KINDS;
     use proptest::prelude::*;
 
     const T: Nanos = Nanos(280_000 * 3_600 * 1_000_000_000);
@@ -710,24 +765,24 @@ mod tests {
         let before = set.clone();
         let at = T.saturating_add(Nanos::from_secs(5));
         add(&mut set, at, 4);
-        set.remove(kind, at, at, 4);
+        set.remove(kind, &lim, at, at, 4);
         set.assert_layout();
         assert_eq!(set, before, "the add is gone, the earlier amount stays");
         // An amount in the same bucket as an earlier one leaves the rest.
         add(&mut set, T, 2);
-        set.remove(kind, T, T, 2);
+        set.remove(kind, &lim, T, T, 2);
         assert_eq!(set, before);
         // More than the window holds from `at` on takes only what is there.
-        set.remove(kind, T, T, 10);
+        set.remove(kind, &lim, T, T, 10);
         set.assert_layout();
         assert!(set.get(kind).is_some_and(|w| w.is_empty()));
         // Once a window has passed since `at`, nothing is taken.
         add(&mut set, T, 5);
         let later = T.saturating_add(Nanos::MINUTE);
-        set.remove(kind, T, later, 5);
+        set.remove(kind, &lim, T, later, 5);
         assert_eq!(set.get(kind).unwrap().total(), 5);
         // A kind without a window is left alone.
-        set.remove(LimitKind::BudgetDaily, T, T, 5);
+        set.remove(LimitKind::BudgetDaily, &lim, T, T, 5);
         set.assert_layout();
     }
 
@@ -753,7 +808,7 @@ mod tests {
             let before = set.clone();
             let mut pos = set.position_from(kind);
             set.add(&mut pos, kind, &lim, at, last.2);
-            set.remove(kind, at, at, last.2);
+            set.remove(kind, &lim, at, at, last.2);
             set.assert_layout();
             // A window the add created stays, empty: equality compares
             // windows, so drop empty ones before comparing.
@@ -818,7 +873,7 @@ mod tests {
                 let want: Vec<_> = STORAGE_ORDER
                     .into_iter()
                     .filter_map(|k| {
-                        let w = model[k.index()].as_ref()?;
+                        let w = model.get(k.index())?.as_ref()?;
                         Some((k, w.buckets().to_vec(), w.total()))
                     })
                     .collect();
@@ -866,7 +921,7 @@ mod tests {
         }
         let mut seen = STORAGE_ORDER.map(|k| k.index());
         seen.sort_unstable();
-        assert_eq!(seen, std::array::from_fn(|i| i), "every kind once");
+        assert_eq!(seen, LimitKind::SLOTS.map(|k| k.index()), "every slot once");
         let resources = STORAGE_ORDER.map(|k| k.resource());
         for (i, r) in resources.iter().enumerate() {
             // A resource seen before must have been seen just before.
@@ -879,15 +934,15 @@ mod tests {
     fn every_kind_finds_its_header() {
         // Each subset of the windowed kinds: `by_kind` and `position_from`
         // agree with a walk over the headers.
-        for mask in 0u32..256 {
-            let kinds: Vec<LimitKind> = (0..WINDOW_KINDS)
+        for mask in 0u32..1 << SLOTS {
+            let kinds: Vec<LimitKind> = (0..SLOTS)
                 .filter(|r| mask & 1 << r != 0)
                 .map(|r| STORAGE_ORDER[r])
                 .collect();
             let set = WindowSet::from_windows(kinds.iter().map(|&k| (k, &[(1, 1)][..])));
             set.assert_layout();
             let by_kind = set.by_kind();
-            for kind in LimitKind::WINDOWED {
+            for kind in LimitKind::SLOTS {
                 let walked = set.iter().position(|(k, _)| k == kind);
                 assert_eq!(
                     by_kind.get(kind).is_some(),

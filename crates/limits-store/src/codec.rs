@@ -31,7 +31,9 @@
 //! rewrites it as format 2.
 //!
 //! A subject's value, after the version byte:
-//! windows (`varint count`, then per window `kind byte`, `varint buckets`,
+//! windows (`varint count`, then per window `kind byte` (`LimitKind::index`:
+//! 0 to 8 the windowed kinds, 10 to 12 the calendar slots, whose bucket
+//! index is the last nanosecond of their period), `varint buckets`,
 //! the first bucket's `varint index` and `varint amount`, then each later
 //! bucket as `varint index delta (>= 1)` and `varint amount`), holds (`varint
 //! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
@@ -123,10 +125,12 @@ fn dimension(b: u8) -> Result<Dimension, DecodeError> {
         .ok_or(DecodeError::Invalid("unknown dimension"))
 }
 
+/// The kind of a window's byte: its kind's index (a calendar slot's is its
+/// own, past the concurrency limit's, which has no window).
 fn window_kind(b: u8) -> Result<LimitKind, DecodeError> {
-    LimitKind::WINDOWED
-        .get(usize::from(b))
-        .copied()
+    LimitKind::SLOTS
+        .into_iter()
+        .find(|k| k.index() == usize::from(b))
         .ok_or(DecodeError::Invalid("unknown window kind"))
 }
 
@@ -445,6 +449,14 @@ mod tests {
                     LimitKind::TokensPerMinute,
                     RollingWindow::from_buckets(vec![(7, 1)]),
                 ),
+                (
+                    LimitKind::BudgetWeekly,
+                    RollingWindow::from_buckets(vec![(3, 4)]),
+                ),
+                (
+                    LimitKind::CalendarMonthly,
+                    RollingWindow::from_buckets(vec![(1_790_000_000_000_000_000, 9)]),
+                ),
             ],
             vec![Hold {
                 id: 7 << 32 | 3,
@@ -466,6 +478,17 @@ mod tests {
         let mut buf = Vec::new();
         assert!(encode_state(&sample(), &mut buf));
         assert_eq!(decode_state(&buf).unwrap(), sample());
+        let kinds: Vec<_> = sample().windows().map(|(k, _)| k).collect();
+        assert!(kinds.contains(&LimitKind::CalendarMonthly), "{kinds:?}");
+    }
+
+    #[test]
+    fn a_window_kind_byte_is_never_the_concurrency_limit_s() {
+        assert!(window_kind(LimitKind::MaxConcurrent.index() as u8).is_err());
+        for k in LimitKind::SLOTS {
+            assert_eq!(window_kind(k.index() as u8), Ok(k));
+        }
+        assert!(window_kind(13).is_err());
     }
 
     #[test]

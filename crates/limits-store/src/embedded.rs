@@ -589,7 +589,7 @@ impl<J: Journal> Store for Embedded<J> {
         )?;
         self.settle(out, written, now, started, |out, later| {
             self.undo_with(&stored, |states| {
-                undo::undo_record(states, &req, out, now, later)
+                undo::undo_record(states, limits, &req, out, now, later)
             })
         })
         .await

@@ -136,6 +136,8 @@ pub enum EntryField {
     Alias,
     /// When the entry falls away.
     ExpireTime,
+    /// The calendar the budgets reset on.
+    Calendar,
 }
 
 impl EntryField {
@@ -144,7 +146,11 @@ impl EntryField {
         runtime::ALL_KINDS
             .iter()
             .map(|&k| EntryField::Limit(k))
-            .chain([EntryField::Alias, EntryField::ExpireTime])
+            .chain([
+                EntryField::Alias,
+                EntryField::ExpireTime,
+                EntryField::Calendar,
+            ])
             .collect()
     }
 }
@@ -341,6 +347,9 @@ fn entry_json(entry: &Entry) -> String {
     if let Some(t) = entry.expire_time {
         out["expire_time"] = json!(rfc3339(t));
     }
+    if let Some(c) = entry.limits.calendar() {
+        out["calendar"] = crate::runtime::calendar_json(c);
+    }
     out.to_string()
 }
 
@@ -352,10 +361,10 @@ pub fn rfc3339(t: Nanos) -> String {
 /// Amounts of the windows of a subject, as JSON: budgets in USD.
 fn used_json(statuses: &[LimitStatus], kinds: &[LimitKind], delta: &[(LimitKind, i128)]) -> String {
     let mut out = serde_json::Map::new();
-    for s in statuses.iter().filter(|s| kinds.contains(&s.kind)) {
+    for s in statuses.iter().filter(|s| kinds.contains(&s.kind.public())) {
         let d = delta
             .iter()
-            .filter(|(k, _)| *k == s.kind)
+            .filter(|(k, _)| *k == s.kind.public())
             .map(|(_, d)| *d)
             .sum::<i128>();
         let used = (i128::from(s.used) + d).max(0) as u64;
@@ -731,6 +740,9 @@ impl<S: Store> Limiter<S> {
                         .limits
                         .set_alias(update.spec.limits.alias().map(std::sync::Arc::from)),
                     EntryField::ExpireTime => entry.expire_time = update.spec.expire_time,
+                    EntryField::Calendar => entry
+                        .limits
+                        .set_calendar(update.spec.limits.calendar().cloned()),
                 }
             }
             entry.update_time = now;

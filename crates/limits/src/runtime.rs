@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
-use limits_core::{DIMENSIONS, Dimension, LimitKind, Nanos, SubjectLimits};
+use limits_core::calendar::WEEKDAYS;
+use limits_core::{Calendar, DIMENSIONS, Dimension, LimitKind, Nanos, SubjectLimits};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -190,6 +191,8 @@ struct StoredEntry {
     alias: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expire_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calendar: Option<StoredCalendar>,
     create_time: u64,
     update_time: u64,
 }
@@ -214,6 +217,7 @@ impl From<&Entry> for StoredEntry {
                 .collect(),
             alias: e.limits.alias().map(str::to_owned),
             expire_time: e.expire_time.map(|t| t.0),
+            calendar: e.limits.calendar().map(|c| StoredCalendar::from(&**c)),
             create_time: e.create_time.0,
             update_time: e.update_time.0,
         }
@@ -239,6 +243,9 @@ impl TryFrom<StoredEntry> for Entry {
             }
         }
         limits.set_alias(e.alias.map(Arc::from));
+        if let Some(c) = e.calendar {
+            limits.set_calendar(Some(Arc::new(Calendar::try_from(c)?)));
+        }
         Ok(Entry {
             limits,
             expire_time: e.expire_time.map(Nanos),
@@ -249,17 +256,44 @@ impl TryFrom<StoredEntry> for Entry {
 }
 
 /// Every limit kind, concurrency included, in kind order.
-pub const ALL_KINDS: [LimitKind; 9] = [
-    LimitKind::BudgetHourly,
-    LimitKind::BudgetDaily,
-    LimitKind::BudgetMonthly,
-    LimitKind::RequestsPerSecond,
-    LimitKind::RequestsPerMinute,
-    LimitKind::RequestsPerHour,
-    LimitKind::TokensPerMinute,
-    LimitKind::TokensPerHour,
-    LimitKind::MaxConcurrent,
-];
+pub const ALL_KINDS: [LimitKind; LimitKind::LIMITS.len()] = LimitKind::LIMITS;
+
+/// Where a calendar's periods begin, as kept in a record and shown in the
+/// audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoredCalendar {
+    zone: String,
+    week_start: String,
+    anchor_day: u8,
+}
+
+impl From<&Calendar> for StoredCalendar {
+    fn from(c: &Calendar) -> StoredCalendar {
+        StoredCalendar {
+            zone: c.zone().to_owned(),
+            week_start: WEEKDAYS[usize::from(c.week_start())].to_owned(),
+            anchor_day: c.anchor_day(),
+        }
+    }
+}
+
+impl TryFrom<StoredCalendar> for Calendar {
+    type Error = String;
+
+    fn try_from(c: StoredCalendar) -> Result<Calendar, String> {
+        let week_start = WEEKDAYS
+            .iter()
+            .position(|d| *d == c.week_start)
+            .ok_or_else(|| format!("unknown weekday {:?}", c.week_start))?;
+        Calendar::new(&c.zone, week_start as u8, c.anchor_day).map_err(|e| e.to_string())
+    }
+}
+
+/// A calendar as JSON, for the audit trail.
+pub(crate) fn calendar_json(c: &Calendar) -> serde_json::Value {
+    serde_json::to_value(StoredCalendar::from(c)).unwrap_or_default()
+}
 
 fn kind_named(name: &str) -> Result<LimitKind, String> {
     ALL_KINDS

@@ -10,7 +10,10 @@ use limits::admin::{
     Adjust, AuditEvent, Change, EntryField, EntrySpec, EntryView, SubjectRef, Update, page_size,
 };
 use limits::runtime::Increase;
-use limits_core::{Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Resource, Subject};
+use limits_core::calendar::WEEKDAYS;
+use limits_core::{
+    Calendar, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Resource, Subject,
+};
 use limits_store::Store;
 use tonic::{Request, Response, Status};
 
@@ -89,6 +92,7 @@ fn kind(field: &str, raw: i32) -> Result<LimitKind, Status> {
     Ok(match K::try_from(raw) {
         Ok(K::BudgetHourly) => LimitKind::BudgetHourly,
         Ok(K::BudgetDaily) => LimitKind::BudgetDaily,
+        Ok(K::BudgetWeekly) => LimitKind::BudgetWeekly,
         Ok(K::BudgetMonthly) => LimitKind::BudgetMonthly,
         Ok(K::RequestsPerSecond) => LimitKind::RequestsPerSecond,
         Ok(K::RequestsPerMinute) => LimitKind::RequestsPerMinute,
@@ -114,9 +118,10 @@ fn instant(field: &str, t: &prost_types::Timestamp) -> Result<Nanos, Status> {
 
 /// The field names of SubjectLimits an update mask may name, with the
 /// entry field each sets.
-const MASK_FIELDS: [(&str, EntryField); 11] = [
+const MASK_FIELDS: [(&str, EntryField); 13] = [
     ("hourly_usd", EntryField::Limit(LimitKind::BudgetHourly)),
     ("daily_usd", EntryField::Limit(LimitKind::BudgetDaily)),
+    ("weekly_usd", EntryField::Limit(LimitKind::BudgetWeekly)),
     ("monthly_usd", EntryField::Limit(LimitKind::BudgetMonthly)),
     (
         "requests_per_second",
@@ -144,6 +149,7 @@ const MASK_FIELDS: [(&str, EntryField); 11] = [
     ),
     ("alias", EntryField::Alias),
     ("expire_time", EntryField::ExpireTime),
+    ("calendar", EntryField::Calendar),
 ];
 
 fn mask(raw: Option<prost_types::FieldMask>) -> Result<Vec<EntryField>, Status> {
@@ -188,6 +194,7 @@ fn spec(raw: &apb::SubjectLimits) -> Result<EntrySpec, Status> {
     let budgets = [
         ("hourly_usd", raw.hourly_usd, LimitKind::BudgetHourly),
         ("daily_usd", raw.daily_usd, LimitKind::BudgetDaily),
+        ("weekly_usd", raw.weekly_usd, LimitKind::BudgetWeekly),
         ("monthly_usd", raw.monthly_usd, LimitKind::BudgetMonthly),
     ];
     for (name, value, kind) in budgets {
@@ -243,7 +250,53 @@ fn spec(raw: &apb::SubjectLimits) -> Result<EntrySpec, Status> {
     if let Some(t) = &raw.expire_time {
         spec.expire_time = Some(instant(&f("expire_time"), t)?);
     }
+    if let Some(c) = &raw.calendar {
+        spec.limits
+            .set_calendar(Some(Arc::new(calendar(&f("calendar"), c)?)));
+    }
     Ok(spec)
+}
+
+/// A calendar from its message; empty fields take their defaults (UTC,
+/// Monday, the 1st).
+fn calendar(field: &str, raw: &apb::BudgetCalendar) -> Result<Calendar, Status> {
+    let zone = if raw.time_zone.is_empty() {
+        "UTC"
+    } else {
+        raw.time_zone.as_str()
+    };
+    let week_start = match raw.week_start.as_str() {
+        "" => 0,
+        day => WEEKDAYS
+            .iter()
+            .position(|d| d.eq_ignore_ascii_case(day))
+            .ok_or_else(|| {
+                invalid(
+                    &format!("{field}.week_start"),
+                    format!("{day:?} is not a weekday (monday to sunday)"),
+                )
+            })? as u8,
+    };
+    let anchor = match raw.month_anchor_day {
+        0 => 1,
+        n @ 1..=31 => n as u8,
+        n => {
+            return Err(invalid(
+                &format!("{field}.month_anchor_day"),
+                format!("must be 1 to 31, got {n}"),
+            ));
+        }
+    };
+    Calendar::new(zone, week_start, anchor)
+        .map_err(|e| invalid(&format!("{field}.time_zone"), e.to_string()))
+}
+
+fn pb_calendar(c: &Calendar) -> apb::BudgetCalendar {
+    apb::BudgetCalendar {
+        time_zone: c.zone().to_owned(),
+        week_start: WEEKDAYS[usize::from(c.week_start())].to_owned(),
+        month_anchor_day: u32::from(c.anchor_day()),
+    }
 }
 
 fn pb_increase(i: &Increase) -> apb::BudgetIncrease {
@@ -266,6 +319,7 @@ fn pb_entry(v: &EntryView) -> apb::SubjectLimits {
         key_hash: v.key_hash.clone(),
         hourly_usd: usd(LimitKind::BudgetHourly),
         daily_usd: usd(LimitKind::BudgetDaily),
+        weekly_usd: usd(LimitKind::BudgetWeekly),
         monthly_usd: usd(LimitKind::BudgetMonthly),
         requests_per_second: l.get(LimitKind::RequestsPerSecond),
         requests_per_minute: l.get(LimitKind::RequestsPerMinute),
@@ -279,6 +333,7 @@ fn pb_entry(v: &EntryView) -> apb::SubjectLimits {
         create_time: Some(pb_timestamp(v.entry.create_time)),
         update_time: Some(pb_timestamp(v.entry.update_time)),
         increases: v.increases.iter().map(pb_increase).collect(),
+        calendar: l.calendar().map(|c| pb_calendar(c)),
     }
 }
 

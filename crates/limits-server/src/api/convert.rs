@@ -152,11 +152,14 @@ pub fn pb_subject(s: &Subject) -> pb::Subject {
     }
 }
 
+/// The kind as the API names it: a calendar slot is its budget's kind (its
+/// status says `BUDGET_PERIOD_CALENDAR`).
 pub fn pb_kind(k: LimitKind) -> pb::LimitKind {
-    match k {
+    match k.public() {
         LimitKind::BudgetHourly => pb::LimitKind::BudgetHourly,
-        LimitKind::BudgetDaily => pb::LimitKind::BudgetDaily,
-        LimitKind::BudgetMonthly => pb::LimitKind::BudgetMonthly,
+        LimitKind::BudgetDaily | LimitKind::CalendarDaily => pb::LimitKind::BudgetDaily,
+        LimitKind::BudgetWeekly | LimitKind::CalendarWeekly => pb::LimitKind::BudgetWeekly,
+        LimitKind::BudgetMonthly | LimitKind::CalendarMonthly => pb::LimitKind::BudgetMonthly,
         LimitKind::RequestsPerSecond => pb::LimitKind::RequestsPerSecond,
         LimitKind::RequestsPerMinute => pb::LimitKind::RequestsPerMinute,
         LimitKind::RequestsPerHour => pb::LimitKind::RequestsPerHour,
@@ -209,7 +212,18 @@ pub fn pb_status(s: &LimitStatus, subjects: &[Subject]) -> pb::LimitStatus {
         remaining: amount(s.kind, s.remaining()),
         reset_at: s.reset_at.map(pb_timestamp),
         exceeded: s.exceeded,
+        period: pb_period(s.kind) as i32,
         ..Default::default()
+    }
+}
+
+/// Whether a budget rolls or follows a calendar; unspecified for the other
+/// kinds.
+pub fn pb_period(k: LimitKind) -> pb::BudgetPeriod {
+    match (k.is_budget(), k.period()) {
+        (false, _) => pb::BudgetPeriod::Unspecified,
+        (true, None) => pb::BudgetPeriod::Rolling,
+        (true, Some(_)) => pb::BudgetPeriod::Calendar,
     }
 }
 
@@ -232,6 +246,7 @@ pub fn pb_budget(statuses: &[LimitStatus], subjects: &[Subject]) -> Option<pb::B
         remaining_usd: NanoUsd(b.remaining()).as_usd(),
         percentage: b.used as f64 / b.limit as f64,
         reset_at: b.reset_at.map(pb_timestamp),
+        period: pb_period(b.kind) as i32,
     })
 }
 

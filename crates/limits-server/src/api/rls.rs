@@ -441,7 +441,13 @@ fn pb_unit(kind: LimitKind) -> PbUnit {
         // token windows only); the nearest honest answer for a longer
         // window is a day.
         LimitKind::BudgetHourly => PbUnit::Hour,
-        LimitKind::BudgetDaily | LimitKind::BudgetMonthly | LimitKind::MaxConcurrent => PbUnit::Day,
+        LimitKind::BudgetDaily
+        | LimitKind::BudgetWeekly
+        | LimitKind::BudgetMonthly
+        | LimitKind::CalendarDaily
+        | LimitKind::CalendarWeekly
+        | LimitKind::CalendarMonthly
+        | LimitKind::MaxConcurrent => PbUnit::Day,
     }
 }
 

@@ -1117,7 +1117,11 @@ fn undo_fn(op: &Op, d: &Decided, only: Option<&[usize]>) -> UndoFn {
         }
         (Work::Record { req, .. }, Done::Record(out)) => {
             let (req, out) = (*req, out.clone());
-            Box::new(move |states, now| undo::undo_record(states, &req, &out, at, now))
+            let limits: Vec<SubjectLimits> = idx.iter().map(|&i| op.limits[i].clone()).collect();
+            Box::new(move |states, now| {
+                let limits: Vec<&SubjectLimits> = limits.iter().collect();
+                undo::undo_record(states, &limits, &req, &out, at, now)
+            })
         }
         (Work::Acquire { id, .. }, Done::Acquire(_)) => {
             let id = *id;
