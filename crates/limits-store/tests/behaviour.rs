@@ -72,6 +72,7 @@ macro_rules! on_spread_redis {
 on_spread_redis!(
     request_rate_limits_allow_then_deny,
     budgets_allow_then_deny,
+    calendar_budgets_reset_at_the_boundary,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -88,6 +89,7 @@ on_spread_redis!(
 for_every_backend!(
     request_rate_limits_allow_then_deny,
     budgets_allow_then_deny,
+    calendar_budgets_reset_at_the_boundary,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -144,6 +146,7 @@ async fn budgets_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
     for kind in [
         LimitKind::BudgetHourly,
         LimitKind::BudgetDaily,
+        LimitKind::BudgetWeekly,
         LimitKind::BudgetMonthly,
     ] {
         let l = limits(&[(kind, usd(10))]);
@@ -185,6 +188,52 @@ async fn budgets_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
                 .allowed()
         );
         assert_eq!(used(&store, &s, &l, kind, later).await, 0);
+    }
+}
+
+/// Calendar budgets: spend counts until the period's end in its time zone,
+/// a denial retries exactly then, and at the boundary the budget is whole.
+async fn calendar_budgets_reset_at_the_boundary<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    // Weeks from Sunday, months from the 15th, in New York.
+    let calendar = std::sync::Arc::new(
+        limits_core::Calendar::new("America/New_York", 6, 15).expect("a calendar"),
+    );
+    for kind in [
+        LimitKind::BudgetDaily,
+        LimitKind::BudgetWeekly,
+        LimitKind::BudgetMonthly,
+    ] {
+        let slot = kind.calendar().expect("a calendar kind");
+        let l = limits(&[(kind, usd(10)), (LimitKind::BudgetHourly, usd(100))])
+            .with_calendar(calendar.clone());
+        let s = team(kind.name());
+        let r = Req::new(&[(s.clone(), &l)]);
+        let (_, end) = calendar.period(slot.period().expect("a period"), T0);
+        r.record(&store, None, usd(8), 0, T0).await.unwrap();
+        assert_eq!(used(&store, &s, &l, slot, T0).await, usd(8));
+        let denied = r.check(&store, usd(3), 0, None, T0).await.unwrap();
+        assert_eq!(denied.denial().map(|d| d.kind), Some(slot), "{kind:?}");
+        assert_eq!(T0.saturating_add(denied.retry_after().unwrap()), end);
+        let status = denied.statuses.iter().find(|st| st.kind == slot).unwrap();
+        assert_eq!(status.reset_at, Some(end));
+        // The hourly budget keeps rolling beside it.
+        let hourly = denied
+            .statuses
+            .iter()
+            .find(|st| st.kind == LimitKind::BudgetHourly)
+            .unwrap();
+        assert_eq!(hourly.used, usd(8));
+        let just_before = Nanos(end.0 - 1);
+        assert!(
+            !r.check(&store, usd(3), 0, None, just_before)
+                .await
+                .unwrap()
+                .allowed()
+        );
+        let fresh = r.check(&store, usd(10), 0, None, end).await.unwrap();
+        assert!(fresh.allowed(), "{kind:?}: a new period is whole");
+        assert_eq!(used(&store, &s, &l, slot, end).await, 0);
     }
 }
 

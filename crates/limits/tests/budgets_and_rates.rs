@@ -214,3 +214,86 @@ fn bad_rate_limits_are_rejected() {
         "must be greater than 0",
     );
 }
+
+/// `period: calendar` in the section applies to every entry that does not
+/// say otherwise; an entry may choose its own period, zone, week start and
+/// anchor day; entries with the same calendar share one.
+#[test]
+fn calendar_periods_come_from_the_section_or_the_entry() {
+    let cfg = parse(
+        r#"
+limits:
+  budgets:
+    period: calendar
+    timezone: America/New_York
+    week_start: sunday
+    by_team:
+      eng: { daily: 100, weekly: 500 }
+      ops: { monthly: 1000, timezone: Asia/Tokyo, month_anchor_day: 15 }
+      research: { daily: 50, period: rolling }
+      default: { monthly: 10 }
+  by_org:
+    acme: { monthly: 30000, period: calendar, timezone: UTC }
+"#,
+    );
+    let eng = cfg.table.resolve(Dimension::Team, "eng");
+    let cal = eng.calendar().expect("eng follows the section's calendar");
+    assert_eq!((cal.zone(), cal.week_start(), cal.anchor_day()), ("America/New_York", 6, 1));
+    assert_eq!(eng.get(LimitKind::BudgetWeekly), Some(usd(500.0)));
+    assert_eq!(eng.slot(LimitKind::BudgetDaily), LimitKind::CalendarDaily);
+    let ops = cfg.table.resolve(Dimension::Team, "ops");
+    let ops_cal = ops.calendar().expect("a calendar");
+    assert_eq!((ops_cal.zone(), ops_cal.week_start(), ops_cal.anchor_day()), ("Asia/Tokyo", 6, 15));
+    let research = cfg.table.resolve(Dimension::Team, "research");
+    assert!(research.calendar().is_none(), "its own period wins");
+    assert_eq!(research.slot(LimitKind::BudgetDaily), LimitKind::BudgetDaily);
+    let unlisted = cfg.table.resolve(Dimension::Team, "someone");
+    assert!(
+        std::sync::Arc::ptr_eq(unlisted.calendar().unwrap(), cal),
+        "one calendar per distinct setting"
+    );
+    let acme = cfg.table.resolve(Dimension::Org, "acme");
+    assert_eq!(acme.calendar().unwrap().zone(), "UTC");
+    // Rolling stays the default.
+    let plain = parse("limits:\n  budgets:\n    by_user:\n      u: { daily: 1 }\n");
+    assert!(plain.table.resolve(Dimension::User, "u").calendar().is_none());
+}
+
+#[test]
+fn bad_calendar_settings_are_rejected_naming_the_key() {
+    assert_rejects(
+        "budgets:\n  period: monthly\n",
+        "limits.budgets.period",
+        "expected one of: rolling, calendar",
+    );
+    assert_rejects(
+        "budgets:\n  timezone: Mars/Olympus\n",
+        "limits.budgets.timezone",
+        "unknown time zone",
+    );
+    assert_rejects(
+        "budgets:\n  week_start: someday\n",
+        "limits.budgets.week_start",
+        "expected one of: monday",
+    );
+    assert_rejects(
+        "budgets:\n  month_anchor_day: 32\n",
+        "limits.budgets.month_anchor_day",
+        "must be 1 to 31",
+    );
+    assert_rejects(
+        "budgets:\n  by_user:\n    u: { daily: 1, timezone: Europe/Paris }\n",
+        "limits.budgets.by_user.u.timezone",
+        "applies only to calendar budgets",
+    );
+    assert_rejects(
+        "by_team:\n  t: { daily: 1, period: calendar, timezone: Nowhere/Town }\n",
+        "limits.by_team.t.timezone",
+        "unknown time zone",
+    );
+    assert_rejects(
+        "budgets:\n  period: calendar\n  by_user:\n    u: { daily: 1, month_anchor_day: 0 }\n",
+        "limits.budgets.by_user.u.month_anchor_day",
+        "must be 1 to 31",
+    );
+}

@@ -111,6 +111,10 @@ fn every_environment_variable_sets_its_key() {
     let samples = [
         ("limits.budgets.enabled", "yes"),
         ("limits.budgets.alert_threshold", "0.9"),
+        ("limits.budgets.period", "calendar"),
+        ("limits.budgets.timezone", "Europe/Paris"),
+        ("limits.budgets.week_start", "Sunday"),
+        ("limits.budgets.month_anchor_day", "15"),
         ("limits.rate_limits.enabled", "1"),
         ("limits.rate_limits.lease_ttl", "2m"),
         ("limits.enforcement.action", "queue"),

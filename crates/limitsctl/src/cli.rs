@@ -245,12 +245,26 @@ pub struct SetArgs {
     /// USD budget over the last hour.
     #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     pub hourly: Option<f64>,
-    /// USD budget over the last 24 hours.
+    /// USD budget over the last 24 hours (with --calendar: today).
     #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     pub daily: Option<f64>,
-    /// USD budget over the last 30 days.
+    /// USD budget over the last 7 days (with --calendar: this week).
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub weekly: Option<f64>,
+    /// USD budget over the last 30 days (with --calendar: this month).
     #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     pub monthly: Option<f64>,
+    /// Reset the daily, weekly and monthly budgets at local midnight in
+    /// this IANA time zone (e.g. Europe/Paris, UTC) instead of rolling.
+    #[arg(long, value_name = "ZONE")]
+    pub calendar: Option<String>,
+    /// With --calendar: the day weeks start on (default monday).
+    #[arg(long, value_name = "DAY", requires = "calendar")]
+    pub week_start: Option<String>,
+    /// With --calendar: the day of the month months start on, 1-31
+    /// (default 1).
+    #[arg(long, value_name = "N", requires = "calendar")]
+    pub month_anchor_day: Option<u32>,
     /// Requests per second.
     #[arg(long, value_name = "N")]
     pub rps: Option<u64>,
@@ -297,6 +311,8 @@ pub enum Field {
     Hourly,
     #[value(alias = "daily_usd")]
     Daily,
+    #[value(alias = "weekly_usd")]
+    Weekly,
     #[value(alias = "monthly_usd")]
     Monthly,
     #[value(alias = "requests_per_second")]
@@ -314,6 +330,7 @@ pub enum Field {
     Alias,
     #[value(alias = "expire_time", alias = "expires-in")]
     Expires,
+    Calendar,
 }
 
 impl Field {
@@ -322,6 +339,7 @@ impl Field {
         match self {
             Field::Hourly => "hourly_usd",
             Field::Daily => "daily_usd",
+            Field::Weekly => "weekly_usd",
             Field::Monthly => "monthly_usd",
             Field::Rps => "requests_per_second",
             Field::Rpm => "requests_per_minute",
@@ -331,6 +349,7 @@ impl Field {
             Field::MaxConcurrent => "max_concurrent",
             Field::Alias => "alias",
             Field::Expires => "expire_time",
+            Field::Calendar => "calendar",
         }
     }
 

@@ -149,7 +149,9 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
     };
     put(Field::Hourly, args.hourly.is_some());
     put(Field::Daily, args.daily.is_some());
+    put(Field::Weekly, args.weekly.is_some());
     put(Field::Monthly, args.monthly.is_some());
+    put(Field::Calendar, args.calendar.is_some());
     put(Field::Rps, args.rps.is_some());
     put(Field::Rpm, args.rpm.is_some());
     put(Field::Rph, args.rph.is_some());
@@ -163,7 +165,13 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
     );
     e.hourly_usd = args.hourly;
     e.daily_usd = args.daily;
+    e.weekly_usd = args.weekly;
     e.monthly_usd = args.monthly;
+    e.calendar = args.calendar.as_ref().map(|zone| apb::BudgetCalendar {
+        time_zone: zone.clone(),
+        week_start: args.week_start.clone().unwrap_or_default(),
+        month_anchor_day: args.month_anchor_day.unwrap_or(0),
+    });
     e.requests_per_second = args.rps;
     e.requests_per_minute = args.rpm;
     e.requests_per_hour = args.rph;
@@ -188,8 +196,9 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
     }
     if set.is_empty() {
         return Err(Error::Usage(
-            "nothing to set: give at least one of --hourly, --daily, --monthly, --rps, --rpm, \
-             --rph, --tpm, --tph, --max-concurrent, --alias, --expires, --expires-in or --clear"
+            "nothing to set: give at least one of --hourly, --daily, --weekly, --monthly, \
+             --calendar, --rps, --rpm, --rph, --tpm, --tph, --max-concurrent, --alias, \
+             --expires, --expires-in or --clear"
                 .to_owned(),
         ));
     }
@@ -201,6 +210,7 @@ fn limits(e: &apb::SubjectLimits) -> Vec<(Kind, f64)> {
     let usd = [
         (LimitKind::BudgetHourly, e.hourly_usd),
         (LimitKind::BudgetDaily, e.daily_usd),
+        (LimitKind::BudgetWeekly, e.weekly_usd),
         (LimitKind::BudgetMonthly, e.monthly_usd),
     ];
     let counts = [
@@ -228,6 +238,15 @@ fn limits_text(e: &apb::SubjectLimits) -> String {
     } else {
         shown.join(", ")
     }
+}
+
+/// Where an entry's calendar periods begin: `Europe/Paris, weeks from
+/// monday, months from day 1`.
+fn calendar_text(c: &apb::BudgetCalendar) -> String {
+    format!(
+        "{}, weeks from {}, months from day {}",
+        c.time_zone, c.week_start, c.month_anchor_day
+    )
 }
 
 fn expires_text(e: &apb::SubjectLimits, now: SystemTime) -> String {
@@ -266,6 +285,9 @@ fn one(e: &apb::SubjectLimits, output: Output) -> String {
     for (k, v) in limits {
         t.add_row([k.name().to_owned(), render::amount(Some(k), v)]);
     }
+    if let Some(c) = &e.calendar {
+        t.add_row(["calendar".to_owned(), calendar_text(c)]);
+    }
     t.add_row(["expires".to_owned(), expires_text(e, now)]);
     for i in &e.increases {
         t.add_row(["raised".to_owned(), increase_text(i, now)]);
@@ -300,6 +322,11 @@ pub fn entry_json(e: &apb::SubjectLimits) -> Value {
         "key_hash": (!e.key_hash.is_empty()).then(|| e.key_hash.clone()),
         "alias": (!e.alias.is_empty()).then(|| e.alias.clone()),
         "limits": limits_map,
+        "calendar": e.calendar.as_ref().map(|c| json!({
+            "time_zone": c.time_zone,
+            "week_start": c.week_start,
+            "month_anchor_day": c.month_anchor_day,
+        })),
         "expire_time": render::when_json(e.expire_time.as_ref()),
         "etag": e.etag,
         "create_time": render::when_json(e.create_time.as_ref()),

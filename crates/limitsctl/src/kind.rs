@@ -14,9 +14,10 @@ use limits_server::pb;
 pub struct Kind(pub LimitKind);
 
 /// Every kind, in the API's order.
-const ALL: [Kind; 9] = [
+const ALL: [Kind; 10] = [
     Kind(LimitKind::BudgetHourly),
     Kind(LimitKind::BudgetDaily),
+    Kind(LimitKind::BudgetWeekly),
     Kind(LimitKind::BudgetMonthly),
     Kind(LimitKind::RequestsPerSecond),
     Kind(LimitKind::RequestsPerMinute),

@@ -586,7 +586,7 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                     let raised = usage
                         .raised
                         .iter()
-                        .find(|(k, _)| *k == s.kind)
+                        .find(|(k, _)| *k == s.kind.public())
                         .map_or(0, |(_, n)| *n);
                     pb::LimitStatus {
                         source: convert::pb_source(usage.source) as i32,

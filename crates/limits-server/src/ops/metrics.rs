@@ -252,6 +252,8 @@ impl IdMetrics {
 
     /// A limit of `kind` was exceeded.
     pub fn hit(&self, kind: LimitKind) {
+        // A calendar budget counts as its budget's kind.
+        let kind = kind.public();
         self.hits[kind.index()]
             .get_or_init(|| {
                 if kind.is_budget() {
@@ -265,6 +267,7 @@ impl IdMetrics {
 
     /// The fraction of a budget used.
     pub fn budget_usage(&self, kind: LimitKind, fraction: f64) {
+        let kind = kind.public();
         self.usage[kind.index()]
             .get_or_init(
                 || gauge!(BUDGET_USAGE, "identifier" => self.id(), "window" => window_label(kind)),

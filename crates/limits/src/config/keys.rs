@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use super::declare::{FieldDoc, declare};
 use super::setting::{
-    Addr, Alias, Auto, Choice, Count, Digest, FileOnly, FilePath, Flag, Fraction, KeyPrefix, Limit,
-    LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret, Shards, Size, Slots, Span,
-    Usd,
+    Addr, Alias, Auto, Choice, Count, Day, Digest, FileOnly, FilePath, Flag, Fraction, Inherit,
+    KeyPrefix, Limit, LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret, Shards,
+    Size, Slots, Span, Usd, Zone,
 };
 use super::{ClientAuth, LogFormat, Scope};
 use crate::config::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
@@ -107,6 +107,29 @@ pub(crate) const SCOPES: &[(&str, Scope)] = &[
     ("write", Scope::Write),
 ];
 
+/// How budgets move: `limits.budgets.period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BudgetPeriod {
+    Rolling,
+    Calendar,
+}
+
+const PERIODS: &[(&str, BudgetPeriod)] = &[
+    ("rolling", BudgetPeriod::Rolling),
+    ("calendar", BudgetPeriod::Calendar),
+];
+
+/// The weekdays, numbered from Monday as calendars take them.
+const WEEKDAYS: &[(&str, u8)] = &[
+    ("monday", 0),
+    ("tuesday", 1),
+    ("wednesday", 2),
+    ("thursday", 3),
+    ("friday", 4),
+    ("saturday", 5),
+    ("sunday", 6),
+];
+
 const ACTIONS: &[(&str, EnforcementMode)] = &[
     ("block", EnforcementMode::Block),
     ("queue", EnforcementMode::Queue),
@@ -146,6 +169,18 @@ declare! {
         enabled: Flag = Flag(true),
         /// A request that takes any budget to this fraction is allowed with action ALERT.
         alert_threshold: Fraction = Fraction,
+        /// `calendar`: daily, weekly and monthly budgets reset at local midnight, on
+        /// `week_start` and on `month_anchor_day` in `timezone`, instead of rolling. An entry's own
+        /// `period` overrides it. The hourly budget always rolls.
+        period: Choice<BudgetPeriod> = Choice(BudgetPeriod::Rolling, PERIODS),
+        /// IANA time zone of calendar periods (e.g. `Europe/Paris`); daylight-saving changes
+        /// make some days 23 or 25 hours long.
+        timezone: Zone = Zone,
+        /// The day calendar weeks start on.
+        week_start: Choice<u8> = Choice(0, WEEKDAYS),
+        /// The day of the month calendar months start on; a shorter month starts on its last
+        /// day.
+        month_anchor_day: Day = Day,
     } and {
         /// Per-id budgets. The id `default` applies to unlisted ids of that dimension; `{}`
         /// exempts an id from the default.
@@ -158,10 +193,20 @@ declare! {
         hourly: Usd = Usd,
         /// Spend allowed over a rolling 24 hours.
         daily: Usd = Usd,
+        /// Spend allowed over a rolling 7 days (on a calendar: this week).
+        weekly: Usd = Usd,
         /// Spend allowed over a rolling 30 days.
         monthly: Usd = Usd,
         /// Name shown in reasons and metrics instead of the id (API keys are secrets).
         alias: Alias = Alias,
+        /// `rolling` or `calendar` for this id's budgets.
+        period: Inherit<Choice<BudgetPeriod>> = Inherit(Choice(BudgetPeriod::Rolling, PERIODS), "`limits.budgets.period`"),
+        /// As `limits.budgets.timezone`, for this id; needs `period: calendar` here or there.
+        timezone: Inherit<Zone> = Inherit(Zone, "`limits.budgets.timezone`"),
+        /// As `limits.budgets.week_start`, for this id.
+        week_start: Inherit<Choice<u8>> = Inherit(Choice(0, WEEKDAYS), "`limits.budgets.week_start`"),
+        /// As `limits.budgets.month_anchor_day`, for this id.
+        month_anchor_day: Inherit<Day> = Inherit(Day, "`limits.budgets.month_anchor_day`"),
     };
 
     /// `limits.rate_limits`.
@@ -431,7 +476,12 @@ declare! {
 pub(crate) struct RawCombined {
     hourly: Option<f64>,
     daily: Option<f64>,
+    weekly: Option<f64>,
     monthly: Option<f64>,
+    period: Option<String>,
+    timezone: Option<String>,
+    week_start: Option<String>,
+    month_anchor_day: Option<u64>,
     requests_per_second: Option<u64>,
     requests_per_minute: Option<u64>,
     requests_per_hour: Option<u64>,
@@ -447,7 +497,12 @@ impl RawCombined {
         let RawCombined {
             hourly,
             daily,
+            weekly,
             monthly,
+            period,
+            timezone,
+            week_start,
+            month_anchor_day,
             requests_per_second,
             requests_per_minute,
             requests_per_hour,
@@ -459,8 +514,13 @@ impl RawCombined {
         let budget = RawBudget {
             hourly: *hourly,
             daily: *daily,
+            weekly: *weekly,
             monthly: *monthly,
             alias: alias.clone(),
+            period: period.clone(),
+            timezone: timezone.clone(),
+            week_start: week_start.clone(),
+            month_anchor_day: *month_anchor_day,
         };
         let rate = RawRate {
             requests_per_second: *requests_per_second,

@@ -817,6 +817,80 @@ impl Setting for Alias {
     }
 }
 
+/// Another kind whose value, when unset, comes from another key (`.1`
+/// names it in the reference table).
+pub(crate) struct Inherit<K>(pub K, pub &'static str);
+
+impl<K: Setting> Setting for Inherit<K> {
+    type Raw = K::Raw;
+    type Value = Option<K::Value>;
+    const ENV: Option<EnvKind> = K::ENV;
+
+    fn check(&self, key: &str, raw: Option<&K::Raw>) -> Result<Option<K::Value>> {
+        raw.map(|r| self.0.check(key, Some(r))).transpose()
+    }
+
+    fn type_doc(&self) -> String {
+        self.0.type_doc()
+    }
+
+    fn default_doc(&self) -> String {
+        self.1.to_owned()
+    }
+}
+
+/// An IANA time zone name, known to the time-zone database built in.
+pub(crate) struct Zone;
+
+impl Setting for Zone {
+    type Raw = String;
+    type Value = String;
+    const ENV: Option<EnvKind> = Some(EnvKind::Text);
+
+    fn check(&self, key: &str, raw: Option<&String>) -> Result<String> {
+        let Some(name) = raw else {
+            return Ok("UTC".to_owned());
+        };
+        let name = name.trim();
+        limits_core::Calendar::new(name, 0, 1)
+            .map(|_| name.to_owned())
+            .map_err(|e| ConfigError::new(key, e.to_string()))
+    }
+
+    fn type_doc(&self) -> String {
+        "IANA time zone".to_owned()
+    }
+
+    fn default_doc(&self) -> String {
+        "`UTC`".to_owned()
+    }
+}
+
+/// A day of the month, 1 to 31.
+pub(crate) struct Day;
+
+impl Setting for Day {
+    type Raw = u64;
+    type Value = u8;
+    const ENV: Option<EnvKind> = Some(EnvKind::Number);
+
+    fn check(&self, key: &str, raw: Option<&u64>) -> Result<u8> {
+        match raw {
+            None => Ok(1),
+            Some(&n) if (1..=31).contains(&n) => Ok(n as u8),
+            Some(n) => Err(ConfigError::new(key, format!("must be 1 to 31, got {n}"))),
+        }
+    }
+
+    fn type_doc(&self) -> String {
+        "integer 1–31".to_owned()
+    }
+
+    fn default_doc(&self) -> String {
+        "`1`".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
     raw.check()?;
     let budgets = raw.budgets.check()?;
     let rates = raw.rate_limits.check()?;
-    let table = table::build(&raw, budgets.enabled, rates.enabled)?;
+    let table = table::build(&raw, &budgets, rates.enabled)?;
 
     let enforcement = raw.enforcement.check()?;
     let downgrades = &raw.enforcement.model_downgrades;

@@ -4,16 +4,77 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use limits_core::{Dimension, LimitKind, LimitTable, SubjectLimits};
+use limits_core::{Calendar, Dimension, LimitKind, LimitTable, SubjectLimits};
 
 use crate::config::error::{ConfigError, Result};
-use crate::config::keys::{BudgetKeys, RateKeys, RawLimits};
+use crate::config::keys::{BudgetKeys, BudgetPeriod, BudgetSettings, RateKeys, RawLimits};
+
+/// An id's budgets, with the calendar they reset on (`None`: they roll).
+#[derive(Debug)]
+struct Budget {
+    keys: BudgetKeys,
+    calendar: Option<Arc<Calendar>>,
+}
+
+/// The calendars of the budget entries: each entry's `period`,
+/// `timezone`, `week_start` and `month_anchor_day`, or the section's. One
+/// calendar per distinct setting, shared by its entries, so that each
+/// remembers its current periods for all of them.
+struct Calendars<'a> {
+    section: &'a BudgetSettings,
+    made: BTreeMap<(String, u8, u8), Arc<Calendar>>,
+}
+
+impl Calendars<'_> {
+    fn budget(&mut self, key: &str, keys: BudgetKeys) -> Result<Budget> {
+        let period = keys.period.unwrap_or(self.section.period);
+        if period == BudgetPeriod::Rolling {
+            let set = [
+                ("timezone", keys.timezone.is_some()),
+                ("week_start", keys.week_start.is_some()),
+                ("month_anchor_day", keys.month_anchor_day.is_some()),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    format!("{key}.{name}"),
+                    "applies only to calendar budgets: set `period: calendar` here or in \
+                     limits.budgets",
+                ));
+            }
+            return Ok(Budget {
+                keys,
+                calendar: None,
+            });
+        }
+        let zone = keys
+            .timezone
+            .clone()
+            .unwrap_or_else(|| self.section.timezone.clone());
+        let week_start = keys.week_start.unwrap_or(self.section.week_start);
+        let anchor = keys
+            .month_anchor_day
+            .unwrap_or(self.section.month_anchor_day);
+        let calendar = match self.made.entry((zone, week_start, anchor)) {
+            std::collections::btree_map::Entry::Occupied(c) => Arc::clone(c.get()),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let (zone, week_start, anchor) = v.key();
+                let c = Calendar::new(zone, *week_start, *anchor)
+                    .map_err(|e| ConfigError::new(format!("{key}.timezone"), e.to_string()))?;
+                Arc::clone(v.insert(Arc::new(c)))
+            }
+        };
+        Ok(Budget {
+            keys,
+            calendar: Some(calendar),
+        })
+    }
+}
 
 /// What the config says about one id of one dimension. `None` in a family
 /// means "not listed there", so the family's default applies.
 #[derive(Debug, Default)]
 struct Entry {
-    budget: Option<BudgetKeys>,
+    budget: Option<Budget>,
     rate: Option<RateKeys>,
     /// The alias and the key that set it, to name both sides of a conflict.
     alias: Option<(Arc<str>, String)>,
@@ -47,9 +108,14 @@ const DIMENSIONS: [(Dimension, &str); 4] = [
 
 pub(super) fn build(
     raw: &RawLimits,
-    budgets_enabled: bool,
+    budgets: &BudgetSettings,
     rates_enabled: bool,
 ) -> Result<LimitTable> {
+    let budgets_enabled = budgets.enabled;
+    let mut calendars = Calendars {
+        section: budgets,
+        made: BTreeMap::new(),
+    };
     let mut table = LimitTable::new();
     for (dimension, map) in DIMENSIONS {
         let (budgets, rates, combined) = match dimension {
@@ -68,9 +134,9 @@ pub(super) fn build(
         // an error whether or not it is in force today.
         for (id, b) in budgets {
             let key = format!("limits.budgets.{map}.{id}");
-            let budget = b.check_at(&key)?;
+            let budget = calendars.budget(&key, b.check_at(&key)?)?;
             let entry = entries.entry(id).or_default();
-            entry.set_alias(budget.alias.as_deref(), format!("{key}.alias"))?;
+            entry.set_alias(budget.keys.alias.as_deref(), format!("{key}.alias"))?;
             entry.budget = Some(budget);
         }
         for (id, r) in rates {
@@ -95,9 +161,9 @@ pub(super) fn build(
                 ));
             }
             let (budget, rate) = c.split();
-            let budget = budget.check_at(&key)?;
+            let budget = calendars.budget(&key, budget.check_at(&key)?)?;
             let rate = rate.check_at(&key)?;
-            entry.set_alias(budget.alias.as_deref(), format!("{key}.alias"))?;
+            entry.set_alias(budget.keys.alias.as_deref(), format!("{key}.alias"))?;
             entry.budget = Some(budget);
             entry.rate = Some(rate);
         }
@@ -138,15 +204,17 @@ pub(super) fn build(
 }
 
 fn subject_limits(
-    budget: Option<&BudgetKeys>,
+    budget: Option<&Budget>,
     rate: Option<&RateKeys>,
     alias: Option<&(Arc<str>, String)>,
 ) -> SubjectLimits {
     let mut limits = SubjectLimits::default();
     if let Some(b) = budget {
-        limits.set(LimitKind::BudgetHourly, b.hourly);
-        limits.set(LimitKind::BudgetDaily, b.daily);
-        limits.set(LimitKind::BudgetMonthly, b.monthly);
+        limits.set(LimitKind::BudgetHourly, b.keys.hourly);
+        limits.set(LimitKind::BudgetDaily, b.keys.daily);
+        limits.set(LimitKind::BudgetWeekly, b.keys.weekly);
+        limits.set(LimitKind::BudgetMonthly, b.keys.monthly);
+        limits.set_calendar(b.calendar.clone());
     }
     if let Some(r) = rate {
         limits.set(LimitKind::RequestsPerSecond, r.requests_per_second);
