@@ -149,7 +149,12 @@ impl Calendar {
                 let first = today
                     .checked_sub(jiff::Span::new().days(offset))
                     .unwrap_or(Date::MIN);
-                (first, first.checked_add(jiff::Span::new().days(7)).unwrap_or(Date::MAX))
+                (
+                    first,
+                    first
+                        .checked_add(jiff::Span::new().days(7))
+                        .unwrap_or(Date::MAX),
+                )
             }
             Period::Month => {
                 let this = anchored(today, 0, self.anchor_day);

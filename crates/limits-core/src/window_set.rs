@@ -289,10 +289,10 @@ impl WindowSet {
     /// more entries of capacity.
     fn build(by_rank: [Option<&[Entry]>; SLOTS], spare: usize) -> WindowSet {
         let count = by_rank.iter().flatten().count();
-        let ranks = by_rank
-            .iter()
-            .enumerate()
-            .fold(0, |m: Mask, (r, b)| if b.is_some() { m | 1 << r } else { m });
+        let ranks = by_rank.iter().enumerate().fold(
+            0,
+            |m: Mask, (r, b)| if b.is_some() { m | 1 << r } else { m },
+        );
         let len = count + by_rank.iter().flatten().map(|b| b.len()).sum::<usize>();
         let mut buf = Vec::with_capacity(capacity_for(len + spare));
         let mut start = count;
@@ -423,7 +423,11 @@ impl WindowSet {
             drop_any |= m.len == 0 && limits.limit_in(KIND_AT[m.rank]).is_none();
         }
         if drop_any {
-            self.rebuild(|k, w| !w.is_empty() || limits.limit_in(k).is_some(), None, 0);
+            self.rebuild(
+                |k, w| !w.is_empty() || limits.limit_in(k).is_some(),
+                None,
+                0,
+            );
         } else if self.buf.capacity() - live > live.max(GRAIN) {
             // Give back what a burst left, keeping some room so that a
             // subject whose windows empty and refill does not reallocate

@@ -347,6 +347,75 @@ async fn a_runtime_entry_is_enforced_at_once_and_deleting_it_falls_back_to_the_c
     assert_eq!(list[1].subject.as_ref().unwrap().id, "research");
 }
 
+/// A runtime entry may put a subject's budgets on a calendar: checks then
+/// report calendar periods ending at the zone's next midnight, and an
+/// update can take the calendar away again.
+#[tokio::test]
+async fn a_runtime_entry_can_put_budgets_on_a_calendar() {
+    let d = Limitsd::start(&config(BASE));
+    let mut admin = Admin::to(d.addr, Some(WRITE_TOKEN)).await;
+    let created = admin
+        .create(apb::SubjectLimits {
+            daily_usd: Some(2.0),
+            weekly_usd: Some(5.0),
+            calendar: Some(apb::BudgetCalendar {
+                time_zone: "Asia/Tokyo".into(),
+                week_start: "Sunday".into(),
+                month_anchor_day: 0,
+            }),
+            ..entry(team("cal-team"))
+        })
+        .await
+        .expect("create");
+    let cal = created.calendar.clone().expect("the calendar is answered");
+    assert_eq!(
+        (
+            cal.time_zone.as_str(),
+            cal.week_start.as_str(),
+            cal.month_anchor_day
+        ),
+        ("Asia/Tokyo", "sunday", 1)
+    );
+    assert_eq!(created.weekly_usd, Some(5.0));
+    let got = admin.get(team("cal-team")).await.unwrap();
+    assert_eq!(got.calendar, created.calendar);
+
+    let daily = status(&d, team("cal-team"), pb::LimitKind::BudgetDaily).await;
+    assert_eq!(daily.period, pb::BudgetPeriod::Calendar as i32);
+    // Tokyo has no daylight saving: midnight there is 15:00 UTC.
+    let reset = daily.reset_at.expect("a calendar budget always resets");
+    assert_eq!(reset.seconds.rem_euclid(86_400), 15 * 3_600);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(reset.seconds > now && reset.seconds <= now + 86_400);
+    let weekly = status(&d, team("cal-team"), pb::LimitKind::BudgetWeekly).await;
+    assert_eq!(weekly.period, pb::BudgetPeriod::Calendar as i32);
+    assert_eq!(weekly.limit, 5.0);
+
+    // Spend counts against both; clearing the calendar makes them roll.
+    d.client()
+        .await
+        .record_usage(record(vec![team("cal-team")], 1.5))
+        .await
+        .unwrap();
+    assert!(!allowed(&d, team("cal-team"), 1.0).await);
+    let updated = admin
+        .update(
+            team("cal-team"),
+            apb::SubjectLimits::default(),
+            &["calendar"],
+            &got.etag,
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.calendar, None);
+    let daily = status(&d, team("cal-team"), pb::LimitKind::BudgetDaily).await;
+    assert_eq!(daily.period, pb::BudgetPeriod::Rolling as i32);
+    assert_eq!(daily.used, 0.0, "a rolling window counts afresh");
+}
+
 #[tokio::test]
 async fn a_config_reload_keeps_runtime_entries() {
     let d = Limitsd::start(&config(BASE));
@@ -658,6 +727,36 @@ async fn bad_input_names_the_field_and_changes_nothing() {
         ),
         (entry(key("")), "subject_limits.subject.id"),
         (entry(team("t\u{7}")), "subject_limits.subject.id"),
+        (
+            apb::SubjectLimits {
+                calendar: Some(apb::BudgetCalendar {
+                    time_zone: "Mars/Olympus".into(),
+                    ..Default::default()
+                }),
+                ..entry(key("k"))
+            },
+            "subject_limits.calendar.time_zone",
+        ),
+        (
+            apb::SubjectLimits {
+                calendar: Some(apb::BudgetCalendar {
+                    week_start: "someday".into(),
+                    ..Default::default()
+                }),
+                ..entry(key("k"))
+            },
+            "subject_limits.calendar.week_start",
+        ),
+        (
+            apb::SubjectLimits {
+                calendar: Some(apb::BudgetCalendar {
+                    month_anchor_day: 32,
+                    ..Default::default()
+                }),
+                ..entry(key("k"))
+            },
+            "subject_limits.calendar.month_anchor_day",
+        ),
     ];
     for (limits, field) in cases {
         let e = admin.create(limits).await.unwrap_err();
@@ -665,7 +764,7 @@ async fn bad_input_names_the_field_and_changes_nothing() {
         assert!(e.message().starts_with(field), "{field}: {}", e.message());
     }
     let e = admin
-        .update(key("k"), apb::SubjectLimits::default(), &["weekly_usd"], "")
+        .update(key("k"), apb::SubjectLimits::default(), &["yearly_usd"], "")
         .await
         .unwrap_err();
     assert!(

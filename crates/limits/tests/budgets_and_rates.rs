@@ -238,15 +238,24 @@ limits:
     );
     let eng = cfg.table.resolve(Dimension::Team, "eng");
     let cal = eng.calendar().expect("eng follows the section's calendar");
-    assert_eq!((cal.zone(), cal.week_start(), cal.anchor_day()), ("America/New_York", 6, 1));
+    assert_eq!(
+        (cal.zone(), cal.week_start(), cal.anchor_day()),
+        ("America/New_York", 6, 1)
+    );
     assert_eq!(eng.get(LimitKind::BudgetWeekly), Some(usd(500.0)));
     assert_eq!(eng.slot(LimitKind::BudgetDaily), LimitKind::CalendarDaily);
     let ops = cfg.table.resolve(Dimension::Team, "ops");
     let ops_cal = ops.calendar().expect("a calendar");
-    assert_eq!((ops_cal.zone(), ops_cal.week_start(), ops_cal.anchor_day()), ("Asia/Tokyo", 6, 15));
+    assert_eq!(
+        (ops_cal.zone(), ops_cal.week_start(), ops_cal.anchor_day()),
+        ("Asia/Tokyo", 6, 15)
+    );
     let research = cfg.table.resolve(Dimension::Team, "research");
     assert!(research.calendar().is_none(), "its own period wins");
-    assert_eq!(research.slot(LimitKind::BudgetDaily), LimitKind::BudgetDaily);
+    assert_eq!(
+        research.slot(LimitKind::BudgetDaily),
+        LimitKind::BudgetDaily
+    );
     let unlisted = cfg.table.resolve(Dimension::Team, "someone");
     assert!(
         std::sync::Arc::ptr_eq(unlisted.calendar().unwrap(), cal),
@@ -256,7 +265,13 @@ limits:
     assert_eq!(acme.calendar().unwrap().zone(), "UTC");
     // Rolling stays the default.
     let plain = parse("limits:\n  budgets:\n    by_user:\n      u: { daily: 1 }\n");
-    assert!(plain.table.resolve(Dimension::User, "u").calendar().is_none());
+    assert!(
+        plain
+            .table
+            .resolve(Dimension::User, "u")
+            .calendar()
+            .is_none()
+    );
 }
 
 #[test]

@@ -11,9 +11,7 @@ use limits::admin::{
 };
 use limits::runtime::Increase;
 use limits_core::calendar::WEEKDAYS;
-use limits_core::{
-    Calendar, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Resource, Subject,
-};
+use limits_core::{Calendar, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Resource, Subject};
 use limits_store::Store;
 use tonic::{Request, Response, Status};
 
