@@ -64,14 +64,26 @@ fn main() {
     c.bench_function("check_3_subjects_100k_resolved", |b| {
         run(b, &mut pop, false, cpu)
     });
+    drop(pop);
+
+    // The same traffic with the daily and monthly budgets on a calendar:
+    // what calendar periods add to a check (compare with the rows above,
+    // from the same run).
+    let mut cal = Population::with_limits(POPULATION, common::calendar_limits());
+    c.bench_function("check_3_subjects_100k_calendar", |b| {
+        run(b, &mut cal, false, cpu)
+    });
+    c.bench_function("check_record_3_subjects_100k_calendar", |b| {
+        run(b, &mut cal, true, cpu)
+    });
     c.final_summary();
 
     // Shown after the run, so the figures are for state that has been used.
     eprintln!("{}", before.report("memory before the run"));
     eprintln!("{}", after.report("memory after the run"));
     eprintln!(
-        "fake clock advanced {:.1} s over the run; timing: {}",
-        (pop.now.0 - common::START.0) as f64 / 1e9,
+        "fake clock advanced {:.1} s over the calendar run; timing: {}",
+        (cal.now.0 - common::START.0) as f64 / 1e9,
         if cpu { "thread CPU time" } else { "wall clock" }
     );
 }

@@ -394,10 +394,11 @@ fn push_windowed_status(
         Resource::Tokens => counted.saturating_add(held.1),
         Resource::Requests | Resource::Leases => counted,
     };
-    let reset_at = match (slot.period(), lim.calendar()) {
-        (Some(period), Some(calendar)) => Some(calendar.end(period, now)),
-        _ => window.and_then(|w| w.reset_at(kind.window().expect("windowed kind"))),
-    };
+    // A calendar period's bucket ends with it; with none yet, the calendar
+    // says when the current period ends.
+    let reset_at = window
+        .and_then(|w| w.reset_at(slot.lifetime().expect("windowed kind")))
+        .or_else(|| Some(lim.calendar()?.end(slot.period()?, now)));
     out.push(LimitStatus {
         subject,
         kind: slot,

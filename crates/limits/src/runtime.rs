@@ -569,7 +569,7 @@ mod tests {
             &b"not json"[..],
             br#"{"v":2}"#,
             br#"{"v":1,"surprise":true}"#,
-            br#"{"v":1,"entry":{"limits":{"weekly":5},"create_time":0,"update_time":0}}"#,
+            br#"{"v":1,"entry":{"limits":{"yearly":5},"create_time":0,"update_time":0}}"#,
             br#"{"v":1,"entry":{"limits":{"daily":0},"create_time":0,"update_time":0}}"#,
         ] {
             assert!(

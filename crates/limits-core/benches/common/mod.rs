@@ -45,6 +45,14 @@ pub fn subject_limits() -> SubjectLimits {
         .with(LimitKind::TokensPerMinute, nz(10_000_000))
 }
 
+/// The same limits with the daily and monthly budgets on a calendar (New
+/// York, whose current periods each subject's limits share, as config
+/// entries with one calendar do).
+pub fn calendar_limits() -> SubjectLimits {
+    let calendar = limits_core::Calendar::new("America/New_York", 0, 1).expect("a calendar");
+    subject_limits().with_calendar(std::sync::Arc::new(calendar))
+}
+
 /// A small request: $0.001 and 500 tokens estimated.
 pub fn estimate() -> Vec<Attempt> {
     vec![Attempt {
@@ -94,10 +102,18 @@ impl Population {
         Population::from_ids(Population::ids(n))
     }
 
+    /// As [`new`](Self::new), every subject with `limits`.
+    pub fn with_limits(n: usize, limits: SubjectLimits) -> Population {
+        Population::from_ids_with(Population::ids(n), limits)
+    }
+
     /// The population of the given ids, built separately so that a memory
     /// measurement can leave out the ids that stand in for requests.
     pub fn from_ids(ids: [Vec<String>; 3]) -> Population {
-        let limits = subject_limits();
+        Population::from_ids_with(ids, subject_limits())
+    }
+
+    fn from_ids_with(ids: [Vec<String>; 3], limits: SubjectLimits) -> Population {
         let attempts = estimate();
         let actual = actual();
         let policy = Policy::default();
