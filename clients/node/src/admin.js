@@ -14,6 +14,7 @@ const {
 const KINDS = {
   hourlyUsd: ['hourly_usd', 'LIMIT_KIND_BUDGET_HOURLY'],
   dailyUsd: ['daily_usd', 'LIMIT_KIND_BUDGET_DAILY'],
+  weeklyUsd: ['weekly_usd', 'LIMIT_KIND_BUDGET_WEEKLY'],
   monthlyUsd: ['monthly_usd', 'LIMIT_KIND_BUDGET_MONTHLY'],
   requestsPerSecond: ['requests_per_second', 'LIMIT_KIND_REQUESTS_PER_SECOND'],
   requestsPerMinute: ['requests_per_minute', 'LIMIT_KIND_REQUESTS_PER_MINUTE'],
@@ -22,14 +23,17 @@ const KINDS = {
   tokensPerHour: ['tokens_per_hour', 'LIMIT_KIND_TOKENS_PER_HOUR'],
   maxConcurrent: ['max_concurrent', 'LIMIT_KIND_MAX_CONCURRENT'],
 };
-const USD = new Set(['hourlyUsd', 'dailyUsd', 'monthlyUsd']);
+const USD = new Set(['hourlyUsd', 'dailyUsd', 'weeklyUsd', 'monthlyUsd']);
 const KIND_OF = Object.fromEntries(Object.entries(KINDS).map(([name, [, kind]]) => [kind, name]));
-// Every field of an entry a request may set: the limits, an alias, an expiry.
+// Every field of an entry a request may set: the limits, an alias, an
+// expiry, the calendar its budgets reset on.
 const FIELDS = {
   ...Object.fromEntries(Object.entries(KINDS).map(([name, [field]]) => [name, field])),
   alias: 'alias',
   expireTime: 'expire_time',
+  calendar: 'calendar',
 };
+const PERIODS = { BUDGET_PERIOD_ROLLING: 'rolling', BUDGET_PERIOD_CALENDAR: 'calendar' };
 const DIMENSIONS = { apiKey: 'DIMENSION_API_KEY', user: 'DIMENSION_USER', team: 'DIMENSION_TEAM', org: 'DIMENSION_ORG' };
 
 /** An API key named by the keyed hash answers show (32 hex digits), not by the key. */
@@ -84,6 +88,15 @@ function entryMessage(subject, fields) {
       msg.alias = v;
     } else if (k === 'expireTime') {
       msg.expire_time = timestamp(k, v);
+    } else if (k === 'calendar') {
+      if (typeof v !== 'object' || typeof v.timeZone !== 'string') {
+        throw new TypeError('limitsd: calendar: expected { timeZone, weekStart?, monthAnchorDay? }');
+      }
+      msg.calendar = {
+        time_zone: v.timeZone,
+        week_start: v.weekStart ?? '',
+        month_anchor_day: v.monthAnchorDay ?? 0,
+      };
     } else if (USD.has(k)) {
       if (typeof v !== 'number') throw new TypeError(`limitsd: ${k}: expected US dollars as a number`);
       msg[FIELDS[k]] = v;
@@ -109,6 +122,9 @@ function subjectLimitsOf(m) {
     createTime: dateOf(m.create_time),
     updateTime: dateOf(m.update_time),
     increases: m.increases.map(increaseOf),
+    calendar: m.calendar
+      ? { timeZone: m.calendar.time_zone, weekStart: m.calendar.week_start, monthAnchorDay: m.calendar.month_anchor_day }
+      : null,
   });
 }
 
@@ -121,6 +137,7 @@ function limitStateOf(s) {
     used: s.used,
     remaining: s.remaining,
     resetAt: dateOf(s.reset_at),
+    period: PERIODS[s.period] ?? null,
   };
 }
 

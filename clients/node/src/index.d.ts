@@ -239,15 +239,29 @@ export function org(id: string): Subject;
 
 /** A limit, by the name of its field in a runtime entry. */
 export type Kind =
-  | 'hourlyUsd' | 'dailyUsd' | 'monthlyUsd'
+  | 'hourlyUsd' | 'dailyUsd' | 'weeklyUsd' | 'monthlyUsd'
   | 'requestsPerSecond' | 'requestsPerMinute' | 'requestsPerHour'
   | 'tokensPerMinute' | 'tokensPerHour' | 'maxConcurrent';
 
+/**
+ * Where calendar budget periods begin: the daily, weekly and monthly budgets
+ * reset at local midnight, on `weekStart` and on `monthAnchorDay` (clamped to
+ * short months) in `timeZone`, an IANA name, instead of rolling.
+ */
+export interface BudgetCalendar {
+  timeZone: string;
+  /** 'monday' (the default) to 'sunday'. */
+  weekStart?: string;
+  /** 1 (the default) to 31. */
+  monthAnchorDay?: number;
+}
+
 /** The fields of a runtime entry. Left out (or null): no limit of that kind. */
 export interface LimitFields {
-  /** USD budgets over the last hour, 24 hours and 30 days. */
+  /** USD budgets over the last hour, 24 hours, 7 days and 30 days (on a calendar: today, this week, this month). */
   hourlyUsd?: number | null;
   dailyUsd?: number | null;
+  weeklyUsd?: number | null;
   monthlyUsd?: number | null;
   /** Whole numbers. */
   requestsPerSecond?: number | null;
@@ -260,6 +274,8 @@ export interface LimitFields {
   alias?: string | null;
   /** When the entry falls away by itself. */
   expireTime?: Date | null;
+  /** Put the budgets on a calendar; left out (or null): they roll. */
+  calendar?: BudgetCalendar | null;
 }
 
 export interface BudgetIncrease {
@@ -276,6 +292,7 @@ export interface SubjectLimits {
   keyHash: string;
   hourlyUsd: number | null;
   dailyUsd: number | null;
+  weeklyUsd: number | null;
   monthlyUsd: number | null;
   requestsPerSecond: number | null;
   requestsPerMinute: number | null;
@@ -291,6 +308,8 @@ export interface SubjectLimits {
   updateTime: Date | null;
   /** Temporary increases still active. */
   increases: BudgetIncrease[];
+  /** The calendar the budgets reset on; null when they roll. */
+  calendar: Required<BudgetCalendar> | null;
 }
 
 /** One limit of a subject after an adjustment or a reset (an API key named by its hash). */
@@ -302,7 +321,10 @@ export interface LimitState {
   limit: number;
   used: number;
   remaining: number;
+  /** For a calendar budget, when its period ends. */
   resetAt: Date | null;
+  /** For a budget, 'rolling' or 'calendar'; null for other limits. */
+  period: 'rolling' | 'calendar' | null;
 }
 
 export interface AuditEvent {

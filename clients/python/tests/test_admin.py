@@ -19,6 +19,7 @@ from limitsd import (
     AdminClient,
     AsyncAdminClient,
     AsyncLimitsClient,
+    Calendar,
     LimitsClient,
     LimitsError,
     api_key,
@@ -82,6 +83,35 @@ def test_a_key_limited_then_topped_up_and_the_audit_trail_shows_both(start_secur
     assert events[1].before is None and events[1].after is not None
     assert KEY_ID not in repr(events), "a raw key in the audit trail"
     assert WRITE_TOKEN not in repr(events)
+
+
+def test_a_runtime_entry_puts_budgets_on_a_calendar(start_secure: Start) -> None:
+    s = start_secure()
+    subject = team("calendar-team")
+    with admin(s) as a, limits(s) as c:
+        entry = a.create_limits(
+            subject,
+            daily_usd=2.0,
+            weekly_usd=5.0,
+            calendar=Calendar(time_zone="Asia/Tokyo", week_start="sunday"),
+            reason="budgets reset at midnight in Tokyo",
+        )
+        assert entry.weekly_usd == 5.0
+        assert entry.calendar == Calendar(time_zone="Asia/Tokyo", week_start="sunday", month_anchor_day=1)
+        st = daily(c, subject)
+        assert st.period == pb.BUDGET_PERIOD_CALENDAR
+        # Tokyo has no daylight saving: its midnight is 15:00 UTC.
+        assert st.reset_at.seconds % 86_400 == 15 * 3_600
+        c.record([subject], model="gpt-4", cost_usd=1.5)
+        assert not allowed(c, 1.0, subject), "$1.50 of today's $2 is spent"
+        # Taking the calendar away makes the budgets roll again.
+        rolled = a.update_limits(entry, calendar=None, etag=entry.etag, reason="back to rolling")
+        assert rolled.calendar is None and rolled.weekly_usd == 5.0
+        assert daily(c, subject).period == pb.BUDGET_PERIOD_ROLLING
+        with pytest.raises(LimitsError) as bad:
+            a.update_limits(entry, calendar=Calendar(time_zone="Mars/Olympus"), reason="typo")
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.field == "subject_limits.calendar.time_zone"
 
 
 def test_the_asyncio_clients_credit_usage_back(start_secure: Start) -> None:
@@ -217,8 +247,8 @@ def test_bad_input_names_the_field(start_secure: Start) -> None:
             a.adjust_usage(KEY, usd=1.0, tokens=5, reason="x")
         with pytest.raises(ValueError, match="aware datetime"):
             a.raise_budget(KEY, "daily_usd", 1.0, until=datetime.now(), reason="x")
-        with pytest.raises(TypeError, match="weekly_usd"):
-            a.create_limits(KEY, weekly_usd=1.0)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="yearly_usd"):
+            a.create_limits(KEY, yearly_usd=1.0)  # type: ignore[call-arg]
         with pytest.raises(ValueError, match="at least one field"):
             a.update_limits(KEY)
 

@@ -386,19 +386,31 @@ fn push_windowed_status(
     let Some(limit) = limits[kind.index()] else {
         return;
     };
-    let slot = lim.slot(kind);
-    let window = windows.get(slot);
+    // Each arm with its kind a constant, so that the window's bucket
+    // arithmetic folds (as `kind` does in the rolling arm).
+    let (slot, window, reset_at) = match (kind.calendar(), lim.calendar()) {
+        (Some(slot), Some(calendar)) => {
+            let window = windows.get(slot);
+            // The period's bucket ends with it; with none yet, the calendar
+            // says when the current period ends.
+            let reset_at = match window.and_then(|w| w.reset_at(Nanos::ZERO)) {
+                Some(t) => Some(t),
+                None => slot.period().map(|p| calendar.end(p, now)),
+            };
+            (slot, window, reset_at)
+        }
+        _ => {
+            let window = windows.get(kind);
+            let length = kind.window().expect("windowed kind");
+            (kind, window, window.and_then(|w| w.reset_at(length)))
+        }
+    };
     let counted = window.map_or(0, |w| w.total());
     let used = match kind.resource() {
         Resource::Cost => counted.saturating_add(held.0),
         Resource::Tokens => counted.saturating_add(held.1),
         Resource::Requests | Resource::Leases => counted,
     };
-    // A calendar period's bucket ends with it; with none yet, the calendar
-    // says when the current period ends.
-    let reset_at = window
-        .and_then(|w| w.reset_at(slot.lifetime().expect("windowed kind")))
-        .or_else(|| Some(lim.calendar()?.end(slot.period()?, now)));
     out.push(LimitStatus {
         subject,
         kind: slot,

@@ -190,11 +190,14 @@ pub fn status_table(statuses: &[pb::LimitStatus], now: SystemTime) -> Table {
     let mut t = table(&header);
     for s in statuses {
         let kind = Kind::from_pb(s.kind);
-        let window = s
+        let mut window = s
             .window
             .as_ref()
             .and_then(|w| Duration::try_from(*w).ok())
             .map_or_else(|| "-".to_owned(), compact);
+        if s.period == pb::BudgetPeriod::Calendar as i32 {
+            window.push_str(", calendar");
+        }
         let mut max = amount(kind, s.limit);
         if s.raised > 0.0 {
             max = format!("{max} (+{} raised)", amount(kind, s.raised));
@@ -246,6 +249,11 @@ pub fn status_json(s: &pb::LimitStatus, now: SystemTime) -> Value {
             shown => json!(shown),
         },
         "exceeded": s.exceeded,
+        "period": match pb::BudgetPeriod::try_from(s.period) {
+            Ok(pb::BudgetPeriod::Rolling) => json!("rolling"),
+            Ok(pb::BudgetPeriod::Calendar) => json!("calendar"),
+            _ => Value::Null,
+        },
     })
 }
 

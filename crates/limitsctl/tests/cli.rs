@@ -275,6 +275,58 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
 }
 
+/// `limits set --calendar` puts a subject's budgets on a calendar: the
+/// entry and `usage` say so, and its daily budget resets at midnight in
+/// the zone given.
+#[test]
+fn budgets_on_a_calendar() {
+    let d = Limitsd::start(&config());
+    let ops = Some(OPS);
+    // A team's budgets on a calendar: shown as such, resetting at
+    // midnight in Tokyo (15:00 UTC).
+    let set = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                "team=tokyo",
+                "--daily",
+                "3",
+                "--weekly",
+                "9",
+                "--calendar",
+                "Asia/Tokyo",
+                "--week-start",
+                "sunday",
+                "--reason",
+                "local days",
+            ],
+        )
+        .ok();
+    assert!(
+        row(&set, "calendar").contains("Asia/Tokyo, weeks from sunday, months from day 1"),
+        "{set}"
+    );
+    assert!(row(&set, "weekly").contains("$9.00"), "{set}");
+    assert!(row(&d.ctl(ops, &["usage", "team=tokyo"]).ok(), "daily").contains("calendar"));
+    let doc = d.ctl(ops, &["usage", "team=tokyo", "-o", "json"]).json();
+    assert_eq!(limit(&doc, "daily")["period"], "calendar");
+    assert_eq!(limit(&doc, "weekly")["period"], "calendar");
+    let reset = limit(&doc, "daily")["reset_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reset.ends_with("T15:00:00Z"), "{reset}");
+    let e = d
+        .ctl(
+            ops,
+            &["limits", "set", "team=tokyo", "--calendar", "Nowhere/Town"],
+        )
+        .fails(1);
+    assert!(e.contains("subject_limits.calendar.time_zone"), "{e}");
+}
+
 #[test]
 fn runtime_limits_budgets_and_the_audit_trail() {
     let d = Limitsd::start(&config());

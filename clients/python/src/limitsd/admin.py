@@ -38,6 +38,7 @@ R = TypeVar("R")
 Kind = Literal[
     "hourly_usd",
     "daily_usd",
+    "weekly_usd",
     "monthly_usd",
     "requests_per_second",
     "requests_per_minute",
@@ -49,6 +50,7 @@ Kind = Literal[
 _KINDS: dict[Kind, pb.LimitKind] = {
     "hourly_usd": pb.LIMIT_KIND_BUDGET_HOURLY,
     "daily_usd": pb.LIMIT_KIND_BUDGET_DAILY,
+    "weekly_usd": pb.LIMIT_KIND_BUDGET_WEEKLY,
     "monthly_usd": pb.LIMIT_KIND_BUDGET_MONTHLY,
     "requests_per_second": pb.LIMIT_KIND_REQUESTS_PER_SECOND,
     "requests_per_minute": pb.LIMIT_KIND_REQUESTS_PER_MINUTE,
@@ -68,14 +70,28 @@ _DIMENSIONS: dict[Dimension, pb.Dimension] = {
 }
 
 
+@dataclass(frozen=True)
+class Calendar:
+    """Where calendar budget periods begin: the daily, weekly and monthly
+    budgets of an entry with a calendar reset at local midnight, on
+    ``week_start`` and on ``month_anchor_day`` (clamped to short months) in
+    ``time_zone``, an IANA name, instead of rolling."""
+
+    time_zone: str = "UTC"
+    week_start: str = "monday"
+    month_anchor_day: int = 1
+
+
 class Limits(TypedDict, total=False):
     """The fields of a runtime entry: keyword arguments of ``create_limits``
     and ``update_limits``. A limit left out (or ``None``) is no limit of
     that kind: the subject's config entry does not show through."""
 
-    #: USD budgets over the last hour, 24 hours and 30 days.
+    #: USD budgets over the last hour, 24 hours, 7 days and 30 days (with a
+    #: calendar: today, this week, this month).
     hourly_usd: float | None
     daily_usd: float | None
+    weekly_usd: float | None
     monthly_usd: float | None
     #: Request and token rates.
     requests_per_second: int | None
@@ -90,9 +106,11 @@ class Limits(TypedDict, total=False):
     #: When the entry falls away by itself: an aware datetime, or a
     #: timedelta from now.
     expire_time: datetime | timedelta | None
+    #: Put the budgets on a calendar; None (or left out) keeps them rolling.
+    calendar: Calendar | None
 
 
-_USD_FIELDS = frozenset({"hourly_usd", "daily_usd", "monthly_usd"})
+_USD_FIELDS = frozenset({"hourly_usd", "daily_usd", "weekly_usd", "monthly_usd"})
 _COUNT_FIELDS = frozenset(_KINDS) - _USD_FIELDS
 _FIELDS = frozenset(Limits.__annotations__)
 
@@ -133,6 +151,7 @@ class SubjectLimits:
     key_hash: str
     hourly_usd: float | None
     daily_usd: float | None
+    weekly_usd: float | None
     monthly_usd: float | None
     requests_per_second: int | None
     requests_per_minute: int | None
@@ -147,6 +166,8 @@ class SubjectLimits:
     update_time: datetime | None
     #: Temporary increases still active.
     increases: tuple[BudgetIncrease, ...]
+    #: The calendar the budgets reset on; None when they roll.
+    calendar: Calendar | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +185,10 @@ class LimitState:
     used: float
     remaining: float
     #: When the oldest amount in the window expires; None when it is empty.
+    #: For a calendar budget, when its period ends.
     reset_at: datetime | None
+    #: For a budget, ``"rolling"`` or ``"calendar"``; None for other limits.
+    period: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +259,16 @@ def _entry(subject: pb.Subject | None, fields: Mapping[str, Any]) -> apb.Subject
             msg.alias = value
         elif name == "expire_time":
             msg.expire_time.CopyFrom(_timestamp(name, value))
+        elif name == "calendar":
+            if not isinstance(value, Calendar):
+                raise TypeError(f"calendar: expected Calendar(time_zone=...), got {value!r}")
+            msg.calendar.CopyFrom(
+                apb.BudgetCalendar(
+                    time_zone=value.time_zone,
+                    week_start=value.week_start,
+                    month_anchor_day=value.month_anchor_day,
+                )
+            )
         elif name in _USD_FIELDS:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name}: expected US dollars as a float, got {value!r}")
@@ -332,6 +366,7 @@ def _subject_limits(m: apb.SubjectLimits) -> SubjectLimits:
         key_hash=m.key_hash,
         hourly_usd=_optional(m, "hourly_usd"),
         daily_usd=_optional(m, "daily_usd"),
+        weekly_usd=_optional(m, "weekly_usd"),
         monthly_usd=_optional(m, "monthly_usd"),
         requests_per_second=_optional(m, "requests_per_second"),
         requests_per_minute=_optional(m, "requests_per_minute"),
@@ -345,7 +380,15 @@ def _subject_limits(m: apb.SubjectLimits) -> SubjectLimits:
         create_time=_time(m, "create_time"),
         update_time=_time(m, "update_time"),
         increases=tuple(_increase(i) for i in m.increases),
+        calendar=_calendar(m.calendar) if m.HasField("calendar") else None,
     )
+
+
+def _calendar(c: apb.BudgetCalendar) -> Calendar:
+    return Calendar(time_zone=c.time_zone, week_start=c.week_start, month_anchor_day=c.month_anchor_day)
+
+
+_PERIODS = {pb.BUDGET_PERIOD_ROLLING: "rolling", pb.BUDGET_PERIOD_CALENDAR: "calendar"}
 
 
 def _limit_state(s: pb.LimitStatus) -> LimitState:
@@ -357,6 +400,7 @@ def _limit_state(s: pb.LimitStatus) -> LimitState:
         used=s.used,
         remaining=s.remaining,
         reset_at=_time(s, "reset_at"),
+        period=_PERIODS.get(s.period),
     )
 
 

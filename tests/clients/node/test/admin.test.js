@@ -83,6 +83,39 @@ describe('the admin flow over TLS with tokens', () => {
       reader.close();
     }
   });
+
+  test('a runtime entry puts budgets on a calendar, and taking it away makes them roll', async () => {
+    const admin = adminOf(s);
+    const c = limitsOf(s);
+    const subject = team('calendar-team');
+    try {
+      const entry = await admin.createLimits(subject, {
+        dailyUsd: 2.0,
+        weeklyUsd: 5.0,
+        calendar: { timeZone: 'Asia/Tokyo', weekStart: 'sunday' },
+        reason: 'budgets reset at midnight in Tokyo',
+      });
+      assert.equal(entry.weeklyUsd, 5.0);
+      assert.deepEqual(entry.calendar, { timeZone: 'Asia/Tokyo', weekStart: 'sunday', monthAnchorDay: 1 });
+      const st = await daily(c, subject);
+      assert.equal(st.period, 'BUDGET_PERIOD_CALENDAR');
+      // Tokyo has no daylight saving: its midnight is 15:00 UTC.
+      assert.equal(Number(st.reset_at.seconds) % 86400, 15 * 3600);
+      await c.record({ subjects: [subject], model: 'gpt-4', costUsd: 1.5 });
+      assert.equal(await allowed(c, 1.0, subject), false, '$1.50 of today\'s $2 is spent');
+      const rolled = await admin.updateLimits(entry, { calendar: null, etag: entry.etag, reason: 'back to rolling' });
+      assert.equal(rolled.calendar, null);
+      assert.equal((await daily(c, subject)).period, 'BUDGET_PERIOD_ROLLING');
+      await rejectsWith(
+        admin.updateLimits(entry, { calendar: { timeZone: 'Mars/Olympus' }, reason: 'typo' }),
+        grpc.status.INVALID_ARGUMENT,
+        (err) => err.field === 'subject_limits.calendar.time_zone',
+      );
+    } finally {
+      admin.close();
+      c.close();
+    }
+  });
 });
 
 describe('the admin client', () => {
@@ -186,7 +219,7 @@ describe('the admin client', () => {
     await rejectsWith(admin.adjustUsage(apiKey('sk-bad'), { usd: 1, reason: '' }), grpc.status.INVALID_ARGUMENT,
       (err) => err.field === 'reason');
     await assert.rejects(admin.adjustUsage(KEY, { usd: 1, tokens: 5, reason: 'x' }), /exactly one of usd, requests or tokens/);
-    await assert.rejects(admin.createLimits(KEY, { weeklyUsd: 1 }), /weeklyUsd is not a field/);
+    await assert.rejects(admin.createLimits(KEY, { yearlyUsd: 1 }), /yearlyUsd is not a field/);
     await assert.rejects(admin.updateLimits(KEY, { reason: 'nothing' }), /at least one field/);
     await assert.rejects(admin.raiseBudget(KEY, { kind: 'daily', amount: 1, forSeconds: 1, reason: 'x' }), /not one of/);
   });

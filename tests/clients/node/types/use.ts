@@ -65,8 +65,9 @@ async function administer(admin: AdminClient): Promise<string[]> {
 }
 void administer(new AdminClient('127.0.0.1:50051', { tls: true, token: 'w', timeoutMs: 2000 }));
 
+void new AdminClient('x').createLimits(apiKey('k'), { weeklyUsd: 1, calendar: { timeZone: 'Europe/Paris', weekStart: 'sunday' } });
 // @ts-expect-error: a limit the entry does not have
-void new AdminClient('x').createLimits(apiKey('k'), { weeklyUsd: 1 });
+void new AdminClient('x').createLimits(apiKey('k'), { yearlyUsd: 1 });
 // @ts-expect-error: a budget operation needs a reason
 void new AdminClient('x').adjustUsage(apiKey('k'), { usd: 1 });
 // @ts-expect-error: an increase needs an end (until or forSeconds)
