@@ -21,6 +21,10 @@ const KINDS = {
   requestsPerHour: ['requests_per_hour', 'LIMIT_KIND_REQUESTS_PER_HOUR'],
   tokensPerMinute: ['tokens_per_minute', 'LIMIT_KIND_TOKENS_PER_MINUTE'],
   tokensPerHour: ['tokens_per_hour', 'LIMIT_KIND_TOKENS_PER_HOUR'],
+  inputTokensPerMinute: ['input_tokens_per_minute', 'LIMIT_KIND_INPUT_TOKENS_PER_MINUTE'],
+  inputTokensPerHour: ['input_tokens_per_hour', 'LIMIT_KIND_INPUT_TOKENS_PER_HOUR'],
+  outputTokensPerMinute: ['output_tokens_per_minute', 'LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE'],
+  outputTokensPerHour: ['output_tokens_per_hour', 'LIMIT_KIND_OUTPUT_TOKENS_PER_HOUR'],
   maxConcurrent: ['max_concurrent', 'LIMIT_KIND_MAX_CONCURRENT'],
 };
 const USD = new Set(['hourlyUsd', 'dailyUsd', 'weeklyUsd', 'monthlyUsd']);

@@ -138,6 +138,10 @@ export interface CheckOptions {
   subjects: Subject[];
   model?: string;
   estimatedTokens?: number;
+  /** Of `estimatedTokens`, the input part, for input token limits. */
+  estimatedInputTokens?: number;
+  /** Of `estimatedTokens`, the output part, for output token limits. */
+  estimatedOutputTokens?: number;
   estimatedCostUsd?: number;
   reserve?: boolean;
   /** Seconds. */
@@ -241,7 +245,9 @@ export function org(id: string): Subject;
 export type Kind =
   | 'hourlyUsd' | 'dailyUsd' | 'weeklyUsd' | 'monthlyUsd'
   | 'requestsPerSecond' | 'requestsPerMinute' | 'requestsPerHour'
-  | 'tokensPerMinute' | 'tokensPerHour' | 'maxConcurrent';
+  | 'tokensPerMinute' | 'tokensPerHour'
+  | 'inputTokensPerMinute' | 'inputTokensPerHour' | 'outputTokensPerMinute' | 'outputTokensPerHour'
+  | 'maxConcurrent';
 
 /**
  * Where calendar budget periods begin: the daily, weekly and monthly budgets
@@ -269,6 +275,10 @@ export interface LimitFields {
   requestsPerHour?: number | null;
   tokensPerMinute?: number | null;
   tokensPerHour?: number | null;
+  inputTokensPerMinute?: number | null;
+  inputTokensPerHour?: number | null;
+  outputTokensPerMinute?: number | null;
+  outputTokensPerHour?: number | null;
   maxConcurrent?: number | null;
   /** Shown instead of the id in reasons, metrics and the audit trail. */
   alias?: string | null;
@@ -299,6 +309,10 @@ export interface SubjectLimits {
   requestsPerHour: number | null;
   tokensPerMinute: number | null;
   tokensPerHour: number | null;
+  inputTokensPerMinute: number | null;
+  inputTokensPerHour: number | null;
+  outputTokensPerMinute: number | null;
+  outputTokensPerHour: number | null;
   maxConcurrent: number | null;
   alias: string;
   expireTime: Date | null;

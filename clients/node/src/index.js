@@ -63,9 +63,14 @@ class LimitsClient extends BaseClient {
   }
 
   /** CheckLimits. A denial is an answer (`allowed` false), not an error. */
-  check({ subjects, model = '', estimatedTokens = 0, estimatedCostUsd, reserve = false, reservationTtl, timeoutMs }) {
+  check({
+    subjects, model = '', estimatedTokens = 0, estimatedInputTokens, estimatedOutputTokens, estimatedCostUsd,
+    reserve = false, reservationTtl, timeoutMs,
+  }) {
     const req = { subjects, model, estimated_tokens: estimatedTokens, reserve };
     if (estimatedCostUsd != null) req.estimated_cost_usd = estimatedCostUsd;
+    if (estimatedInputTokens != null) req.estimated_input_tokens = estimatedInputTokens;
+    if (estimatedOutputTokens != null) req.estimated_output_tokens = estimatedOutputTokens;
     if (reservationTtl != null) req.reservation_ttl = duration(reservationTtl);
     return this._call('CheckLimits', req, timeoutMs, this.checkRetry);
   }

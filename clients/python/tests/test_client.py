@@ -161,6 +161,40 @@ limits:
         assert daily_used(c, limitsd.team("ops")) == pytest.approx(0.4)
 
 
+def test_input_and_output_token_limits_take_each_part(start_limitsd: Callable[[str], Limitsd]) -> None:
+    d = start_limitsd(
+        """
+limits:
+  rate_limits:
+    by_api_key: { "io-key": { input_tokens_per_minute: 1000, output_tokens_per_minute: 500 } }
+  storage: { backend: memory }
+"""
+    )
+    key = limitsd.api_key("io-key")
+    with LimitsClient(d.grpc_addr, options=OPTIONS, timeout=5) as c:
+        r = c.check(
+            [key],
+            model="gpt-4",
+            estimated_tokens=1200,
+            estimated_input_tokens=800,
+            estimated_output_tokens=400,
+            estimated_cost_usd=0.0,
+            reserve=True,
+        )
+        assert r.allowed
+        used = {s.kind: s.used for s in r.statuses}
+        assert used[pb.LIMIT_KIND_INPUT_TOKENS_PER_MINUTE] == 800
+        assert used[pb.LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE] == 400
+        # The response ran longer than estimated: 600 output tokens.
+        rec = c.record(
+            [key], reservation_id=r.reservation_id, prompt_tokens=700, completion_tokens=600, cost_usd=0.0
+        )
+        used = {s.kind: s.used for s in rec.statuses}
+        assert (used[pb.LIMIT_KIND_INPUT_TOKENS_PER_MINUTE], used[pb.LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE]) == (700, 600)
+        denied = c.check([key], model="gpt-4", estimated_tokens=1, estimated_output_tokens=1, estimated_cost_usd=0.0)
+        assert not denied.allowed and "output tokens per minute limit" in denied.reason
+
+
 def test_guard_downgrades(start_limitsd: Callable[[str], Limitsd]) -> None:
     d = start_limitsd(
         """

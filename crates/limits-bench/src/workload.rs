@@ -113,6 +113,8 @@ fn check_request(subjects: Vec<pb::Subject>, reserve: bool) -> pb::CheckLimitsRe
         subjects,
         model: "gpt-4".into(),
         estimated_tokens: 1000,
+        estimated_input_tokens: None,
+        estimated_output_tokens: None,
         estimated_cost_usd: Some(0.01),
         reserve,
         reservation_ttl: None,

@@ -119,6 +119,12 @@ pub struct Attempt {
     pub cost: NanoUsd,
     /// The estimated tokens on this model.
     pub tokens: u64,
+    /// The estimated input (prompt) tokens, held against input token
+    /// limits.
+    pub input: u64,
+    /// The estimated output (completion) tokens, held against output token
+    /// limits.
+    pub output: u64,
 }
 
 /// The longest downgrade chain followed; config validation rejects cycles,
@@ -145,6 +151,9 @@ impl Policy {
     /// knows the cheaper model and the caller gave a token estimate.
     ///
     /// `cost` is the caller's estimate; `None` means "price it from tokens".
+    /// Each attempt holds all of `tokens` against the input and the output
+    /// token limits alike (either could be all of it); a caller that knows
+    /// the split sets `input` and `output`.
     pub fn attempts(&self, model: &str, tokens: u64, cost: Option<NanoUsd>) -> Vec<Attempt> {
         let first_cost = cost
             .or_else(|| self.pricing.estimate(model, tokens))
@@ -153,6 +162,8 @@ impl Policy {
             model: model.to_owned(),
             cost: first_cost,
             tokens,
+            input: tokens,
+            output: tokens,
         }];
         if self.mode != EnforcementMode::Downgrade {
             return attempts;
@@ -171,6 +182,8 @@ impl Policy {
                 model: next.clone(),
                 cost: repriced.unwrap_or(first_cost),
                 tokens,
+                input: tokens,
+                output: tokens,
             });
             current = next;
         }

@@ -8,7 +8,7 @@
 use crate::enforcement::{Action, Attempt, EnforcementMode, Policy};
 use crate::limits::{LimitKind, LimitStatus, Resource, SubjectLimits};
 use crate::money::NanoUsd;
-use crate::state::{Hold, LeaseSlot, SubjectState};
+use crate::state::{Held, Hold, LeaseSlot, SubjectState};
 use crate::time::Nanos;
 use crate::window::WindowRef;
 
@@ -117,7 +117,7 @@ impl CheckOutcome {
 }
 
 /// What a usage record charges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordRequest {
     /// The reservation being settled, if any.
     pub reservation: Option<u64>,
@@ -125,6 +125,11 @@ pub struct RecordRequest {
     pub cost: NanoUsd,
     /// The actual tokens to charge.
     pub tokens: u64,
+    /// The actual input (prompt) tokens, charged to input token limits.
+    pub input: u64,
+    /// The actual output (completion) tokens, charged to output token
+    /// limits.
+    pub output: u64,
 }
 
 /// The result of recording usage.
@@ -132,9 +137,9 @@ pub struct RecordRequest {
 pub struct RecordOutcome {
     /// The reservation had already been settled: nothing was charged.
     pub duplicate: bool,
-    /// The estimate (nano-dollars, tokens) the settled reservation held,
-    /// when this record settled one that was still held.
-    pub settled: Option<(u64, u64)>,
+    /// The estimate the settled reservation held, when this record settled
+    /// one that was still held.
+    pub settled: Option<Held>,
     /// Every limit of every subject after the record.
     pub statuses: Vec<LimitStatus>,
     /// A budget reached the alert threshold (counting this record).
@@ -186,6 +191,8 @@ fn amount_for(resource: Resource, attempt: &Attempt) -> u64 {
     match resource {
         Resource::Cost => attempt.cost.0,
         Resource::Tokens => attempt.tokens,
+        Resource::InputTokens => attempt.input,
+        Resource::OutputTokens => attempt.output,
         Resource::Requests | Resource::Leases => 1,
     }
 }
@@ -240,7 +247,7 @@ pub(crate) fn test_limit(
     amount: u64,
     now: Nanos,
     window: Option<WindowRef<'_>>,
-    held: (u64, u64),
+    held: Held,
 ) -> Result<(), Option<Nanos>> {
     let amount = amount.max(1);
     let used = state.used_with(kind, window, held, now);
@@ -290,6 +297,10 @@ fn evaluate(
         test(LimitKind::RequestsPerHour);
         test(LimitKind::TokensPerMinute);
         test(LimitKind::TokensPerHour);
+        test(LimitKind::InputTokensPerMinute);
+        test(LimitKind::InputTokensPerHour);
+        test(LimitKind::OutputTokensPerMinute);
+        test(LimitKind::OutputTokensPerHour);
     }
     (worst, exceeded)
 }
@@ -306,12 +317,14 @@ fn commit(
         if let Some(r) = reserve {
             let holds_anything = lim
                 .windowed()
-                .any(|(k, _)| matches!(k.resource(), Resource::Cost | Resource::Tokens));
+                .any(|(k, _)| !matches!(k.resource(), Resource::Requests));
             if holds_anything {
                 state.push_hold(Hold {
                     id: r.id,
                     cost: attempt.cost.0,
                     tokens: attempt.tokens,
+                    input: attempt.input,
+                    output: attempt.output,
                     expires_at: r.expires_at,
                     settled: false,
                     tag: r.tag,
@@ -352,6 +365,10 @@ pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
         push(LimitKind::RequestsPerHour);
         push(LimitKind::TokensPerMinute);
         push(LimitKind::TokensPerHour);
+        push(LimitKind::InputTokensPerMinute);
+        push(LimitKind::InputTokensPerHour);
+        push(LimitKind::OutputTokensPerMinute);
+        push(LimitKind::OutputTokensPerHour);
         if let Some(limit) = lim.get(LimitKind::MaxConcurrent) {
             let kind = LimitKind::MaxConcurrent;
             out.push(LimitStatus {
@@ -379,7 +396,7 @@ fn push_windowed_status(
     lim: &SubjectLimits,
     limits: &[Option<std::num::NonZeroU64>; crate::limits::WINDOW_KINDS],
     windows: &crate::window_set::ByKind<'_>,
-    held: (u64, u64),
+    held: Held,
     exceeded: &[(usize, LimitKind)],
     now: Nanos,
 ) {
@@ -406,11 +423,7 @@ fn push_windowed_status(
         }
     };
     let counted = window.map_or(0, |w| w.total());
-    let used = match kind.resource() {
-        Resource::Cost => counted.saturating_add(held.0),
-        Resource::Tokens => counted.saturating_add(held.1),
-        Resource::Requests | Resource::Leases => counted,
-    };
+    let used = counted.saturating_add(held.of(kind.resource()));
     out.push(LimitStatus {
         subject,
         kind: slot,
@@ -558,13 +571,22 @@ pub fn record(
     if !duplicate {
         for (state, lim) in states.iter_mut().zip(limits) {
             if let Some(h) = req.reservation.and_then(|id| state.hold_mut(id)) {
-                settled.get_or_insert((h.cost, h.tokens));
+                settled.get_or_insert(Held {
+                    cost: h.cost,
+                    tokens: h.tokens,
+                    input: h.input,
+                    output: h.output,
+                });
                 h.settled = true;
                 h.cost = 0;
                 h.tokens = 0;
+                h.input = 0;
+                h.output = 0;
             }
             state.charge(lim, Resource::Cost, now, req.cost.0);
             state.charge(lim, Resource::Tokens, now, req.tokens);
+            state.charge(lim, Resource::InputTokens, now, req.input);
+            state.charge(lim, Resource::OutputTokens, now, req.output);
         }
     }
     let statuses = statuses(states, limits, &[], now);
@@ -677,6 +699,8 @@ mod tests {
             model: "m".into(),
             cost: NanoUsd(cost),
             tokens,
+            input: tokens,
+            output: tokens,
         }
     }
 
@@ -719,7 +743,7 @@ mod tests {
                 0,
                 T,
                 s.window(LimitKind::BudgetDaily),
-                (0, 0)
+                Held::default()
             ),
             Ok(())
         );
@@ -731,7 +755,7 @@ mod tests {
                 1,
                 T,
                 s.window(LimitKind::BudgetDaily),
-                (0, 0)
+                Held::default()
             ),
             Ok(())
         );
@@ -745,7 +769,7 @@ mod tests {
                 0,
                 T,
                 s.window(LimitKind::BudgetDaily),
-                (0, 0)
+                Held::default()
             )
             .is_err()
         );
@@ -758,7 +782,7 @@ mod tests {
                 11,
                 T,
                 s.window(LimitKind::BudgetDaily),
-                (0, 0)
+                Held::default()
             ),
             Err(None)
         );

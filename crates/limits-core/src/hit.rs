@@ -52,7 +52,12 @@ pub fn hit(
             let amount = match kind.resource() {
                 Resource::Requests => charge.requests,
                 Resource::Tokens => charge.tokens,
-                Resource::Cost | Resource::Leases => continue,
+                // A hit's tokens are a total (Envoy's hits_addend): input
+                // and output limits are for callers that split them.
+                Resource::Cost
+                | Resource::InputTokens
+                | Resource::OutputTokens
+                | Resource::Leases => continue,
             };
             let window = windows.get(kind);
             if let Err(retry_after) = test_limit(state, kind, limit, amount, now, window, held) {

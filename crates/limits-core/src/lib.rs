@@ -35,7 +35,7 @@ pub use limits::{
     SubjectLimits,
 };
 pub use money::{MoneyError, NanoUsd};
-pub use state::{Hold, LeaseSlot, SubjectState};
+pub use state::{Held, Hold, LeaseSlot, SubjectState};
 pub use time::Nanos;
 pub use window::{BUCKETS, RollingWindow, WindowRef};
 pub use window_set::Windows;

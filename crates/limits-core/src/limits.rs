@@ -80,6 +80,10 @@ pub enum Resource {
     Requests,
     /// Tokens consumed.
     Tokens,
+    /// Prompt (input) tokens consumed.
+    InputTokens,
+    /// Completion (output) tokens consumed.
+    OutputTokens,
     /// Leases held (concurrency).
     Leases,
 }
@@ -108,18 +112,26 @@ pub enum LimitKind {
     TokensPerHour = 7,
     /// USD spent over the last 7 days (or, on a calendar, this week).
     BudgetWeekly = 8,
+    /// Input (prompt) tokens over the last minute.
+    InputTokensPerMinute = 9,
+    /// Input (prompt) tokens over the last hour.
+    InputTokensPerHour = 10,
+    /// Output (completion) tokens over the last minute.
+    OutputTokensPerMinute = 11,
+    /// Output (completion) tokens over the last hour.
+    OutputTokensPerHour = 12,
     /// Leases held at once.
-    MaxConcurrent = 9,
+    MaxConcurrent = 13,
     /// Where a daily budget on a calendar is counted: one bucket per day.
-    CalendarDaily = 10,
+    CalendarDaily = 14,
     /// Where a weekly budget on a calendar is counted.
-    CalendarWeekly = 11,
+    CalendarWeekly = 15,
     /// Where a monthly budget on a calendar is counted.
-    CalendarMonthly = 12,
+    CalendarMonthly = 16,
 }
 
 /// The number of windowed limit kinds (the calendar slots are not limits).
-pub const WINDOW_KINDS: usize = 9;
+pub const WINDOW_KINDS: usize = 13;
 
 /// The number of windows a subject can have: one per windowed kind and one
 /// per calendar slot.
@@ -137,6 +149,10 @@ impl LimitKind {
         LimitKind::TokensPerMinute,
         LimitKind::TokensPerHour,
         LimitKind::BudgetWeekly,
+        LimitKind::InputTokensPerMinute,
+        LimitKind::InputTokensPerHour,
+        LimitKind::OutputTokensPerMinute,
+        LimitKind::OutputTokensPerHour,
     ];
 
     /// Every limit kind, concurrency included, in index order.
@@ -150,6 +166,10 @@ impl LimitKind {
         LimitKind::TokensPerMinute,
         LimitKind::TokensPerHour,
         LimitKind::BudgetWeekly,
+        LimitKind::InputTokensPerMinute,
+        LimitKind::InputTokensPerHour,
+        LimitKind::OutputTokensPerMinute,
+        LimitKind::OutputTokensPerHour,
         LimitKind::MaxConcurrent,
     ];
 
@@ -165,6 +185,10 @@ impl LimitKind {
         LimitKind::TokensPerMinute,
         LimitKind::TokensPerHour,
         LimitKind::BudgetWeekly,
+        LimitKind::InputTokensPerMinute,
+        LimitKind::InputTokensPerHour,
+        LimitKind::OutputTokensPerMinute,
+        LimitKind::OutputTokensPerHour,
         LimitKind::CalendarDaily,
         LimitKind::CalendarWeekly,
         LimitKind::CalendarMonthly,
@@ -184,6 +208,12 @@ impl LimitKind {
             | LimitKind::RequestsPerMinute
             | LimitKind::RequestsPerHour => Resource::Requests,
             LimitKind::TokensPerMinute | LimitKind::TokensPerHour => Resource::Tokens,
+            LimitKind::InputTokensPerMinute | LimitKind::InputTokensPerHour => {
+                Resource::InputTokens
+            }
+            LimitKind::OutputTokensPerMinute | LimitKind::OutputTokensPerHour => {
+                Resource::OutputTokens
+            }
             LimitKind::MaxConcurrent => Resource::Leases,
         }
     }
@@ -193,10 +223,15 @@ impl LimitKind {
     pub const fn window(self) -> Option<Nanos> {
         Some(match self {
             LimitKind::RequestsPerSecond => Nanos::SECOND,
-            LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => Nanos::MINUTE,
-            LimitKind::BudgetHourly | LimitKind::RequestsPerHour | LimitKind::TokensPerHour => {
-                Nanos::HOUR
-            }
+            LimitKind::RequestsPerMinute
+            | LimitKind::TokensPerMinute
+            | LimitKind::InputTokensPerMinute
+            | LimitKind::OutputTokensPerMinute => Nanos::MINUTE,
+            LimitKind::BudgetHourly
+            | LimitKind::RequestsPerHour
+            | LimitKind::TokensPerHour
+            | LimitKind::InputTokensPerHour
+            | LimitKind::OutputTokensPerHour => Nanos::HOUR,
             LimitKind::BudgetDaily | LimitKind::CalendarDaily => Nanos::DAY,
             LimitKind::BudgetWeekly | LimitKind::CalendarWeekly => Nanos(7 * Nanos::DAY.0),
             LimitKind::BudgetMonthly | LimitKind::CalendarMonthly => Nanos(30 * Nanos::DAY.0),
@@ -260,6 +295,10 @@ impl LimitKind {
             LimitKind::RequestsPerHour => "requests_per_hour",
             LimitKind::TokensPerMinute => "tokens_per_minute",
             LimitKind::TokensPerHour => "tokens_per_hour",
+            LimitKind::InputTokensPerMinute => "input_tokens_per_minute",
+            LimitKind::InputTokensPerHour => "input_tokens_per_hour",
+            LimitKind::OutputTokensPerMinute => "output_tokens_per_minute",
+            LimitKind::OutputTokensPerHour => "output_tokens_per_hour",
             LimitKind::MaxConcurrent => "max_concurrent",
         }
     }
@@ -276,6 +315,10 @@ impl LimitKind {
             LimitKind::RequestsPerHour => "requests per hour limit",
             LimitKind::TokensPerMinute => "tokens per minute limit",
             LimitKind::TokensPerHour => "tokens per hour limit",
+            LimitKind::InputTokensPerMinute => "input tokens per minute limit",
+            LimitKind::InputTokensPerHour => "input tokens per hour limit",
+            LimitKind::OutputTokensPerMinute => "output tokens per minute limit",
+            LimitKind::OutputTokensPerHour => "output tokens per hour limit",
             LimitKind::MaxConcurrent => "concurrency limit",
         }
     }

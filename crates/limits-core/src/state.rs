@@ -8,7 +8,7 @@ use crate::window_set::{ByKind, WindowSet, Windows};
 
 /// An estimate held against a subject's budgets and token limits by a
 /// reserved check, until it is settled or expires.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hold {
     /// The reservation's id.
     pub id: u64,
@@ -16,6 +16,10 @@ pub struct Hold {
     pub cost: u64,
     /// Tokens held.
     pub tokens: u64,
+    /// Input (prompt) tokens held against input token limits.
+    pub input: u64,
+    /// Output (completion) tokens held against output token limits.
+    pub output: u64,
     /// When the hold lapses unless settled.
     pub expires_at: Nanos,
     /// Settled holds stay, holding nothing, until `expires_at`, so that a
@@ -31,6 +35,44 @@ impl Hold {
     /// Whether the hold still holds its estimate at `now`.
     pub fn is_open(&self, now: Nanos) -> bool {
         !self.settled && self.expires_at > now
+    }
+
+    /// What the hold holds of a resource (nothing of requests or leases).
+    pub fn of(&self, resource: Resource) -> u64 {
+        match resource {
+            Resource::Cost => self.cost,
+            Resource::Tokens => self.tokens,
+            Resource::InputTokens => self.input,
+            Resource::OutputTokens => self.output,
+            Resource::Requests | Resource::Leases => 0,
+        }
+    }
+}
+
+/// What a subject's open holds hold, per resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Nano-dollars.
+    pub cost: u64,
+    /// Tokens.
+    pub tokens: u64,
+    /// Input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+}
+
+impl Held {
+    /// What is held of a resource (nothing of requests or leases).
+    #[inline(always)]
+    pub fn of(&self, resource: Resource) -> u64 {
+        match resource {
+            Resource::Cost => self.cost,
+            Resource::Tokens => self.tokens,
+            Resource::InputTokens => self.input,
+            Resource::OutputTokens => self.output,
+            Resource::Requests | Resource::Leases => 0,
+        }
     }
 }
 
@@ -169,26 +211,27 @@ impl SubjectState {
         &self,
         kind: LimitKind,
         window: Option<WindowRef<'_>>,
-        held: (u64, u64),
+        held: Held,
         now: Nanos,
     ) -> u64 {
         let counted = window.map_or(0, |w| w.total());
         let held = match kind.resource() {
-            Resource::Cost => held.0,
-            Resource::Tokens => held.1,
-            Resource::Requests => 0,
             Resource::Leases => return self.live_leases(now) as u64,
+            r => held.of(r),
         };
         counted.saturating_add(held)
     }
 
-    /// Open holds: `(nano-dollars, tokens)`.
-    pub fn held(&self, now: Nanos) -> (u64, u64) {
+    /// What the open holds hold.
+    pub fn held(&self, now: Nanos) -> Held {
         self.holds()
             .iter()
             .filter(|h| h.is_open(now))
-            .fold((0u64, 0u64), |(c, t), h| {
-                (c.saturating_add(h.cost), t.saturating_add(h.tokens))
+            .fold(Held::default(), |a, h| Held {
+                cost: a.cost.saturating_add(h.cost),
+                tokens: a.tokens.saturating_add(h.tokens),
+                input: a.input.saturating_add(h.input),
+                output: a.output.saturating_add(h.output),
             })
     }
 
@@ -220,7 +263,7 @@ impl SubjectState {
     pub fn time_until_freed(&self, kind: LimitKind, now: Nanos, need: u64) -> Option<Nanos> {
         let length = kind.lifetime()?;
         let window = self.window(kind);
-        let holds_matter = matches!(kind.resource(), Resource::Cost | Resource::Tokens);
+        let holds_matter = !matches!(kind.resource(), Resource::Requests | Resource::Leases);
         if !holds_matter || self.holds().iter().all(|h| !h.is_open(now)) {
             return window.and_then(|w| w.time_until_freed(length, now, need));
         }
@@ -228,14 +271,12 @@ impl SubjectState {
         let mut events: Vec<(Nanos, u64)> = window
             .map(|w| w.expiries(length).collect())
             .unwrap_or_default();
-        events.extend(self.holds().iter().filter(|h| h.is_open(now)).map(|h| {
-            let amount = if kind.resource() == Resource::Cost {
-                h.cost
-            } else {
-                h.tokens
-            };
-            (h.expires_at, amount)
-        }));
+        events.extend(
+            self.holds()
+                .iter()
+                .filter(|h| h.is_open(now))
+                .map(|h| (h.expires_at, h.of(kind.resource()))),
+        );
         events.sort_unstable_by_key(|&(t, _)| t);
         let mut freed = 0u64;
         for (t, a) in events {
@@ -285,8 +326,12 @@ impl SubjectState {
                 self.windows.add(&mut pos, k1, limits, now, amount);
                 self.windows.add(&mut pos, k2, limits, now, amount);
             }
-            Resource::Tokens => {
-                let [k0, k1] = TOKEN_KINDS;
+            Resource::Tokens | Resource::InputTokens | Resource::OutputTokens => {
+                let [k0, k1] = match resource {
+                    Resource::InputTokens => INPUT_KINDS,
+                    Resource::OutputTokens => OUTPUT_KINDS,
+                    _ => TOKEN_KINDS,
+                };
                 let mut pos = self.windows.position_from(k0);
                 self.windows.add(&mut pos, k0, limits, now, amount);
                 self.windows.add(&mut pos, k1, limits, now, amount);
@@ -419,6 +464,14 @@ const REQUEST_KINDS: [LimitKind; 3] = [
     LimitKind::RequestsPerSecond,
 ];
 const TOKEN_KINDS: [LimitKind; 2] = [LimitKind::TokensPerHour, LimitKind::TokensPerMinute];
+const INPUT_KINDS: [LimitKind; 2] = [
+    LimitKind::InputTokensPerHour,
+    LimitKind::InputTokensPerMinute,
+];
+const OUTPUT_KINDS: [LimitKind; 2] = [
+    LimitKind::OutputTokensPerHour,
+    LimitKind::OutputTokensPerMinute,
+];
 
 /// The windowed kinds that count a resource.
 fn kinds_counting(resource: Resource) -> &'static [LimitKind] {
@@ -426,6 +479,8 @@ fn kinds_counting(resource: Resource) -> &'static [LimitKind] {
         Resource::Cost => &COST_KINDS,
         Resource::Requests => &REQUEST_KINDS,
         Resource::Tokens => &TOKEN_KINDS,
+        Resource::InputTokens => &INPUT_KINDS,
+        Resource::OutputTokens => &OUTPUT_KINDS,
         Resource::Leases => &[],
     }
 }
@@ -452,6 +507,7 @@ mod tests {
             expires_at,
             settled: false,
             tag: 0,
+            ..Default::default()
         }
     }
 
@@ -516,7 +572,7 @@ mod tests {
         // At its expiry instant a hold no longer counts.
         let at = T.saturating_add(Nanos::SECOND);
         assert_eq!(s.used(LimitKind::BudgetDaily, at), 10);
-        assert_eq!(s.held(at), (0, 0));
+        assert_eq!(s.held(at), Held::default());
     }
 
     #[test]

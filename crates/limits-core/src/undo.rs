@@ -54,12 +54,16 @@ pub fn undo_record(
     for (state, lim) in states.iter_mut().zip(limits) {
         state.uncharge(lim, Resource::Cost, at, now, req.cost.0);
         state.uncharge(lim, Resource::Tokens, at, now, req.tokens);
-        if let (Some(id), Some((cost, tokens))) = (req.reservation, out.settled)
+        state.uncharge(lim, Resource::InputTokens, at, now, req.input);
+        state.uncharge(lim, Resource::OutputTokens, at, now, req.output);
+        if let (Some(id), Some(held)) = (req.reservation, out.settled)
             && let Some(h) = state.hold_mut(id)
         {
             h.settled = false;
-            h.cost = cost;
-            h.tokens = tokens;
+            h.cost = held.cost;
+            h.tokens = held.tokens;
+            h.input = held.input;
+            h.output = held.output;
         }
     }
 }
@@ -144,6 +148,8 @@ mod tests {
             model: "m".into(),
             cost: NanoUsd(10),
             tokens: 5,
+            input: 5,
+            output: 5,
         }];
         let req = CheckRequest {
             attempts: &attempts,
@@ -159,6 +165,7 @@ mod tests {
             reservation: None,
             cost: NanoUsd(7),
             tokens: 3,
+            ..Default::default()
         };
         engine::record(&mut [&mut s], &[lim], &rec, &policy, T);
         s
@@ -178,6 +185,8 @@ mod tests {
             model: "m".into(),
             cost: NanoUsd(100),
             tokens: 50,
+            input: 50,
+            output: 50,
         }];
         let req = CheckRequest {
             attempts: &attempts,
@@ -198,9 +207,10 @@ mod tests {
             reservation: Some(1),
             cost: NanoUsd(40),
             tokens: 20,
+            ..Default::default()
         };
         let out = engine::record(&mut [&mut s], &[&lim], &rec, &policy, at);
-        assert_eq!(out.settled, Some((10, 5)));
+        assert_eq!(out.settled.map(|h| (h.cost, h.tokens)), Some((10, 5)));
         undo_record(&mut [&mut s], &[&lim], &rec, &out, at, now);
         assert_eq!(s, before, "the hold holds its estimate again");
         // ...so that the retry settles it.
@@ -249,6 +259,8 @@ mod tests {
             model: "m".into(),
             cost: NanoUsd(0),
             tokens: 0,
+            input: 0,
+            output: 0,
         }];
         let req = CheckRequest {
             attempts: &attempts,

@@ -129,6 +129,7 @@ fn undoing_a_record_takes_back_exactly_its_period_s_amount() {
         reservation: None,
         cost: usd(3.0),
         tokens: 0,
+        ..Default::default()
     };
     let out = g.record(req.cost.0, 0, t);
     undo::undo_record(

@@ -132,6 +132,14 @@ proptest! {
                 g.record(0, amount, t);
                 amount
             }
+            Resource::InputTokens => {
+                g.record_split(amount, 0, t);
+                amount
+            }
+            Resource::OutputTokens => {
+                g.record_split(0, amount, t);
+                amount
+            }
             Resource::Leases => unreachable!("not a windowed kind"),
         };
         let early = t.saturating_add(Nanos(probe % w.0));
@@ -369,6 +377,8 @@ fn probe(max: u64) -> impl Strategy<Value = Probe> {
                     model: format!("model-{i}"),
                     cost: NanoUsd(cost),
                     tokens,
+                    input: tokens,
+                    output: tokens,
                 })
                 .collect(),
             mode,

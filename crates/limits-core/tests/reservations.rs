@@ -24,7 +24,8 @@ fn a_reserved_check_holds_the_estimate_on_budgets_and_tokens() {
     assert_eq!(g.used(0, TPM, T0), 4_000);
     // The hold is not spend: the window counters are still empty.
     assert!(g.states[0].window(DAILY).is_none_or(|w| w.total() == 0));
-    assert_eq!(g.states[0].held(T0), (usd(3.0).0, 4_000));
+    let held = g.states[0].held(T0);
+    assert_eq!((held.cost, held.tokens), (usd(3.0).0, 4_000));
 }
 
 #[test]
@@ -56,7 +57,7 @@ fn settling_with_a_larger_actual_charges_the_actual() {
     assert!(!out.duplicate);
     assert_eq!(g.used(0, DAILY, clock.now()), usd(3.5).0);
     assert_eq!(g.used(0, TPM, clock.now()), 1_800);
-    assert_eq!(g.states[0].held(clock.now()), (0, 0));
+    assert_eq!(g.states[0].held(clock.now()), limits_core::Held::default());
     assert!(g.states[0].holds()[0].settled);
 }
 

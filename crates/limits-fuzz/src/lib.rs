@@ -543,6 +543,8 @@ pub fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     subjects: subjects(),
                     model: "gpt-4".into(),
                     estimated_tokens: 1200,
+                    estimated_input_tokens: Some(1000),
+                    estimated_output_tokens: None,
                     estimated_cost_usd: Some(0.05),
                     reserve: true,
                     reservation_ttl: Some(prost_types::Duration {
@@ -804,6 +806,8 @@ fn generate_request(rng: &mut StdRng, issued: &[String]) -> Vec<u8> {
             subjects: subjects(rng),
             model: model(rng),
             estimated_tokens: count(rng),
+            estimated_input_tokens: rng.random_bool(0.3).then(|| count(rng)),
+            estimated_output_tokens: rng.random_bool(0.3).then(|| count(rng)),
             estimated_cost_usd: rng.random_bool(0.7).then(|| usd(rng)),
             reserve: rng.random_bool(0.5),
             reservation_ttl: duration(rng),

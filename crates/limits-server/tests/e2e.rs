@@ -635,6 +635,8 @@ fn priced(tokens: u64) -> pb::CheckLimitsRequest {
         subjects: vec![key("dg-key")],
         model: "gpt-4".into(),
         estimated_tokens: tokens,
+        estimated_input_tokens: None,
+        estimated_output_tokens: None,
         estimated_cost_usd: None,
         reserve: false,
         reservation_ttl: None,
@@ -887,4 +889,122 @@ async fn a_cancelled_caller_leaves_the_queue_and_holds_nothing() {
         .into_inner();
     assert!(next.allowed, "{next:?}");
     assert_eq!(next.action, pb::Action::Queue as i32);
+}
+
+const SPLIT: &str = r#"
+limits:
+  rate_limits:
+    by_api_key:
+      "io-key":
+        input_tokens_per_minute: 1000
+        output_tokens_per_minute: 500
+        tokens_per_minute: 10000
+  storage:
+    backend: memory
+"#;
+
+fn split_check(total: u64, input: Option<u64>, output: Option<u64>) -> pb::CheckLimitsRequest {
+    pb::CheckLimitsRequest {
+        subjects: vec![key("io-key")],
+        model: "gpt-4".into(),
+        estimated_tokens: total,
+        estimated_input_tokens: input,
+        estimated_output_tokens: output,
+        estimated_cost_usd: Some(0.0),
+        reserve: false,
+        reservation_ttl: None,
+    }
+}
+
+fn status_of(statuses: &[pb::LimitStatus], kind: pb::LimitKind) -> &pb::LimitStatus {
+    statuses
+        .iter()
+        .find(|s| s.kind == kind as i32)
+        .unwrap_or_else(|| panic!("no {kind:?} in {statuses:?}"))
+}
+
+/// Input and output token limits through limitsd: a reserved check holds
+/// each part of its estimate against its own limit, the record charges
+/// `request_tokens` and `response_tokens` (a response longer than its
+/// estimate included), and a part larger than the total is refused.
+#[tokio::test]
+async fn input_and_output_token_limits_hold_and_charge_each_part() {
+    let d = Limitsd::start(SPLIT);
+    let mut c = d.client().await;
+    let mut req = split_check(1_200, Some(800), Some(400));
+    req.reserve = true;
+    let held = c.check_limits(req).await.unwrap().into_inner();
+    assert!(held.allowed, "{held:?}");
+    let input = status_of(&held.statuses, pb::LimitKind::InputTokensPerMinute);
+    assert_eq!((input.limit, input.used), (1000.0, 800.0));
+    let output = status_of(&held.statuses, pb::LimitKind::OutputTokensPerMinute);
+    assert_eq!((output.limit, output.used), (500.0, 400.0));
+
+    // 300 more input tokens do not fit; the reason names the limit.
+    let r = c
+        .check_limits(split_check(350, Some(300), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed);
+    assert!(
+        r.reason.contains("input tokens per minute limit"),
+        "{}",
+        r.reason
+    );
+
+    // The response ran longer than estimated: 600 output tokens.
+    let rec = c
+        .record_usage(pb::RecordUsageRequest {
+            subjects: vec![key("io-key")],
+            reservation_id: held.reservation_id.clone(),
+            request_tokens: 700,
+            response_tokens: 600,
+            total_tokens: 0,
+            cost_usd: Some(0.0),
+            provider: String::new(),
+            model: "gpt-4".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let output = status_of(&rec.statuses, pb::LimitKind::OutputTokensPerMinute);
+    assert_eq!(output.used, 600.0, "usage is charged, never refused");
+    let input = status_of(&rec.statuses, pb::LimitKind::InputTokensPerMinute);
+    assert_eq!(input.used, 700.0);
+    assert_eq!(
+        status_of(&rec.statuses, pb::LimitKind::TokensPerMinute).used,
+        1300.0
+    );
+    let r = c
+        .check_limits(split_check(1, Some(0), Some(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed);
+    assert!(
+        r.reason.contains("output tokens per minute limit"),
+        "{}",
+        r.reason
+    );
+
+    // Without a split, the whole estimate could be output: 600 never fits.
+    let r = c
+        .check_limits(split_check(600, None, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed && r.retry_after.is_none(), "{r:?}");
+
+    // Parts larger than the total are refused, naming the field.
+    let e = c
+        .check_limits(split_check(100, Some(600), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("estimated_tokens"),
+        "{}",
+        e.message()
+    );
 }

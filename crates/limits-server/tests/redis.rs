@@ -334,6 +334,8 @@ async fn replicas_with_skewed_clocks_agree() {
         model: "m".into(),
         cost: NanoUsd(1_000_000_000),
         tokens: 0,
+        input: 0,
+        output: 0,
     }];
     let op = CheckOp {
         attempts: &attempts,

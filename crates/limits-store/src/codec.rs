@@ -22,7 +22,8 @@
 //!
 //! Every value starts with its format version byte; a reader rejects a
 //! version it does not know instead of guessing. Subject states are at
-//! [`STATE_VERSION`] (version 1 lacked the holds' tags and is still read);
+//! [`STATE_VERSION`] (versions 1 and 2 lacked the holds' tags and their
+//! input and output tokens, and are still read);
 //! everything else is at [`VERSION`].
 //!
 //! Format 1 stored API-key subjects under their raw ids; format 2 stores
@@ -31,13 +32,15 @@
 //! rewrites it as format 2.
 //!
 //! A subject's value, after the version byte:
-//! windows (`varint count`, then per window `kind byte` (`LimitKind::index`:
-//! 0 to 8 the windowed kinds, 10 to 12 the calendar slots, whose bucket
-//! index is the last nanosecond of their period), `varint buckets`,
+//! windows (`varint count`, then per window `kind byte` (`LimitKind::index`
+//! of a windowed kind, 0 to 12; 64 to 66 the calendar slots of a day, a
+//! week and a month, whose bucket index is the last nanosecond of their
+//! period), `varint buckets`,
 //! the first bucket's `varint index` and `varint amount`, then each later
 //! bucket as `varint index delta (>= 1)` and `varint amount`), holds (`varint
 //! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
-//! expires_at`, `settled byte` and, from version 2, `u32 tag`) and leases (`varint count`, then per lease
+//! expires_at`, `settled byte`, from version 2 `u32 tag` and from version 3
+//! `varint input` and `varint output` tokens) and leases (`varint count`, then per lease
 //! `u64 id`, `u64 expires_at`). Ids and instants are fixed-width because they
 //! are large; counts and amounts are varints because they are mostly small.
 
@@ -54,7 +57,7 @@ pub(crate) const FORMAT_RAW_KEYS: u8 = 1;
 /// The version byte of every value but subject states.
 pub(crate) const VERSION: u8 = 1;
 /// The version byte of a subject state.
-pub(crate) const STATE_VERSION: u8 = 2;
+pub(crate) const STATE_VERSION: u8 = 3;
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const SUBJECT_PREFIX: &[u8] = b"s1/";
@@ -125,12 +128,24 @@ fn dimension(b: u8) -> Result<Dimension, DecodeError> {
         .ok_or(DecodeError::Invalid("unknown dimension"))
 }
 
-/// The kind of a window's byte: its kind's index (a calendar slot's is its
-/// own, past the concurrency limit's, which has no window).
+/// A window's kind byte: a windowed kind's index (new kinds take the next
+/// index, so these never change), or [`CALENDAR_CODE`] plus the period for
+/// a calendar slot.
+fn window_code(kind: LimitKind) -> u8 {
+    match kind.period() {
+        Some(p) => CALENDAR_CODE + p as u8,
+        None => kind.index() as u8,
+    }
+}
+
+/// The first kind byte of the calendar slots.
+const CALENDAR_CODE: u8 = 64;
+
+/// The kind of a window's byte.
 fn window_kind(b: u8) -> Result<LimitKind, DecodeError> {
     LimitKind::SLOTS
         .into_iter()
-        .find(|k| k.index() == usize::from(b))
+        .find(|&k| window_code(k) == b)
         .ok_or(DecodeError::Invalid("unknown window kind"))
 }
 
@@ -176,7 +191,7 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
     }
     put_varint(out, count as u64);
     for (kind, w) in windows() {
-        out.push(kind.index() as u8);
+        out.push(window_code(kind));
         let buckets = w.buckets();
         put_varint(out, buckets.len() as u64);
         let mut prev = None;
@@ -194,6 +209,8 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
         put_u64(out, h.expires_at.0);
         out.push(u8::from(h.settled));
         put_u32(out, h.tag);
+        put_varint(out, h.input);
+        put_varint(out, h.output);
     }
     put_varint(out, state.leases().len() as u64);
     for l in state.leases() {
@@ -237,13 +254,24 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
     let count = r.len()?;
     let mut holds = Vec::with_capacity(count);
     for _ in 0..count {
+        let (id, cost, tokens) = (r.u64()?, r.varint()?, r.varint()?);
+        let (expires_at, settled) = (Nanos(r.u64()?), r.flag()?);
+        let tag = if version >= 2 { r.u32()? } else { 0 };
+        // Before version 3 a hold had no split: its tokens could be either.
+        let (input, output) = if version >= 3 {
+            (r.varint()?, r.varint()?)
+        } else {
+            (tokens, tokens)
+        };
         holds.push(Hold {
-            id: r.u64()?,
-            cost: r.varint()?,
-            tokens: r.varint()?,
-            expires_at: Nanos(r.u64()?),
-            settled: r.flag()?,
-            tag: if version >= 2 { r.u32()? } else { 0 },
+            id,
+            cost,
+            tokens,
+            input,
+            output,
+            expires_at,
+            settled,
+            tag,
         });
     }
     let count = r.len()?;
@@ -462,6 +490,8 @@ mod tests {
                 id: 7 << 32 | 3,
                 cost: 1_000_000,
                 tokens: 10,
+                input: 7,
+                output: 4,
                 expires_at: Nanos(1 << 60),
                 settled: false,
                 tag: 0xdead_beef,
@@ -486,9 +516,11 @@ mod tests {
     fn a_window_kind_byte_is_never_the_concurrency_limit_s() {
         assert!(window_kind(LimitKind::MaxConcurrent.index() as u8).is_err());
         for k in LimitKind::SLOTS {
-            assert_eq!(window_kind(k.index() as u8), Ok(k));
+            assert_eq!(window_kind(window_code(k)), Ok(k));
         }
         assert!(window_kind(13).is_err());
+        assert_eq!(window_kind(64), Ok(LimitKind::CalendarDaily));
+        assert_eq!(window_kind(8), Ok(LimitKind::BudgetWeekly));
     }
 
     #[test]
@@ -505,6 +537,8 @@ mod tests {
         assert_eq!(state.holds().len(), 1);
         assert_eq!(state.holds()[0].tag, 0);
         assert_eq!(state.holds()[0].cost, 1 << 32);
+        // Without a split, the hold's tokens could be input or output.
+        assert_eq!((state.holds()[0].input, state.holds()[0].output), (10, 10));
     }
 
     #[test]

@@ -569,6 +569,8 @@ impl<J: Journal> Store for Embedded<J> {
             reservation: op.reservation,
             cost: op.cost,
             tokens: op.tokens,
+            input: op.input,
+            output: op.output,
         };
         let (out, written) = state.shards.with_states_then(
             &stored,

@@ -81,6 +81,11 @@ pub struct RecordOp<'a> {
     pub cost: NanoUsd,
     /// The actual tokens, charged to every token limit.
     pub tokens: u64,
+    /// The actual input (prompt) tokens, charged to input token limits.
+    pub input: u64,
+    /// The actual output (completion) tokens, charged to output token
+    /// limits.
+    pub output: u64,
     /// Grace and policy for the windows charged.
     pub policy: &'a Policy,
 }

@@ -637,6 +637,8 @@ impl RedisStore {
                 reservation: op.reservation,
                 cost: op.cost,
                 tokens: op.tokens,
+                input: op.input,
+                output: op.output,
             },
             policy: policy_for_decision(op.policy),
         };

@@ -73,6 +73,7 @@ on_spread_redis!(
     request_rate_limits_allow_then_deny,
     budgets_allow_then_deny,
     calendar_budgets_reset_at_the_boundary,
+    input_and_output_tokens_are_held_and_charged_apart,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -90,6 +91,7 @@ for_every_backend!(
     request_rate_limits_allow_then_deny,
     budgets_allow_then_deny,
     calendar_budgets_reset_at_the_boundary,
+    input_and_output_tokens_are_held_and_charged_apart,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -235,6 +237,77 @@ async fn calendar_budgets_reset_at_the_boundary<S: Store>(make: impl Fn(usize) -
         assert!(fresh.allowed(), "{kind:?}: a new period is whole");
         assert_eq!(used(&store, &s, &l, slot, end).await, 0);
     }
+}
+
+/// Input and output token limits: a reserved check holds each part of its
+/// estimate against its own limits, the record charges what each part was
+/// (here more output than estimated), and the hold goes.
+async fn input_and_output_tokens_are_held_and_charged_apart<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let l = limits(&[
+        (LimitKind::InputTokensPerMinute, 1_000),
+        (LimitKind::OutputTokensPerHour, 500),
+        (LimitKind::TokensPerMinute, 10_000),
+    ]);
+    let s = key("split");
+    let r = Req::new(&[(s.clone(), &l)]);
+    let held = r
+        .check_split(&store, 0, (1_200, 800, 400), Some(at(60)), T0)
+        .await
+        .unwrap();
+    assert!(held.allowed());
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::InputTokensPerMinute, T0).await,
+        800
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::OutputTokensPerHour, T0).await,
+        400
+    );
+    let denied = r
+        .check_split(&store, 0, (350, 300, 50), None, T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        denied.denial().map(|d| d.kind),
+        Some(LimitKind::InputTokensPerMinute)
+    );
+    let settled = r
+        .record_split(&store, held.reservation(), 0, (1_300, 700, 600), at(1))
+        .await
+        .unwrap();
+    assert!(!settled.duplicate);
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::InputTokensPerMinute, at(1)).await,
+        700
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::OutputTokensPerHour, at(1)).await,
+        600
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::TokensPerMinute, at(1)).await,
+        1_300
+    );
+    let over = r
+        .check_split(&store, 0, (1, 0, 1), None, at(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        over.denial().map(|d| d.kind),
+        Some(LimitKind::OutputTokensPerHour),
+        "the output limit is over: usage is never refused"
+    );
+    // A minute later the input window is empty; the hour's output is not.
+    let later = at(2 + 61);
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::InputTokensPerMinute, later).await,
+        0
+    );
+    assert_eq!(
+        used(&store, &s, &l, LimitKind::OutputTokensPerHour, later).await,
+        600
+    );
 }
 
 async fn token_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {
@@ -533,6 +606,7 @@ async fn usage_shows_windows_holds_and_leases<S: Store>(make: impl Fn(usize) -> 
             expires_at: at(60),
             settled: false,
             tag: 0,
+            ..Default::default()
         }]
     );
     assert_eq!(

@@ -169,10 +169,16 @@ async fn differential(seed: u64, server: &RedisServer, shards: u16) {
             ..Policy::default()
         };
         let attempts: Vec<Attempt> = (0..rng.random_range(1..4))
-            .map(|j| Attempt {
-                model: format!("m{j}"),
-                cost: NanoUsd(rng.random_range(0..40)),
-                tokens: rng.random_range(0..60),
+            .map(|j| {
+                let tokens = rng.random_range(0..60);
+                let input = rng.random_range(0..=tokens);
+                Attempt {
+                    model: format!("m{j}"),
+                    cost: NanoUsd(rng.random_range(0..40)),
+                    tokens,
+                    input,
+                    output: tokens - input,
+                }
             })
             .collect();
         let what = rng.random_range(0..100);
@@ -224,6 +230,8 @@ async fn differential(seed: u64, server: &RedisServer, shards: u16) {
                     reservation,
                     cost,
                     tokens,
+                    input: tokens / 3,
+                    output: tokens - tokens / 3,
                     policy: &policy,
                 };
                 (

@@ -353,6 +353,14 @@ fn entry_json(entry: &Entry) -> String {
     out.to_string()
 }
 
+/// Whether a window of `kind` counts `resource`: tokens are the total
+/// token windows' and, named by kind, the input and output token windows'.
+fn counts(kind: LimitKind, resource: limits_core::Resource) -> bool {
+    use limits_core::Resource::{InputTokens, OutputTokens, Tokens};
+    kind.resource() == resource
+        || (resource == Tokens && matches!(kind.resource(), InputTokens | OutputTokens))
+}
+
 /// An instant as RFC 3339 text (UTC).
 pub fn rfc3339(t: Nanos) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + t.as_duration()).to_string()
@@ -868,7 +876,7 @@ impl<S: Store> Limiter<S> {
         let magnitude = u64::try_from(adjust.amount.unsigned_abs())
             .map_err(|_| Error::invalid("amount", "is too large"))?;
         let kinds: Vec<LimitKind> = match adjust.kind {
-            Some(k) if k.resource() != adjust.resource || k.window().is_none() => {
+            Some(k) if !counts(k, adjust.resource) || k.window().is_none() => {
                 return Err(Error::invalid(
                     "kind",
                     format!("{} does not count the resource given", k.describe()),

@@ -52,6 +52,12 @@ pub struct CheckRequest<'a> {
     pub model: &'a str,
     /// The tokens the call is expected to use (prompt plus expected completion).
     pub estimated_tokens: u64,
+    /// Of those, the input (prompt) part, for input token limits. `None`:
+    /// what the output part leaves, or all of them when neither part is
+    /// given (see [`validate::token_estimate`]).
+    pub estimated_input_tokens: Option<u64>,
+    /// Of those, the output (completion) part, for output token limits.
+    pub estimated_output_tokens: Option<u64>,
     /// The estimated cost; without one, the pricing table prices the tokens
     /// (at the higher of the model's rates), else it is zero.
     pub estimated_cost: Option<NanoUsd>,
@@ -236,6 +242,8 @@ impl Check<'_> {
 ///         subjects: &key,
 ///         model: "gpt-4",
 ///         estimated_tokens: 1000,
+///         estimated_input_tokens: None,
+///         estimated_output_tokens: None,
 ///         estimated_cost: Some(limits::usd(0.40)?),
 ///         reserve: true,
 ///         reservation_ttl: None,
@@ -433,10 +441,18 @@ impl<S: Store> Limiter<S> {
         } else {
             None
         };
+        let (tokens, input, output) = validate::token_estimate(
+            req.estimated_tokens,
+            req.estimated_input_tokens,
+            req.estimated_output_tokens,
+        )?;
         self.ready().await?;
-        let attempts = config
+        let mut attempts = config
             .policy
-            .attempts(req.model, req.estimated_tokens, req.estimated_cost);
+            .attempts(req.model, tokens, req.estimated_cost);
+        for a in &mut attempts {
+            (a.input, a.output) = (input, output);
+        }
         let secret = self.store.secret().await?;
         let now = now();
         let limits = self.limits_of(config, &secret, req.subjects, now);
@@ -518,6 +534,8 @@ impl<S: Store> Limiter<S> {
             reservation,
             cost,
             tokens,
+            input: req.request_tokens,
+            output: req.response_tokens,
             policy: &config.policy,
         };
         let outcome = self

@@ -123,12 +123,82 @@ pub fn total_tokens(request: u64, response: u64, total: u64) -> Result<u64, Erro
     Ok(total)
 }
 
+/// A check's token estimate: the total and its input and output parts.
+/// A part not given is what the other leaves of the total, or all of it
+/// when neither is given (it could all be input, or all output); with no
+/// total (0), the parts given make it. Parts larger than the total are
+/// refused.
+pub fn token_estimate(
+    total: u64,
+    input: Option<u64>,
+    output: Option<u64>,
+) -> Result<(u64, u64, u64), Error> {
+    let parts = input
+        .unwrap_or(0)
+        .checked_add(output.unwrap_or(0))
+        .ok_or_else(|| {
+            Error::invalid(
+                "estimated_output_tokens",
+                "estimated_input_tokens + estimated_output_tokens overflows",
+            )
+        })?;
+    let total = match total {
+        0 => parts,
+        t if t < parts => {
+            return Err(Error::invalid(
+                "estimated_tokens",
+                format!("{t} is less than its input and output parts ({parts})"),
+            ));
+        }
+        t => t,
+    };
+    let (input, output) = match (input, output) {
+        (Some(i), Some(o)) => (i, o),
+        (Some(i), None) => (i, total - i),
+        (None, Some(o)) => (total - o, o),
+        (None, None) => (total, total),
+    };
+    Ok((total, input, output))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn s(d: Dimension, id: &str) -> Subject {
         Subject::new(d, id)
+    }
+
+    #[test]
+    fn a_token_estimate_s_parts_default_to_what_the_total_leaves() {
+        assert_eq!(
+            token_estimate(1000, None, None).unwrap(),
+            (1000, 1000, 1000)
+        );
+        assert_eq!(
+            token_estimate(1000, Some(800), None).unwrap(),
+            (1000, 800, 200)
+        );
+        assert_eq!(
+            token_estimate(1000, None, Some(300)).unwrap(),
+            (1000, 700, 300)
+        );
+        assert_eq!(
+            token_estimate(1000, Some(600), Some(300)).unwrap(),
+            (1000, 600, 300)
+        );
+        assert_eq!(
+            token_estimate(0, Some(600), Some(300)).unwrap(),
+            (900, 600, 300)
+        );
+        assert_eq!(token_estimate(0, None, None).unwrap(), (0, 0, 0));
+        assert_eq!(token_estimate(0, Some(500), None).unwrap(), (500, 500, 0));
+        let e = token_estimate(100, Some(600), None).unwrap_err();
+        assert!(
+            e.to_string().starts_with("estimated_tokens: 100 is less"),
+            "{e}"
+        );
+        assert!(token_estimate(0, Some(u64::MAX), Some(1)).is_err());
     }
 
     fn field(e: Error) -> String {

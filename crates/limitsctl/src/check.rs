@@ -20,6 +20,8 @@ pub async fn run(g: &Global, args: &CheckArgs) -> Result<String, Error> {
             subjects: args.subjects.iter().map(|s| s.pb()).collect(),
             model: args.model.clone(),
             estimated_tokens: args.tokens,
+            estimated_input_tokens: None,
+            estimated_output_tokens: None,
             estimated_cost_usd: args.cost,
             reserve: false,
             reservation_ttl: None,

@@ -280,6 +280,18 @@ pub struct SetArgs {
     /// Tokens per hour.
     #[arg(long, value_name = "N")]
     pub tph: Option<u64>,
+    /// Input (prompt) tokens per minute.
+    #[arg(long, value_name = "N")]
+    pub itpm: Option<u64>,
+    /// Input (prompt) tokens per hour.
+    #[arg(long, value_name = "N")]
+    pub itph: Option<u64>,
+    /// Output (completion) tokens per minute.
+    #[arg(long, value_name = "N")]
+    pub otpm: Option<u64>,
+    /// Output (completion) tokens per hour.
+    #[arg(long, value_name = "N")]
+    pub otph: Option<u64>,
     /// Requests in flight at once.
     #[arg(long, value_name = "N")]
     pub max_concurrent: Option<u32>,
@@ -325,6 +337,14 @@ pub enum Field {
     Tpm,
     #[value(alias = "tokens_per_hour")]
     Tph,
+    #[value(alias = "input_tokens_per_minute")]
+    Itpm,
+    #[value(alias = "input_tokens_per_hour")]
+    Itph,
+    #[value(alias = "output_tokens_per_minute")]
+    Otpm,
+    #[value(alias = "output_tokens_per_hour")]
+    Otph,
     #[value(alias = "max_concurrent")]
     MaxConcurrent,
     Alias,
@@ -346,6 +366,10 @@ impl Field {
             Field::Rph => "requests_per_hour",
             Field::Tpm => "tokens_per_minute",
             Field::Tph => "tokens_per_hour",
+            Field::Itpm => "input_tokens_per_minute",
+            Field::Itph => "input_tokens_per_hour",
+            Field::Otpm => "output_tokens_per_minute",
+            Field::Otph => "output_tokens_per_hour",
             Field::MaxConcurrent => "max_concurrent",
             Field::Alias => "alias",
             Field::Expires => "expire_time",

@@ -157,6 +157,10 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
     put(Field::Rph, args.rph.is_some());
     put(Field::Tpm, args.tpm.is_some());
     put(Field::Tph, args.tph.is_some());
+    put(Field::Itpm, args.itpm.is_some());
+    put(Field::Itph, args.itph.is_some());
+    put(Field::Otpm, args.otpm.is_some());
+    put(Field::Otph, args.otph.is_some());
     put(Field::MaxConcurrent, args.max_concurrent.is_some());
     put(Field::Alias, args.alias.is_some());
     put(
@@ -177,6 +181,10 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
     e.requests_per_hour = args.rph;
     e.tokens_per_minute = args.tpm;
     e.tokens_per_hour = args.tph;
+    e.input_tokens_per_minute = args.itpm;
+    e.input_tokens_per_hour = args.itph;
+    e.output_tokens_per_minute = args.otpm;
+    e.output_tokens_per_hour = args.otph;
     e.max_concurrent = args.max_concurrent;
     e.alias = args.alias.clone().unwrap_or_default();
     e.expire_time = args
@@ -197,8 +205,8 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
     if set.is_empty() {
         return Err(Error::Usage(
             "nothing to set: give at least one of --hourly, --daily, --weekly, --monthly, \
-             --calendar, --rps, --rpm, --rph, --tpm, --tph, --max-concurrent, --alias, \
-             --expires, --expires-in or --clear"
+             --calendar, --rps, --rpm, --rph, --tpm, --tph, --itpm, --itph, --otpm, --otph, \
+             --max-concurrent, --alias, --expires, --expires-in or --clear"
                 .to_owned(),
         ));
     }
@@ -219,6 +227,10 @@ fn limits(e: &apb::SubjectLimits) -> Vec<(Kind, f64)> {
         (LimitKind::RequestsPerHour, e.requests_per_hour),
         (LimitKind::TokensPerMinute, e.tokens_per_minute),
         (LimitKind::TokensPerHour, e.tokens_per_hour),
+        (LimitKind::InputTokensPerMinute, e.input_tokens_per_minute),
+        (LimitKind::InputTokensPerHour, e.input_tokens_per_hour),
+        (LimitKind::OutputTokensPerMinute, e.output_tokens_per_minute),
+        (LimitKind::OutputTokensPerHour, e.output_tokens_per_hour),
         (LimitKind::MaxConcurrent, e.max_concurrent.map(u64::from)),
     ];
     let usd = usd.into_iter().filter_map(|(k, v)| Some((Kind(k), v?)));

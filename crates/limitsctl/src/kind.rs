@@ -14,7 +14,7 @@ use limits_server::pb;
 pub struct Kind(pub LimitKind);
 
 /// Every kind, in the API's order.
-const ALL: [Kind; 10] = [
+const ALL: [Kind; 14] = [
     Kind(LimitKind::BudgetHourly),
     Kind(LimitKind::BudgetDaily),
     Kind(LimitKind::BudgetWeekly),
@@ -24,6 +24,10 @@ const ALL: [Kind; 10] = [
     Kind(LimitKind::RequestsPerHour),
     Kind(LimitKind::TokensPerMinute),
     Kind(LimitKind::TokensPerHour),
+    Kind(LimitKind::InputTokensPerMinute),
+    Kind(LimitKind::InputTokensPerHour),
+    Kind(LimitKind::OutputTokensPerMinute),
+    Kind(LimitKind::OutputTokensPerHour),
     Kind(LimitKind::MaxConcurrent),
 ];
 
@@ -42,6 +46,10 @@ impl Kind {
             LimitKind::RequestsPerHour => Some("rph"),
             LimitKind::TokensPerMinute => Some("tpm"),
             LimitKind::TokensPerHour => Some("tph"),
+            LimitKind::InputTokensPerMinute => Some("itpm"),
+            LimitKind::InputTokensPerHour => Some("itph"),
+            LimitKind::OutputTokensPerMinute => Some("otpm"),
+            LimitKind::OutputTokensPerHour => Some("otph"),
             _ => None,
         }
     }
@@ -67,7 +75,9 @@ impl Kind {
         match self.0.resource() {
             Resource::Cost => Some(pb::admin::Resource::Usd),
             Resource::Requests => Some(pb::admin::Resource::Requests),
-            Resource::Tokens => Some(pb::admin::Resource::Tokens),
+            Resource::Tokens | Resource::InputTokens | Resource::OutputTokens => {
+                Some(pb::admin::Resource::Tokens)
+            }
             Resource::Leases => None,
         }
     }

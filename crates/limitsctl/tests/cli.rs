@@ -295,6 +295,8 @@ fn budgets_on_a_calendar() {
                 "3",
                 "--weekly",
                 "9",
+                "--otpm",
+                "250",
                 "--calendar",
                 "Asia/Tokyo",
                 "--week-start",
@@ -309,6 +311,10 @@ fn budgets_on_a_calendar() {
         "{set}"
     );
     assert!(row(&set, "weekly").contains("$9.00"), "{set}");
+    assert!(
+        row(&set, "output_tokens_per_minute").contains("250"),
+        "{set}"
+    );
     assert!(row(&d.ctl(ops, &["usage", "team=tokyo"]).ok(), "daily").contains("calendar"));
     let doc = d.ctl(ops, &["usage", "team=tokyo", "-o", "json"]).json();
     assert_eq!(limit(&doc, "daily")["period"], "calendar");

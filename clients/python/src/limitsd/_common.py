@@ -195,12 +195,18 @@ def check_request(
     estimated_cost_usd: float | None,
     reserve: bool,
     reservation_ttl: float | None,
+    estimated_input_tokens: int | None = None,
+    estimated_output_tokens: int | None = None,
 ) -> pb.CheckLimitsRequest:
     req = pb.CheckLimitsRequest(
         subjects=list(subjects), model=model, estimated_tokens=estimated_tokens, reserve=reserve
     )
     if estimated_cost_usd is not None:
         req.estimated_cost_usd = estimated_cost_usd
+    if estimated_input_tokens is not None:
+        req.estimated_input_tokens = estimated_input_tokens
+    if estimated_output_tokens is not None:
+        req.estimated_output_tokens = estimated_output_tokens
     ttl = duration(reservation_ttl)
     if ttl is not None:
         req.reservation_ttl.CopyFrom(ttl)

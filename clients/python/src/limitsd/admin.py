@@ -45,6 +45,10 @@ Kind = Literal[
     "requests_per_hour",
     "tokens_per_minute",
     "tokens_per_hour",
+    "input_tokens_per_minute",
+    "input_tokens_per_hour",
+    "output_tokens_per_minute",
+    "output_tokens_per_hour",
     "max_concurrent",
 ]
 _KINDS: dict[Kind, pb.LimitKind] = {
@@ -57,6 +61,10 @@ _KINDS: dict[Kind, pb.LimitKind] = {
     "requests_per_hour": pb.LIMIT_KIND_REQUESTS_PER_HOUR,
     "tokens_per_minute": pb.LIMIT_KIND_TOKENS_PER_MINUTE,
     "tokens_per_hour": pb.LIMIT_KIND_TOKENS_PER_HOUR,
+    "input_tokens_per_minute": pb.LIMIT_KIND_INPUT_TOKENS_PER_MINUTE,
+    "input_tokens_per_hour": pb.LIMIT_KIND_INPUT_TOKENS_PER_HOUR,
+    "output_tokens_per_minute": pb.LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE,
+    "output_tokens_per_hour": pb.LIMIT_KIND_OUTPUT_TOKENS_PER_HOUR,
     "max_concurrent": pb.LIMIT_KIND_MAX_CONCURRENT,
 }
 _KIND_NAMES: dict[int, Kind] = {int(v): k for k, v in _KINDS.items()}
@@ -99,6 +107,11 @@ class Limits(TypedDict, total=False):
     requests_per_hour: int | None
     tokens_per_minute: int | None
     tokens_per_hour: int | None
+    #: Input (prompt) and output (completion) token rates.
+    input_tokens_per_minute: int | None
+    input_tokens_per_hour: int | None
+    output_tokens_per_minute: int | None
+    output_tokens_per_hour: int | None
     #: Requests in flight at once.
     max_concurrent: int | None
     #: The name reasons, metrics and the audit trail show instead of the id.
@@ -168,6 +181,10 @@ class SubjectLimits:
     increases: tuple[BudgetIncrease, ...]
     #: The calendar the budgets reset on; None when they roll.
     calendar: Calendar | None = None
+    input_tokens_per_minute: int | None = None
+    input_tokens_per_hour: int | None = None
+    output_tokens_per_minute: int | None = None
+    output_tokens_per_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -373,6 +390,10 @@ def _subject_limits(m: apb.SubjectLimits) -> SubjectLimits:
         requests_per_hour=_optional(m, "requests_per_hour"),
         tokens_per_minute=_optional(m, "tokens_per_minute"),
         tokens_per_hour=_optional(m, "tokens_per_hour"),
+        input_tokens_per_minute=_optional(m, "input_tokens_per_minute"),
+        input_tokens_per_hour=_optional(m, "input_tokens_per_hour"),
+        output_tokens_per_minute=_optional(m, "output_tokens_per_minute"),
+        output_tokens_per_hour=_optional(m, "output_tokens_per_hour"),
         max_concurrent=_optional(m, "max_concurrent"),
         alias=m.alias,
         expire_time=_time(m, "expire_time"),

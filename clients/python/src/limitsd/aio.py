@@ -121,8 +121,12 @@ class AsyncLimitsClient:
         reserve: bool = False,
         reservation_ttl: float | None = None,
         timeout: float | None = None,
+        estimated_input_tokens: int | None = None,
+        estimated_output_tokens: int | None = None,
     ) -> pb.CheckLimitsResponse:
-        """CheckLimits. A denial is an answer (``allowed`` false), not an error."""
+        """CheckLimits. A denial is an answer (``allowed`` false), not an error.
+        ``estimated_input_tokens`` / ``estimated_output_tokens`` split
+        ``estimated_tokens`` for input and output token limits."""
         req = check_request(
             subjects,
             model=model,
@@ -130,6 +134,8 @@ class AsyncLimitsClient:
             estimated_cost_usd=estimated_cost_usd,
             reserve=reserve,
             reservation_ttl=reservation_ttl,
+            estimated_input_tokens=estimated_input_tokens,
+            estimated_output_tokens=estimated_output_tokens,
         )
         return await self._call("CheckLimits", req, timeout, self.check_retry, pb.CheckLimitsResponse)
 

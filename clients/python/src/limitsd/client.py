@@ -122,8 +122,12 @@ class LimitsClient:
         reserve: bool = False,
         reservation_ttl: float | None = None,
         timeout: float | None = None,
+        estimated_input_tokens: int | None = None,
+        estimated_output_tokens: int | None = None,
     ) -> pb.CheckLimitsResponse:
-        """CheckLimits. A denial is an answer (``allowed`` false), not an error."""
+        """CheckLimits. A denial is an answer (``allowed`` false), not an error.
+        ``estimated_input_tokens`` / ``estimated_output_tokens`` split
+        ``estimated_tokens`` for input and output token limits."""
         req = check_request(
             subjects,
             model=model,
@@ -131,6 +135,8 @@ class LimitsClient:
             estimated_cost_usd=estimated_cost_usd,
             reserve=reserve,
             reservation_ttl=reservation_ttl,
+            estimated_input_tokens=estimated_input_tokens,
+            estimated_output_tokens=estimated_output_tokens,
         )
         return self._call("CheckLimits", req, timeout, self.check_retry, pb.CheckLimitsResponse)
 

@@ -59,6 +59,8 @@ pub fn estimate() -> Vec<Attempt> {
         model: "gpt-4o-mini".to_owned(),
         cost: NanoUsd(usd(0.001)),
         tokens: 500,
+        input: 500,
+        output: 500,
     }]
 }
 
@@ -68,6 +70,8 @@ pub fn actual() -> RecordRequest {
         reservation: None,
         cost: NanoUsd(usd(0.0012)),
         tokens: 600,
+        input: 400,
+        output: 200,
     }
 }
 

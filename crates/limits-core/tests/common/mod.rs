@@ -61,6 +61,8 @@ pub fn attempt(cost: u64, tokens: u64) -> Vec<Attempt> {
         model: "gpt-4".to_owned(),
         cost: NanoUsd(cost),
         tokens,
+        input: tokens,
+        output: tokens,
     }]
 }
 
@@ -165,12 +167,32 @@ impl Group {
             reservation,
             cost: NanoUsd(cost),
             tokens,
+            ..Default::default()
         };
         record(&mut states, &limits, &req, policy, now)
     }
 
     pub fn record(&mut self, cost: u64, tokens: u64, now: Nanos) -> RecordOutcome {
         self.record_with(None, cost, tokens, &Policy::default(), now)
+    }
+
+    /// A record as given.
+    pub fn record_with_request(&mut self, req: &RecordRequest, now: Nanos) -> RecordOutcome {
+        let (mut states, limits) = self.parts();
+        record(&mut states, &limits, req, &Policy::default(), now)
+    }
+
+    /// A record of input and output tokens (and their sum as the total).
+    pub fn record_split(&mut self, input: u64, output: u64, now: Nanos) -> RecordOutcome {
+        let (mut states, limits) = self.parts();
+        let req = RecordRequest {
+            reservation: None,
+            cost: NanoUsd(0),
+            tokens: input.saturating_add(output),
+            input,
+            output,
+        };
+        record(&mut states, &limits, &req, &Policy::default(), now)
     }
 
     pub fn settle(&mut self, id: u64, cost: u64, tokens: u64, now: Nanos) -> RecordOutcome {

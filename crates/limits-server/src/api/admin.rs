@@ -97,6 +97,10 @@ fn kind(field: &str, raw: i32) -> Result<LimitKind, Status> {
         Ok(K::RequestsPerHour) => LimitKind::RequestsPerHour,
         Ok(K::TokensPerMinute) => LimitKind::TokensPerMinute,
         Ok(K::TokensPerHour) => LimitKind::TokensPerHour,
+        Ok(K::InputTokensPerMinute) => LimitKind::InputTokensPerMinute,
+        Ok(K::InputTokensPerHour) => LimitKind::InputTokensPerHour,
+        Ok(K::OutputTokensPerMinute) => LimitKind::OutputTokensPerMinute,
+        Ok(K::OutputTokensPerHour) => LimitKind::OutputTokensPerHour,
         Ok(K::MaxConcurrent) => LimitKind::MaxConcurrent,
         Ok(K::Unspecified) => return Err(invalid(field, "must be set")),
         Err(_) => return Err(invalid(field, format!("unknown limit kind {raw}"))),
@@ -116,7 +120,7 @@ fn instant(field: &str, t: &prost_types::Timestamp) -> Result<Nanos, Status> {
 
 /// The field names of SubjectLimits an update mask may name, with the
 /// entry field each sets.
-const MASK_FIELDS: [(&str, EntryField); 13] = [
+const MASK_FIELDS: [(&str, EntryField); 17] = [
     ("hourly_usd", EntryField::Limit(LimitKind::BudgetHourly)),
     ("daily_usd", EntryField::Limit(LimitKind::BudgetDaily)),
     ("weekly_usd", EntryField::Limit(LimitKind::BudgetWeekly)),
@@ -140,6 +144,22 @@ const MASK_FIELDS: [(&str, EntryField); 13] = [
     (
         "tokens_per_hour",
         EntryField::Limit(LimitKind::TokensPerHour),
+    ),
+    (
+        "input_tokens_per_minute",
+        EntryField::Limit(LimitKind::InputTokensPerMinute),
+    ),
+    (
+        "input_tokens_per_hour",
+        EntryField::Limit(LimitKind::InputTokensPerHour),
+    ),
+    (
+        "output_tokens_per_minute",
+        EntryField::Limit(LimitKind::OutputTokensPerMinute),
+    ),
+    (
+        "output_tokens_per_hour",
+        EntryField::Limit(LimitKind::OutputTokensPerHour),
     ),
     (
         "max_concurrent",
@@ -228,6 +248,26 @@ fn spec(raw: &apb::SubjectLimits) -> Result<EntrySpec, Status> {
             "tokens_per_hour",
             raw.tokens_per_hour,
             LimitKind::TokensPerHour,
+        ),
+        (
+            "input_tokens_per_minute",
+            raw.input_tokens_per_minute,
+            LimitKind::InputTokensPerMinute,
+        ),
+        (
+            "input_tokens_per_hour",
+            raw.input_tokens_per_hour,
+            LimitKind::InputTokensPerHour,
+        ),
+        (
+            "output_tokens_per_minute",
+            raw.output_tokens_per_minute,
+            LimitKind::OutputTokensPerMinute,
+        ),
+        (
+            "output_tokens_per_hour",
+            raw.output_tokens_per_hour,
+            LimitKind::OutputTokensPerHour,
         ),
     ];
     for (name, value, kind) in counts {
@@ -324,6 +364,10 @@ fn pb_entry(v: &EntryView) -> apb::SubjectLimits {
         requests_per_hour: l.get(LimitKind::RequestsPerHour),
         tokens_per_minute: l.get(LimitKind::TokensPerMinute),
         tokens_per_hour: l.get(LimitKind::TokensPerHour),
+        input_tokens_per_minute: l.get(LimitKind::InputTokensPerMinute),
+        input_tokens_per_hour: l.get(LimitKind::InputTokensPerHour),
+        output_tokens_per_minute: l.get(LimitKind::OutputTokensPerMinute),
+        output_tokens_per_hour: l.get(LimitKind::OutputTokensPerHour),
         max_concurrent: l.get(LimitKind::MaxConcurrent).map(|n| n as u32),
         alias: l.alias().unwrap_or_default().to_owned(),
         expire_time: v.entry.expire_time.map(pb_timestamp),

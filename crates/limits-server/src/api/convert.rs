@@ -165,6 +165,10 @@ pub fn pb_kind(k: LimitKind) -> pb::LimitKind {
         LimitKind::RequestsPerHour => pb::LimitKind::RequestsPerHour,
         LimitKind::TokensPerMinute => pb::LimitKind::TokensPerMinute,
         LimitKind::TokensPerHour => pb::LimitKind::TokensPerHour,
+        LimitKind::InputTokensPerMinute => pb::LimitKind::InputTokensPerMinute,
+        LimitKind::InputTokensPerHour => pb::LimitKind::InputTokensPerHour,
+        LimitKind::OutputTokensPerMinute => pb::LimitKind::OutputTokensPerMinute,
+        LimitKind::OutputTokensPerHour => pb::LimitKind::OutputTokensPerHour,
         LimitKind::MaxConcurrent => pb::LimitKind::MaxConcurrent,
     }
 }

@@ -335,6 +335,8 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             subjects: &subjects,
             model: &req.model,
             estimated_tokens: req.estimated_tokens,
+            estimated_input_tokens: req.estimated_input_tokens,
+            estimated_output_tokens: req.estimated_output_tokens,
             estimated_cost,
             reserve: req.reserve,
             reservation_ttl,

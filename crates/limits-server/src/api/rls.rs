@@ -435,8 +435,14 @@ async fn hit_group<S: Store>(
 fn pb_unit(kind: LimitKind) -> PbUnit {
     match kind {
         LimitKind::RequestsPerSecond => PbUnit::Second,
-        LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => PbUnit::Minute,
-        LimitKind::RequestsPerHour | LimitKind::TokensPerHour => PbUnit::Hour,
+        LimitKind::RequestsPerMinute
+        | LimitKind::TokensPerMinute
+        | LimitKind::InputTokensPerMinute
+        | LimitKind::OutputTokensPerMinute => PbUnit::Minute,
+        LimitKind::RequestsPerHour
+        | LimitKind::TokensPerHour
+        | LimitKind::InputTokensPerHour
+        | LimitKind::OutputTokensPerHour => PbUnit::Hour,
         // Budgets and concurrency never reach here (hits report request and
         // token windows only); the nearest honest answer for a longer
         // window is a day.

@@ -251,6 +251,8 @@ pub fn check(subjects: Vec<pb::Subject>, cost: f64) -> pb::CheckLimitsRequest {
         subjects,
         model: "gpt-4".into(),
         estimated_tokens: 0,
+        estimated_input_tokens: None,
+        estimated_output_tokens: None,
         estimated_cost_usd: Some(cost),
         reserve: false,
         reservation_ttl: None,

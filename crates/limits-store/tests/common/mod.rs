@@ -93,10 +93,25 @@ impl<'a> Req<'a> {
         reserve_ttl: Option<Nanos>,
         now: Nanos,
     ) -> Result<CheckOutcome, StoreError> {
+        self.check_split(store, cost, (tokens, tokens, tokens), reserve_ttl, now)
+            .await
+    }
+
+    /// A check with its token estimate as `(total, input, output)`.
+    pub async fn check_split<S: Store>(
+        &self,
+        store: &S,
+        cost: u64,
+        (tokens, input, output): (u64, u64, u64),
+        reserve_ttl: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<CheckOutcome, StoreError> {
         let attempts = [Attempt {
             model: "gpt-4".into(),
             cost: NanoUsd(cost),
             tokens,
+            input,
+            output,
         }];
         let policy = policy();
         let op = CheckOp {
@@ -123,11 +138,26 @@ impl<'a> Req<'a> {
         tokens: u64,
         now: Nanos,
     ) -> Result<RecordOutcome, StoreError> {
+        self.record_split(store, reservation, cost, (tokens, 0, 0), now)
+            .await
+    }
+
+    /// A record with its tokens as `(total, input, output)`.
+    pub async fn record_split<S: Store>(
+        &self,
+        store: &S,
+        reservation: Option<u64>,
+        cost: u64,
+        (tokens, input, output): (u64, u64, u64),
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
         let policy = policy();
         let op = RecordOp {
             reservation,
             cost: NanoUsd(cost),
             tokens,
+            input,
+            output,
             policy: &policy,
         };
         store

@@ -233,6 +233,16 @@ declare! {
         tokens_per_minute: Limit = Limit,
         /// Tokens admitted per rolling hour.
         tokens_per_hour: Limit = Limit,
+        /// Input (prompt) tokens per rolling minute: a check holds its input estimate, a
+        /// record charges `request_tokens`.
+        input_tokens_per_minute: Limit = Limit,
+        /// Input (prompt) tokens per rolling hour.
+        input_tokens_per_hour: Limit = Limit,
+        /// Output (completion) tokens per rolling minute: a check holds its output estimate,
+        /// a record charges `response_tokens`.
+        output_tokens_per_minute: Limit = Limit,
+        /// Output (completion) tokens per rolling hour.
+        output_tokens_per_hour: Limit = Limit,
         /// In-flight requests (leases) at once.
         max_concurrent: Slots = Slots,
         /// As the budgets' `alias`; an id's aliases must agree.
@@ -487,6 +497,10 @@ pub(crate) struct RawCombined {
     requests_per_hour: Option<u64>,
     tokens_per_minute: Option<u64>,
     tokens_per_hour: Option<u64>,
+    input_tokens_per_minute: Option<u64>,
+    input_tokens_per_hour: Option<u64>,
+    output_tokens_per_minute: Option<u64>,
+    output_tokens_per_hour: Option<u64>,
     max_concurrent: Option<u32>,
     alias: Option<String>,
 }
@@ -508,6 +522,10 @@ impl RawCombined {
             requests_per_hour,
             tokens_per_minute,
             tokens_per_hour,
+            input_tokens_per_minute,
+            input_tokens_per_hour,
+            output_tokens_per_minute,
+            output_tokens_per_hour,
             max_concurrent,
             alias,
         } = self;
@@ -528,6 +546,10 @@ impl RawCombined {
             requests_per_hour: *requests_per_hour,
             tokens_per_minute: *tokens_per_minute,
             tokens_per_hour: *tokens_per_hour,
+            input_tokens_per_minute: *input_tokens_per_minute,
+            input_tokens_per_hour: *input_tokens_per_hour,
+            output_tokens_per_minute: *output_tokens_per_minute,
+            output_tokens_per_hour: *output_tokens_per_hour,
             max_concurrent: *max_concurrent,
             alias: alias.clone(),
         };

@@ -144,3 +144,42 @@ describe('the limitsd Node.js client', () => {
       { stdio: 'pipe', encoding: 'utf8' });
   });
 });
+
+describe('input and output token limits', () => {
+  let d;
+  let c;
+  before(async () => {
+    d = await startLimitsd(`
+limits:
+  rate_limits:
+    by_api_key: { "io-key": { input_tokens_per_minute: 1000, output_tokens_per_minute: 500 } }
+  storage: { backend: memory }
+`);
+    c = new LimitsClient(d.grpcAddr, { channelOptions: { 'grpc.enable_http_proxy': 0 }, timeoutMs: 5000 });
+  });
+  after(async () => {
+    c.close();
+    await d.stop();
+  });
+
+  test('a check holds each part of its estimate, a record charges each part', async () => {
+    const key = apiKey('io-key');
+    const used = (r, kind) => r.statuses.find((s) => s.kind === kind).used;
+    const r = await c.check({
+      subjects: [key], model: 'gpt-4', estimatedTokens: 1200, estimatedInputTokens: 800, estimatedOutputTokens: 400,
+      estimatedCostUsd: 0, reserve: true,
+    });
+    assert.equal(r.allowed, true);
+    assert.equal(used(r, 'LIMIT_KIND_INPUT_TOKENS_PER_MINUTE'), 800);
+    assert.equal(used(r, 'LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE'), 400);
+    const rec = await c.record({
+      subjects: [key], reservationId: r.reservation_id, promptTokens: 700, completionTokens: 600, costUsd: 0,
+    });
+    assert.equal(used(rec, 'LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE'), 600, 'a longer response is charged in full');
+    const denied = await c.check({
+      subjects: [key], model: 'gpt-4', estimatedTokens: 1, estimatedOutputTokens: 1, estimatedCostUsd: 0,
+    });
+    assert.equal(denied.allowed, false);
+    assert.match(denied.reason, /output tokens per minute limit/);
+  });
+});

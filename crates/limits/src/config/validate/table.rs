@@ -222,6 +222,10 @@ fn subject_limits(
         limits.set(LimitKind::RequestsPerHour, r.requests_per_hour);
         limits.set(LimitKind::TokensPerMinute, r.tokens_per_minute);
         limits.set(LimitKind::TokensPerHour, r.tokens_per_hour);
+        limits.set(LimitKind::InputTokensPerMinute, r.input_tokens_per_minute);
+        limits.set(LimitKind::InputTokensPerHour, r.input_tokens_per_hour);
+        limits.set(LimitKind::OutputTokensPerMinute, r.output_tokens_per_minute);
+        limits.set(LimitKind::OutputTokensPerHour, r.output_tokens_per_hour);
         limits.set_max_concurrent(r.max_concurrent);
     }
     limits.set_alias(alias.map(|(a, _)| Arc::clone(a)));
