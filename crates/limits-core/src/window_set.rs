@@ -504,6 +504,13 @@ impl WindowSet {
     ) {
         let span = SPANS[rank(kind)];
         let here = *pos < self.count() && self.meta(*pos).rank == rank(kind);
+        // A calendar slot left from when the subject's budgets followed a
+        // calendar counts nothing new: without the calendar there is no
+        // period to open a bucket for (its spend ages out by itself).
+        if kind.period().is_some() && limits.calendar().is_none() {
+            *pos += usize::from(here);
+            return;
+        }
         if !here {
             if limits.limit_in(kind).is_none() {
                 return;
@@ -520,9 +527,9 @@ impl WindowSet {
             let a = &mut self.buf[m.end() - 1].1;
             *a = a.saturating_add(amount);
         } else {
-            let bucket = match kind.period() {
-                Some(_) => limits.calendar_bucket(kind, now).unwrap_or(now.0),
-                None => span.bucket_at(now),
+            let bucket = match limits.calendar_bucket(kind, now) {
+                Some(end) if kind.period().is_some() => end,
+                _ => span.bucket_at(now),
             };
             self.append(h, (bucket, amount));
         }

@@ -112,9 +112,19 @@ fn a_rolling_budget_turned_calendar_starts_its_count_afresh() {
     g.limits[0] = rolling.with_calendar(calendar("UTC", 0, 1));
     let out = g.check(usd(10.0).0, 0, t);
     assert!(out.allowed(), "the calendar window starts empty: {out:?}");
-    // And back: the rolling window still holds its $6 until it ages out.
+    g.record(usd(2.0).0, 0, t);
+    // And back: the rolling window still holds its $6 until it ages out,
+    // and has counted the $2 too; the calendar's window counts nothing
+    // new while the budgets roll.
     g.limits[0] = limits(&[(LimitKind::BudgetDaily, usd(10.0).0)]);
-    assert_eq!(g.used(0, LimitKind::BudgetDaily, t), usd(6.0).0);
+    assert_eq!(g.used(0, LimitKind::BudgetDaily, t), usd(8.0).0);
+    let later = t.saturating_add(Nanos::from_secs(60));
+    g.record(usd(1.0).0, 0, later);
+    let calendar_window = g.states[0]
+        .windows()
+        .find(|(k, _)| *k == LimitKind::CalendarDaily)
+        .map(|(_, w)| w.total());
+    assert_eq!(calendar_window, Some(usd(2.0).0));
 }
 
 #[test]
