@@ -571,12 +571,7 @@ pub fn record(
     if !duplicate {
         for (state, lim) in states.iter_mut().zip(limits) {
             if let Some(h) = req.reservation.and_then(|id| state.hold_mut(id)) {
-                settled.get_or_insert(Held {
-                    cost: h.cost,
-                    tokens: h.tokens,
-                    input: h.input,
-                    output: h.output,
-                });
+                settled.get_or_insert(h.estimate());
                 h.settled = true;
                 h.cost = 0;
                 h.tokens = 0;

@@ -37,14 +37,13 @@ impl Hold {
         !self.settled && self.expires_at > now
     }
 
-    /// What the hold holds of a resource (nothing of requests or leases).
-    pub fn of(&self, resource: Resource) -> u64 {
-        match resource {
-            Resource::Cost => self.cost,
-            Resource::Tokens => self.tokens,
-            Resource::InputTokens => self.input,
-            Resource::OutputTokens => self.output,
-            Resource::Requests | Resource::Leases => 0,
+    /// The estimate the hold holds (all of it, open or not).
+    pub fn estimate(&self) -> Held {
+        Held {
+            cost: self.cost,
+            tokens: self.tokens,
+            input: self.input,
+            output: self.output,
         }
     }
 }
@@ -275,7 +274,7 @@ impl SubjectState {
             self.holds()
                 .iter()
                 .filter(|h| h.is_open(now))
-                .map(|h| (h.expires_at, h.of(kind.resource()))),
+                .map(|h| (h.expires_at, h.estimate().of(kind.resource()))),
         );
         events.sort_unstable_by_key(|&(t, _)| t);
         let mut freed = 0u64;
