@@ -17,7 +17,7 @@ use crate::window::WindowRef;
 pub struct Denial {
     /// Index of the subject in the request.
     pub subject: usize,
-    /// The limit that decided.
+    /// The limit that decided (a calendar slot for a budget on a calendar).
     pub kind: LimitKind,
     /// How long until this limit could let the request through; `None` when
     /// it never can (the request alone is larger than the limit).

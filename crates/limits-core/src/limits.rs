@@ -579,13 +579,15 @@ impl LimitTable {
 pub struct LimitStatus {
     /// Index of the subject in the request.
     pub subject: usize,
-    /// Which limit.
+    /// Which limit; for a budget on a calendar, its calendar slot
+    /// ([`LimitKind::public`] gives the budget's kind).
     pub kind: LimitKind,
     /// The limit, in nano-dollars for budgets, otherwise a count.
     pub limit: u64,
     /// What the window holds now, including held reservations.
     pub used: u64,
-    /// When the oldest amount (or lease) expires; `None` when empty.
+    /// When the oldest amount (or lease) expires; `None` when empty. For a
+    /// budget on a calendar, when its period ends, even when empty.
     pub reset_at: Option<Nanos>,
     /// Whether this limit stopped the request.
     pub exceeded: bool,
