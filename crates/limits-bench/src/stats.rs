@@ -206,6 +206,27 @@ pub struct Report {
     /// during the measured window (0 on a quiet machine): a noise gauge.
     #[serde(default)]
     pub other_cores: Option<f64>,
+    /// The spectrum of `latency_us` (in an open loop, from the intended
+    /// send), `[percentile, µs]` from the median to the maximum, for
+    /// percentile plots.
+    #[serde(default)]
+    pub percentiles: Vec<[f64; 2]>,
+}
+
+/// The percentiles of a spectrum: denser towards the tail, as
+/// HdrHistogram's percentile plots are read.
+const SPECTRUM: [f64; 14] = [
+    50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95, 99.975, 99.99, 99.999, 100.0,
+];
+
+fn spectrum(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    SPECTRUM
+        .iter()
+        .map(|&p| [p, h.value_at_percentile(p) as f64])
+        .collect()
 }
 
 impl Report {
@@ -252,6 +273,7 @@ impl Report {
             server_cpu_us_per_op: None,
             client_cpu_us_per_op: None,
             other_cores: None,
+            percentiles: spectrum(&rec.total),
             info,
         }
     }
