@@ -102,6 +102,11 @@ impl Calendar {
         self.week_start
     }
 
+    /// The week's first day by name (`monday` … `sunday`).
+    pub fn week_start_name(&self) -> &'static str {
+        WEEKDAYS[usize::from(self.week_start)]
+    }
+
     /// The day of the month monthly periods start on (1 to 31).
     pub fn anchor_day(&self) -> u8 {
         self.anchor_day
@@ -222,7 +227,7 @@ impl fmt::Debug for Calendar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Calendar")
             .field("zone", &self.zone_name)
-            .field("week_start", &WEEKDAYS[usize::from(self.week_start)])
+            .field("week_start", &self.week_start_name())
             .field("anchor_day", &self.anchor_day)
             .finish()
     }
@@ -238,6 +243,14 @@ pub const WEEKDAYS: [&str; 7] = [
     "saturday",
     "sunday",
 ];
+
+/// A weekday's number (0 = Monday … 6 = Sunday) by its name, in any case.
+pub fn weekday(name: &str) -> Option<u8> {
+    WEEKDAYS
+        .iter()
+        .position(|d| d.eq_ignore_ascii_case(name))
+        .map(|i| i as u8)
+}
 
 // Keep the Monday-first numbering in step with jiff's.
 const _: () = assert!(Weekday::Monday.to_monday_zero_offset() == 0);

@@ -11,24 +11,37 @@ use common::*;
 use limits_server::pb;
 
 fn sled_config(dir: &std::path::Path) -> std::path::PathBuf {
+    sled_config_for(dir, "crash-key", "1000000.00", 5)
+}
+
+/// A sled store in `dir/store` and one API key with a monthly budget and a
+/// concurrency limit; returns the config file's path.
+fn sled_config_for(
+    dir: &std::path::Path,
+    key: &str,
+    monthly: &str,
+    max_concurrent: u32,
+) -> std::path::PathBuf {
     let config = dir.join("limits.yaml");
     std::fs::write(
         &config,
-        r#"
+        format!(
+            r#"
 limits:
   budgets:
     by_api_key:
-      "crash-key":
-        monthly: 1000000.00
+      "{key}":
+        monthly: {monthly}
   rate_limits:
     by_api_key:
-      "crash-key":
-        max_concurrent: 5
+      "{key}":
+        max_concurrent: {max_concurrent}
   storage:
     backend: sled
     sled:
       path: ./store
-"#,
+"#
+        ),
     )
     .unwrap();
     config
@@ -204,26 +217,7 @@ async fn a_damaged_store_fails_start_up_naming_the_path() {
 #[tokio::test]
 async fn a_sigkill_loses_at_most_the_leases_since_the_last_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("limits.yaml");
-    std::fs::write(
-        &config,
-        r#"
-limits:
-  budgets:
-    by_api_key:
-      "lease-key":
-        monthly: 1000.00
-  rate_limits:
-    by_api_key:
-      "lease-key":
-        max_concurrent: 100
-  storage:
-    backend: sled
-    sled:
-      path: ./store
-"#,
-    )
-    .unwrap();
+    let config = sled_config_for(dir.path(), "lease-key", "1000.00", 100);
     let acquire = |c: &mut pb::limits_service_client::LimitsServiceClient<_>| {
         let mut c = c.clone();
         async move {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
-use limits_core::calendar::WEEKDAYS;
+use limits_core::calendar;
 use limits_core::{Calendar, DIMENSIONS, Dimension, LimitKind, Nanos, SubjectLimits};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -272,7 +272,7 @@ impl From<&Calendar> for StoredCalendar {
     fn from(c: &Calendar) -> StoredCalendar {
         StoredCalendar {
             zone: c.zone().to_owned(),
-            week_start: WEEKDAYS[usize::from(c.week_start())].to_owned(),
+            week_start: c.week_start_name().to_owned(),
             anchor_day: c.anchor_day(),
         }
     }
@@ -282,11 +282,9 @@ impl TryFrom<StoredCalendar> for Calendar {
     type Error = String;
 
     fn try_from(c: StoredCalendar) -> Result<Calendar, String> {
-        let week_start = WEEKDAYS
-            .iter()
-            .position(|d| *d == c.week_start)
+        let week_start = calendar::weekday(&c.week_start)
             .ok_or_else(|| format!("unknown weekday {:?}", c.week_start))?;
-        Calendar::new(&c.zone, week_start as u8, c.anchor_day).map_err(|e| e.to_string())
+        Calendar::new(&c.zone, week_start, c.anchor_day).map_err(|e| e.to_string())
     }
 }
 

@@ -14,22 +14,15 @@ use limits_server::pb;
 pub struct Kind(pub LimitKind);
 
 /// Every kind, in the API's order.
-const ALL: [Kind; 14] = [
-    Kind(LimitKind::BudgetHourly),
-    Kind(LimitKind::BudgetDaily),
-    Kind(LimitKind::BudgetWeekly),
-    Kind(LimitKind::BudgetMonthly),
-    Kind(LimitKind::RequestsPerSecond),
-    Kind(LimitKind::RequestsPerMinute),
-    Kind(LimitKind::RequestsPerHour),
-    Kind(LimitKind::TokensPerMinute),
-    Kind(LimitKind::TokensPerHour),
-    Kind(LimitKind::InputTokensPerMinute),
-    Kind(LimitKind::InputTokensPerHour),
-    Kind(LimitKind::OutputTokensPerMinute),
-    Kind(LimitKind::OutputTokensPerHour),
-    Kind(LimitKind::MaxConcurrent),
-];
+const ALL: [Kind; LimitKind::LIMITS.len()] = {
+    let mut out = [Kind(LimitKind::MaxConcurrent); LimitKind::LIMITS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = Kind(LimitKind::LIMITS[i]);
+        i += 1;
+    }
+    out
+};
 
 impl Kind {
     /// The config key, e.g. `daily`.

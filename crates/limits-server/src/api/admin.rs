@@ -10,7 +10,7 @@ use limits::admin::{
     Adjust, AuditEvent, Change, EntryField, EntrySpec, EntryView, SubjectRef, Update, page_size,
 };
 use limits::runtime::Increase;
-use limits_core::calendar::WEEKDAYS;
+use limits_core::calendar;
 use limits_core::{Calendar, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Resource, Subject};
 use limits_store::Store;
 use tonic::{Request, Response, Status};
@@ -305,15 +305,12 @@ fn calendar(field: &str, raw: &apb::BudgetCalendar) -> Result<Calendar, Status> 
     };
     let week_start = match raw.week_start.as_str() {
         "" => 0,
-        day => WEEKDAYS
-            .iter()
-            .position(|d| d.eq_ignore_ascii_case(day))
-            .ok_or_else(|| {
-                invalid(
-                    &format!("{field}.week_start"),
-                    format!("{day:?} is not a weekday (monday to sunday)"),
-                )
-            })? as u8,
+        day => calendar::weekday(day).ok_or_else(|| {
+            invalid(
+                &format!("{field}.week_start"),
+                format!("{day:?} is not a weekday (monday to sunday)"),
+            )
+        })?,
     };
     let anchor = match raw.month_anchor_day {
         0 => 1,
@@ -332,7 +329,7 @@ fn calendar(field: &str, raw: &apb::BudgetCalendar) -> Result<Calendar, Status> 
 fn pb_calendar(c: &Calendar) -> apb::BudgetCalendar {
     apb::BudgetCalendar {
         time_zone: c.zone().to_owned(),
-        week_start: WEEKDAYS[usize::from(c.week_start())].to_owned(),
+        week_start: c.week_start_name().to_owned(),
         month_anchor_day: u32::from(c.anchor_day()),
     }
 }

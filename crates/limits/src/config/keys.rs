@@ -120,15 +120,16 @@ const PERIODS: &[(&str, BudgetPeriod)] = &[
 ];
 
 /// The weekdays, numbered from Monday as calendars take them.
-const WEEKDAYS: &[(&str, u8)] = &[
-    ("monday", 0),
-    ("tuesday", 1),
-    ("wednesday", 2),
-    ("thursday", 3),
-    ("friday", 4),
-    ("saturday", 5),
-    ("sunday", 6),
-];
+const WEEKDAYS: &[(&str, u8)] = &{
+    let names = limits_core::calendar::WEEKDAYS;
+    let mut out = [("", 0); 7];
+    let mut i = 0;
+    while i < names.len() {
+        out[i] = (names[i], i as u8);
+        i += 1;
+    }
+    out
+};
 
 const ACTIONS: &[(&str, EnforcementMode)] = &[
     ("block", EnforcementMode::Block),
