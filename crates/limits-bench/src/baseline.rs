@@ -147,6 +147,7 @@ impl Baseline {
             percentage: 0.14286,
             reset_at: Some(timestamp(now + 86_400)),
             period: pb::BudgetPeriod::Rolling as i32,
+            model_scope: String::new(),
         });
         let reset = (now + 1).to_string();
         let header_values = [

@@ -76,6 +76,7 @@ fn main() {
             tokens: 0,
             input: 0,
             output: 0,
+            skip: 0,
         }];
         let policy = Policy::default();
         let mut states: AHashMap<String, SubjectState> = ids

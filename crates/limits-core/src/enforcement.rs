@@ -111,7 +111,7 @@ impl Pricing {
 
 /// One way to run a request: a model with its estimated cost and tokens. A
 /// check tries its attempts in order and admits the first that fits.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attempt {
     /// The model name.
     pub model: String,
@@ -125,6 +125,9 @@ pub struct Attempt {
     /// The estimated output (completion) tokens, held against output token
     /// limits.
     pub output: u64,
+    /// The request's subjects this attempt does not meet: bit `i` for
+    /// subject `i` (a model scope of another attempt's model). 0: all.
+    pub skip: u16,
 }
 
 /// The longest downgrade chain followed; config validation rejects cycles,
@@ -164,6 +167,7 @@ impl Policy {
             tokens,
             input: tokens,
             output: tokens,
+            skip: 0,
         }];
         if self.mode != EnforcementMode::Downgrade {
             return attempts;
@@ -184,6 +188,7 @@ impl Policy {
                 tokens,
                 input: tokens,
                 output: tokens,
+                skip: 0,
             });
             current = next;
         }

@@ -271,6 +271,9 @@ fn evaluate(
     let mut worst = None;
     let mut exceeded = Vec::new();
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
+        if skips(attempt.skip, i) {
+            continue;
+        }
         let held = state.held(now);
         let windows = state.windows_by_kind();
         let limit = lim.windowed_limits();
@@ -312,7 +315,10 @@ fn commit(
     reserve: Option<Reserve>,
     now: Nanos,
 ) -> Option<u64> {
-    for (state, lim) in states.iter_mut().zip(limits) {
+    for (i, (state, lim)) in states.iter_mut().zip(limits).enumerate() {
+        if skips(attempt.skip, i) {
+            continue;
+        }
         state.charge(lim, Resource::Requests, now, 1);
         if let Some(r) = reserve {
             let holds_anything = lim
@@ -335,6 +341,12 @@ fn commit(
     reserve.map(|r| r.id)
 }
 
+/// Whether an attempt's `skip` mask leaves out subject `i`.
+#[inline(always)]
+fn skips(skip: u16, i: usize) -> bool {
+    skip != 0 && i < 16 && skip & (1 << i) != 0
+}
+
 /// The state of every limit of every subject (`states` as `&mut` or `&`
 /// references).
 pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
@@ -343,9 +355,28 @@ pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
     exceeded: &[(usize, LimitKind)],
     now: Nanos,
 ) -> Vec<LimitStatus> {
-    let count = limits.iter().map(|l| l.count()).sum();
+    statuses_of(states, limits, exceeded, 0, now)
+}
+
+/// [`statuses`] of the subjects an attempt's `skip` mask leaves in.
+fn statuses_of<S: std::ops::Deref<Target = SubjectState>>(
+    states: &[S],
+    limits: &[&SubjectLimits],
+    exceeded: &[(usize, LimitKind)],
+    skip: u16,
+    now: Nanos,
+) -> Vec<LimitStatus> {
+    let count = limits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !skips(skip, *i))
+        .map(|(_, l)| l.count())
+        .sum();
     let mut out = Vec::with_capacity(count);
     for (i, (state, lim)) in states.iter().zip(limits).enumerate() {
+        if skips(skip, i) {
+            continue;
+        }
         // Sum the holds once per subject, not once per limit, and index the
         // windows by kind once: this loop runs on every check and record.
         let held = state.held(now);
@@ -378,6 +409,7 @@ pub fn statuses<S: std::ops::Deref<Target = SubjectState>>(
                 used: state.used_with(kind, None, held, now),
                 reset_at: state.reset_at_with(kind, None),
                 exceeded: !exceeded.is_empty() && exceeded.contains(&(i, kind)),
+                scope: lim.scope_name(),
             });
         }
     }
@@ -431,6 +463,7 @@ fn push_windowed_status(
         used,
         reset_at,
         exceeded: !exceeded.is_empty() && exceeded.contains(&(subject, slot)),
+        scope: lim.scope_name(),
     });
 }
 
@@ -525,7 +558,7 @@ pub fn check(
             retry_after: soonest.flatten(),
         },
     };
-    let statuses = statuses(states, limits, &exceeded, now);
+    let statuses = statuses_of(states, limits, &exceeded, req.attempts[attempt].skip, now);
     // Without a reservation the estimate is not in `used`; count it so the
     // flag says what this request would bring the budget to.
     let pending = match verdict {
@@ -696,6 +729,7 @@ mod tests {
             tokens,
             input: tokens,
             output: tokens,
+            skip: 0,
         }
     }
 

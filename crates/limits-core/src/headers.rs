@@ -66,11 +66,17 @@ pub enum Name {
     /// `X-Budget-Reset`: when that budget's oldest spend expires (Unix
     /// seconds, rounded up).
     BudgetReset,
+    /// `X-RateLimit-Scope`: the model scope (its pattern) of the rate
+    /// limit the `X-RateLimit-*` headers describe, when a scope's.
+    RateLimitScope,
+    /// `X-Budget-Scope`: the model scope of the budget the `X-Budget-*`
+    /// headers describe, when a scope's.
+    BudgetScope,
 }
 
 impl Name {
     /// Every header name, in the order an answer gives them.
-    pub const ALL: [Name; 8] = [
+    pub const ALL: [Name; 10] = [
         Name::RateLimitLimit,
         Name::RateLimitRemaining,
         Name::RateLimitReset,
@@ -79,6 +85,8 @@ impl Name {
         Name::BudgetUsed,
         Name::BudgetRemaining,
         Name::BudgetReset,
+        Name::RateLimitScope,
+        Name::BudgetScope,
     ];
 
     /// The position in [`Name::ALL`].
@@ -97,6 +105,8 @@ impl Name {
             Name::BudgetUsed => "X-Budget-Used",
             Name::BudgetRemaining => "X-Budget-Remaining",
             Name::BudgetReset => "X-Budget-Reset",
+            Name::RateLimitScope => "X-RateLimit-Scope",
+            Name::BudgetScope => "X-Budget-Scope",
         }
     }
 
@@ -111,6 +121,8 @@ impl Name {
             Name::BudgetUsed => "x-budget-used",
             Name::BudgetRemaining => "x-budget-remaining",
             Name::BudgetReset => "x-budget-reset",
+            Name::RateLimitScope => "x-ratelimit-scope",
+            Name::BudgetScope => "x-budget-scope",
         }
     }
 }
@@ -120,11 +132,13 @@ impl Name {
 const VALUE_MAX: usize = crate::money::USD_TEXT_MAX;
 
 /// One header value, held inline: an answer's headers are built on every
-/// check, so they are formatted without `core::fmt` and without allocating.
-#[derive(Copy, Clone, Default, PartialEq, Eq)]
+/// check, so they are formatted without `core::fmt` and without allocating
+/// (a model scope's pattern is shared with its limits).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Value {
     len: u8,
     text: [u8; VALUE_MAX],
+    shared: Option<std::sync::Arc<str>>,
 }
 
 impl Value {
@@ -140,15 +154,29 @@ impl Value {
         v
     }
 
-    /// The value's bytes (ASCII digits and at most one point).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.text[..usize::from(self.len)]
+    fn shared(text: &std::sync::Arc<str>) -> Value {
+        Value {
+            shared: Some(std::sync::Arc::clone(text)),
+            ..Value::default()
+        }
     }
 
-    /// The value as text (ASCII digits and at most one point).
+    /// The value's bytes (ASCII digits and at most one point, or a model
+    /// scope's pattern).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.shared {
+            Some(text) => text.as_bytes(),
+            None => &self.text[..usize::from(self.len)],
+        }
+    }
+
+    /// The value as text.
     pub fn as_str(&self) -> &str {
-        // Only digits and a point are ever written.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+        match &self.shared {
+            Some(text) => text,
+            // Only digits and a point are written inline.
+            None => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+        }
     }
 }
 
@@ -163,7 +191,7 @@ impl std::fmt::Debug for Value {
 #[derive(Clone, Debug, Default)]
 pub struct Headers {
     len: usize,
-    entries: [(Name, Value); 8],
+    entries: [(Name, Value); Name::ALL.len()],
 }
 
 impl Headers {
@@ -199,7 +227,9 @@ impl Headers {
 /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` from the most restrictive
 /// request or token rate limit; `Retry-After` (seconds, rounded up) when the
 /// request was denied and can be retried; `X-Budget-Limit`, `-Used`,
-/// `-Remaining` (USD) and `-Reset` from the most used budget.
+/// `-Remaining` (USD) and `-Reset` from the most used budget; then
+/// `X-RateLimit-Scope` and `X-Budget-Scope` when that rate limit or budget
+/// is a model scope's.
 pub fn header_values(statuses: &[LimitStatus], retry_after: Option<Nanos>, now: Nanos) -> Headers {
     let mut out = Headers::default();
     let rate = most_restrictive(statuses, |s| {
@@ -222,6 +252,12 @@ pub fn header_values(statuses: &[LimitStatus], retry_after: Option<Nanos>, now: 
         out.push(Name::BudgetRemaining, Value::usd(NanoUsd(b.remaining())));
         out.push(Name::BudgetReset, Value::int(reset_secs(b.reset_at, now)));
     }
+    if let Some(scope) = rate.and_then(|s| s.scope.as_ref()) {
+        out.push(Name::RateLimitScope, Value::shared(scope));
+    }
+    if let Some(scope) = budget_summary(statuses).and_then(|s| s.scope.as_ref()) {
+        out.push(Name::BudgetScope, Value::shared(scope));
+    }
     out
 }
 
@@ -238,6 +274,7 @@ mod tests {
             used,
             reset_at: Some(Nanos::from_secs(100)),
             exceeded,
+            scope: None,
         }
     }
 
@@ -304,5 +341,23 @@ mod tests {
             assert_eq!(name.lowercase(), name.as_str().to_ascii_lowercase());
         }
         assert!(header_values(&[], None, Nanos::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_model_scope_is_named_when_its_limit_decides() {
+        let mut s = vec![
+            st(LimitKind::RequestsPerMinute, 100, 10, false),
+            st(LimitKind::BudgetDaily, 100, 10, false),
+        ];
+        let plain = header_values(&s, None, Nanos::ZERO);
+        assert_eq!(plain.get(Name::RateLimitScope), None);
+        assert_eq!(plain.get(Name::BudgetScope), None);
+        let mut scoped = st(LimitKind::BudgetDaily, 100, 90, false);
+        scoped.scope = Some("gpt-4*".into());
+        s.push(scoped);
+        let h = header_values(&s, None, Nanos::ZERO);
+        assert_eq!(h.get(Name::BudgetScope), Some("gpt-4*"));
+        assert_eq!(h.get(Name::RateLimitScope), None);
+        assert_eq!(h.len(), 9);
     }
 }

@@ -17,6 +17,7 @@ pub mod headers;
 pub mod hit;
 pub mod limits;
 pub mod money;
+pub mod scope;
 pub mod state;
 pub mod time;
 pub mod undo;
@@ -35,6 +36,7 @@ pub use limits::{
     SubjectLimits,
 };
 pub use money::{MoneyError, NanoUsd};
+pub use scope::{ModelScope, ModelScopes, ScopeError};
 pub use state::{Held, Hold, LeaseSlot, SubjectState};
 pub use time::Nanos;
 pub use window::{BUCKETS, RollingWindow, WindowRef};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ahash::AHashMap;
 
 use crate::calendar::{Calendar, Period};
+use crate::scope::ModelScopes;
 use crate::time::Nanos;
 
 /// What kind of identity a subject is.
@@ -350,6 +351,11 @@ pub struct SubjectLimits {
     /// When set, the daily, weekly and monthly budgets reset on this
     /// calendar's boundaries instead of rolling.
     calendar: Option<Arc<Calendar>>,
+    /// Limits for the requests of some models only, beside these.
+    scopes: Option<Arc<ModelScopes>>,
+    /// When these are a model scope's limits: its pattern, which their
+    /// statuses carry.
+    scope: Option<Arc<str>>,
 }
 
 impl SubjectLimits {
@@ -360,6 +366,8 @@ impl SubjectLimits {
         count: 0,
         alias: None,
         calendar: None,
+        scopes: None,
+        scope: None,
     };
 
     /// Sets a windowed limit. Panics if `kind` is the concurrency limit; use
@@ -428,6 +436,39 @@ impl SubjectLimits {
     /// The calendar the budgets reset on; `None` when they roll.
     pub fn calendar(&self) -> Option<&Arc<Calendar>> {
         self.calendar.as_ref()
+    }
+
+    /// Sets or clears the subject's model scopes (empty clears them).
+    pub fn set_scopes(&mut self, scopes: Option<Arc<ModelScopes>>) {
+        self.scopes = scopes.filter(|s| !s.is_empty());
+    }
+
+    /// Adds model scopes.
+    pub fn with_scopes(mut self, scopes: ModelScopes) -> SubjectLimits {
+        self.set_scopes(Some(Arc::new(scopes)));
+        self
+    }
+
+    /// The subject's model scopes, if it has any.
+    #[inline]
+    pub fn scopes(&self) -> Option<&Arc<ModelScopes>> {
+        self.scopes.as_ref()
+    }
+
+    /// The pattern, when these are a model scope's limits.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// Marks these as the limits of the model scope `pattern`.
+    pub(crate) fn set_scope(&mut self, pattern: Option<Arc<str>>) {
+        self.scope = pattern;
+    }
+
+    /// The pattern's shared name, for statuses.
+    #[inline]
+    pub(crate) fn scope_name(&self) -> Option<Arc<str>> {
+        self.scope.clone()
     }
 
     /// The window a limit of `kind` is counted in: its calendar slot when
@@ -511,9 +552,11 @@ impl SubjectLimits {
         self.windowed().any(|(k, _)| k.is_budget())
     }
 
-    /// Whether no limit of any kind is set.
+    /// Whether no limit of any kind is set, in any model scope either.
     pub fn is_unlimited(&self) -> bool {
-        self.windows.iter().all(Option::is_none) && self.max_concurrent.is_none()
+        self.windows.iter().all(Option::is_none)
+            && self.max_concurrent.is_none()
+            && self.scopes.is_none()
     }
 }
 
@@ -591,6 +634,9 @@ pub struct LimitStatus {
     pub reset_at: Option<Nanos>,
     /// Whether this limit stopped the request.
     pub exceeded: bool,
+    /// The model scope the limit belongs to (its pattern); `None` for the
+    /// subject's own limits.
+    pub scope: Option<Arc<str>>,
 }
 
 impl LimitStatus {

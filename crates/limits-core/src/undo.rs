@@ -150,6 +150,7 @@ mod tests {
             tokens: 5,
             input: 5,
             output: 5,
+            skip: 0,
         }];
         let req = CheckRequest {
             attempts: &attempts,
@@ -187,6 +188,7 @@ mod tests {
             tokens: 50,
             input: 50,
             output: 50,
+            skip: 0,
         }];
         let req = CheckRequest {
             attempts: &attempts,
@@ -261,6 +263,7 @@ mod tests {
             tokens: 0,
             input: 0,
             output: 0,
+            skip: 0,
         }];
         let req = CheckRequest {
             attempts: &attempts,

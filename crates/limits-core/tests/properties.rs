@@ -379,6 +379,7 @@ fn probe(max: u64) -> impl Strategy<Value = Probe> {
                     tokens,
                     input: tokens,
                     output: tokens,
+                    skip: 0,
                 })
                 .collect(),
             mode,

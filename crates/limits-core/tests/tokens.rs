@@ -16,6 +16,7 @@ fn split(input: u64, output: u64) -> Vec<Attempt> {
         tokens: input + output,
         input,
         output,
+        skip: 0,
     }]
 }
 

@@ -336,6 +336,7 @@ async fn replicas_with_skewed_clocks_agree() {
         tokens: 0,
         input: 0,
         output: 0,
+        skip: 0,
     }];
     let op = CheckOp {
         attempts: &attempts,

@@ -6,9 +6,10 @@
 mod common;
 
 use limits_core::{
-    Adjustment, Dimension, Hold, LeaseSlot, LimitKind, LimitTable, Nanos, SubjectLimits,
+    Action, Adjustment, Attempt, Dimension, EnforcementMode, Hold, LeaseSlot, LimitKind,
+    LimitTable, ModelScopes, NanoUsd, Nanos, SubjectLimits,
 };
-use limits_store::{AdjustOp, RecordSwap, Store, StoreError, Swapped, SweepStats};
+use limits_store::{AdjustOp, Call, CheckOp, RecordSwap, Store, StoreError, Swapped, SweepStats};
 
 use common::{Req, T0, at, key, limits, org, team, usd, used, user};
 
@@ -74,6 +75,7 @@ on_spread_redis!(
     budgets_allow_then_deny,
     calendar_budgets_reset_at_the_boundary,
     input_and_output_tokens_are_held_and_charged_apart,
+    model_scopes_decide_with_their_subject_and_downgrade_by_scope,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -92,6 +94,7 @@ for_every_backend!(
     budgets_allow_then_deny,
     calendar_budgets_reset_at_the_boundary,
     input_and_output_tokens_are_held_and_charged_apart,
+    model_scopes_decide_with_their_subject_and_downgrade_by_scope,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -307,6 +310,127 @@ async fn input_and_output_tokens_are_held_and_charged_apart<S: Store>(make: impl
     assert_eq!(
         used(&store, &s, &l, LimitKind::OutputTokensPerHour, later).await,
         600
+    );
+}
+
+/// A model scope is a subject of its own beside its parent: each attempt
+/// of a downgrade walk meets the parent and its own model's scope only
+/// (the others are in its `skip` mask), all or nothing.
+async fn model_scopes_decide_with_their_subject_and_downgrade_by_scope<S: Store>(
+    make: impl Fn(usize) -> S,
+) {
+    let store = make(ROOMY);
+    let scope = |daily: u64| limits(&[(LimitKind::BudgetDaily, usd(daily))]);
+    let parent = limits(&[(LimitKind::BudgetDaily, usd(10))]).with_scopes(
+        ModelScopes::new([
+            ("gpt-4*".to_owned(), scope(5)),
+            ("gpt-3.5*".to_owned(), scope(8)),
+        ])
+        .unwrap(),
+    );
+    let scopes = parent.scopes().unwrap();
+    let (big, small) = (
+        scopes.get("gpt-4*").unwrap(),
+        scopes.get("gpt-3.5*").unwrap(),
+    );
+    let k = key("scoped");
+    let subjects = vec![k.clone(), big.subject(&k), small.subject(&k)];
+    let limits_of = [&parent, big.limits(), small.limits()];
+    let mut policy = common::policy();
+    policy.mode = EnforcementMode::Downgrade;
+    let check = |cost: u64, now: Nanos| {
+        let attempts = [
+            Attempt {
+                model: "gpt-4".into(),
+                cost: NanoUsd(usd(cost)),
+                skip: 0b100,
+                ..Attempt::default()
+            },
+            Attempt {
+                model: "gpt-3.5-turbo".into(),
+                cost: NanoUsd(usd(cost)),
+                skip: 0b010,
+                ..Attempt::default()
+            },
+        ];
+        let store = &store;
+        let subjects = &subjects;
+        let policy = &policy;
+        async move {
+            store
+                .check(Call {
+                    subjects,
+                    limits: &limits_of,
+                    op: CheckOp {
+                        attempts: &attempts,
+                        reserve_ttl: Some(at(3_600)),
+                        tag: 0,
+                        policy,
+                    },
+                    now,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let spent = |i: usize, now: Nanos| {
+        let (subject, lim) = (subjects[i].clone(), limits_of[i]);
+        let store = &store;
+        async move { used(store, &subject, lim, LimitKind::BudgetDaily, now).await }
+    };
+
+    let first = check(4, T0).await;
+    assert_eq!((first.attempt, first.action), (0, Action::Allow));
+    assert!(
+        first
+            .statuses
+            .iter()
+            .all(|s| s.scope.as_deref() != Some("gpt-3.5*"))
+    );
+    assert_eq!(
+        first
+            .statuses
+            .iter()
+            .filter(|s| s.scope.as_deref() == Some("gpt-4*"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        (spent(0, T0).await, spent(1, T0).await, spent(2, T0).await),
+        (usd(4), usd(4), 0)
+    );
+
+    // gpt-4* has $1 left: the next $4 runs on gpt-3.5, held there and on
+    // the parent, not on gpt-4*.
+    let second = check(4, at(1)).await;
+    assert_eq!((second.attempt, second.action), (1, Action::Downgrade));
+    assert!(
+        second
+            .statuses
+            .iter()
+            .all(|s| s.scope.as_deref() != Some("gpt-4*"))
+    );
+    assert_eq!(
+        (
+            spent(0, at(1)).await,
+            spent(1, at(1)).await,
+            spent(2, at(1)).await
+        ),
+        (usd(8), usd(4), usd(4))
+    );
+
+    // Neither fits now (gpt-4* has $1 left, the parent $2, though
+    // gpt-3.5* has $4): denied on the parent, nothing moves.
+    let third = check(3, at(2)).await;
+    assert!(!third.allowed());
+    assert_eq!(third.denial().map(|d| d.subject), Some(0));
+    assert_eq!(
+        (
+            spent(0, at(2)).await,
+            spent(1, at(2)).await,
+            spent(2, at(2)).await
+        ),
+        (usd(8), usd(4), usd(4))
     );
 }
 

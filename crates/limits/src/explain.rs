@@ -23,16 +23,24 @@ pub enum Queued {
 }
 
 /// The reason for a decision: empty for a plain allow. `who(i)` names
-/// subject `i` as it may be shown (never a raw API key).
+/// subject `i` as it may be shown (never a raw API key); `scope` is the
+/// model scope of the limit that decided, when a scope's.
 pub fn reason(
     outcome: &CheckOutcome,
     queued: Queued,
     who: impl Fn(usize) -> String,
+    scope: Option<&str>,
     model: &str,
     downgrade_to: &str,
 ) -> String {
     let denial = outcome.denial();
-    let exceeded = denial.map(|d| format!("{} exceeded for {}", d.kind.describe(), who(d.subject)));
+    let exceeded = denial.map(|d| {
+        let mut r = format!("{} exceeded for {}", d.kind.describe(), who(d.subject));
+        if let Some(pattern) = scope {
+            r.push_str(&format!(" in model scope '{pattern}'"));
+        }
+        r
+    });
     let never = denial.is_some_and(|d| d.retry_after.is_none());
     match (outcome.allowed(), queued) {
         (false, Queued::Full(depth)) => format!(

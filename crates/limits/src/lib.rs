@@ -26,6 +26,7 @@ pub mod ids;
 mod limiter;
 mod open;
 pub mod runtime;
+mod scoped;
 pub mod validate;
 
 pub use config::rls;

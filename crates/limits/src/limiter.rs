@@ -20,6 +20,7 @@ use limits_store::{AnyStore, Call, CheckOp, Health, RecordOp, Secret, Store, Swe
 use crate::config::Config;
 use crate::explain::{self, Queued};
 use crate::runtime::{self, Runtime, Source};
+use crate::scoped::Scoped;
 use crate::{Error, identity, ids, validate};
 
 /// The wall clock, read once per call: the engine and the stores below
@@ -34,13 +35,6 @@ pub fn now() -> Nanos {
 /// One subject's limits: borrowed from the config, or made for a runtime
 /// entry or an increase.
 pub type Limits<'a> = Cow<'a, SubjectLimits>;
-
-/// The plain references a store call takes, on the stack: a validated
-/// request names at most [`validate::MAX_SUBJECTS`] subjects (slice it to
-/// their number).
-fn refs<'a>(limits: &'a [Limits<'_>]) -> [&'a SubjectLimits; validate::MAX_SUBJECTS] {
-    std::array::from_fn(|i| limits.get(i).map_or(&SubjectLimits::UNLIMITED, |l| &**l))
-}
 
 /// What a check asks (the usage guide's `CheckLimits(ctx, id, tokens,
 /// cost, model)`, for 1–4 subjects).
@@ -127,6 +121,8 @@ pub struct Check<'a> {
     pub limits: Vec<Limits<'a>>,
     attempts: Vec<Attempt>,
     names: Names<'a>,
+    /// The model scope of the limit that decided, when a scope's.
+    scope: Option<Arc<str>>,
 }
 
 /// What a record charged.
@@ -214,12 +210,19 @@ impl Check<'_> {
         self.names.show(i, &self.limits[i])
     }
 
+    /// The model scope (its pattern) of the limit that decided a denial,
+    /// or that an alert-mode admission is over, when it is a scope's.
+    pub fn denied_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
     /// The reason, given how queueing went (`Queued::No` without a queue).
     pub fn reason(&self, queued: Queued) -> String {
         explain::reason(
             &self.outcome,
             queued,
             |i| self.shown(i),
+            self.denied_scope(),
             &self.attempts[0].model,
             self.downgrade_to().unwrap_or(""),
         )
@@ -457,21 +460,24 @@ impl<S: Store> Limiter<S> {
         let now = now();
         let limits = self.limits_of(config, &secret, req.subjects, now);
         let bind = secret.subjects_tag(req.subjects);
+        let scoped = Scoped::check(req.subjects, &limits, &mut attempts);
         let op = CheckOp {
             attempts: &attempts,
             reserve_ttl,
             tag: bind,
             policy: &config.policy,
         };
-        let outcome = self
+        let mut outcome = self
             .store
             .check(Call {
-                subjects: req.subjects,
-                limits: &refs(&limits)[..limits.len()],
+                subjects: &scoped.subjects,
+                limits: scoped.limits(),
                 op,
                 now,
             })
             .await?;
+        let scope = scoped.map_check(&mut outcome);
+        drop(scoped);
         let headers = header_values(&outcome.statuses, outcome.retry_after(), now);
         let decision = match outcome.verdict {
             limits_core::Verdict::Allowed { reservation, .. } => Decision::Allow {
@@ -499,6 +505,7 @@ impl<S: Store> Limiter<S> {
             },
             attempts,
             outcome,
+            scope,
         })
     }
 
@@ -530,6 +537,7 @@ impl<S: Store> Limiter<S> {
         self.ready().await?;
         let now = now();
         let limits = self.limits_of(config, &secret, req.subjects, now);
+        let scoped = Scoped::record(req.subjects, &limits, req.model);
         let op = RecordOp {
             reservation,
             cost,
@@ -538,16 +546,18 @@ impl<S: Store> Limiter<S> {
             output: req.response_tokens,
             policy: &config.policy,
         };
-        let outcome = self
+        let mut outcome = self
             .store
             .record(Call {
-                subjects: req.subjects,
-                limits: &refs(&limits)[..limits.len()],
+                subjects: &scoped.subjects,
+                limits: scoped.limits(),
                 op,
                 now,
             })
             .await
             .map_err(not_found)?;
+        scoped.map_statuses(&mut outcome.statuses);
+        drop(scoped);
         Ok(Recorded {
             outcome,
             cost,
@@ -574,7 +584,7 @@ impl<S: Store> Limiter<S> {
             .store
             .acquire(Call {
                 subjects,
-                limits: &refs(&limits)[..limits.len()],
+                limits: Scoped::plain(subjects, &limits).limits(),
                 op: ttl,
                 now,
             })
@@ -636,10 +646,20 @@ impl<S: Store> Limiter<S> {
             None => Vec::new(),
         };
         let view = self.store.usage(subject, &limits, now).await?;
+        let mut statuses = view.statuses;
+        // Each model scope's windows after the subject's own (the scopes
+        // hold a reservation's estimate too: its id is listed once, above).
+        for scope in limits.scopes().into_iter().flat_map(|s| s.iter()) {
+            let scoped = self
+                .store
+                .usage(&scope.subject(subject), scope.limits(), now)
+                .await?;
+            statuses.extend(scoped.statuses);
+        }
         Ok(Usage {
             source,
             raised,
-            statuses: view.statuses,
+            statuses,
             reservations: view
                 .holds
                 .into_iter()

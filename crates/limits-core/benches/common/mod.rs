@@ -61,6 +61,7 @@ pub fn estimate() -> Vec<Attempt> {
         tokens: 500,
         input: 500,
         output: 500,
+        skip: 0,
     }]
 }
 

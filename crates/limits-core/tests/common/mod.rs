@@ -63,6 +63,7 @@ pub fn attempt(cost: u64, tokens: u64) -> Vec<Attempt> {
         tokens,
         input: tokens,
         output: tokens,
+        skip: 0,
     }]
 }
 

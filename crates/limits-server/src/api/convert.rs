@@ -217,6 +217,7 @@ pub fn pb_status(s: &LimitStatus, subjects: &[Subject]) -> pb::LimitStatus {
         reset_at: s.reset_at.map(pb_timestamp),
         exceeded: s.exceeded,
         period: pb_period(s.kind) as i32,
+        model_scope: s.scope.as_deref().unwrap_or_default().to_owned(),
         ..Default::default()
     }
 }
@@ -251,6 +252,7 @@ pub fn pb_budget(statuses: &[LimitStatus], subjects: &[Subject]) -> Option<pb::B
         percentage: b.used as f64 / b.limit as f64,
         reset_at: b.reset_at.map(pb_timestamp),
         period: pb_period(b.kind) as i32,
+        model_scope: b.scope.as_deref().unwrap_or_default().to_owned(),
     })
 }
 

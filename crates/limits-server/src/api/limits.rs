@@ -585,10 +585,11 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 .statuses
                 .iter()
                 .map(|s| {
+                    // Increases raise the subject's own limits, not a scope's.
                     let raised = usage
                         .raised
                         .iter()
-                        .find(|(k, _)| *k == s.kind.public())
+                        .find(|(k, _)| *k == s.kind.public() && s.scope.is_none())
                         .map_or(0, |(_, n)| *n);
                     pb::LimitStatus {
                         source: convert::pb_source(usage.source) as i32,

@@ -938,6 +938,7 @@ limits:
             used,
             reset_at: Some(Nanos::from_secs(105)),
             exceeded: false,
+            scope: None,
         };
         let statuses = [
             st(LimitKind::RequestsPerSecond, 10, 7),

@@ -112,6 +112,7 @@ impl<'a> Req<'a> {
             tokens,
             input,
             output,
+            skip: 0,
         }];
         let policy = policy();
         let op = CheckOp {

@@ -163,6 +163,9 @@ pub(crate) type IdMap<T> = BTreeMap<String, T>;
 /// The row every per-id map shares.
 const PER_ID: FieldDoc = FieldDoc::new("map", "`{}`", ".<id>");
 
+/// The row of an entry's model scopes.
+const MODELS: FieldDoc = FieldDoc::new("map", "`{}`", ".<model>");
+
 declare! {
     /// `limits.budgets`.
     section RawBudgets at "budgets", expecting "a mapping of budget settings" => BudgetSettings {
@@ -208,6 +211,40 @@ declare! {
         week_start: Inherit<Choice<u8>> = Inherit(Choice(0, WEEKDAYS), "`limits.budgets.week_start`"),
         /// As `limits.budgets.month_anchor_day`, for this id.
         month_anchor_day: Inherit<Day> = Inherit(Day, "`limits.budgets.month_anchor_day`"),
+    } and {
+        /// Budgets for the requests of some models only (see `by_*.<id>.models.<model>`).
+        models: IdMap<RawScope> => MODELS;
+    };
+
+    /// `limits.*.by_*.<id>.models.<model>`: limits for the requests of one model, or of the
+    /// models a glob matches (`gpt-4*`), beside the id's own; the most specific match applies.
+    entry RawScope at "by_*.<id>.models.<model>", expecting "a mapping of limits" => ScopeKeys {
+        /// As the id's `hourly`, for these models.
+        hourly: Usd = Usd,
+        /// As the id's `daily` (on the id's calendar, if it has one).
+        daily: Usd = Usd,
+        /// As the id's `weekly`.
+        weekly: Usd = Usd,
+        /// As the id's `monthly`.
+        monthly: Usd = Usd,
+        /// As the id's `requests_per_second`, for these models.
+        requests_per_second: Limit = Limit,
+        /// As the id's `requests_per_minute`.
+        requests_per_minute: Limit = Limit,
+        /// As the id's `requests_per_hour`.
+        requests_per_hour: Limit = Limit,
+        /// As the id's `tokens_per_minute`.
+        tokens_per_minute: Limit = Limit,
+        /// As the id's `tokens_per_hour`.
+        tokens_per_hour: Limit = Limit,
+        /// As the id's `input_tokens_per_minute`.
+        input_tokens_per_minute: Limit = Limit,
+        /// As the id's `input_tokens_per_hour`.
+        input_tokens_per_hour: Limit = Limit,
+        /// As the id's `output_tokens_per_minute`.
+        output_tokens_per_minute: Limit = Limit,
+        /// As the id's `output_tokens_per_hour`.
+        output_tokens_per_hour: Limit = Limit,
     };
 
     /// `limits.rate_limits`.
@@ -248,6 +285,9 @@ declare! {
         max_concurrent: Slots = Slots,
         /// As the budgets' `alias`; an id's aliases must agree.
         alias: Alias = Alias,
+    } and {
+        /// Rate limits for the requests of some models only (no `max_concurrent`).
+        models: IdMap<RawScope> => MODELS;
     };
 
     /// `limits`: the sections, and the entries that combine both families.
@@ -504,6 +544,8 @@ pub(crate) struct RawCombined {
     output_tokens_per_hour: Option<u64>,
     max_concurrent: Option<u32>,
     alias: Option<String>,
+    /// Checked as a budget entry's and a rate entry's, in one.
+    pub(crate) models: IdMap<RawScope>,
 }
 
 impl RawCombined {
@@ -529,6 +571,7 @@ impl RawCombined {
             output_tokens_per_hour,
             max_concurrent,
             alias,
+            models: _,
         } = self;
         let budget = RawBudget {
             hourly: *hourly,
@@ -540,6 +583,7 @@ impl RawCombined {
             timezone: timezone.clone(),
             week_start: week_start.clone(),
             month_anchor_day: *month_anchor_day,
+            models: IdMap::new(),
         };
         let rate = RawRate {
             requests_per_second: *requests_per_second,
@@ -553,6 +597,7 @@ impl RawCombined {
             output_tokens_per_hour: *output_tokens_per_hour,
             max_concurrent: *max_concurrent,
             alias: alias.clone(),
+            models: IdMap::new(),
         };
         (budget, rate)
     }

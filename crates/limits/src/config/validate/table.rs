@@ -4,16 +4,96 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use limits_core::{Calendar, Dimension, LimitKind, LimitTable, SubjectLimits};
+use limits_core::{Calendar, Dimension, LimitKind, LimitTable, ModelScopes, SubjectLimits};
 
 use crate::config::error::{ConfigError, Result};
-use crate::config::keys::{BudgetKeys, BudgetPeriod, BudgetSettings, RateKeys, RawLimits};
+use crate::config::keys::{
+    BudgetKeys, BudgetPeriod, BudgetSettings, IdMap, RateKeys, RawLimits, RawScope, ScopeKeys,
+};
 
-/// An id's budgets, with the calendar they reset on (`None`: they roll).
+/// An id's budgets, with the calendar they reset on (`None`: they roll),
+/// and its model scopes' budgets.
 #[derive(Debug)]
 struct Budget {
     keys: BudgetKeys,
     calendar: Option<Arc<Calendar>>,
+    scopes: Vec<(String, ScopeKeys)>,
+}
+
+/// An id's rate limits, and its model scopes' rate limits.
+#[derive(Debug)]
+struct Rate {
+    keys: RateKeys,
+    scopes: Vec<(String, ScopeKeys)>,
+}
+
+/// Which keys a model scope of an entry may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Budgets,
+    Rates,
+    Both,
+}
+
+/// The model scopes under `key` (an entry's path), checked: a valid
+/// pattern each, and only its family's keys.
+fn scopes(key: &str, models: &IdMap<RawScope>, family: Family) -> Result<Vec<(String, ScopeKeys)>> {
+    let mut out = Vec::with_capacity(models.len());
+    for (pattern, raw) in models {
+        let at = format!("{key}.models.{pattern}");
+        if let Err((_, e)) = ModelScopes::new([(pattern.clone(), SubjectLimits::default())]) {
+            return Err(ConfigError::new(at, e.to_string()));
+        }
+        let keys = raw.check_at(&at)?;
+        let budget = [
+            ("hourly", keys.hourly.is_some()),
+            ("daily", keys.daily.is_some()),
+            ("weekly", keys.weekly.is_some()),
+            ("monthly", keys.monthly.is_some()),
+        ];
+        let rate = [
+            ("requests_per_second", keys.requests_per_second.is_some()),
+            ("requests_per_minute", keys.requests_per_minute.is_some()),
+            ("requests_per_hour", keys.requests_per_hour.is_some()),
+            ("tokens_per_minute", keys.tokens_per_minute.is_some()),
+            ("tokens_per_hour", keys.tokens_per_hour.is_some()),
+            (
+                "input_tokens_per_minute",
+                keys.input_tokens_per_minute.is_some(),
+            ),
+            (
+                "input_tokens_per_hour",
+                keys.input_tokens_per_hour.is_some(),
+            ),
+            (
+                "output_tokens_per_minute",
+                keys.output_tokens_per_minute.is_some(),
+            ),
+            (
+                "output_tokens_per_hour",
+                keys.output_tokens_per_hour.is_some(),
+            ),
+        ];
+        let stray = match family {
+            Family::Budgets => rate.iter().find(|(_, set)| *set).map(|(n, _)| (n, "rate")),
+            Family::Rates => budget
+                .iter()
+                .find(|(_, set)| *set)
+                .map(|(n, _)| (n, "budget")),
+            Family::Both => None,
+        };
+        if let Some((name, what)) = stray {
+            return Err(ConfigError::new(
+                format!("{at}.{name}"),
+                format!(
+                    "a {what} limit in this family's model scope: list it under the \
+                     {what}s' entry or the combined limits.by_*.<id> entry"
+                ),
+            ));
+        }
+        out.push((pattern.clone(), keys));
+    }
+    Ok(out)
 }
 
 /// The calendars of the budget entries: each entry's `period`,
@@ -26,7 +106,12 @@ struct Calendars<'a> {
 }
 
 impl Calendars<'_> {
-    fn budget(&mut self, key: &str, keys: BudgetKeys) -> Result<Budget> {
+    fn budget(
+        &mut self,
+        key: &str,
+        keys: BudgetKeys,
+        scopes: Vec<(String, ScopeKeys)>,
+    ) -> Result<Budget> {
         let period = keys.period.unwrap_or(self.section.period);
         if period == BudgetPeriod::Rolling {
             let set = [
@@ -44,6 +129,7 @@ impl Calendars<'_> {
             return Ok(Budget {
                 keys,
                 calendar: None,
+                scopes,
             });
         }
         let zone = keys
@@ -66,6 +152,7 @@ impl Calendars<'_> {
         Ok(Budget {
             keys,
             calendar: Some(calendar),
+            scopes,
         })
     }
 }
@@ -75,7 +162,7 @@ impl Calendars<'_> {
 #[derive(Debug, Default)]
 struct Entry {
     budget: Option<Budget>,
-    rate: Option<RateKeys>,
+    rate: Option<Rate>,
     /// The alias and the key that set it, to name both sides of a conflict.
     alias: Option<(Arc<str>, String)>,
 }
@@ -134,7 +221,8 @@ pub(super) fn build(
         // an error whether or not it is in force today.
         for (id, b) in budgets {
             let key = format!("limits.budgets.{map}.{id}");
-            let budget = calendars.budget(&key, b.check_at(&key)?)?;
+            let models = scopes(&key, &b.models, Family::Budgets)?;
+            let budget = calendars.budget(&key, b.check_at(&key)?, models)?;
             let entry = entries.entry(id).or_default();
             entry.set_alias(budget.keys.alias.as_deref(), format!("{key}.alias"))?;
             entry.budget = Some(budget);
@@ -142,9 +230,13 @@ pub(super) fn build(
         for (id, r) in rates {
             let key = format!("limits.rate_limits.{map}.{id}");
             let rate = r.check_at(&key)?;
+            let models = scopes(&key, &r.models, Family::Rates)?;
             let entry = entries.entry(id).or_default();
             entry.set_alias(rate.alias.as_deref(), format!("{key}.alias"))?;
-            entry.rate = Some(rate);
+            entry.rate = Some(Rate {
+                keys: rate,
+                scopes: models,
+            });
         }
         for (id, c) in combined {
             let key = format!("limits.{map}.{id}");
@@ -161,8 +253,12 @@ pub(super) fn build(
                 ));
             }
             let (budget, rate) = c.split();
-            let budget = calendars.budget(&key, budget.check_at(&key)?)?;
-            let rate = rate.check_at(&key)?;
+            let models = scopes(&key, &c.models, Family::Both)?;
+            let budget = calendars.budget(&key, budget.check_at(&key)?, models)?;
+            let rate = Rate {
+                keys: rate.check_at(&key)?,
+                scopes: scopes(&key, &c.models, Family::Both)?,
+            };
             entry.set_alias(budget.keys.alias.as_deref(), format!("{key}.alias"))?;
             entry.budget = Some(budget);
             entry.rate = Some(rate);
@@ -183,7 +279,7 @@ pub(super) fn build(
                     default.budget.as_ref(),
                     default.rate.as_ref(),
                     default.alias.as_ref(),
-                )),
+                )?),
             );
         }
         for (id, entry) in &entries {
@@ -196,7 +292,7 @@ pub(super) fn build(
             table.insert(
                 dimension,
                 *id,
-                subject_limits(budget, rate, entry.alias.as_ref()),
+                subject_limits(budget, rate, entry.alias.as_ref())?,
             );
         }
     }
@@ -205,18 +301,33 @@ pub(super) fn build(
 
 fn subject_limits(
     budget: Option<&Budget>,
-    rate: Option<&RateKeys>,
+    rate: Option<&Rate>,
     alias: Option<&(Arc<str>, String)>,
-) -> SubjectLimits {
+) -> Result<SubjectLimits> {
     let mut limits = SubjectLimits::default();
+    // Each pattern's limits: the budgets' scope and the rates' scope of the
+    // same pattern make one scope.
+    let mut scoped: BTreeMap<&str, SubjectLimits> = BTreeMap::new();
     if let Some(b) = budget {
         limits.set(LimitKind::BudgetHourly, b.keys.hourly);
         limits.set(LimitKind::BudgetDaily, b.keys.daily);
         limits.set(LimitKind::BudgetWeekly, b.keys.weekly);
         limits.set(LimitKind::BudgetMonthly, b.keys.monthly);
         limits.set_calendar(b.calendar.clone());
+        for (pattern, keys) in &b.scopes {
+            let l = scoped.entry(pattern).or_default();
+            l.set(LimitKind::BudgetHourly, keys.hourly);
+            l.set(LimitKind::BudgetDaily, keys.daily);
+            l.set(LimitKind::BudgetWeekly, keys.weekly);
+            l.set(LimitKind::BudgetMonthly, keys.monthly);
+            l.set_calendar(b.calendar.clone());
+        }
     }
-    if let Some(r) = rate {
+    if let Some(Rate { keys: r, scopes }) = rate {
+        for (pattern, keys) in scopes {
+            let l = scoped.entry(pattern).or_default();
+            set_rates(l, keys);
+        }
         limits.set(LimitKind::RequestsPerSecond, r.requests_per_second);
         limits.set(LimitKind::RequestsPerMinute, r.requests_per_minute);
         limits.set(LimitKind::RequestsPerHour, r.requests_per_hour);
@@ -229,5 +340,31 @@ fn subject_limits(
         limits.set_max_concurrent(r.max_concurrent);
     }
     limits.set_alias(alias.map(|(a, _)| Arc::clone(a)));
-    limits
+    if !scoped.is_empty() {
+        // A scope without limits would only cost its requests a lookup.
+        let limited = scoped.into_iter().filter(|(_, l)| !l.is_unlimited());
+        let scopes = ModelScopes::new(limited.map(|(p, l)| (p.to_owned(), l)))
+            .map_err(|(pattern, e)| ConfigError::new(format!("models.{pattern}"), e.to_string()))?;
+        limits.set_scopes(Some(Arc::new(scopes)));
+    }
+    Ok(limits)
+}
+
+/// A model scope's rate limits.
+fn set_rates(limits: &mut SubjectLimits, keys: &ScopeKeys) {
+    limits.set(LimitKind::RequestsPerSecond, keys.requests_per_second);
+    limits.set(LimitKind::RequestsPerMinute, keys.requests_per_minute);
+    limits.set(LimitKind::RequestsPerHour, keys.requests_per_hour);
+    limits.set(LimitKind::TokensPerMinute, keys.tokens_per_minute);
+    limits.set(LimitKind::TokensPerHour, keys.tokens_per_hour);
+    limits.set(
+        LimitKind::InputTokensPerMinute,
+        keys.input_tokens_per_minute,
+    );
+    limits.set(LimitKind::InputTokensPerHour, keys.input_tokens_per_hour);
+    limits.set(
+        LimitKind::OutputTokensPerMinute,
+        keys.output_tokens_per_minute,
+    );
+    limits.set(LimitKind::OutputTokensPerHour, keys.output_tokens_per_hour);
 }
