@@ -832,3 +832,57 @@ limits:
     let u = usage(&d, org("acme")).await;
     assert_eq!(used(&u, pb::LimitKind::RequestsPerMinute), 2.0);
 }
+
+/// A descriptor entry can name the model: a mapped subject's model scope
+/// then applies beside its own limits, on the counters CheckLimits uses.
+#[tokio::test]
+async fn a_descriptor_entry_names_the_model_and_its_scope_applies() {
+    let d = Limitsd::start(
+        r#"
+limits:
+  rate_limits:
+    by_team:
+      ml:
+        requests_per_minute: 10
+        models:
+          "gpt-4*": { requests_per_minute: 2 }
+  rls:
+    domains:
+      - domain: gateway
+        subjects: { team: team_id }
+        model: model
+"#,
+    );
+    let mut rls = d.rls_client().await;
+    let call = |model: &str| {
+        req(
+            "gateway",
+            vec![desc(&[("team_id", "ml"), ("model", model)])],
+        )
+    };
+    assert_eq!(overall(&ask(&mut rls, call("gpt-4o")).await), Code::Ok);
+    assert_eq!(overall(&ask(&mut rls, call("gpt-4-turbo")).await), Code::Ok);
+    let over = ask(&mut rls, call("gpt-4o")).await;
+    assert_eq!(overall(&over), Code::OverLimit, "gpt-4*'s 2 a minute");
+    let limit = over.statuses[0].current_limit.as_ref().unwrap();
+    assert_eq!(limit.name, "gpt-4*", "the scope names the limit");
+    // Another model meets the team's own limit only.
+    assert_eq!(
+        overall(&ask(&mut rls, call("claude-3-haiku")).await),
+        Code::Ok
+    );
+    // The counters are the LimitsService's: GetUsage shows the scope's two.
+    let u = usage(&d, team("ml")).await;
+    let scoped = u
+        .statuses
+        .iter()
+        .find(|s| s.model_scope == "gpt-4*")
+        .expect("the scope's status");
+    assert_eq!(scoped.used, 2.0);
+    let own = u
+        .statuses
+        .iter()
+        .find(|s| s.model_scope.is_empty())
+        .unwrap();
+    assert_eq!(own.used, 3.0, "every allowed call counts on the team");
+}

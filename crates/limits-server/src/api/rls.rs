@@ -284,6 +284,24 @@ fn has_rate(limits: &SubjectLimits) -> bool {
         .any(|(k, _)| matches!(k.resource(), Resource::Requests | Resource::Tokens))
 }
 
+/// The limits of the scope of `model` under a subject's `limits`, as long
+/// as they live.
+fn scope_limits<'c>(
+    limits: &Cow<'c, SubjectLimits>,
+    model: &str,
+) -> Option<(Arc<str>, Cow<'c, SubjectLimits>)> {
+    match limits {
+        Cow::Borrowed(l) => {
+            let scope = l.scopes()?.find(model)?;
+            Some((Arc::clone(scope.name()), Cow::Borrowed(scope.limits())))
+        }
+        Cow::Owned(l) => {
+            let scope = l.scopes()?.find(model)?;
+            Some((Arc::clone(scope.name()), Cow::Owned(scope.limits().clone())))
+        }
+    }
+}
+
 /// Resolves a (checked) request's descriptors to the counters they charge.
 /// `subject_limits` gives a subject's limits (runtime entries included).
 fn plan<'c>(
@@ -331,6 +349,10 @@ fn plan<'c>(
         };
 
         if let Some(mapping) = &domain.mapping {
+            let model = mapping
+                .model_key()
+                .and_then(|k| d.entries.iter().find(|e| e.key == k))
+                .map(|e| e.value.as_str());
             let mut seen = [false; Dimension::ALL.len()];
             for (j, e) in d.entries.iter().enumerate() {
                 let Some(dimension) = mapping.subject_key(&e.key) else {
@@ -344,15 +366,24 @@ fn plan<'c>(
                 }
                 subject_id(&format!("descriptors[{i}].entries[{j}].value"), &e.value)?;
                 let limits = subject_limits(dimension, &e.value);
+                let subject = Subject::new(dimension, e.value.as_str());
+                // The model's scope under the subject, named as its limit.
+                if let Some((name, scoped)) = model.and_then(|m| scope_limits(&limits, m))
+                    && has_rate(&scoped)
+                {
+                    let scope = limits
+                        .scopes()
+                        .and_then(|s| s.get(&name))
+                        .map(|s| s.subject(&subject));
+                    if let Some(scope) = scope {
+                        let target = Target::new(scope, scoped, mapping.shadow_mode, Some(name));
+                        plan.add(i, target, counts, hits);
+                    }
+                }
                 if !has_rate(&limits) {
                     continue;
                 }
-                let target = Target::new(
-                    Subject::new(dimension, e.value.as_str()),
-                    limits,
-                    mapping.shadow_mode,
-                    None,
-                );
+                let target = Target::new(subject, limits, mapping.shadow_mode, None);
                 plan.add(i, target, counts, hits);
             }
         }

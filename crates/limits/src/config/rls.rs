@@ -124,6 +124,7 @@ pub struct Mapping {
     pub shadow_mode: bool,
     subjects: Vec<(String, Dimension)>,
     tokens: Vec<String>,
+    model: Option<String>,
 }
 
 impl Mapping {
@@ -138,6 +139,12 @@ impl Mapping {
     /// Whether an entry with this key makes its descriptor count tokens.
     pub fn is_token_key(&self, key: &str) -> bool {
         self.tokens.iter().any(|k| k == key)
+    }
+
+    /// The descriptor key whose value names the model, so that a mapped
+    /// subject's model scopes apply too.
+    pub fn model_key(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 }
 
@@ -305,13 +312,14 @@ impl Unit {
 #[serde(
     default,
     deny_unknown_fields,
-    expecting = "a mapping with domain, subjects, tokens and shadow_mode"
+    expecting = "a mapping with domain, subjects, tokens, model and shadow_mode"
 )]
 pub(crate) struct RawDomain {
     domain: Option<String>,
     shadow_mode: Option<bool>,
     subjects: RawSubjects,
     tokens: Vec<String>,
+    model: Option<String>,
 }
 
 /// `limits.rls.domains[i].subjects`: descriptor key per dimension.
@@ -404,6 +412,16 @@ pub(crate) fn build(
             }
             tokens.push(key.clone());
         }
+        if let Some(key) = &d.model {
+            let field = format!("{at}.model");
+            check_key(&field, key)?;
+            if !all_keys.insert(key.as_str()) {
+                return Err(error(
+                    field,
+                    format!("descriptor key {key:?} is already a subject or token key"),
+                ));
+            }
+        }
         domains.insert(
             name.to_owned(),
             RlsDomain {
@@ -411,6 +429,7 @@ pub(crate) fn build(
                     shadow_mode: d.shadow_mode.unwrap_or(false),
                     subjects,
                     tokens,
+                    model: d.model.clone(),
                 }),
                 rules: None,
             },
