@@ -424,13 +424,17 @@ impl SubjectLimits {
 
     /// Makes the daily, weekly and monthly budgets reset on a calendar.
     pub fn with_calendar(mut self, calendar: Arc<Calendar>) -> SubjectLimits {
-        self.calendar = Some(calendar);
+        self.set_calendar(Some(calendar));
         self
     }
 
-    /// Sets or clears the calendar the budgets reset on.
+    /// Sets or clears the calendar the budgets reset on (the model scopes'
+    /// budgets too: they follow their subject's calendar).
     pub fn set_calendar(&mut self, calendar: Option<Arc<Calendar>>) {
         self.calendar = calendar;
+        if let Some(scopes) = &mut self.scopes {
+            Arc::make_mut(scopes).set_calendar(self.calendar.as_ref());
+        }
     }
 
     /// The calendar the budgets reset on; `None` when they roll.
@@ -438,9 +442,12 @@ impl SubjectLimits {
         self.calendar.as_ref()
     }
 
-    /// Sets or clears the subject's model scopes (empty clears them).
+    /// Sets or clears the subject's model scopes (empty clears them); their
+    /// budgets follow this subject's calendar.
     pub fn set_scopes(&mut self, scopes: Option<Arc<ModelScopes>>) {
         self.scopes = scopes.filter(|s| !s.is_empty());
+        let calendar = self.calendar.clone();
+        self.set_calendar(calendar);
     }
 
     /// Adds model scopes.

@@ -157,6 +157,15 @@ impl ModelScopes {
         Ok(ModelScopes { scopes: out })
     }
 
+    /// Puts every scope's budgets on `calendar` (their subject's).
+    pub(crate) fn set_calendar(&mut self, calendar: Option<&Arc<crate::Calendar>>) {
+        for scope in &mut self.scopes {
+            if scope.limits.calendar() != calendar {
+                scope.limits.set_calendar(calendar.cloned());
+            }
+        }
+    }
+
     /// The most specific scope that matches `model`, if any.
     pub fn find(&self, model: &str) -> Option<&ModelScope> {
         self.scopes.iter().find(|s| s.matches(model))

@@ -416,6 +416,123 @@ async fn a_runtime_entry_can_put_budgets_on_a_calendar() {
     assert_eq!(daily.used, 0.0, "a rolling window counts afresh");
 }
 
+/// A runtime entry may hold model scopes: they apply at once to checks for
+/// their models, are answered by Get, replaced as a whole by an update,
+/// and refused naming the field when wrong.
+#[tokio::test]
+async fn a_runtime_entry_can_hold_model_scopes() {
+    let d = Limitsd::start(&config(BASE));
+    let mut admin = Admin::to(d.addr, Some(WRITE_TOKEN)).await;
+    let scope = |model: &str, daily: f64| apb::ModelScope {
+        model: model.into(),
+        limits: Some(apb::SubjectLimits {
+            daily_usd: Some(daily),
+            ..Default::default()
+        }),
+    };
+    let created = admin
+        .create(apb::SubjectLimits {
+            daily_usd: Some(10.0),
+            model_scopes: vec![scope("gpt-4*", 1.0), scope("claude-3-opus", 3.0)],
+            ..entry(team("scoped"))
+        })
+        .await
+        .expect("create");
+    let got = admin.get(team("scoped")).await.unwrap();
+    let models: Vec<&str> = got.model_scopes.iter().map(|s| s.model.as_str()).collect();
+    assert_eq!(models, ["claude-3-opus", "gpt-4*"], "most specific first");
+    assert_eq!(got.model_scopes, created.model_scopes);
+
+    let ask = |model: &str, cost: f64| pb::CheckLimitsRequest {
+        model: model.into(),
+        ..check(vec![team("scoped")], cost)
+    };
+    let denied = d
+        .client()
+        .await
+        .check_limits(ask("gpt-4o", 2.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!denied.allowed, "$2 is over gpt-4*'s $1");
+    let over = denied.statuses.iter().find(|s| s.exceeded).unwrap();
+    assert_eq!(over.model_scope, "gpt-4*");
+    assert!(
+        denied.reason.contains("in model scope 'gpt-4*'"),
+        "{}",
+        denied.reason
+    );
+    let other = d
+        .client()
+        .await
+        .check_limits(ask("claude-3-opus", 2.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.allowed, "{}", other.reason);
+
+    // An update of `model_scopes` replaces the list: none left, the entry's
+    // own $10 decides.
+    let updated = admin
+        .update(
+            team("scoped"),
+            apb::SubjectLimits::default(),
+            &["model_scopes"],
+            &got.etag,
+        )
+        .await
+        .expect("update");
+    assert!(updated.model_scopes.is_empty());
+    assert_eq!(updated.daily_usd, Some(10.0));
+    let now_allowed = d
+        .client()
+        .await
+        .check_limits(ask("gpt-4o", 2.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(now_allowed.allowed, "{}", now_allowed.reason);
+
+    // Wrong scopes are refused naming the field, and change nothing.
+    let bad = |scopes: Vec<apb::ModelScope>| apb::SubjectLimits {
+        model_scopes: scopes,
+        ..entry(team("scoped-bad"))
+    };
+    let e = admin
+        .create(bad(vec![scope("gpt-[4", 1.0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message()
+            .starts_with("subject_limits.model_scopes[0].model"),
+        "{}",
+        e.message()
+    );
+    let mut leased = scope("m", 1.0);
+    leased.limits.as_mut().unwrap().max_concurrent = Some(2);
+    let e = admin
+        .create(bad(vec![scope("n", 1.0), leased]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .starts_with("subject_limits.model_scopes[1].limits.max_concurrent"),
+        "{}",
+        e.message()
+    );
+    let mut negative = scope("m", 1.0);
+    negative.limits.as_mut().unwrap().hourly_usd = Some(-1.0);
+    let e = admin.create(bad(vec![negative])).await.unwrap_err();
+    assert!(
+        e.message()
+            .starts_with("subject_limits.model_scopes[0].limits.hourly_usd"),
+        "{}",
+        e.message()
+    );
+    assert!(admin.get(team("scoped-bad")).await.is_err());
+}
+
 #[tokio::test]
 async fn a_config_reload_keeps_runtime_entries() {
     let d = Limitsd::start(&config(BASE));

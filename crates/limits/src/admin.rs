@@ -138,6 +138,8 @@ pub enum EntryField {
     ExpireTime,
     /// The calendar the budgets reset on.
     Calendar,
+    /// The model scopes (all of them: an update replaces the list).
+    ModelScopes,
 }
 
 impl EntryField {
@@ -150,6 +152,7 @@ impl EntryField {
                 EntryField::Alias,
                 EntryField::ExpireTime,
                 EntryField::Calendar,
+                EntryField::ModelScopes,
             ])
             .collect()
     }
@@ -331,16 +334,7 @@ fn check_spec(field: &str, spec: &EntrySpec, now: Nanos) -> Result<(), Error> {
 /// The entry as JSON for the audit trail: limits in their units (USD for
 /// budgets), alias, expiry.
 fn entry_json(entry: &Entry) -> String {
-    let mut limits = serde_json::Map::new();
-    for (kind, value) in entry.limits.all() {
-        let v = if kind.is_budget() {
-            json!(limits_core::NanoUsd(value).as_usd())
-        } else {
-            json!(value)
-        };
-        limits.insert(kind.name().to_owned(), v);
-    }
-    let mut out = json!({ "limits": limits });
+    let mut out = json!({ "limits": limits_json(&entry.limits) });
     if let Some(a) = entry.limits.alias() {
         out["alias"] = json!(a);
     }
@@ -350,7 +344,28 @@ fn entry_json(entry: &Entry) -> String {
     if let Some(c) = entry.limits.calendar() {
         out["calendar"] = crate::runtime::calendar_json(c);
     }
+    if let Some(scopes) = entry.limits.scopes() {
+        let models: serde_json::Map<String, serde_json::Value> = scopes
+            .iter()
+            .map(|s| (s.pattern().to_owned(), limits_json(s.limits())))
+            .collect();
+        out["models"] = serde_json::Value::Object(models);
+    }
     out.to_string()
+}
+
+/// Limits as JSON, in their units (USD for budgets).
+fn limits_json(l: &SubjectLimits) -> serde_json::Value {
+    let mut limits = serde_json::Map::new();
+    for (kind, value) in l.all() {
+        let v = if kind.is_budget() {
+            json!(limits_core::NanoUsd(value).as_usd())
+        } else {
+            json!(value)
+        };
+        limits.insert(kind.name().to_owned(), v);
+    }
+    serde_json::Value::Object(limits)
 }
 
 /// Whether a window of `kind` counts `resource`: tokens are the total
@@ -751,6 +766,9 @@ impl<S: Store> Limiter<S> {
                     EntryField::Calendar => entry
                         .limits
                         .set_calendar(update.spec.limits.calendar().cloned()),
+                    EntryField::ModelScopes => entry
+                        .limits
+                        .set_scopes(update.spec.limits.scopes().cloned()),
                 }
             }
             entry.update_time = now;

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ahash::AHashMap;
 use limits_core::calendar;
-use limits_core::{Calendar, DIMENSIONS, Dimension, LimitKind, Nanos, SubjectLimits};
+use limits_core::{Calendar, DIMENSIONS, Dimension, LimitKind, ModelScopes, Nanos, SubjectLimits};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +193,9 @@ struct StoredEntry {
     expire_time: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     calendar: Option<StoredCalendar>,
+    /// Model scopes: pattern → limit name → limit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    models: BTreeMap<String, BTreeMap<String, u64>>,
     create_time: u64,
     update_time: u64,
 }
@@ -218,6 +221,20 @@ impl From<&Entry> for StoredEntry {
             alias: e.limits.alias().map(str::to_owned),
             expire_time: e.expire_time.map(|t| t.0),
             calendar: e.limits.calendar().map(|c| StoredCalendar::from(&**c)),
+            models: e
+                .limits
+                .scopes()
+                .into_iter()
+                .flat_map(|s| s.iter())
+                .map(|s| {
+                    let limits = s
+                        .limits()
+                        .all()
+                        .map(|(k, v)| (k.name().to_owned(), v))
+                        .collect();
+                    (s.pattern().to_owned(), limits)
+                })
+                .collect(),
             create_time: e.create_time.0,
             update_time: e.update_time.0,
         }
@@ -228,19 +245,16 @@ impl TryFrom<StoredEntry> for Entry {
     type Error = String;
 
     fn try_from(e: StoredEntry) -> Result<Entry, String> {
-        let mut limits = SubjectLimits::default();
-        for (name, value) in e.limits {
-            let kind = kind_named(&name)?;
-            if kind == LimitKind::MaxConcurrent {
-                let n = u32::try_from(value)
-                    .ok()
-                    .and_then(NonZeroU32::new)
-                    .ok_or_else(|| format!("max_concurrent {value} is out of range"))?;
-                limits.set_max_concurrent(Some(n));
-            } else {
-                let n = NonZeroU64::new(value).ok_or_else(|| format!("{name} is zero"))?;
-                limits.set(kind, Some(n));
-            }
+        let mut limits = stored_limits(e.limits)?;
+        if !e.models.is_empty() {
+            let scopes = e
+                .models
+                .into_iter()
+                .map(|(pattern, l)| Ok((pattern, stored_limits(l)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let scopes = ModelScopes::new(scopes)
+                .map_err(|(pattern, e)| format!("model scope {pattern:?}: {e}"))?;
+            limits.set_scopes(Some(Arc::new(scopes)));
         }
         limits.set_alias(e.alias.map(Arc::from));
         if let Some(c) = e.calendar {
@@ -253,6 +267,25 @@ impl TryFrom<StoredEntry> for Entry {
             update_time: Nanos(e.update_time),
         })
     }
+}
+
+/// Limits from their names, as a record keeps them.
+fn stored_limits(named: BTreeMap<String, u64>) -> Result<SubjectLimits, String> {
+    let mut limits = SubjectLimits::default();
+    for (name, value) in named {
+        let kind = kind_named(&name)?;
+        if kind == LimitKind::MaxConcurrent {
+            let n = u32::try_from(value)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| format!("max_concurrent {value} is out of range"))?;
+            limits.set_max_concurrent(Some(n));
+        } else {
+            let n = NonZeroU64::new(value).ok_or_else(|| format!("{name} is zero"))?;
+            limits.set(kind, Some(n));
+        }
+    }
+    Ok(limits)
 }
 
 /// Every limit kind, concurrency included, in kind order.
@@ -559,6 +592,34 @@ mod tests {
             Record::decode(&Record::default().encode()).unwrap(),
             Record::default()
         );
+    }
+
+    #[test]
+    fn model_scopes_round_trip_on_their_subject_s_calendar() {
+        let mut e = entry(5_000_000_000);
+        let scoped = SubjectLimits::default()
+            .with(LimitKind::BudgetDaily, nz(1_000))
+            .with(LimitKind::RequestsPerMinute, nz(3));
+        e.limits.set_scopes(Some(Arc::new(
+            ModelScopes::new([("gpt-4*".to_owned(), scoped)]).unwrap(),
+        )));
+        let calendar = Arc::new(Calendar::new("Europe/Paris", 0, 1).unwrap());
+        e.limits.set_calendar(Some(Arc::clone(&calendar)));
+        let record = Record {
+            entry: Some(e),
+            increases: Vec::new(),
+        };
+        let back = Record::decode(&record.encode()).unwrap();
+        assert_eq!(back, record);
+        let limits = &back.entry.unwrap().limits;
+        let scope = limits.scopes().unwrap().find("gpt-4o").unwrap();
+        assert_eq!(scope.limits().get(LimitKind::RequestsPerMinute), Some(3));
+        assert_eq!(
+            scope.limits().calendar().map(|c| c.zone()),
+            Some("Europe/Paris")
+        );
+        let bad = br#"{"v":1,"entry":{"limits":{},"models":{"m":{"max_concurrent":2}},"create_time":0,"update_time":0}}"#;
+        assert!(Record::decode(bad).is_err());
     }
 
     #[test]

@@ -11,7 +11,10 @@ use limits::admin::{
 };
 use limits::runtime::Increase;
 use limits_core::calendar;
-use limits_core::{Calendar, Dimension, LimitKind, LimitStatus, NanoUsd, Nanos, Resource, Subject};
+use limits_core::{
+    Calendar, Dimension, LimitKind, LimitStatus, ModelScopes, NanoUsd, Nanos, Resource, Subject,
+    SubjectLimits,
+};
 use limits_store::Store;
 use tonic::{Request, Response, Status};
 
@@ -120,7 +123,7 @@ fn instant(field: &str, t: &prost_types::Timestamp) -> Result<Nanos, Status> {
 
 /// The field names of SubjectLimits an update mask may name, with the
 /// entry field each sets.
-const MASK_FIELDS: [(&str, EntryField); 17] = [
+const MASK_FIELDS: [(&str, EntryField); 18] = [
     ("hourly_usd", EntryField::Limit(LimitKind::BudgetHourly)),
     ("daily_usd", EntryField::Limit(LimitKind::BudgetDaily)),
     ("weekly_usd", EntryField::Limit(LimitKind::BudgetWeekly)),
@@ -168,6 +171,7 @@ const MASK_FIELDS: [(&str, EntryField); 17] = [
     ("alias", EntryField::Alias),
     ("expire_time", EntryField::ExpireTime),
     ("calendar", EntryField::Calendar),
+    ("model_scopes", EntryField::ModelScopes),
 ];
 
 fn mask(raw: Option<prost_types::FieldMask>) -> Result<Vec<EntryField>, Status> {
@@ -292,7 +296,54 @@ fn spec(raw: &apb::SubjectLimits) -> Result<EntrySpec, Status> {
         spec.limits
             .set_calendar(Some(Arc::new(calendar(&f("calendar"), c)?)));
     }
+    if !raw.model_scopes.is_empty() {
+        let mut scopes = Vec::with_capacity(raw.model_scopes.len());
+        for (i, scope) in raw.model_scopes.iter().enumerate() {
+            let at = f(&format!("model_scopes[{i}]"));
+            scopes.push((scope.model.clone(), scope_limits(&at, scope)?));
+        }
+        let scopes = ModelScopes::new(scopes).map_err(|(pattern, e)| {
+            let i = raw
+                .model_scopes
+                .iter()
+                .position(|s| s.model == pattern)
+                .unwrap_or(0);
+            invalid(&f(&format!("model_scopes[{i}].model")), e)
+        })?;
+        spec.limits.set_scopes(Some(Arc::new(scopes)));
+    }
     Ok(spec)
+}
+
+/// One model scope's limits: the budget and rate fields of its
+/// SubjectLimits, nothing that belongs to an entry.
+fn scope_limits(at: &str, raw: &apb::ModelScope) -> Result<SubjectLimits, Status> {
+    let Some(limits) = &raw.limits else {
+        return Err(invalid(&format!("{at}.limits"), "is required"));
+    };
+    let entry_only = [
+        ("subject", limits.subject.is_some()),
+        ("alias", !limits.alias.is_empty()),
+        ("max_concurrent", limits.max_concurrent.is_some()),
+        ("calendar", limits.calendar.is_some()),
+        ("expire_time", limits.expire_time.is_some()),
+        ("model_scopes", !limits.model_scopes.is_empty()),
+    ];
+    if let Some((name, _)) = entry_only.iter().find(|(_, set)| *set) {
+        return Err(invalid(
+            &format!("{at}.limits.{name}"),
+            "cannot be set in a model scope (it belongs to the entry)",
+        ));
+    }
+    let spec = spec(limits).map_err(|s| {
+        // Name the field under the scope, not under the entry.
+        Status::invalid_argument(s.message().replacen(
+            "subject_limits.",
+            &format!("{at}.limits."),
+            1,
+        ))
+    })?;
+    Ok(spec.limits)
 }
 
 /// A calendar from its message; empty fields take their defaults (UTC,
@@ -345,13 +396,36 @@ fn pb_increase(i: &Increase) -> apb::BudgetIncrease {
 
 fn pb_entry(v: &EntryView) -> apb::SubjectLimits {
     let l = &v.entry.limits;
-    let usd = |k| l.get(k).map(|n| NanoUsd(n).as_usd());
     apb::SubjectLimits {
         subject: Some(pb::Subject {
             dimension: convert::pb_dimension(v.dimension) as i32,
             id: v.id.clone(),
         }),
         key_hash: v.key_hash.clone(),
+        alias: l.alias().unwrap_or_default().to_owned(),
+        expire_time: v.entry.expire_time.map(pb_timestamp),
+        etag: v.etag.clone(),
+        create_time: Some(pb_timestamp(v.entry.create_time)),
+        update_time: Some(pb_timestamp(v.entry.update_time)),
+        increases: v.increases.iter().map(pb_increase).collect(),
+        calendar: l.calendar().map(|c| pb_calendar(c)),
+        model_scopes: l
+            .scopes()
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .map(|s| apb::ModelScope {
+                model: s.pattern().to_owned(),
+                limits: Some(pb_limits(s.limits())),
+            })
+            .collect(),
+        ..pb_limits(l)
+    }
+}
+
+/// The limit fields of a SubjectLimits message.
+fn pb_limits(l: &SubjectLimits) -> apb::SubjectLimits {
+    let usd = |k| l.get(k).map(|n| NanoUsd(n).as_usd());
+    apb::SubjectLimits {
         hourly_usd: usd(LimitKind::BudgetHourly),
         daily_usd: usd(LimitKind::BudgetDaily),
         weekly_usd: usd(LimitKind::BudgetWeekly),
@@ -366,13 +440,7 @@ fn pb_entry(v: &EntryView) -> apb::SubjectLimits {
         output_tokens_per_minute: l.get(LimitKind::OutputTokensPerMinute),
         output_tokens_per_hour: l.get(LimitKind::OutputTokensPerHour),
         max_concurrent: l.get(LimitKind::MaxConcurrent).map(|n| n as u32),
-        alias: l.alias().unwrap_or_default().to_owned(),
-        expire_time: v.entry.expire_time.map(pb_timestamp),
-        etag: v.etag.clone(),
-        create_time: Some(pb_timestamp(v.entry.create_time)),
-        update_time: Some(pb_timestamp(v.entry.update_time)),
-        increases: v.increases.iter().map(pb_increase).collect(),
-        calendar: l.calendar().map(|c| pb_calendar(c)),
+        ..Default::default()
     }
 }
 
