@@ -1008,3 +1008,113 @@ async fn input_and_output_token_limits_hold_and_charge_each_part() {
         e.message()
     );
 }
+
+const SCOPED: &str = r#"
+limits:
+  by_api_key:
+    "sk-scoped":
+      alias: scoped-key
+      daily: 10
+      models:
+        "gpt-4*": { daily: 2, tokens_per_minute: 1000 }
+  enforcement:
+    action: downgrade
+    model_downgrades:
+      gpt-4o: gpt-3.5-turbo
+  storage:
+    backend: sled
+    sled:
+      path: ./scoped.sled
+"#;
+
+/// Model scopes through limitsd, on the default durable store: a reserved
+/// check holds its estimate on the key and on its model's scope, the
+/// answer and its metadata name the scope, a spent scope downgrades to a
+/// model outside it, the record charges the scope of the model that
+/// served, and GetUsage lists the scope.
+#[tokio::test]
+async fn model_scopes_are_checked_held_charged_and_named() {
+    let d = Limitsd::start(SCOPED);
+    let mut c = d.client().await;
+    let ask = |model: &str, cost: f64| pb::CheckLimitsRequest {
+        model: model.into(),
+        estimated_tokens: 100,
+        reserve: true,
+        ..check(vec![key("sk-scoped")], cost)
+    };
+    let held = c.check_limits(ask("gpt-4o", 1.5)).await.unwrap();
+    let scope_header = held
+        .metadata()
+        .get("x-budget-scope")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let held = held.into_inner();
+    assert!(held.allowed, "{}", held.reason);
+    assert_eq!(scope_header.as_deref(), Some("gpt-4*"), "75 % of the scope");
+    assert_eq!(held.headers.get("X-Budget-Scope").map(String::as_str), Some("gpt-4*"));
+    let budget = held.budget.as_ref().unwrap();
+    assert_eq!((budget.model_scope.as_str(), budget.used_usd), ("gpt-4*", 1.5));
+    let scoped: Vec<_> = held
+        .statuses
+        .iter()
+        .filter(|s| s.model_scope == "gpt-4*")
+        .collect();
+    assert_eq!(scoped.len(), 2, "the scope's budget and token limit");
+    assert!(scoped.iter().all(|s| s.subject.as_ref().unwrap().id == "sk-scoped"));
+
+    // $1 more does not fit gpt-4*: downgraded to a model outside it.
+    let down = c
+        .check_limits(ask("gpt-4o", 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(down.action, pb::Action::Downgrade as i32, "{}", down.reason);
+    assert_eq!(down.downgrade_to, "gpt-3.5-turbo");
+    assert!(down.statuses.iter().all(|s| s.model_scope.is_empty()));
+
+    // The first call cost $0.40 on gpt-4o: its scope is charged that.
+    let rec = c
+        .record_usage(pb::RecordUsageRequest {
+            subjects: vec![key("sk-scoped")],
+            reservation_id: held.reservation_id.clone(),
+            request_tokens: 60,
+            response_tokens: 20,
+            total_tokens: 0,
+            cost_usd: Some(0.4),
+            provider: String::new(),
+            model: "gpt-4o".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let spent = rec
+        .statuses
+        .iter()
+        .find(|s| s.model_scope == "gpt-4*" && s.kind == pb::LimitKind::BudgetDaily as i32)
+        .unwrap();
+    assert!((spent.used - 0.4).abs() < 1e-9, "{spent:?}");
+    let again = c
+        .check_limits(ask("gpt-4o", 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.action, pb::Action::Allow as i32, "{}", again.reason);
+
+    let usage = c
+        .get_usage(usage_req(key("sk-scoped")))
+        .await
+        .unwrap()
+        .into_inner();
+    let scope_budget = usage
+        .statuses
+        .iter()
+        .find(|s| s.model_scope == "gpt-4*" && s.kind == pb::LimitKind::BudgetDaily as i32)
+        .expect("GetUsage lists the scope");
+    assert!((scope_budget.used - 1.4).abs() < 1e-9, "{scope_budget:?}");
+    let own = usage
+        .statuses
+        .iter()
+        .find(|s| s.model_scope.is_empty() && s.kind == pb::LimitKind::BudgetDaily as i32)
+        .unwrap();
+    // $0.40 recorded, $1 (gpt-3.5) and $1 (gpt-4o) held.
+    assert!((own.used - 2.4).abs() < 1e-9, "{own:?}");
+}
