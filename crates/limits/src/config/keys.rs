@@ -296,7 +296,8 @@ declare! {
     } and {
         budgets: RawBudgets;
         rate_limits: RawRateLimits;
-        /// Combined entry: any budget and rate keys plus `alias`, with no family default. An id
+        /// Combined entry: any budget and rate keys plus `alias` and `models`, with no family
+        /// default. An id
         /// may not also appear under `budgets`/`rate_limits`.
         by_api_key, by_user, by_team, by_org: IdMap<RawCombined> => PER_ID;
         enforcement: RawEnforcement;
