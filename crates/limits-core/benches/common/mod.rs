@@ -53,6 +53,14 @@ pub fn calendar_limits() -> SubjectLimits {
     subject_limits().with_calendar(std::sync::Arc::new(calendar))
 }
 
+/// One model scope's limits: a daily budget and a token rate for the
+/// model the traffic asks for (`gpt-4o*`), beside the key's own.
+pub fn scope_limits() -> SubjectLimits {
+    SubjectLimits::default()
+        .with(LimitKind::BudgetDaily, nz(usd(500.0)))
+        .with(LimitKind::TokensPerMinute, nz(5_000_000))
+}
+
 /// A small request: $0.001 and 500 tokens estimated.
 pub fn estimate() -> Vec<Attempt> {
     vec![Attempt {
@@ -90,6 +98,9 @@ pub struct Population {
     pub policy: Policy,
     pub now: Nanos,
     cursor: usize,
+    /// When the keys have a model scope: each key's scope state, by the
+    /// key's id, and the scope's limits (a fourth subject of each check).
+    pub scoped: Option<(AHashMap<String, SubjectState>, SubjectLimits)>,
     /// After [`resolve`](Self::resolve): the states, moved out of the maps
     /// into vectors in id order.
     resolved: Option<[Vec<SubjectState>; 3]>,
@@ -154,8 +165,36 @@ impl Population {
             policy,
             now: START,
             cursor: 0,
+            scoped: None,
             resolved: None,
         }
+    }
+
+    /// As [`with_limits`](Self::with_limits), each key with one model
+    /// scope of [`scope_limits`] that the traffic's model matches, with the
+    /// same history as the keys: every check then meets four states.
+    pub fn with_scope(n: usize, limits: SubjectLimits) -> Population {
+        let mut pop = Population::with_limits(n, limits);
+        let scope = scope_limits();
+        let mut map = AHashMap::with_capacity(n);
+        for (i, id) in pop.ids[0].iter().enumerate() {
+            let mut state = SubjectState::new();
+            let phase = (i as u64 * 7_919) % (3 * 3_600) * 1_000_000_000;
+            for j in 0..HISTORY_EVENTS {
+                let at = Nanos(START.0 - Nanos::DAY.0 + j * 3 * Nanos::HOUR.0 + phase);
+                let req = CheckRequest {
+                    attempts: &pop.attempts,
+                    reserve: None,
+                    policy: &pop.policy,
+                };
+                assert!(check(&mut [&mut state], &[&scope], &req, at).allowed());
+                record(&mut [&mut state], &[&scope], &pop.actual, &pop.policy, at);
+            }
+            // Its own id, as a store keys a scope apart from its subject.
+            map.insert(format!("{id}\u{1f}gpt-4o*"), state);
+        }
+        pop.scoped = Some((map, scope));
+        pop
     }
 
     /// Moves every state out of its map into a vector in id order, so that
@@ -187,6 +226,28 @@ impl Population {
         // user and team are not its neighbours in memory.
         let idx = [i, (i * 7 + 3) % n, (i * 13 + 5) % n];
         self.now = self.now.saturating_add(STEP);
+        let req = CheckRequest {
+            attempts: &self.attempts,
+            reserve: None,
+            policy: &self.policy,
+        };
+        if let Some((scopes, scope_limits)) = &mut self.scoped {
+            let [keys, users, teams] = &mut self.maps;
+            let key_id = self.ids[0][idx[0]].as_str();
+            let scope = scopes
+                .get_mut(format!("{key_id}\u{1f}gpt-4o*").as_str())
+                .expect("scope");
+            let key = keys.get_mut(key_id).expect("key");
+            let user = users.get_mut(self.ids[1][idx[1]].as_str()).expect("user");
+            let team = teams.get_mut(self.ids[2][idx[2]].as_str()).expect("team");
+            let mut states = [key, user, team, scope];
+            let limits = [&self.limits, &self.limits, &self.limits, &*scope_limits];
+            let out = check(&mut states, &limits, &req, self.now);
+            if record_usage && out.allowed() {
+                record(&mut states, &limits, &self.actual, &self.policy, self.now);
+            }
+            return out.allowed();
+        }
         let mut states = match &mut self.resolved {
             Some([keys, users, teams]) => {
                 [&mut keys[idx[0]], &mut users[idx[1]], &mut teams[idx[2]]]
@@ -200,11 +261,6 @@ impl Population {
             }
         };
         let limits = [&self.limits, &self.limits, &self.limits];
-        let req = CheckRequest {
-            attempts: &self.attempts,
-            reserve: None,
-            policy: &self.policy,
-        };
         let out = check(&mut states, &limits, &req, self.now);
         if record_usage && out.allowed() {
             record(&mut states, &limits, &self.actual, &self.policy, self.now);
