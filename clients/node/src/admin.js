@@ -30,13 +30,17 @@ const KINDS = {
 const USD = new Set(['hourlyUsd', 'dailyUsd', 'weeklyUsd', 'monthlyUsd']);
 const KIND_OF = Object.fromEntries(Object.entries(KINDS).map(([name, [, kind]]) => [kind, name]));
 // Every field of an entry a request may set: the limits, an alias, an
-// expiry, the calendar its budgets reset on.
+// expiry, the calendar its budgets reset on, its model scopes.
 const FIELDS = {
   ...Object.fromEntries(Object.entries(KINDS).map(([name, [field]]) => [name, field])),
   alias: 'alias',
   expireTime: 'expire_time',
   calendar: 'calendar',
+  modelScopes: 'model_scopes',
 };
+// The limits a model scope may hold: the budgets and the request and token
+// rates (not maxConcurrent, which belongs to the entry).
+const SCOPE_KINDS = Object.keys(KINDS).filter((name) => name !== 'maxConcurrent');
 const PERIODS = { BUDGET_PERIOD_ROLLING: 'rolling', BUDGET_PERIOD_CALENDAR: 'calendar' };
 const DIMENSIONS = { apiKey: 'DIMENSION_API_KEY', user: 'DIMENSION_USER', team: 'DIMENSION_TEAM', org: 'DIMENSION_ORG' };
 
@@ -101,6 +105,9 @@ function entryMessage(subject, fields) {
         week_start: v.weekStart ?? '',
         month_anchor_day: v.monthAnchorDay ?? 0,
       };
+    } else if (k === 'modelScopes') {
+      if (!Array.isArray(v)) throw new TypeError("limitsd: modelScopes: expected a list of { model: 'gpt-4*', dailyUsd: ... }");
+      msg.model_scopes = v.map(scopeMessage);
     } else if (USD.has(k)) {
       if (typeof v !== 'number') throw new TypeError(`limitsd: ${k}: expected US dollars as a number`);
       msg[FIELDS[k]] = v;
@@ -110,6 +117,36 @@ function entryMessage(subject, fields) {
     }
   }
   return msg;
+}
+
+/** A ModelScope message from `{ model, ...limits }` (a limit null or left out: none). */
+function scopeMessage(scope, i) {
+  if (!scope || typeof scope !== 'object' || typeof scope.model !== 'string') {
+    throw new TypeError(`limitsd: modelScopes[${i}]: expected { model: 'gpt-4*', dailyUsd: ... }`);
+  }
+  const limits = {};
+  for (const [k, v] of Object.entries(scope)) {
+    if (k === 'model') continue;
+    if (!SCOPE_KINDS.includes(k)) {
+      throw new TypeError(`limitsd: modelScopes[${i}].${k}: a model scope holds only ${SCOPE_KINDS.join(', ')}`);
+    }
+    if (v != null) limits[k] = v;
+  }
+  try {
+    return { model: scope.model, limits: entryMessage(null, limits) };
+  } catch (err) {
+    throw new TypeError(err.message.replace('limitsd: ', `limitsd: modelScopes[${i}].`));
+  }
+}
+
+/** A model scope of an answer: its pattern and every limit it may hold (null: none). */
+function scopeOf(s) {
+  const out = { model: s.model };
+  for (const name of SCOPE_KINDS) {
+    const field = KINDS[name][0];
+    out[name] = s.limits && field in s.limits ? s.limits[field] : null;
+  }
+  return out;
 }
 
 function increaseOf(i) {
@@ -129,6 +166,8 @@ function subjectLimitsOf(m) {
     calendar: m.calendar
       ? { timeZone: m.calendar.time_zone, weekStart: m.calendar.week_start, monthAnchorDay: m.calendar.month_anchor_day }
       : null,
+    // Most specific first, as limitsd answers them.
+    modelScopes: m.model_scopes.map(scopeOf),
   });
 }
 
@@ -142,6 +181,8 @@ function limitStateOf(s) {
     remaining: s.remaining,
     resetAt: dateOf(s.reset_at),
     period: PERIODS[s.period] ?? null,
+    // The pattern of the model scope the limit belongs to; null for the subject's own.
+    modelScope: s.model_scope || null,
   };
 }
 

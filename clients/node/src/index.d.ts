@@ -31,6 +31,8 @@ export interface LimitStatus {
   source: LimitSource;
   /** How much of `limit` is a temporary increase (set by GetUsage). */
   raised: number;
+  /** The pattern of the subject's model scope the limit belongs to ('gpt-4*'); '' for the subject's own limits. */
+  model_scope: string;
 }
 
 export type LimitSource =
@@ -44,6 +46,8 @@ export interface BudgetSummary {
   remaining_usd: number;
   percentage: number;
   reset_at: Timestamp | null;
+  /** The model scope the budget belongs to; '' for the subject's own. */
+  model_scope: string;
 }
 
 export interface CheckLimitsResponse {
@@ -262,6 +266,23 @@ export interface BudgetCalendar {
   monthAnchorDay?: number;
 }
 
+/** The limits a model scope may hold: an entry's budgets and request and token rates. */
+export type ScopeKind = Exclude<Kind, 'maxConcurrent'>;
+
+/**
+ * Limits for the requests of some models only, beside the entry's own.
+ * `model` is an exact model name ('claude-3-opus') or a glob with `*`, `?`
+ * or `[...]` ('gpt-4*'); a request for a model meets the entry's own limits
+ * and those of its most specific matching scope (an exact name first, then
+ * the glob with more characters that are not wildcards). A limit left out
+ * (or null) is no limit of that kind in the scope; the budgets follow the
+ * entry's calendar.
+ */
+export type ModelScopeFields = { model: string } & { [K in ScopeKind]?: number | null };
+
+/** A model scope of an answer: every limit it may hold, null when it sets none. */
+export type ModelScope = { model: string } & { [K in ScopeKind]: number | null };
+
 /** The fields of a runtime entry. Left out (or null): no limit of that kind. */
 export interface LimitFields {
   /** USD budgets over the last hour, 24 hours, 7 days and 30 days (on a calendar: today, this week, this month). */
@@ -286,6 +307,13 @@ export interface LimitFields {
   expireTime?: Date | null;
   /** Put the budgets on a calendar; left out (or null): they roll. */
   calendar?: BudgetCalendar | null;
+  /**
+   * Limits for some models only, at most one scope per pattern. An update
+   * replaces the whole list: give the scopes to keep too
+   * (`[...entry.modelScopes, { model: 'o1', requestsPerMinute: 10 }]`); null
+   * or [] removes every scope.
+   */
+  modelScopes?: ModelScopeFields[] | null;
 }
 
 export interface BudgetIncrease {
@@ -324,6 +352,8 @@ export interface SubjectLimits {
   increases: BudgetIncrease[];
   /** The calendar the budgets reset on; null when they roll. */
   calendar: Required<BudgetCalendar> | null;
+  /** Limits for some models only, most specific first. */
+  modelScopes: ModelScope[];
 }
 
 /** One limit of a subject after an adjustment or a reset (an API key named by its hash). */
@@ -339,6 +369,8 @@ export interface LimitState {
   resetAt: Date | null;
   /** For a budget, 'rolling' or 'calendar'; null for other limits. */
   period: 'rolling' | 'calendar' | null;
+  /** The pattern of the model scope the limit belongs to; null for the subject's own limits. */
+  modelScope: string | null;
 }
 
 export interface AuditEvent {

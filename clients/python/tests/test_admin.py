@@ -22,6 +22,7 @@ from limitsd import (
     Calendar,
     LimitsClient,
     LimitsError,
+    ModelScope,
     api_key,
     api_key_hash,
     pb,
@@ -112,6 +113,56 @@ def test_a_runtime_entry_puts_budgets_on_a_calendar(start_secure: Start) -> None
             a.update_limits(entry, calendar=Calendar(time_zone="Mars/Olympus"), reason="typo")
         assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert bad.value.field == "subject_limits.calendar.time_zone"
+
+
+def test_a_runtime_entry_holds_model_scopes(start_secure: Start) -> None:
+    s = start_secure()
+    subject = team("scoped-team")
+    gpt4 = ModelScope("gpt-4*", daily_usd=1.0, tokens_per_minute=1_000)
+    opus = ModelScope("claude-3-opus", requests_per_minute=5)
+    with admin(s) as a, limits(s) as c:
+        entry = a.create_limits(subject, daily_usd=10.0, model_scopes=[gpt4, opus], reason="per-model budgets")
+        assert entry.model_scopes == (opus, gpt4), "most specific (the exact name) first"
+        assert entry.daily_usd == 10.0 and entry.tokens_per_minute is None, "the scope's limits are its own"
+
+        # $2 of gpt-4o is over gpt-4*'s $1: denied, and the status says which scope.
+        denied = c.check([subject], model="gpt-4o", estimated_cost_usd=2.0)
+        assert not denied.allowed
+        over = [st for st in denied.statuses if st.exceeded]
+        assert [(st.model_scope, st.kind) for st in over] == [("gpt-4*", pb.LIMIT_KIND_BUDGET_DAILY)]
+        assert "in model scope 'gpt-4*'" in denied.reason, denied.reason
+        # A model no scope matches meets the entry's own $10 only.
+        outside = c.check([subject], model="gpt-3.5-turbo", estimated_cost_usd=2.0)
+        assert outside.allowed, outside.reason
+        assert {st.model_scope for st in outside.statuses} == {""}
+        # GetUsage lists the subject's own limits, then every scope's.
+        listed = {(st.model_scope, st.kind) for st in c.usage(subject).statuses}
+        assert ("gpt-4*", pb.LIMIT_KIND_TOKENS_PER_MINUTE) in listed
+        assert ("claude-3-opus", pb.LIMIT_KIND_REQUESTS_PER_MINUTE) in listed
+        # An adjustment counts against the subject's own limits (model_scope None).
+        states = a.adjust_usage(subject, usd=0.25, reason="billed elsewhere")
+        assert [(x.kind, x.model_scope, x.used) for x in states] == [("daily_usd", None, 0.25)]
+
+        # An update of model_scopes replaces the list: keep gpt-4*, at $3.
+        kept = a.update_limits(
+            entry, model_scopes=[ModelScope("gpt-4*", daily_usd=3.0)], etag=entry.etag, reason="one scope"
+        )
+        assert kept.model_scopes == (ModelScope("gpt-4*", daily_usd=3.0),)
+        assert c.check([subject], model="gpt-4o", estimated_cost_usd=2.0).allowed
+        # None removes every scope; the entry's own limits stay.
+        none = a.update_limits(kept, model_scopes=None, etag=kept.etag, reason="no scopes")
+        assert none.model_scopes == () and none.daily_usd == 10.0
+
+        # A bad glob is refused naming the field; a wrong type, before calling.
+        with pytest.raises(LimitsError) as bad:
+            a.update_limits(subject, model_scopes=[gpt4, ModelScope("gpt-[4", daily_usd=1.0)], reason="typo")
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.field == "subject_limits.model_scopes[1].model"
+        with pytest.raises(TypeError, match=r"model_scopes\[0\]\.daily_usd: expected US dollars"):
+            a.update_limits(subject, model_scopes=[ModelScope("m", daily_usd="1")])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="expected a list of ModelScope"):
+            a.update_limits(subject, model_scopes=gpt4)  # type: ignore[arg-type]
+        assert a.get_limits(subject).model_scopes == (), "the refused calls changed nothing"
 
 
 def test_the_asyncio_clients_credit_usage_back(start_secure: Start) -> None:

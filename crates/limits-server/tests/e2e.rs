@@ -1050,16 +1050,26 @@ async fn model_scopes_are_checked_held_charged_and_named() {
     let held = held.into_inner();
     assert!(held.allowed, "{}", held.reason);
     assert_eq!(scope_header.as_deref(), Some("gpt-4*"), "75 % of the scope");
-    assert_eq!(held.headers.get("X-Budget-Scope").map(String::as_str), Some("gpt-4*"));
+    assert_eq!(
+        held.headers.get("X-Budget-Scope").map(String::as_str),
+        Some("gpt-4*")
+    );
     let budget = held.budget.as_ref().unwrap();
-    assert_eq!((budget.model_scope.as_str(), budget.used_usd), ("gpt-4*", 1.5));
+    assert_eq!(
+        (budget.model_scope.as_str(), budget.used_usd),
+        ("gpt-4*", 1.5)
+    );
     let scoped: Vec<_> = held
         .statuses
         .iter()
         .filter(|s| s.model_scope == "gpt-4*")
         .collect();
     assert_eq!(scoped.len(), 2, "the scope's budget and token limit");
-    assert!(scoped.iter().all(|s| s.subject.as_ref().unwrap().id == "sk-scoped"));
+    assert!(
+        scoped
+            .iter()
+            .all(|s| s.subject.as_ref().unwrap().id == "sk-scoped")
+    );
 
     // $1 more does not fit gpt-4*: downgraded to a model outside it.
     let down = c

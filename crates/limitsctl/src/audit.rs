@@ -112,8 +112,8 @@ fn change(before: &str, after: &str) -> String {
 }
 
 /// The leaves of a state, by path. The entry's `limits` are named by the
-/// limit alone (`daily`, not `limits.daily`); a list of increases shows as
-/// one leaf.
+/// limit alone (`daily`, not `limits.daily`), a model scope's by its
+/// pattern (`models.gpt-4*.daily`); a list of increases shows as one leaf.
 fn flatten(v: &Value) -> BTreeMap<String, String> {
     fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
         match v {
@@ -186,6 +186,14 @@ mod tests {
                 r#"{"increases":[{"kind":"daily","amount":1.0,"expire_time":"2030-01-01T00:00:00Z"}]}"#
             ),
             "increases none → daily +1.0 until 2030-01-01T00:00:00Z"
+        );
+        // A model scope's limits, by the scope's pattern.
+        assert_eq!(
+            change(
+                r#"{"limits":{"daily":5.0},"models":{"gpt-4*":{"daily":1.0}}}"#,
+                r#"{"limits":{"daily":5.0},"models":{"gpt-4*":{"daily":2.0},"o1":{"requests_per_minute":5}}}"#
+            ),
+            "models.gpt-4*.daily 1.0 → 2.0, models.o1.requests_per_minute – → 5"
         );
     }
 }

@@ -129,7 +129,9 @@ Examples:
 
 MAX includes any live temporary increase (shown as raised); SOURCE says
 whether the limit comes from a runtime entry, the subject's config entry or
-the dimension's default.";
+the dimension's default. MODEL, shown when the subject has model scopes,
+names the scope a limit belongs to (`-`: the subject's own limits, which
+every model's requests meet).";
 
 #[derive(Args)]
 pub struct UsageArgs {
@@ -165,6 +167,7 @@ pub struct CheckArgs {
 const LIMITS_EXAMPLES: &str = "\
 Examples:
   limitsctl limits set team=research --monthly 25000 --alias research
+  limitsctl limits set team=research --model 'gpt-4*' --daily 50
   limitsctl limits get team=research
   limitsctl limits list --dimension api_key
   limitsctl limits delete team=research --reason \"back to the config\"";
@@ -178,8 +181,9 @@ pub enum LimitsCommand {
     /// --page-token one page.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
-    /// Set fields of a subject's runtime entry, creating it if there is
-    /// none; only the fields given change.
+    /// Set fields of a subject's runtime entry, or the limits of one of
+    /// its model scopes (--model), creating it if there is none; only the
+    /// fields given change.
     #[command(after_help = SET_EXAMPLES)]
     Set(Box<SetArgs>),
     /// Remove a subject's runtime entry: its config limits apply again.
@@ -233,10 +237,40 @@ Examples:
   limitsctl limits set api_key=sk-live-123 --daily 50 --rpm 600 --reason \"new customer\"
   limitsctl limits set user=alice --daily 5 --expires-in 7d --reason trial
   limitsctl limits set api_key_hash=3f2a9c0d1e4b5a6f7c8d9e0f1a2b3c4d --clear daily
+  limitsctl limits set team=research --model 'gpt-4*' --daily 50 --tpm 40000
+  limitsctl limits set team=research --model 'gpt-4*' --clear tpm
+  limitsctl limits set team=research --remove-model 'gpt-4*' --reason \"one budget again\"
 
 The entry replaces the subject's config entry whole: a limit it does not set
 is no limit. Budgets are in USD. --etag makes the change only if nobody
-changed the entry since `limits get` showed that etag.";
+changed the entry since `limits get` showed that etag.
+
+With --model PATTERN (an exact model name, or a glob such as 'gpt-4*'), the
+budget and rate flags and --clear change that model scope's limits instead of
+the entry's: the requests of a matching model meet the entry's own limits and
+those of its most specific matching scope. The entry's other scopes, and the
+scope's other limits, are kept; a scope left with no limit is removed. The
+entry is read and written back only if nobody changed it in between (or
+--etag's version, if given). --remove-model PATTERN removes one scope.";
+
+/// The limits of `limits set` (their argument ids), which --model applies
+/// to a model scope and --remove-model cannot be given with.
+const LIMIT_FLAGS: [&str; 13] = [
+    "hourly", "daily", "weekly", "monthly", "rps", "rpm", "rph", "tpm", "tph", "itpm", "itph",
+    "otpm", "otph",
+];
+/// The fields of `limits set` that belong to the entry, not to a model
+/// scope (their argument ids): none may be given with --model or
+/// --remove-model.
+const ENTRY_FLAGS: [&str; 7] = [
+    "calendar",
+    "week_start",
+    "month_anchor_day",
+    "max_concurrent",
+    "alias",
+    "expires",
+    "expires_in",
+];
 
 #[derive(Args)]
 pub struct SetArgs {
@@ -304,9 +338,23 @@ pub struct SetArgs {
     /// When the entry falls away by itself, from now (e.g. 7d, 12h).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub expires_in: Option<Duration>,
-    /// Unset a field of the entry (repeatable).
+    /// Unset a field of the entry, or with --model a limit of the scope
+    /// (repeatable).
     #[arg(long, value_name = "FIELD", value_enum)]
     pub clear: Vec<Field>,
+    /// Set the limits given (and --clear) on the model scope PATTERN, an
+    /// exact model name or a glob such as 'gpt-4*', creating it if the
+    /// entry has none; the entry's other scopes are kept.
+    #[arg(long, value_name = "PATTERN", conflicts_with_all = ENTRY_FLAGS)]
+    pub model: Option<String>,
+    /// Remove the model scope PATTERN from the entry, keeping everything
+    /// else.
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        conflicts_with_all = [&LIMIT_FLAGS[..], &ENTRY_FLAGS, &["model", "clear"]].concat()
+    )]
+    pub remove_model: Option<String>,
     /// Change the entry only if its etag is still this.
     #[arg(long)]
     pub etag: Option<String>,
@@ -375,6 +423,15 @@ impl Field {
             Field::Expires => "expire_time",
             Field::Calendar => "calendar",
         }
+    }
+
+    /// Whether the field is a budget or a rate, which a model scope may
+    /// hold (the others belong to the entry).
+    pub fn in_scope(self) -> bool {
+        !matches!(
+            self,
+            Field::MaxConcurrent | Field::Alias | Field::Expires | Field::Calendar
+        )
     }
 
     /// The flag that sets it: `--` and the name `--clear` takes.

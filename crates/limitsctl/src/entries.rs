@@ -95,7 +95,19 @@ pub async fn list(g: &Global, args: &ListArgs) -> Result<String, Error> {
 
 pub async fn set(g: &Global, args: &SetArgs) -> Result<String, Error> {
     let output = g.output;
+    if let Some(model) = &args.remove_model {
+        check_pattern("--remove-model", model)?;
+        return set_scopes(g, args, &ScopeChange::Remove { model }).await;
+    }
     let (entry, mask) = update(args, SystemTime::now())?;
+    if let Some(model) = &args.model {
+        let change = ScopeChange::Set {
+            model,
+            values: &entry,
+            fields: &mask,
+        };
+        return set_scopes(g, args, &change).await;
+    }
     let conn = Conn::open(g).await?;
     let entry = conn
         .admin()
@@ -115,6 +127,156 @@ pub async fn set(g: &Global, args: &SetArgs) -> Result<String, Error> {
         .subject_limits
         .unwrap_or_default();
     Ok(one(&entry, output))
+}
+
+/// One change to an entry's model scopes, as `limits set --model` or
+/// `--remove-model` asks for it.
+enum ScopeChange<'a> {
+    /// Set the `fields` of the scope `model` to their values in `values`
+    /// (a field unset there is cleared), creating the scope if the entry
+    /// has none for `model`.
+    Set {
+        model: &'a str,
+        values: &'a apb::SubjectLimits,
+        fields: &'a [Field],
+    },
+    /// Remove the scope `model`.
+    Remove { model: &'a str },
+}
+
+/// `limits set --model` and `--remove-model`: the entry's scopes are read,
+/// changed here and written back whole (the update mask `model_scopes`
+/// replaces the list). The write carries the etag read (or the user's
+/// --etag), so that a change made in between is refused, not lost.
+async fn set_scopes(g: &Global, args: &SetArgs, change: &ScopeChange<'_>) -> Result<String, Error> {
+    let conn = Conn::open(g).await?;
+    let mut client = conn.admin();
+    let current = match client
+        .get_subject_limits(apb::GetSubjectLimitsRequest {
+            subject: Some(args.subject.pb()),
+        })
+        .await
+    {
+        Ok(answer) => answer.into_inner().subject_limits.unwrap_or_default(),
+        // No entry yet: the update creates one (allow_missing).
+        Err(status) if status.code() == tonic::Code::NotFound => apb::SubjectLimits::default(),
+        Err(status) => return Err(conn.failed(Api::Admin)(status)),
+    };
+    let mut scopes = current.model_scopes;
+    change_scopes(&mut scopes, change).map_err(|missing| {
+        let known: Vec<&str> = scopes.iter().map(|s| s.model.as_str()).collect();
+        Error::Local(if known.is_empty() {
+            format!(
+                "{} has no model scope {missing:?} (it has none)",
+                args.subject
+            )
+        } else {
+            format!(
+                "{} has no model scope {missing:?} (its scopes: {})",
+                args.subject,
+                known.join(", ")
+            )
+        })
+    })?;
+    let entry = client
+        .update_subject_limits(apb::UpdateSubjectLimitsRequest {
+            subject: Some(args.subject.pb()),
+            subject_limits: Some(apb::SubjectLimits {
+                model_scopes: scopes,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["model_scopes".to_owned()],
+            }),
+            etag: args.etag.clone().unwrap_or(current.etag),
+            allow_missing: true,
+            reason: args.reason.clone(),
+        })
+        .await
+        .map_err(conn.failed(Api::Admin))?
+        .into_inner()
+        .subject_limits
+        .unwrap_or_default();
+    Ok(one(&entry, g.output))
+}
+
+/// Applies `change` to an entry's scopes: the other scopes, and the
+/// scope's limits not named, are kept; a scope left with no limit is
+/// removed. Fails with the pattern when the scope to remove, or to clear
+/// limits of (and set none), is not there: nothing would change, and on a
+/// subject without an entry the write would create an empty one.
+fn change_scopes<'a>(
+    scopes: &mut Vec<apb::ModelScope>,
+    change: &ScopeChange<'a>,
+) -> Result<(), &'a str> {
+    match *change {
+        ScopeChange::Remove { model } => {
+            let before = scopes.len();
+            scopes.retain(|s| s.model != model);
+            if scopes.len() == before {
+                return Err(model);
+            }
+        }
+        ScopeChange::Set {
+            model,
+            values,
+            fields,
+        } => {
+            let found = scopes.iter().position(|s| s.model == model);
+            let at = found.unwrap_or_else(|| {
+                scopes.push(apb::ModelScope {
+                    model: model.to_owned(),
+                    limits: Some(apb::SubjectLimits::default()),
+                });
+                scopes.len() - 1
+            });
+            let scope = scopes[at].limits.get_or_insert_default();
+            for &f in fields {
+                copy_field(values, scope, f);
+            }
+            if limits(scope).is_empty() {
+                scopes.remove(at);
+                if found.is_none() {
+                    return Err(model);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the field `f` of `to` to its value in `from` (unset if unset).
+fn copy_field(from: &apb::SubjectLimits, to: &mut apb::SubjectLimits, f: Field) {
+    match f {
+        Field::Hourly => to.hourly_usd = from.hourly_usd,
+        Field::Daily => to.daily_usd = from.daily_usd,
+        Field::Weekly => to.weekly_usd = from.weekly_usd,
+        Field::Monthly => to.monthly_usd = from.monthly_usd,
+        Field::Rps => to.requests_per_second = from.requests_per_second,
+        Field::Rpm => to.requests_per_minute = from.requests_per_minute,
+        Field::Rph => to.requests_per_hour = from.requests_per_hour,
+        Field::Tpm => to.tokens_per_minute = from.tokens_per_minute,
+        Field::Tph => to.tokens_per_hour = from.tokens_per_hour,
+        Field::Itpm => to.input_tokens_per_minute = from.input_tokens_per_minute,
+        Field::Itph => to.input_tokens_per_hour = from.input_tokens_per_hour,
+        Field::Otpm => to.output_tokens_per_minute = from.output_tokens_per_minute,
+        Field::Otph => to.output_tokens_per_hour = from.output_tokens_per_hour,
+        Field::MaxConcurrent => to.max_concurrent = from.max_concurrent,
+        Field::Alias => to.alias.clone_from(&from.alias),
+        Field::Expires => to.expire_time = from.expire_time,
+        Field::Calendar => to.calendar.clone_from(&from.calendar),
+    }
+}
+
+/// A model pattern given on the command line is not empty (limitsd checks
+/// the glob itself, naming the field).
+fn check_pattern(flag: &str, model: &str) -> Result<(), Error> {
+    if model.is_empty() {
+        return Err(Error::Usage(format!(
+            "{flag} needs a model name or a glob such as 'gpt-4*'"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn delete(g: &Global, args: &DeleteArgs) -> Result<String, Error> {
@@ -202,11 +364,31 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
             set.push(f);
         }
     }
+    if let Some(model) = &args.model {
+        check_pattern("--model", model)?;
+        // clap refuses the entry's own flags with --model; --clear can
+        // still name one.
+        if let Some(f) = set.iter().find(|f| !f.in_scope()) {
+            let name = f.flag().trim_start_matches('-').to_owned();
+            return Err(Error::Usage(format!(
+                "--clear {name}: a model scope holds only budgets and rates, and {name} \
+                 belongs to the entry (give it without --model)"
+            )));
+        }
+        if set.is_empty() {
+            return Err(Error::Usage(format!(
+                "nothing to set in model scope {model:?}: give at least one of --hourly, \
+                 --daily, --weekly, --monthly, --rps, --rpm, --rph, --tpm, --tph, --itpm, \
+                 --itph, --otpm, --otph or --clear (or --remove-model {model:?} to remove it)"
+            )));
+        }
+    }
     if set.is_empty() {
         return Err(Error::Usage(
             "nothing to set: give at least one of --hourly, --daily, --weekly, --monthly, \
              --calendar, --rps, --rpm, --rph, --tpm, --tph, --itpm, --itph, --otpm, --otph, \
-             --max-concurrent, --alias, --expires, --expires-in or --clear"
+             --max-concurrent, --alias, --expires, --expires-in or --clear; or --model \
+             PATTERN with limits for a model scope, or --remove-model PATTERN"
                 .to_owned(),
         ));
     }
@@ -240,15 +422,51 @@ fn limits(e: &apb::SubjectLimits) -> Vec<(Kind, f64)> {
     usd.chain(counts).collect()
 }
 
-fn limits_text(e: &apb::SubjectLimits) -> String {
+/// The limits an entry (or a model scope) sets, on one line:
+/// `daily $50.00, tokens_per_minute 40000`; empty when there is none.
+fn limits_line(e: &apb::SubjectLimits) -> String {
     let shown: Vec<String> = limits(e)
         .into_iter()
         .map(|(k, v)| format!("{} {}", k.name(), render::amount(Some(k), v)))
         .collect();
-    if shown.is_empty() {
-        "none (unlimited)".to_owned()
+    shown.join(", ")
+}
+
+/// What an entry's own limits are, when it sets none: unlimited, unless
+/// model scopes limit some models.
+fn no_limits(e: &apb::SubjectLimits) -> &'static str {
+    if e.model_scopes.is_empty() {
+        "none (unlimited)"
     } else {
-        shown.join(", ")
+        "none of its own"
+    }
+}
+
+/// The limits column of `limits list`: the entry's own limits, then one
+/// line per model scope (`model gpt-4*: daily $50.00`).
+fn limits_text(e: &apb::SubjectLimits) -> String {
+    let own = limits_line(e);
+    let mut lines = Vec::with_capacity(1 + e.model_scopes.len());
+    if !own.is_empty() || e.model_scopes.is_empty() {
+        lines.push(if own.is_empty() {
+            no_limits(e).to_owned()
+        } else {
+            own
+        });
+    }
+    for s in &e.model_scopes {
+        lines.push(format!("model {}: {}", s.model, scope_text(s)));
+    }
+    lines.join("\n")
+}
+
+/// A model scope's limits on one line.
+fn scope_text(s: &apb::ModelScope) -> String {
+    let line = limits_line(s.limits.as_ref().unwrap_or(&apb::SubjectLimits::default()));
+    if line.is_empty() {
+        "none".to_owned()
+    } else {
+        line
     }
 }
 
@@ -292,10 +510,14 @@ fn one(e: &apb::SubjectLimits, output: Output) -> String {
     }
     let limits = limits(e);
     if limits.is_empty() {
-        t.add_row(["limits".to_owned(), "none (unlimited)".to_owned()]);
+        t.add_row(["limits".to_owned(), no_limits(e).to_owned()]);
     }
     for (k, v) in limits {
         t.add_row([k.name().to_owned(), render::amount(Some(k), v)]);
+    }
+    // Most specific first, as limitsd answers them.
+    for s in &e.model_scopes {
+        t.add_row([format!("model {}", s.model), scope_text(s)]);
     }
     if let Some(c) = &e.calendar {
         t.add_row(["calendar".to_owned(), calendar_text(c)]);
@@ -318,10 +540,16 @@ fn one(e: &apb::SubjectLimits, output: Output) -> String {
 
 /// An entry as JSON: limits by their config names, in their units.
 pub fn entry_json(e: &apb::SubjectLimits) -> Value {
-    let mut limits_map = serde_json::Map::new();
-    for (k, v) in limits(e) {
-        limits_map.insert(k.name().to_owned(), render::amount_json(Some(k), v));
-    }
+    let limits_map = limits_json(e);
+    // Each model scope's limits, by its pattern, named like the entry's.
+    let models: serde_json::Map<String, Value> = e
+        .model_scopes
+        .iter()
+        .map(|s| {
+            let limits = s.limits.as_ref().map(limits_json).unwrap_or_default();
+            (s.model.clone(), Value::Object(limits))
+        })
+        .collect();
     let dimension = e
         .subject
         .as_ref()
@@ -334,6 +562,7 @@ pub fn entry_json(e: &apb::SubjectLimits) -> Value {
         "key_hash": (!e.key_hash.is_empty()).then(|| e.key_hash.clone()),
         "alias": (!e.alias.is_empty()).then(|| e.alias.clone()),
         "limits": limits_map,
+        "models": models,
         "calendar": e.calendar.as_ref().map(|c| json!({
             "time_zone": c.time_zone,
             "week_start": c.week_start,
@@ -345,6 +574,15 @@ pub fn entry_json(e: &apb::SubjectLimits) -> Value {
         "update_time": render::when_json(e.update_time.as_ref()),
         "increases": e.increases.iter().map(increase_json).collect::<Vec<_>>(),
     })
+}
+
+/// The limits an entry (or a model scope) sets, by their config names, in
+/// their units.
+fn limits_json(e: &apb::SubjectLimits) -> serde_json::Map<String, Value> {
+    limits(e)
+        .into_iter()
+        .map(|(k, v)| (k.name().to_owned(), render::amount_json(Some(k), v)))
+        .collect()
 }
 
 pub fn increase_json(i: &apb::BudgetIncrease) -> Value {
@@ -425,6 +663,135 @@ mod tests {
         let args = set_args(&["limitsctl", "limits", "set", "user=a", "--clear", "daily"]);
         let (e, _) = update(&args, SystemTime::now()).unwrap();
         assert_eq!(e.daily_usd, None, "a cleared field is unset");
+    }
+
+    /// The scopes after `limits set SUBJECT --model ... LINE`, from
+    /// `scopes`.
+    fn scopes_after(
+        scopes: &[apb::ModelScope],
+        line: &[&str],
+    ) -> Result<Vec<apb::ModelScope>, Error> {
+        let mut argv = vec!["limitsctl", "limits", "set", "team=t"];
+        argv.extend(line);
+        let args = set_args(&argv);
+        let mut scopes = scopes.to_vec();
+        let missing = |m: &str| Error::Local(m.to_owned());
+        if let Some(model) = &args.remove_model {
+            change_scopes(&mut scopes, &ScopeChange::Remove { model }).map_err(missing)?;
+            return Ok(scopes);
+        }
+        let (values, fields) = update(&args, SystemTime::now())?;
+        let change = ScopeChange::Set {
+            model: args.model.as_deref().unwrap(),
+            values: &values,
+            fields: &fields,
+        };
+        change_scopes(&mut scopes, &change).map_err(missing)?;
+        Ok(scopes)
+    }
+
+    /// Each scope's pattern and limits, as `limits get -o json` shows them.
+    fn shown_scopes(scopes: Vec<apb::ModelScope>) -> Value {
+        entry_json(&apb::SubjectLimits {
+            model_scopes: scopes,
+            ..Default::default()
+        })["models"]
+            .clone()
+    }
+
+    #[test]
+    fn a_model_scope_changes_alone() {
+        let line = ["--model", "gpt-4*", "--daily", "50", "--tpm", "40000"];
+        let one = scopes_after(&[], &line).unwrap();
+        assert_eq!(
+            shown_scopes(one.clone()),
+            json!({ "gpt-4*": { "daily": 50.0, "tokens_per_minute": 40000 } })
+        );
+        // A second scope keeps the first.
+        let two = scopes_after(&one, &["--model", "claude-3-opus", "--rpm", "5"]).unwrap();
+        // One limit of one scope changes; its other limit and the other
+        // scope stay.
+        let changed = scopes_after(
+            &two,
+            &["--model", "gpt-4*", "--daily", "20", "--clear", "rpm"],
+        );
+        assert_eq!(
+            shown_scopes(changed.unwrap()),
+            json!({
+                "gpt-4*": { "daily": 20.0, "tokens_per_minute": 40000 },
+                "claude-3-opus": { "requests_per_minute": 5 },
+            })
+        );
+        // A scope left with no limit is gone; so is one removed.
+        let cleared = scopes_after(&two, &["--model", "claude-3-opus", "--clear", "rpm"]).unwrap();
+        assert_eq!(
+            shown_scopes(cleared),
+            json!({ "gpt-4*": { "daily": 50.0, "tokens_per_minute": 40000 } })
+        );
+        let removed = scopes_after(&two, &["--remove-model", "gpt-4*"]).unwrap();
+        assert_eq!(
+            shown_scopes(removed),
+            json!({ "claude-3-opus": { "requests_per_minute": 5 } })
+        );
+        // A scope that is not there cannot be removed, nor cleared.
+        assert!(matches!(
+            scopes_after(&two, &["--remove-model", "gpt-5"]),
+            Err(Error::Local(m)) if m == "gpt-5"
+        ));
+        assert!(matches!(
+            scopes_after(&two, &["--model", "gpt-5", "--clear", "daily"]),
+            Err(Error::Local(m)) if m == "gpt-5"
+        ));
+    }
+
+    #[test]
+    fn a_model_scope_takes_only_budgets_and_rates() {
+        let parse = |line: &[&str]| {
+            let mut argv = vec!["limitsctl", "limits", "set", "team=t"];
+            argv.extend(line);
+            Cli::try_parse_from(argv).map(|_| ())
+        };
+        // The entry's own fields, with --model, are clap's usage errors.
+        for entry_flag in [
+            &["--alias", "x"][..],
+            &["--max-concurrent", "2"],
+            &["--calendar", "UTC"],
+            &["--expires-in", "1d"],
+        ] {
+            let mut line = vec!["--model", "gpt-4*", "--daily", "1"];
+            line.extend(entry_flag);
+            let e = parse(&line).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{line:?}"
+            );
+        }
+        // --remove-model stands alone.
+        for other in [
+            &["--daily", "1"][..],
+            &["--model", "m"],
+            &["--clear", "daily"],
+            &["--alias", "a"],
+        ] {
+            let mut line = vec!["--remove-model", "gpt-4*"];
+            line.extend(other);
+            assert!(parse(&line).is_err(), "{line:?}");
+        }
+        assert!(parse(&["--remove-model", "gpt-4*", "--etag", "e", "--reason", "r"]).is_ok());
+        // --clear of an entry field, nothing to set, an empty pattern.
+        assert!(matches!(
+            mask_of(&["limitsctl", "limits", "set", "team=t", "--model", "m", "--clear", "alias"]),
+            Err(Error::Usage(m)) if m.starts_with("--clear alias: a model scope holds only")
+        ));
+        assert!(matches!(
+            mask_of(&["limitsctl", "limits", "set", "team=t", "--model", "m"]),
+            Err(Error::Usage(m)) if m.starts_with("nothing to set in model scope \"m\"")
+        ));
+        assert!(matches!(
+            mask_of(&["limitsctl", "limits", "set", "team=t", "--model", "", "--daily", "1"]),
+            Err(Error::Usage(m)) if m.starts_with("--model needs")
+        ));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum Error {
     /// clap's own errors, with exit code 2.
     Usage(String),
     /// Something on this side: a file that cannot be read, a token that
-    /// cannot be sent.
+    /// cannot be sent, a model scope to remove that the entry lacks.
     Local(String),
 }
 

@@ -177,12 +177,28 @@ pub fn source(raw: i32) -> &'static str {
     }
 }
 
-/// A table of limit statuses: one row per limit. The source column shows
-/// only when the answer has sources (GetUsage's do; the admin API's
-/// answers after an adjustment do not).
+/// The model scope of a status, as a table shows it: its pattern, or `-`
+/// for the subject's own limits.
+pub fn scope(s: &pb::LimitStatus) -> &str {
+    if s.model_scope.is_empty() {
+        "-"
+    } else {
+        &s.model_scope
+    }
+}
+
+/// A table of limit statuses: one row per limit. The model column shows
+/// only when a status belongs to a model scope, and the source column only
+/// when the answer has sources (GetUsage's do; the admin API's answers
+/// after an adjustment do not).
 pub fn status_table(statuses: &[pb::LimitStatus], now: SystemTime) -> Table {
+    let with_scope = statuses.iter().any(|s| !s.model_scope.is_empty());
     let with_source = statuses.iter().any(|s| s.source != 0);
-    let mut header = vec!["limit", "window", "max", "used", "remaining", "reset"];
+    let mut header = vec!["limit"];
+    if with_scope {
+        header.push("model");
+    }
+    header.extend(["window", "max", "used", "remaining", "reset"]);
     if with_source {
         header.push("source");
     }
@@ -202,21 +218,26 @@ pub fn status_table(statuses: &[pb::LimitStatus], now: SystemTime) -> Table {
         if s.raised > 0.0 {
             max = format!("{max} (+{} raised)", amount(kind, s.raised));
         }
-        let mut row = vec![
-            name_of(s.kind),
+        let mut row = vec![name_of(s.kind)];
+        if with_scope {
+            row.push(scope(s).to_owned());
+        }
+        row.extend([
             window,
             max,
             amount(kind, s.used),
             amount(kind, s.remaining),
             when(s.reset_at.as_ref(), now),
-        ];
+        ]);
         if with_source {
             row.push(source(s.source).to_owned());
         }
         row.push(bar(s.used, s.limit));
         t.add_row(row);
     }
-    align_right(&mut t, &[2, 3, 4]);
+    // MAX, USED and REMAINING, after LIMIT, MODEL (if shown) and WINDOW.
+    let max = if with_scope { 3 } else { 2 };
+    align_right(&mut t, &[max, max + 1, max + 2]);
     t
 }
 
@@ -235,6 +256,8 @@ pub fn status_json(s: &pb::LimitStatus, now: SystemTime) -> Value {
     };
     json!({
         "limit": name_of(s.kind),
+        // The scope's pattern; null for the subject's own limits.
+        "model_scope": (!s.model_scope.is_empty()).then(|| s.model_scope.clone()),
         "unit": kind.map_or("", |k| if k.is_usd() { "usd" } else { "count" }),
         "window_seconds": window,
         "max": amount_json(kind, s.limit),
@@ -291,6 +314,37 @@ mod tests {
         assert_eq!(bar(0.0, 1.0), "░░░░░░░░░░ 0%");
         assert_eq!(bar(3.0, 2.0), "██████████ 150%");
         assert_eq!(bar(1.0, 0.0), "-");
+    }
+
+    #[test]
+    fn names_the_model_scope_of_a_status_only_when_there_is_one() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let status = |scope: &str, limit: f64| pb::LimitStatus {
+            kind: pb::LimitKind::BudgetDaily as i32,
+            limit,
+            model_scope: scope.to_owned(),
+            ..Default::default()
+        };
+        let own = status_table(&[status("", 10.0)], now).to_string();
+        assert!(!own.contains("MODEL"), "{own}");
+        let both = status_table(&[status("", 10.0), status("gpt-4*", 2.0)], now).to_string();
+        let cells: Vec<Vec<&str>> = both
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect())
+            .collect();
+        assert_eq!(
+            cells,
+            [["LIMIT", "MODEL"], ["daily", "-"], ["daily", "gpt-4*"]],
+            "{both}"
+        );
+        assert_eq!(
+            status_json(&status("gpt-4*", 2.0), now)["model_scope"],
+            "gpt-4*"
+        );
+        assert_eq!(
+            status_json(&status("", 2.0), now)["model_scope"],
+            Value::Null
+        );
     }
 
     #[test]

@@ -275,6 +275,306 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
 }
 
+/// The table row whose first two cells are `first` and `second`: a model
+/// scope's row of `limits get` (`model gpt-4*`), or a scope's limit in a
+/// status table (`daily gpt-4*`); without the padding after its last cell.
+fn row2<'a>(table: &'a str, first: &str, second: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| {
+            let mut cells = l.split_whitespace();
+            cells.next() == Some(first) && cells.next() == Some(second)
+        })
+        .map(str::trim_end)
+        .unwrap_or_else(|| panic!("no {first} {second} row in\n{table}"))
+}
+
+/// The status of one limit of one model scope in a JSON `limits` list.
+fn scoped<'a>(doc: &'a Value, name: &str, scope: &str) -> &'a Value {
+    doc["limits"]
+        .as_array()
+        .expect("limits")
+        .iter()
+        .find(|l| l["limit"] == name && l["model_scope"] == scope)
+        .unwrap_or_else(|| panic!("no {name} of {scope} in {doc:#}"))
+}
+
+/// `limits set --model` changes one model scope of an entry at a time,
+/// keeping its other scopes and the scope's other limits; `limits get`
+/// shows the scopes, `--remove-model` removes one, and `check` and `usage`
+/// name the scope each limit belongs to.
+#[test]
+fn model_scopes_are_set_one_at_a_time_and_named() {
+    let d = Limitsd::start(&config());
+    let ops = Some(OPS);
+    let team = "team=scoped";
+    // The first scope creates the entry, which had none.
+    let set = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--model",
+                "gpt-4*",
+                "--daily",
+                "1",
+                "--tpm",
+                "1000",
+                "--reason",
+                "per model",
+            ],
+        )
+        .ok();
+    assert!(
+        row2(&set, "model", "gpt-4*").ends_with("daily $1.00, tokens_per_minute 1000"),
+        "{set}"
+    );
+    assert!(row(&set, "limits").contains("none of its own"), "{set}");
+    // A second scope keeps the first.
+    let entry = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--model",
+                "claude-3-opus",
+                "--daily",
+                "3",
+                "--rpm",
+                "5",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    let both = serde_json::json!({
+        "gpt-4*": { "daily": 1.0, "tokens_per_minute": 1000 },
+        "claude-3-opus": { "daily": 3.0, "requests_per_minute": 5 },
+    });
+    assert_eq!(entry["models"], both, "{entry:#}");
+    assert_eq!(
+        entry["limits"],
+        serde_json::json!({}),
+        "no limit of its own"
+    );
+    // `limits get`: a row per scope, most specific (the exact name) first.
+    let got = d.ctl(Some(AUDITOR), &["limits", "get", team]).ok();
+    let claude = row2(&got, "model", "claude-3-opus");
+    assert!(
+        claude.ends_with("daily $3.00, requests_per_minute 5"),
+        "{got}"
+    );
+    assert!(
+        got.find(claude) < got.find(row2(&got, "model", "gpt-4*")),
+        "{got}"
+    );
+    let got = d
+        .ctl(Some(AUDITOR), &["limits", "get", team, "-o", "json"])
+        .json();
+    assert_eq!(got["models"], both);
+    let list = d.ctl(Some(AUDITOR), &["limits", "list"]).ok();
+    assert!(
+        list.contains("model gpt-4*: daily $1.00, tokens_per_minute 1000"),
+        "{list}"
+    );
+
+    // A stale etag is refused, and changes nothing.
+    let err = d
+        .ctl(
+            ops,
+            &[
+                "limits", "set", team, "--model", "gpt-4*", "--daily", "9", "--etag", "stale",
+            ],
+        )
+        .fails(1);
+    assert!(err.contains("etag"), "{err}");
+    // One limit of one scope changes, with the etag just read; its other
+    // limit and the other scope stay.
+    let etag = got["etag"].as_str().expect("etag");
+    let entry = d
+        .ctl(
+            ops,
+            &[
+                "limits", "set", team, "--model", "gpt-4*", "--daily", "2", "--etag", etag, "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(
+        entry["models"],
+        serde_json::json!({
+            "gpt-4*": { "daily": 2.0, "tokens_per_minute": 1000 },
+            "claude-3-opus": { "daily": 3.0, "requests_per_minute": 5 },
+        }),
+        "{entry:#}"
+    );
+
+    // The entry's own fields are not a scope's: usage errors.
+    let err = d
+        .ctl(
+            ops,
+            &[
+                "limits", "set", team, "--model", "gpt-4*", "--daily", "1", "--alias", "x",
+            ],
+        )
+        .fails(2);
+    assert!(err.contains("--alias"), "{err}");
+    let err = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--remove-model",
+                "gpt-4*",
+                "--daily",
+                "1",
+            ],
+        )
+        .fails(2);
+    assert!(err.contains("--remove-model"), "{err}");
+
+    // limitsd enforces the scope: $2.50 of gpt-4o is over gpt-4*'s $2, and
+    // the denial names it; the same under claude-3-opus's $3, or for a
+    // model no scope matches, fits.
+    let denied = d
+        .ctl(None, &["check", team, "--model", "gpt-4o", "--cost", "2.5"])
+        .ok();
+    assert!(denied.starts_with("DENIED"), "{denied}");
+    assert!(denied.contains("model scope 'gpt-4*'"), "{denied}");
+    assert!(
+        row2(&denied, "daily", "gpt-4*").contains("$2.00"),
+        "{denied}"
+    );
+    let doc = d
+        .ctl(
+            None,
+            &[
+                "check", team, "--model", "gpt-4o", "--cost", "2.5", "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(scoped(&doc, "daily", "gpt-4*")["exceeded"], true, "{doc:#}");
+    for model in ["claude-3-opus", "gpt-3.5-turbo"] {
+        let doc = d
+            .ctl(
+                None,
+                &[
+                    "check", team, "--model", model, "--cost", "2.5", "-o", "json",
+                ],
+            )
+            .json();
+        assert_eq!(doc["allowed"], true, "{model}: {doc:#}");
+    }
+
+    // A gpt-4o call's cost is charged to its scope, and `usage` shows each
+    // scope's limits beside (here, instead of) the subject's own.
+    d.call(async |mut c| {
+        c.record_usage(pb::RecordUsageRequest {
+            subjects: vec![pb::Subject {
+                dimension: pb::Dimension::Team as i32,
+                id: "scoped".into(),
+            }],
+            cost_usd: Some(0.5),
+            model: "gpt-4o".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("RecordUsage")
+    });
+    let usage = d.ctl(None, &["usage", team]).ok();
+    let gpt4 = row2(&usage, "daily", "gpt-4*");
+    assert!(
+        gpt4.contains("$2.00") && gpt4.contains("$0.50") && gpt4.contains("25%"),
+        "{usage}"
+    );
+    assert!(
+        row2(&usage, "daily", "claude-3-opus").contains("$3.00"),
+        "{usage}"
+    );
+    let doc = d.ctl(None, &["usage", team, "-o", "json"]).json();
+    assert_eq!(scoped(&doc, "daily", "gpt-4*")["used"], 0.5, "{doc:#}");
+    assert_eq!(scoped(&doc, "daily", "claude-3-opus")["used"], 0.0);
+    assert_eq!(
+        scoped(&doc, "requests_per_minute", "claude-3-opus")["max"],
+        5
+    );
+
+    // --remove-model removes one scope and keeps the other.
+    let entry = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--remove-model",
+                "claude-3-opus",
+                "--reason",
+                "done",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(
+        entry["models"],
+        serde_json::json!({ "gpt-4*": { "daily": 2.0, "tokens_per_minute": 1000 } }),
+        "{entry:#}"
+    );
+    let doc = d.ctl(None, &["usage", team, "-o", "json"]).json();
+    let scopes: Vec<&Value> = doc["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["model_scope"])
+        .collect();
+    assert!(
+        !scopes.is_empty() && scopes.iter().all(|s| *s == "gpt-4*"),
+        "{doc:#}"
+    );
+    let err = d
+        .ctl(
+            ops,
+            &["limits", "set", team, "--remove-model", "claude-3-opus"],
+        )
+        .fails(1);
+    assert!(
+        err.contains("team=scoped has no model scope \"claude-3-opus\" (its scopes: gpt-4*)"),
+        "{err}"
+    );
+    // Clearing a scope's last limits removes it too.
+    let entry = d
+        .ctl(
+            ops,
+            &[
+                "limits", "set", team, "--model", "gpt-4*", "--clear", "daily", "--clear", "tpm",
+                "-o", "json",
+            ],
+        )
+        .json();
+    assert_eq!(entry["models"], serde_json::json!({}), "{entry:#}");
+    // An API key's scope: the key is named by its hash, never printed (ok()
+    // checks the output of every run).
+    let key = format!("api_key={KEY}");
+    let set = d
+        .ctl(
+            ops,
+            &["limits", "set", &key, "--model", "gpt-4*", "--rpm", "7"],
+        )
+        .ok();
+    assert!(set.contains("api_key_hash="), "{set}");
+    let err = d
+        .ctl(ops, &["limits", "set", &key, "--remove-model", "o1"])
+        .fails(1);
+    assert!(err.contains("api_key=…") && !err.contains(KEY), "{err}");
+}
+
 /// `limits set --calendar` puts a subject's budgets on a calendar: the
 /// entry and `usage` say so, and its daily budget resets at midnight in
 /// the zone given.

@@ -35,6 +35,7 @@ from limitsd.admin import (
     KeyHash,
     Kind,
     LimitState,
+    ModelScope,
     SubjectLimits,
     api_key_hash,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "LimitState",
     "LimitsClient",
     "LimitsError",
+    "ModelScope",
     "RetryPolicy",
     "SubjectLimits",
     "Usage",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Union
 
@@ -90,6 +91,42 @@ class Calendar:
     month_anchor_day: int = 1
 
 
+@dataclass(frozen=True, repr=False)
+class ModelScope:
+    """Limits for the requests of some models only, beside the entry's own:
+    ``model`` is an exact model name (``"claude-3-opus"``) or a glob with
+    ``*``, ``?`` or ``[...]`` (``"gpt-4*"``). A request for a model meets
+    the entry's own limits and those of its most specific matching scope (an
+    exact name before any glob; among globs, the one with more characters
+    that are not wildcards). A scope holds budgets and request and token
+    rates, named like the entry's; its budgets follow the entry's calendar.
+    A limit left None is no limit of that kind in the scope."""
+
+    model: str
+    hourly_usd: float | None = None
+    daily_usd: float | None = None
+    weekly_usd: float | None = None
+    monthly_usd: float | None = None
+    requests_per_second: int | None = None
+    requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_hour: int | None = None
+    input_tokens_per_minute: int | None = None
+    input_tokens_per_hour: int | None = None
+    output_tokens_per_minute: int | None = None
+    output_tokens_per_hour: int | None = None
+
+    def __repr__(self) -> str:
+        """The pattern and the limits set: ``ModelScope('gpt-4*', daily_usd=50.0)``."""
+        limits = "".join(f", {n}={getattr(self, n)!r}" for n in _SCOPE_FIELDS if getattr(self, n) is not None)
+        return f"ModelScope({self.model!r}{limits})"
+
+
+#: The limits a model scope may hold: its fields but ``model``.
+_SCOPE_FIELDS = tuple(f.name for f in dataclass_fields(ModelScope) if f.name != "model")
+
+
 class Limits(TypedDict, total=False):
     """The fields of a runtime entry: keyword arguments of ``create_limits``
     and ``update_limits``. A limit left out (or ``None``) is no limit of
@@ -121,6 +158,11 @@ class Limits(TypedDict, total=False):
     expire_time: datetime | timedelta | None
     #: Put the budgets on a calendar; None (or left out) keeps them rolling.
     calendar: Calendar | None
+    #: Limits for some models only (``ModelScope``), at most one per
+    #: pattern. An update replaces the whole list: give every scope to keep
+    #: (``[*entry.model_scopes, ModelScope(...)]``); None or ``[]`` removes
+    #: them all.
+    model_scopes: Sequence[ModelScope] | None
 
 
 _USD_FIELDS = frozenset({"hourly_usd", "daily_usd", "weekly_usd", "monthly_usd"})
@@ -185,6 +227,9 @@ class SubjectLimits:
     input_tokens_per_hour: int | None = None
     output_tokens_per_minute: int | None = None
     output_tokens_per_hour: int | None = None
+    #: Limits for some models only, most specific first (as limitsd
+    #: answers them).
+    model_scopes: tuple[ModelScope, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +251,9 @@ class LimitState:
     reset_at: datetime | None
     #: For a budget, ``"rolling"`` or ``"calendar"``; None for other limits.
     period: str | None = None
+    #: The pattern of the model scope the limit belongs to (``"gpt-4*"``);
+    #: None for the subject's own limits.
+    model_scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +324,10 @@ def _entry(subject: pb.Subject | None, fields: Mapping[str, Any]) -> apb.Subject
             msg.alias = value
         elif name == "expire_time":
             msg.expire_time.CopyFrom(_timestamp(name, value))
+        elif name == "model_scopes":
+            if isinstance(value, (str, ModelScope)) or not isinstance(value, Iterable):
+                raise TypeError(f"model_scopes: expected a list of ModelScope(model, ...), got {value!r}")
+            msg.model_scopes.extend(_model_scope_message(i, s) for i, s in enumerate(value))
         elif name == "calendar":
             if not isinstance(value, Calendar):
                 raise TypeError(f"calendar: expected Calendar(time_zone=...), got {value!r}")
@@ -295,6 +347,17 @@ def _entry(subject: pb.Subject | None, fields: Mapping[str, Any]) -> apb.Subject
                 raise TypeError(f"{name}: expected a whole number, got {value!r}")
             setattr(msg, name, value)
     return msg
+
+
+def _model_scope_message(i: int, scope: ModelScope) -> apb.ModelScope:
+    """A ModelScope message: the pattern, and the limits the scope sets."""
+    if not isinstance(scope, ModelScope):
+        raise TypeError(f"model_scopes[{i}]: expected ModelScope(model, daily_usd=...), got {scope!r}")
+    limits = {name: getattr(scope, name) for name in _SCOPE_FIELDS}
+    try:
+        return apb.ModelScope(model=scope.model, limits=_entry(None, limits))
+    except TypeError as e:
+        raise TypeError(f"model_scopes[{i}].{e}") from None
 
 
 def _create_request(subject: pb.Subject, reason: str, limits: Mapping[str, Any]) -> apb.CreateSubjectLimitsRequest:
@@ -402,7 +465,12 @@ def _subject_limits(m: apb.SubjectLimits) -> SubjectLimits:
         update_time=_time(m, "update_time"),
         increases=tuple(_increase(i) for i in m.increases),
         calendar=_calendar(m.calendar) if m.HasField("calendar") else None,
+        model_scopes=tuple(_model_scope(s) for s in m.model_scopes),
     )
+
+
+def _model_scope(m: apb.ModelScope) -> ModelScope:
+    return ModelScope(m.model, **{name: _optional(m.limits, name) for name in _SCOPE_FIELDS})
 
 
 def _calendar(c: apb.BudgetCalendar) -> Calendar:
@@ -422,6 +490,7 @@ def _limit_state(s: pb.LimitStatus) -> LimitState:
         remaining=s.remaining,
         reset_at=_time(s, "reset_at"),
         period=_PERIODS.get(s.period),
+        model_scope=s.model_scope or None,
     )
 
 

@@ -118,6 +118,74 @@ describe('the admin flow over TLS with tokens', () => {
   });
 });
 
+describe('model scopes', () => {
+  let s;
+  before(async () => { s = await startSecure(); });
+  after(async () => { if (s) await s.stop(); });
+
+  test('an entry with a model scope: a model in it is held to it, one outside is not', async () => {
+    const admin = adminOf(s);
+    const c = limitsOf(s);
+    const subject = team('scoped-team');
+    const check = (model, usd) => c.check({ subjects: [subject], model, estimatedCostUsd: usd });
+    try {
+      const entry = await admin.createLimits(subject, {
+        dailyUsd: 10,
+        modelScopes: [{ model: 'gpt-4*', dailyUsd: 1, tokensPerMinute: 1000 }, { model: 'claude-3-opus', requestsPerMinute: 5 }],
+        reason: 'per-model budgets',
+      });
+      assert.deepEqual(entry.modelScopes.map((x) => x.model), ['claude-3-opus', 'gpt-4*'], 'most specific first');
+      const gpt4 = entry.modelScopes[1];
+      assert.deepEqual([gpt4.dailyUsd, gpt4.tokensPerMinute, gpt4.requestsPerMinute], [1, 1000, null]);
+      assert.equal(entry.tokensPerMinute, null, "the scope's limits are its own");
+
+      // $2 of gpt-4o is over gpt-4*'s $1: denied, and the status says which scope.
+      const denied = await check('gpt-4o', 2);
+      assert.equal(denied.allowed, false);
+      assert.deepEqual(
+        denied.statuses.filter((x) => x.exceeded).map((x) => [x.model_scope, x.kind]),
+        [['gpt-4*', 'LIMIT_KIND_BUDGET_DAILY']],
+      );
+      assert.match(denied.reason, /in model scope 'gpt-4\*'/);
+      // A model no scope matches meets the entry's own $10 only.
+      const outside = await check('gpt-3.5-turbo', 2);
+      assert.equal(outside.allowed, true, outside.reason);
+      assert.deepEqual([...new Set(outside.statuses.map((x) => x.model_scope))], ['']);
+      const listed = (await c.usage(subject)).statuses.map((x) => `${x.model_scope}/${x.kind}`);
+      assert.ok(listed.includes('claude-3-opus/LIMIT_KIND_REQUESTS_PER_MINUTE'), listed.join(' '));
+      // An adjustment counts against the subject's own limits: modelScope null.
+      const states = await admin.adjustUsage(subject, { usd: 0.25, reason: 'billed elsewhere' });
+      assert.deepEqual(states.map((x) => [x.kind, x.modelScope, x.used]), [['dailyUsd', null, 0.25]]);
+
+      // An update replaces the list: the answer's scopes go back in as they are.
+      const kept = await admin.updateLimits(entry, {
+        modelScopes: [...entry.modelScopes.filter((x) => x.model !== 'claude-3-opus'), { model: 'o1', requestsPerMinute: 10 }],
+        etag: entry.etag,
+        reason: 'o1 instead of opus',
+      });
+      assert.deepEqual(kept.modelScopes.map((x) => [x.model, x.dailyUsd, x.requestsPerMinute]), [['o1', null, 10], ['gpt-4*', 1, null]]);
+      const none = await admin.updateLimits(kept, { modelScopes: null, etag: kept.etag, reason: 'no scopes' });
+      assert.deepEqual([none.modelScopes, none.dailyUsd], [[], 10]);
+      assert.equal((await check('gpt-4o', 2)).allowed, true, 'the entry\'s own $10 alone');
+
+      // A bad glob is refused naming the field; what the client can tell, before calling.
+      await rejectsWith(
+        admin.updateLimits(subject, { modelScopes: [{ model: 'gpt-[4', dailyUsd: 1 }], reason: 'typo' }),
+        grpc.status.INVALID_ARGUMENT,
+        (err) => err.field === 'subject_limits.model_scopes[0].model',
+      );
+      await assert.rejects(admin.updateLimits(subject, { modelScopes: [{ model: 'm', maxConcurrent: 2 }] }),
+        /modelScopes\[0\]\.maxConcurrent: a model scope holds only/);
+      await assert.rejects(admin.updateLimits(subject, { modelScopes: [{ model: 'm', dailyUsd: '1' }] }),
+        /modelScopes\[0\]\.dailyUsd: expected US dollars/);
+      assert.deepEqual((await admin.getLimits(subject)).modelScopes, [], 'the refused calls changed nothing');
+    } finally {
+      admin.close();
+      c.close();
+    }
+  });
+});
+
 describe('the admin client', () => {
   let s;
   let admin;

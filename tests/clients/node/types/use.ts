@@ -66,6 +66,13 @@ async function administer(admin: AdminClient): Promise<string[]> {
 void administer(new AdminClient('127.0.0.1:50051', { tls: true, token: 'w', timeoutMs: 2000 }));
 
 void new AdminClient('x').createLimits(apiKey('k'), { weeklyUsd: 1, calendar: { timeZone: 'Europe/Paris', weekStart: 'sunday' } });
+void new AdminClient('x').createLimits(team('t'), { dailyUsd: 10, modelScopes: [{ model: 'gpt-4*', dailyUsd: 1, tokensPerMinute: 1000 }] })
+  .then((e) => e.modelScopes.map((m) => `${m.model} ${m.dailyUsd ?? '-'}`));
+void secure.check({ subjects: [team('t')], model: 'gpt-4o' }).then((d) => d.statuses.map((s) => s.model_scope));
+// @ts-expect-error: a model scope holds no maxConcurrent
+void new AdminClient('x').createLimits(team('t'), { modelScopes: [{ model: 'm', maxConcurrent: 2 }] });
+// @ts-expect-error: a model scope needs its pattern
+void new AdminClient('x').updateLimits(team('t'), { modelScopes: [{ dailyUsd: 1 }] });
 // @ts-expect-error: a limit the entry does not have
 void new AdminClient('x').createLimits(apiKey('k'), { yearlyUsd: 1 });
 // @ts-expect-error: a budget operation needs a reason
