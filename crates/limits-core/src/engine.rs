@@ -409,7 +409,7 @@ fn statuses_of<S: std::ops::Deref<Target = SubjectState>>(
                 used: state.used_with(kind, None, held, now),
                 reset_at: state.reset_at_with(kind, None),
                 exceeded: !exceeded.is_empty() && exceeded.contains(&(i, kind)),
-                scope: lim.scope_name(),
+                scope: None,
             });
         }
     }
@@ -463,7 +463,7 @@ fn push_windowed_status(
         used,
         reset_at,
         exceeded: !exceeded.is_empty() && exceeded.contains(&(subject, slot)),
-        scope: lim.scope_name(),
+        scope: None,
     });
 }
 

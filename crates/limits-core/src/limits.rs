@@ -353,9 +353,6 @@ pub struct SubjectLimits {
     calendar: Option<Arc<Calendar>>,
     /// Limits for the requests of some models only, beside these.
     scopes: Option<Arc<ModelScopes>>,
-    /// When these are a model scope's limits: its pattern, which their
-    /// statuses carry.
-    scope: Option<Arc<str>>,
 }
 
 impl SubjectLimits {
@@ -367,7 +364,6 @@ impl SubjectLimits {
         alias: None,
         calendar: None,
         scopes: None,
-        scope: None,
     };
 
     /// Sets a windowed limit. Panics if `kind` is the concurrency limit; use
@@ -460,22 +456,6 @@ impl SubjectLimits {
     #[inline]
     pub fn scopes(&self) -> Option<&Arc<ModelScopes>> {
         self.scopes.as_ref()
-    }
-
-    /// The pattern, when these are a model scope's limits.
-    pub fn scope(&self) -> Option<&str> {
-        self.scope.as_deref()
-    }
-
-    /// Marks these as the limits of the model scope `pattern`.
-    pub(crate) fn set_scope(&mut self, pattern: Option<Arc<str>>) {
-        self.scope = pattern;
-    }
-
-    /// The pattern's shared name, for statuses.
-    #[inline]
-    pub(crate) fn scope_name(&self) -> Option<Arc<str>> {
-        self.scope.clone()
     }
 
     /// The window a limit of `kind` is counted in: its calendar slot when
@@ -642,7 +622,8 @@ pub struct LimitStatus {
     /// Whether this limit stopped the request.
     pub exceeded: bool,
     /// The model scope the limit belongs to (its pattern); `None` for the
-    /// subject's own limits.
+    /// subject's own limits. The engine leaves it unset (a scope is a
+    /// subject to it); the library names the scopes of its answers.
     pub scope: Option<Arc<str>>,
 }
 

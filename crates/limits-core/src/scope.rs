@@ -110,7 +110,7 @@ impl ModelScopes {
         scopes: impl IntoIterator<Item = (String, SubjectLimits)>,
     ) -> Result<ModelScopes, (String, ScopeError)> {
         let mut out = Vec::new();
-        for (pattern, mut limits) in scopes {
+        for (pattern, limits) in scopes {
             let fail = |e| Err((pattern.clone(), e));
             if pattern.is_empty() || pattern.chars().any(char::is_control) {
                 return fail(ScopeError::Empty);
@@ -134,7 +134,6 @@ impl ModelScopes {
             };
             let literal = pattern.chars().filter(|c| !"*?[]".contains(*c)).count();
             let pattern: Arc<str> = Arc::from(pattern);
-            limits.set_scope(Some(Arc::clone(&pattern)));
             out.push(ModelScope {
                 pattern,
                 glob,
@@ -261,6 +260,5 @@ mod tests {
         assert_eq!(sub.dimension, Dimension::Team);
         assert_eq!(sub.id, "ml\u{1f}gpt-4*");
         assert_ne!(sub, parent);
-        assert_eq!(scope.limits().scope(), Some("gpt-4*"));
     }
 }

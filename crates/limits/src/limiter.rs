@@ -654,7 +654,10 @@ impl<S: Store> Limiter<S> {
                 .store
                 .usage(&scope.subject(subject), scope.limits(), now)
                 .await?;
-            statuses.extend(scoped.statuses);
+            statuses.extend(scoped.statuses.into_iter().map(|s| LimitStatus {
+                scope: Some(Arc::clone(scope.name())),
+                ..s
+            }));
         }
         Ok(Usage {
             source,

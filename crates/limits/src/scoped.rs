@@ -145,15 +145,17 @@ impl<'s, 'l> Scoped<'s, 'l> {
         }
     }
 
-    /// Maps statuses to the request's subject indexes (each status of a
-    /// scope names it already).
+    /// Maps statuses to the request's subject indexes, each status of a
+    /// scope naming its pattern.
     pub fn map_statuses(&self, statuses: &mut [LimitStatus]) {
         if self.scopes.is_empty() {
             return;
         }
         for s in statuses {
             if let Some(at) = s.subject.checked_sub(self.named) {
-                s.subject = self.scopes[at].0;
+                let (parent, scope) = self.scopes[at];
+                s.subject = parent;
+                s.scope = Some(Arc::clone(scope.name()));
             }
         }
     }
