@@ -272,6 +272,18 @@ impl LimitsService for Baseline {
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
         Ok(Response::new(self.usage.clone()))
     }
+
+    type WatchAlertsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::AlertEvent, Status>> + Send + 'static>,
+    >;
+
+    /// No alerts: the workloads never watch them.
+    async fn watch_alerts(
+        &self,
+        _request: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        Err(Status::unimplemented("the baseline has no alerts"))
+    }
 }
 
 #[tonic::async_trait]

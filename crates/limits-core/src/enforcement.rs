@@ -142,6 +142,9 @@ pub struct Policy {
     /// Flag a request when a budget reaches this fraction, in parts per
     /// million (800_000 = 80 %). `None` never flags.
     pub alert_threshold_ppm: Option<u32>,
+    /// The thresholds whose crossings are reported as alert events (see
+    /// [`crate::alerts`]), unless a subject has its own.
+    pub alert_thresholds: crate::alerts::Thresholds,
     /// `model -> cheaper model`.
     pub downgrades: AHashMap<String, String>,
     /// Model prices, to re-price a downgraded request.

@@ -5,6 +5,7 @@
 //! store), their limits and `now`, and either applies fully or changes
 //! nothing: if any subject's limit denies, no subject's counters move.
 
+use crate::alerts::{Crossing, crossings};
 use crate::enforcement::{Action, Attempt, EnforcementMode, Policy};
 use crate::limits::{LimitKind, LimitStatus, Resource, SubjectLimits};
 use crate::money::NanoUsd;
@@ -81,6 +82,9 @@ pub struct CheckOutcome {
     pub statuses: Vec<LimitStatus>,
     /// A budget reached the alert threshold (counting this request).
     pub alert: bool,
+    /// The alert thresholds this check took a budget across (see
+    /// [`crate::alerts`]); each is reported by one operation only.
+    pub crossings: Vec<Crossing>,
 }
 
 impl CheckOutcome {
@@ -144,6 +148,8 @@ pub struct RecordOutcome {
     pub statuses: Vec<LimitStatus>,
     /// A budget reached the alert threshold (counting this record).
     pub alert: bool,
+    /// The alert thresholds this record took a budget across.
+    pub crossings: Vec<Crossing>,
 }
 
 /// Whether concurrency slots were taken.
@@ -343,7 +349,7 @@ fn commit(
 
 /// Whether an attempt's `skip` mask leaves out subject `i`.
 #[inline(always)]
-fn skips(skip: u16, i: usize) -> bool {
+pub(crate) fn skips(skip: u16, i: usize) -> bool {
     skip != 0 && i < 16 && skip & (1 << i) != 0
 }
 
@@ -558,7 +564,20 @@ pub fn check(
             retry_after: soonest.flatten(),
         },
     };
-    let statuses = statuses_of(states, limits, &exceeded, req.attempts[attempt].skip, now);
+    let skip = req.attempts[attempt].skip;
+    let statuses = statuses_of(states, limits, &exceeded, skip, now);
+    let crossings = if matches!(verdict, Verdict::Allowed { .. }) {
+        crossings(
+            states,
+            limits,
+            &req.policy.alert_thresholds,
+            &statuses,
+            skip,
+            now,
+        )
+    } else {
+        Vec::new()
+    };
     // Without a reservation the estimate is not in `used`; count it so the
     // flag says what this request would bring the budget to.
     let pending = match verdict {
@@ -581,6 +600,7 @@ pub fn check(
         attempt,
         statuses,
         alert,
+        crossings,
     }
 }
 
@@ -619,11 +639,17 @@ pub fn record(
     }
     let statuses = statuses(states, limits, &[], now);
     let alert = alert_flag(policy, &statuses, 0);
+    let crossings = if duplicate {
+        Vec::new()
+    } else {
+        crossings(states, limits, &policy.alert_thresholds, &statuses, 0, now)
+    };
     RecordOutcome {
         duplicate,
         settled,
         statuses,
         alert,
+        crossings,
     }
 }
 

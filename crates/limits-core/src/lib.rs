@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod adjust;
+pub mod alerts;
 pub mod calendar;
 pub mod enforcement;
 pub mod engine;
@@ -25,6 +26,7 @@ pub mod window;
 mod window_set;
 
 pub use adjust::{Adjustment, adjust, undo_adjust};
+pub use alerts::{Crossing, Fired, Thresholds};
 pub use calendar::{Calendar, CalendarError, Period};
 pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
 pub use engine::{

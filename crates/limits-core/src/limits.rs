@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 
+use crate::alerts::Thresholds;
 use crate::calendar::{Calendar, Period};
 use crate::scope::ModelScopes;
 use crate::time::Nanos;
@@ -353,6 +354,8 @@ pub struct SubjectLimits {
     calendar: Option<Arc<Calendar>>,
     /// Limits for the requests of some models only, beside these.
     scopes: Option<Arc<ModelScopes>>,
+    /// The subject's own alert thresholds, in place of the policy's.
+    alert_thresholds: Option<Thresholds>,
 }
 
 impl SubjectLimits {
@@ -364,6 +367,7 @@ impl SubjectLimits {
         alias: None,
         calendar: None,
         scopes: None,
+        alert_thresholds: None,
     };
 
     /// Sets a windowed limit. Panics if `kind` is the concurrency limit; use
@@ -436,6 +440,17 @@ impl SubjectLimits {
     /// The calendar the budgets reset on; `None` when they roll.
     pub fn calendar(&self) -> Option<&Arc<Calendar>> {
         self.calendar.as_ref()
+    }
+
+    /// Sets or clears the subject's own alert thresholds (`None`: the
+    /// policy's apply).
+    pub fn set_alert_thresholds(&mut self, thresholds: Option<Thresholds>) {
+        self.alert_thresholds = thresholds;
+    }
+
+    /// The subject's own alert thresholds, if it has any.
+    pub fn alert_thresholds(&self) -> Option<&Thresholds> {
+        self.alert_thresholds.as_ref()
     }
 
     /// Sets or clears the subject's model scopes (empty clears them); their

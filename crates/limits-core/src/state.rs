@@ -1,6 +1,7 @@
 //! The mutable state of one subject: its window counters, the reservations
 //! held against it and the concurrency leases it has out.
 
+use crate::alerts::Fired;
 use crate::limits::{LimitKind, Resource, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
 use crate::window::{RollingWindow, Span, WindowRef};
@@ -100,6 +101,14 @@ pub struct SubjectState {
 struct Extra {
     holds: Vec<Hold>,
     leases: Vec<LeaseSlot>,
+    /// The alert thresholds that have fired, per budget window.
+    fired: Vec<Fired>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.holds.is_empty() && self.leases.is_empty() && self.fired.is_empty()
+    }
 }
 
 impl SubjectState {
@@ -116,8 +125,13 @@ impl SubjectState {
         holds: Vec<Hold>,
         leases: Vec<LeaseSlot>,
     ) -> SubjectState {
-        let extra =
-            (!holds.is_empty() || !leases.is_empty()).then(|| Box::new(Extra { holds, leases }));
+        let extra = (!holds.is_empty() || !leases.is_empty()).then(|| {
+            Box::new(Extra {
+                holds,
+                leases,
+                fired: Vec::new(),
+            })
+        });
         SubjectState {
             windows: WindowSet::from_windows(windows.iter().map(|(k, w)| (*k, w.buckets()))),
             extra,
@@ -143,6 +157,46 @@ impl SubjectState {
         self.extra.get_or_insert_with(Box::default)
     }
 
+    /// Which alert thresholds have fired, per budget window.
+    pub fn fired(&self) -> &[Fired] {
+        self.extra.as_ref().map_or(&[], |e| &e.fired)
+    }
+
+    /// Adds fired alert thresholds (when a store decodes the state).
+    pub fn with_fired(mut self, fired: Vec<Fired>) -> SubjectState {
+        if !fired.is_empty() {
+            self.extra_mut().fired = fired;
+        }
+        self
+    }
+
+    /// The fired thresholds of window `slot`, made empty if it has none.
+    pub(crate) fn fired_mut(&mut self, slot: LimitKind) -> &mut Fired {
+        let fired = &mut self.extra_mut().fired;
+        let at = match fired.iter().position(|f| f.slot == slot) {
+            Some(at) => at,
+            None => {
+                fired.push(Fired {
+                    slot,
+                    bits: 0,
+                    period: 0,
+                });
+                fired.len() - 1
+            }
+        };
+        &mut fired[at]
+    }
+
+    /// Forgets windows none of whose thresholds has fired.
+    pub(crate) fn prune_fired(&mut self) {
+        if let Some(extra) = &mut self.extra {
+            extra.fired.retain(|f| f.bits != 0);
+            if extra.is_empty() {
+                self.extra = None;
+            }
+        }
+    }
+
     /// The window of a kind, if the subject has one.
     pub fn window(&self, kind: LimitKind) -> Option<WindowRef<'_>> {
         self.windows.get(kind)
@@ -166,7 +220,11 @@ impl SubjectState {
         if let Some(extra) = &mut self.extra {
             extra.holds.retain(|h| h.expires_at > now);
             extra.leases.retain(|l| l.expires_at > now);
-            if extra.holds.is_empty() && extra.leases.is_empty() {
+            // What has fired is kept until a decision sees the window below
+            // its re-arm level (or in a new period): open holds count too,
+            // so an empty window alone does not re-arm it. An idle subject
+            // (nothing counted, nothing held) may be dropped with it.
+            if extra.is_empty() {
                 self.extra = None;
             }
         }

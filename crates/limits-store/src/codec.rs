@@ -23,7 +23,8 @@
 //! Every value starts with its format version byte; a reader rejects a
 //! version it does not know instead of guessing. Subject states are at
 //! [`STATE_VERSION`] (versions 1 and 2 lacked the holds' tags and their
-//! input and output tokens, and are still read);
+//! input and output tokens, and versions 1 to 3 the fired alert
+//! thresholds; all are still read);
 //! everything else is at [`VERSION`].
 //!
 //! Format 1 stored API-key subjects under their raw ids; format 2 stores
@@ -41,7 +42,9 @@
 //! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
 //! expires_at`, `settled byte`, from version 2 `u32 tag` and from version 3
 //! `varint input` and `varint output` tokens) and leases (`varint count`, then per lease
-//! `u64 id`, `u64 expires_at`). Ids and instants are fixed-width because they
+//! `u64 id`, `u64 expires_at`), and from version 4 the fired alert
+//! thresholds (`varint count`, then per budget window its `kind byte`, a
+//! `bits byte` and `u64 period`). Ids and instants are fixed-width because they
 //! are large; counts and amounts are varints because they are mostly small.
 
 // The Redis store uses the state and lease encodings only.
@@ -57,7 +60,7 @@ pub(crate) const FORMAT_RAW_KEYS: u8 = 1;
 /// The version byte of every value but subject states.
 pub(crate) const VERSION: u8 = 1;
 /// The version byte of a subject state.
-pub(crate) const STATE_VERSION: u8 = 3;
+pub(crate) const STATE_VERSION: u8 = 4;
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const SUBJECT_PREFIX: &[u8] = b"s1/";
@@ -186,7 +189,11 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
     out.push(STATE_VERSION);
     let windows = || state.windows().filter(|(k, w)| keep(*k) && !w.is_empty());
     let count = windows().count();
-    if count == 0 && state.holds().is_empty() && state.leases().is_empty() {
+    if count == 0
+        && state.holds().is_empty()
+        && state.leases().is_empty()
+        && state.fired().is_empty()
+    {
         return false;
     }
     put_varint(out, count as u64);
@@ -216,6 +223,12 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
     for l in state.leases() {
         put_u64(out, l.id);
         put_u64(out, l.expires_at.0);
+    }
+    put_varint(out, state.fired().len() as u64);
+    for f in state.fired() {
+        out.push(window_code(f.slot));
+        out.push(f.bits);
+        put_u64(out, f.period);
     }
     true
 }
@@ -282,8 +295,25 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
             expires_at: Nanos(r.u64()?),
         });
     }
+    let mut fired = Vec::new();
+    if version >= 4 {
+        let count = r.len()?;
+        for _ in 0..count {
+            let slot = window_kind(r.byte()?)?;
+            if !slot.is_budget() {
+                return Err(DecodeError::Invalid(
+                    "alert thresholds of a window that is not a budget",
+                ));
+            }
+            fired.push(limits_core::Fired {
+                slot,
+                bits: r.byte()?,
+                period: r.u64()?,
+            });
+        }
+    }
     r.finish()?;
-    Ok(SubjectState::from_parts(windows, holds, leases))
+    Ok(SubjectState::from_parts(windows, holds, leases).with_fired(fired))
 }
 
 /// A lease index entry: its expiry, then its subjects (`varint count`, then
@@ -510,6 +540,36 @@ mod tests {
         assert_eq!(decode_state(&buf).unwrap(), sample());
         let kinds: Vec<_> = sample().windows().map(|(k, _)| k).collect();
         assert!(kinds.contains(&LimitKind::CalendarMonthly), "{kinds:?}");
+    }
+
+    #[test]
+    fn fired_alert_thresholds_round_trip_and_must_be_budgets() {
+        let fired = vec![
+            limits_core::Fired {
+                slot: LimitKind::BudgetDaily,
+                bits: 0b101,
+                period: 0,
+            },
+            limits_core::Fired {
+                slot: LimitKind::CalendarMonthly,
+                bits: 1,
+                period: 1_790_000_000_000_000_000,
+            },
+        ];
+        let state = sample().with_fired(fired.clone());
+        let mut buf = Vec::new();
+        assert!(encode_state(&state, &mut buf));
+        let back = decode_state(&buf).unwrap();
+        assert_eq!(back.fired(), &fired[..]);
+        assert_eq!(back, state);
+        // Only fired thresholds: still a state worth keeping.
+        let alone = SubjectState::new().with_fired(fired[..1].to_vec());
+        assert!(encode_state(&alone, &mut buf));
+        // The fired entry's kind byte, turned into a request window's.
+        let at = buf.len() - 10;
+        assert_eq!(buf[at], window_code(LimitKind::BudgetDaily));
+        buf[at] = window_code(LimitKind::RequestsPerMinute);
+        assert!(decode_state(&buf).is_err());
     }
 
     #[test]

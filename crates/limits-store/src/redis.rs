@@ -431,6 +431,7 @@ fn policy_for_decision(policy: &Policy) -> Policy {
     Policy {
         mode: policy.mode,
         alert_threshold_ppm: policy.alert_threshold_ppm,
+        alert_thresholds: policy.alert_thresholds.clone(),
         ..Policy::default()
     }
 }

@@ -7,9 +7,11 @@ mod common;
 
 use limits_core::{
     Action, Adjustment, Attempt, Dimension, EnforcementMode, Hold, LeaseSlot, LimitKind,
-    LimitTable, ModelScopes, NanoUsd, Nanos, SubjectLimits,
+    LimitTable, ModelScopes, NanoUsd, Nanos, Policy, SubjectLimits, Thresholds,
 };
-use limits_store::{AdjustOp, Call, CheckOp, RecordSwap, Store, StoreError, Swapped, SweepStats};
+use limits_store::{
+    AdjustOp, Call, CheckOp, RecordOp, RecordSwap, Store, StoreError, Swapped, SweepStats,
+};
 
 use common::{Req, T0, at, key, limits, org, team, usd, used, user};
 
@@ -76,6 +78,7 @@ on_spread_redis!(
     calendar_budgets_reset_at_the_boundary,
     input_and_output_tokens_are_held_and_charged_apart,
     model_scopes_decide_with_their_subject_and_downgrade_by_scope,
+    alert_thresholds_fire_once_per_crossing,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -95,6 +98,7 @@ for_every_backend!(
     calendar_budgets_reset_at_the_boundary,
     input_and_output_tokens_are_held_and_charged_apart,
     model_scopes_decide_with_their_subject_and_downgrade_by_scope,
+    alert_thresholds_fire_once_per_crossing,
     token_limits_allow_then_deny,
     several_subjects_move_all_or_nothing,
     four_subjects_deny_on_the_org_and_move_nothing_else,
@@ -415,6 +419,83 @@ async fn model_scopes_decide_with_their_subject_and_downgrade_by_scope<S: Store>
         ),
         (usd(8), usd(4), usd(4))
     );
+}
+
+/// Each alert threshold of a budget window fires once, from the operation
+/// that crossed it, whether a hold or a record took it there; the state
+/// that remembers it is the store's, so the next operations (on any
+/// replica of a shared store) do not fire it again.
+async fn alert_thresholds_fire_once_per_crossing<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let l = limits(&[(LimitKind::BudgetHourly, usd(100))]);
+    let k = key("alerted");
+    let subjects = [k.clone()];
+    let policy = Policy {
+        alert_thresholds: Thresholds::new([500_000, 800_000]).unwrap(),
+        ..common::policy()
+    };
+    let check = |cost: u64, reserve: bool, now: Nanos| {
+        let (store, subjects, policy, l) = (&store, &subjects, &policy, &l);
+        async move {
+            let attempts = [Attempt {
+                model: "m".into(),
+                cost: NanoUsd(usd(cost)),
+                ..Attempt::default()
+            }];
+            store
+                .check(Call {
+                    subjects,
+                    limits: &[l],
+                    op: CheckOp {
+                        attempts: &attempts,
+                        reserve_ttl: reserve.then(|| at(3_600)),
+                        tag: 0,
+                        policy,
+                    },
+                    now,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let record = |reservation: Option<u64>, cost: u64, now: Nanos| {
+        let (store, subjects, policy, l) = (&store, &subjects, &policy, &l);
+        async move {
+            store
+                .record(Call {
+                    subjects,
+                    limits: &[l],
+                    op: RecordOp {
+                        reservation,
+                        cost: NanoUsd(usd(cost)),
+                        tokens: 0,
+                        input: 0,
+                        output: 0,
+                        policy,
+                    },
+                    now,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let fired = |c: &[limits_core::Crossing]| c.iter().map(|c| c.threshold_ppm).collect::<Vec<_>>();
+
+    // A $55 hold crosses 50 %: reported by that check, once.
+    let held = check(55, true, T0).await;
+    assert_eq!(fired(&held.crossings), [500_000]);
+    assert_eq!(held.crossings[0].used, usd(55));
+    assert!(check(0, false, at(1)).await.crossings.is_empty());
+    // Settled at $60, then $25 more recorded: 85 % crosses 80 % once.
+    let settled = record(held.reservation(), 60, at(2)).await;
+    assert!(settled.crossings.is_empty(), "50 % fired already");
+    let more = record(None, 25, at(3)).await;
+    assert_eq!(fired(&more.crossings), [800_000]);
+    assert!(record(None, 1, at(4)).await.crossings.is_empty());
+    assert!(check(0, false, at(5)).await.crossings.is_empty());
+    // The state says so: both bits, for the hourly window.
+    let view = store.usage(&k, &l, at(5)).await.unwrap();
+    assert_eq!(view.statuses[0].used, usd(86));
 }
 
 async fn token_limits_allow_then_deny<S: Store>(make: impl Fn(usize) -> S) {

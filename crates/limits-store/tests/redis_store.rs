@@ -437,6 +437,57 @@ async fn money_stays_exact_beyond_two_to_the_fifty_three() {
 
 /// Two instances on one prefix are one store: ids issued by one are known
 /// to the other, a reservation settles once whichever settles it, a lease
+/// Three replicas on one Redis, 60 reserved checks at once: each alert
+/// threshold is crossed by exactly one of them, whichever replica decided
+/// it (the fired thresholds are part of the state each decision swaps in).
+#[tokio::test]
+async fn three_replicas_report_each_crossing_once() {
+    let server = RedisServer::start();
+    let prefix = common::unique_prefix();
+    let replicas: Vec<_> = (0..3)
+        .map(|_| server.store_on_prefix(&prefix, 100, true))
+        .collect();
+    let l = limits(&[(LimitKind::BudgetHourly, usd(50))]);
+    let subjects = vec![key("crossed")];
+    let policy = Policy {
+        alert_thresholds: limits_core::Thresholds::new([500_000, 800_000]).unwrap(),
+        ..Policy::default()
+    };
+    let attempts = [Attempt {
+        model: "m".into(),
+        cost: NanoUsd(usd(1)),
+        ..Attempt::default()
+    }];
+    let calls = (0..60).map(|i| {
+        let store = &replicas[i % 3];
+        let (subjects, policy, attempts, l) = (&subjects, &policy, &attempts, &l);
+        async move {
+            store
+                .check(limits_store::Call {
+                    subjects,
+                    limits: &[l],
+                    op: limits_store::CheckOp {
+                        attempts,
+                        reserve_ttl: Some(at(600)),
+                        tag: 0,
+                        policy,
+                    },
+                    now: T0,
+                })
+                .await
+                .unwrap()
+        }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    assert_eq!(outcomes.iter().filter(|o| o.allowed()).count(), 50);
+    let mut fired: Vec<u32> = outcomes
+        .iter()
+        .flat_map(|o| o.crossings.iter().map(|c| c.threshold_ppm))
+        .collect();
+    fired.sort_unstable();
+    assert_eq!(fired, [500_000, 800_000], "each threshold once in all");
+}
+
 /// taken on one is released on the other.
 #[tokio::test]
 async fn instances_share_ids_reservations_and_leases() {

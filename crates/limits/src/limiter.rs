@@ -17,6 +17,7 @@ use limits_core::{
 };
 use limits_store::{AnyStore, Call, CheckOp, Health, RecordOp, Secret, Store, SweepStats};
 
+use crate::alerts::AlertEvent;
 use crate::config::Config;
 use crate::explain::{self, Queued};
 use crate::runtime::{self, Runtime, Source};
@@ -123,6 +124,9 @@ pub struct Check<'a> {
     names: Names<'a>,
     /// The model scope of the limit that decided, when a scope's.
     scope: Option<Arc<str>>,
+    /// The alert thresholds this check took a budget across (also sent to
+    /// every [`Limiter::alerts`] subscriber).
+    pub alerts: Vec<AlertEvent>,
 }
 
 /// What a record charged.
@@ -136,6 +140,9 @@ pub struct Recorded<'a> {
     pub tokens: u64,
     /// Each subject's limits, in request order.
     pub limits: Vec<Limits<'a>>,
+    /// The alert thresholds this record took a budget across (also sent to
+    /// every [`Limiter::alerts`] subscriber).
+    pub alerts: Vec<AlertEvent>,
 }
 
 /// The outcome of an acquire.
@@ -284,6 +291,8 @@ pub struct Limiter<S = AnyStore> {
     /// Admin changes one at a time in this process (the store's compare
     /// and swap orders them across replicas).
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Where alert events go.
+    alerts: tokio::sync::broadcast::Sender<Arc<AlertEvent>>,
 }
 
 impl Limiter<AnyStore> {
@@ -316,7 +325,50 @@ impl<S: Store> Limiter<S> {
             runtime: Runtime::new(),
             loaded: AtomicBool::new(false),
             admin: tokio::sync::Mutex::new(()),
+            alerts: tokio::sync::broadcast::channel(crate::alerts::CHANNEL_CAPACITY).0,
         }
+    }
+
+    /// Every alert event from now on: each budget window's crossing of
+    /// each of its alert thresholds, once, from the operation that made it
+    /// (see [`crate::alerts`]). A receiver that falls more than
+    /// [`crate::alerts::CHANNEL_CAPACITY`] events behind misses the oldest
+    /// and is told how many (`RecvError::Lagged`).
+    pub fn alerts(&self) -> tokio::sync::broadcast::Receiver<Arc<AlertEvent>> {
+        self.alerts.subscribe()
+    }
+
+    /// Makes the events of an operation's crossings and sends them.
+    fn publish(
+        &self,
+        config: &Config,
+        secret: &Secret,
+        crossings: &[limits_core::Crossing],
+        scoped: &Scoped<'_, '_>,
+        now: Nanos,
+    ) -> Vec<AlertEvent> {
+        if crossings.is_empty() {
+            return Vec::new();
+        }
+        let events = crate::alerts::events(
+            secret,
+            crossings,
+            |i| {
+                let (parent, scope) = scoped.parent(i);
+                (&scoped.subjects[parent], scoped.limits[parent], scope)
+            },
+            |d| match d {
+                Dimension::ApiKey => false,
+                Dimension::User => !config.metrics.show_user_ids,
+                Dimension::Team | Dimension::Org => !config.metrics.show_team_ids,
+            },
+            now,
+        );
+        for e in &events {
+            // No subscriber is not an error: the events are also answered.
+            let _ = self.alerts.send(Arc::new(e.clone()));
+        }
+        events
     }
 
     /// Loads the admin API's records from the store if the store's copy
@@ -477,6 +529,13 @@ impl<S: Store> Limiter<S> {
             })
             .await?;
         let scope = scoped.map_check(&mut outcome);
+        let alerts = self.publish(
+            config,
+            &secret,
+            &outcome.crossings,
+            &scoped,
+            now,
+        );
         drop(scoped);
         let headers = header_values(&outcome.statuses, outcome.retry_after(), now);
         let decision = match outcome.verdict {
@@ -506,6 +565,7 @@ impl<S: Store> Limiter<S> {
             attempts,
             outcome,
             scope,
+            alerts,
         })
     }
 
@@ -557,12 +617,20 @@ impl<S: Store> Limiter<S> {
             .await
             .map_err(not_found)?;
         scoped.map_statuses(&mut outcome.statuses);
+        let alerts = self.publish(
+            config,
+            &secret,
+            &outcome.crossings,
+            &scoped,
+            now,
+        );
         drop(scoped);
         Ok(Recorded {
             outcome,
             cost,
             tokens,
             limits,
+            alerts,
         })
     }
 

@@ -111,6 +111,7 @@ fn every_environment_variable_sets_its_key() {
     let samples = [
         ("limits.budgets.enabled", "yes"),
         ("limits.budgets.alert_threshold", "0.9"),
+        ("limits.budgets.alert_thresholds", "0.5, 0.95"),
         ("limits.budgets.period", "calendar"),
         ("limits.budgets.timezone", "Europe/Paris"),
         ("limits.budgets.week_start", "Sunday"),
@@ -190,6 +191,11 @@ fn every_environment_variable_sets_its_key() {
     }
     let cfg = load(None, pairs, &Overrides::default()).expect("every variable loads");
     assert_eq!(cfg.policy.alert_threshold_ppm, Some(900_000));
+    assert_eq!(
+        cfg.policy.alert_thresholds.as_slice(),
+        [500_000, 900_000, 950_000],
+        "the single threshold is one of the list"
+    );
     assert_eq!(cfg.lease_ttl, Duration::from_secs(120));
     assert_eq!(cfg.policy.mode, EnforcementMode::Queue);
     assert_eq!(cfg.queue_depth, 250);

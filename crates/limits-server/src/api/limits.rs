@@ -618,6 +618,50 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 .collect(),
         }))
     }
+
+    type WatchAlertsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::AlertEvent, Status>> + Send + 'static>,
+    >;
+
+    #[tracing::instrument(name = "WatchAlerts", skip_all)]
+    async fn watch_alerts(
+        &self,
+        _request: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        use tokio_stream::wrappers::BroadcastStream;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        let events = BroadcastStream::new(self.shared.limiter.alerts()).filter_map(|e| match e {
+            Ok(event) => Some(Ok(pb_alert(&event))),
+            // A stream that fell behind misses the oldest events; it goes on
+            // with the next.
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "an alert stream fell behind and missed events");
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// An alert event as the API gives it.
+pub fn pb_alert(e: &limits::alerts::AlertEvent) -> pb::AlertEvent {
+    pb::AlertEvent {
+        id: e.id.clone(),
+        dimension: convert::pb_dimension(e.dimension) as i32,
+        subject: e.subject.clone(),
+        model_scope: e.scope.as_deref().unwrap_or_default().to_owned(),
+        kind: convert::pb_kind(e.kind) as i32,
+        period: if e.calendar {
+            pb::BudgetPeriod::Calendar
+        } else {
+            pb::BudgetPeriod::Rolling
+        } as i32,
+        threshold: e.threshold,
+        used_usd: e.used.as_usd(),
+        limit_usd: e.limit.as_usd(),
+        time: Some(pb_timestamp(e.at)),
+    }
 }
 
 #[cfg(test)]

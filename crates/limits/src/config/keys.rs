@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use super::declare::{FieldDoc, declare};
 use super::setting::{
-    Addr, Alias, Auto, Choice, Count, Day, Digest, FileOnly, FilePath, Flag, Fraction, Inherit,
-    KeyPrefix, Limit, LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret, Shards,
-    Size, Slots, Span, Usd, Zone,
+    Addr, Alias, Auto, Choice, Count, Day, Digest, FileOnly, FilePath, Flag, Fraction, Fractions,
+    Inherit, KeyPrefix, Limit, LogFilter, OptAddr, Password, Price, Range, RedisUrl, ServerSecret,
+    Shards, Size, Slots, Span, Usd, Zone,
 };
 use super::{ClientAuth, LogFormat, Scope};
 use crate::config::rls::{DEFAULT_MAX_COUNTERS, RawDomain};
@@ -173,6 +173,10 @@ declare! {
         enabled: Flag = Flag(true),
         /// A request that takes any budget to this fraction is allowed with action ALERT.
         alert_threshold: Fraction = Fraction,
+        /// Alert events: each budget window's crossing of each of these fractions (and of
+        /// `alert_threshold`) is reported once, to WatchAlerts streams. Without
+        /// `alert_threshold`, the lowest also sets action ALERT.
+        alert_thresholds: Fractions = Fractions,
         /// `calendar`: daily, weekly and monthly budgets reset at local midnight, on
         /// `week_start` and on `month_anchor_day` in `timezone`, instead of rolling. An entry's own
         /// `period` overrides it. The hourly budget always rolls.
@@ -211,6 +215,8 @@ declare! {
         week_start: Inherit<Choice<u8>> = Inherit(Choice(0, WEEKDAYS), "`limits.budgets.week_start`"),
         /// As `limits.budgets.month_anchor_day`, for this id.
         month_anchor_day: Inherit<Day> = Inherit(Day, "`limits.budgets.month_anchor_day`"),
+        /// This id's alert thresholds, in place of `limits.budgets.alert_thresholds`.
+        alert_thresholds: Inherit<Fractions> = Inherit(Fractions, "`limits.budgets.alert_thresholds`"),
     } and {
         /// Budgets for the requests of some models only (see `by_*.<id>.models.<model>`).
         models: IdMap<RawScope> => MODELS;
@@ -534,6 +540,7 @@ pub(crate) struct RawCombined {
     timezone: Option<String>,
     week_start: Option<String>,
     month_anchor_day: Option<u64>,
+    alert_thresholds: Option<super::setting::RawFractions>,
     requests_per_second: Option<u64>,
     requests_per_minute: Option<u64>,
     requests_per_hour: Option<u64>,
@@ -561,6 +568,7 @@ impl RawCombined {
             timezone,
             week_start,
             month_anchor_day,
+            alert_thresholds,
             requests_per_second,
             requests_per_minute,
             requests_per_hour,
@@ -584,6 +592,7 @@ impl RawCombined {
             timezone: timezone.clone(),
             week_start: week_start.clone(),
             month_anchor_day: *month_anchor_day,
+            alert_thresholds: alert_thresholds.clone(),
             models: IdMap::new(),
         };
         let rate = RawRate {

@@ -150,6 +150,73 @@ impl Setting for Fraction {
     }
 }
 
+/// Alert thresholds: a list of fractions in (0, 1], at most eight; one
+/// number is a list of one; from the environment, comma-separated.
+pub(crate) struct Fractions;
+
+/// What `Fractions` reads: a list, one number, or (from the environment)
+/// text.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawFractions {
+    One(f64),
+    List(Vec<f64>),
+    Text(String),
+}
+
+impl Setting for Fractions {
+    type Raw = RawFractions;
+    type Value = Option<limits_core::Thresholds>;
+    const ENV: Option<EnvKind> = Some(EnvKind::Text);
+
+    fn check(
+        &self,
+        key: &str,
+        raw: Option<&RawFractions>,
+    ) -> Result<Option<limits_core::Thresholds>> {
+        let values: Vec<f64> = match raw {
+            None => return Ok(None),
+            Some(RawFractions::One(x)) => vec![*x],
+            Some(RawFractions::List(xs)) => xs.clone(),
+            Some(RawFractions::Text(text)) => text
+                .split(',')
+                .map(|part| {
+                    part.trim().parse::<f64>().map_err(|_| {
+                        ConfigError::new(
+                            key,
+                            format!(
+                                "expected fractions separated by commas (0.5,0.8), got {text:?}"
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let mut ppm = Vec::with_capacity(values.len());
+        for (i, v) in values.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            ppm.extend(Fraction.check(&at, Some(v))?);
+        }
+        if ppm.is_empty() {
+            return Ok(None);
+        }
+        limits_core::Thresholds::new(ppm).map(Some).ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!(
+                    "at most {} thresholds, got {}",
+                    limits_core::alerts::MAX_THRESHOLDS,
+                    values.len()
+                ),
+            )
+        })
+    }
+
+    fn type_doc(&self) -> String {
+        "list of floats in (0, 1], at most 8".to_owned()
+    }
+}
+
 /// A count that must be positive, with a default.
 pub(crate) struct Count<T>(pub T);
 

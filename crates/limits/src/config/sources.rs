@@ -121,6 +121,17 @@ const LIST_KEYS: &[&str] = &[
     "limits.security.clients",
 ];
 
+/// Keys whose value is a list wherever they are (the section's and each
+/// entry's, under ids that may contain dots).
+const LIST_NAMES: &[&str] = &["alert_thresholds"];
+
+fn is_list_key(path: &str) -> bool {
+    LIST_KEYS.contains(&path)
+        || path
+            .rsplit_once('.')
+            .is_some_and(|(_, name)| LIST_NAMES.contains(&name))
+}
+
 pub(crate) fn check_lists(value: &Value, path: &str) -> Result<()> {
     match value {
         Value::Dict(_, dict) => {
@@ -130,7 +141,7 @@ pub(crate) fn check_lists(value: &Value, path: &str) -> Result<()> {
             Ok(())
         }
         Value::Array(_, items) => {
-            if !LIST_KEYS.contains(&path) {
+            if !is_list_key(path) {
                 return Err(ConfigError::new(
                     path,
                     "expected a mapping or a single value, found a list",

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use limits_core::enforcement::MAX_DOWNGRADE_STEPS;
-use limits_core::{EnforcementMode, ModelPrice, Policy, Pricing};
+use limits_core::{EnforcementMode, ModelPrice, Policy, Pricing, Thresholds};
 use limits_store::Secret;
 
 use super::error::{ConfigError, Result};
@@ -38,9 +38,26 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
                 .to_owned(),
         );
     }
+    // The guide's single threshold is one more of the list.
+    let listed = budgets.alert_thresholds.clone().unwrap_or_default();
+    let all = listed
+        .as_slice()
+        .iter()
+        .copied()
+        .chain(budgets.alert_threshold);
+    let thresholds = Thresholds::new(all).ok_or_else(|| {
+        ConfigError::new(
+            "limits.budgets.alert_thresholds",
+            format!(
+                "at most {} thresholds, alert_threshold included",
+                limits_core::alerts::MAX_THRESHOLDS
+            ),
+        )
+    })?;
     let policy = Policy {
         mode: enforcement.action,
-        alert_threshold_ppm: budgets.alert_threshold,
+        alert_threshold_ppm: budgets.alert_threshold.or(thresholds.lowest()),
+        alert_thresholds: thresholds,
         downgrades: downgrades
             .iter()
             .map(|(from, to)| (from.clone(), to.clone()))

@@ -314,6 +314,7 @@ fn subject_limits(
         limits.set(LimitKind::BudgetWeekly, b.keys.weekly);
         limits.set(LimitKind::BudgetMonthly, b.keys.monthly);
         limits.set_calendar(b.calendar.clone());
+        limits.set_alert_thresholds(b.keys.alert_thresholds.clone().flatten());
         for (pattern, keys) in &b.scopes {
             let l = scoped.entry(pattern).or_default();
             l.set(LimitKind::BudgetHourly, keys.hourly);
