@@ -265,6 +265,11 @@ impl Bound {
         let mut background = Vec::new();
         background.push(tokio::spawn(sweep_loop(shared.clone())));
         background.push(tokio::spawn(sync_loop(shared.clone())));
+        // Alert webhooks, as configured at start-up.
+        let alerts = shared.limiter.config().alerts.clone();
+        background.extend(crate::ops::webhooks::spawn(&alerts, || {
+            shared.limiter.alerts()
+        }));
         if let Some(handle) = metrics {
             background.push(tokio::spawn(m::serve(metrics_listener, handle)));
         }

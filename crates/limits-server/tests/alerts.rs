@@ -35,7 +35,12 @@ async fn watch_alerts_streams_each_crossing_once_under_concurrency() {
         async move {
             let mut req = check(vec![key("sk-watched")], 0.5);
             req.reserve = true;
-            d.client().await.check_limits(req).await.unwrap().into_inner()
+            d.client()
+                .await
+                .check_limits(req)
+                .await
+                .unwrap()
+                .into_inner()
         }
     });
     let answers = futures_util::future::join_all(calls).await;
@@ -67,4 +72,176 @@ async fn watch_alerts_streams_each_crossing_once_under_concurrency() {
     }
     let ids: std::collections::HashSet<_> = events.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 3);
+}
+
+/// What a local webhook receiver got: each request's headers and body.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: http::HeaderMap,
+    body: String,
+}
+
+/// A real HTTP receiver on 127.0.0.1: answers each POST with the next
+/// status of `answers` (then 200) and keeps what it got.
+async fn receiver(
+    answers: Vec<u16>,
+) -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Received>>>) {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<Received>::new()));
+    let answers = std::sync::Arc::new(parking_lot::Mutex::new(answers.into_iter()));
+    let kept = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (got, answers) = (kept.clone(), answers.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (got, answers) = (got.clone(), answers.clone());
+                        async move {
+                            let headers = req.headers().clone();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            got.lock().push(Received {
+                                headers,
+                                body: String::from_utf8(body.to_vec()).unwrap(),
+                            });
+                            let status = answers.lock().next().unwrap_or(200);
+                            let mut answer = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"ok"),
+                            ));
+                            *answer.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
+/// Waits until `got` holds `n` requests, with a deadline.
+async fn wait_for(got: &parking_lot::Mutex<Vec<Received>>, n: usize) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = got.lock().clone();
+        if now.len() >= n {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} webhook requests within 15 s",
+            now.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const SECRET: &str = "whsec-3c9f1e7a5b2d4c6e8a0b";
+
+/// Recomputes a request's signature with the secret, as a receiver does.
+fn verify(r: &Received) {
+    use hmac::Mac as _;
+    let header = r.headers["x-limits-signature"].to_str().unwrap();
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=...,v1=...");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", r.body).as_bytes());
+    mac.verify_slice(&hex::decode(v1).unwrap())
+        .expect("the signature verifies with the secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now.abs_diff(t.parse::<u64>().unwrap()) < 60,
+        "a fresh timestamp"
+    );
+}
+
+/// 200 concurrent requests cross 50 % once: one event, POSTed signed to
+/// the webhook, retried after a 500 with the same id, and to a Slack one
+/// as `{"text"}`.
+#[tokio::test]
+async fn webhooks_get_each_crossing_signed_and_retried() {
+    let (url, got) = receiver(vec![500]).await;
+    let (slack_url, slack) = receiver(vec![]).await;
+    let d = Limitsd::start(&format!(
+        r#"
+limits:
+  budgets:
+    alert_thresholds: [0.5]
+    by_team:
+      research: {{ daily: 100 }}
+  alerts:
+    webhooks:
+      - url: {url}
+        secret: {SECRET}
+      - url: {slack_url}
+        secret: {SECRET}
+        format: slack
+  storage:
+    backend: memory
+"#
+    ));
+    let calls = (0..200).map(|_| {
+        let d = &d;
+        async move {
+            let mut req = check(vec![team("research")], 0.4);
+            req.reserve = true;
+            d.client()
+                .await
+                .check_limits(req)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    assert_eq!(answers.iter().filter(|a| a.allowed).count(), 200);
+
+    // The first POST is answered 500, the retry 200: two requests, one id.
+    let posts = wait_for(&got, 2).await;
+    let id = posts[0].headers["x-limits-event-id"].to_str().unwrap();
+    assert_eq!(posts[1].headers["x-limits-event-id"].to_str().unwrap(), id);
+    assert_eq!(posts[0].body, posts[1].body);
+    for p in &posts {
+        verify(p);
+        assert_eq!(p.headers["content-type"], "application/json");
+    }
+    let event: serde_json::Value = serde_json::from_str(&posts[1].body).unwrap();
+    assert_eq!(event["id"], id);
+    assert_eq!(event["type"], "budget.threshold_crossed");
+    assert_eq!(event["dimension"], "team");
+    assert_eq!(event["subject"], "research");
+    assert_eq!(event["budget"], "daily");
+    assert_eq!(event["threshold"], 0.5);
+    assert!(event["used_usd"].as_f64().unwrap() >= 50.0);
+
+    let slack = wait_for(&slack, 1).await;
+    verify(&slack[0]);
+    let text: serde_json::Value = serde_json::from_str(&slack[0].body).unwrap();
+    let text = text["text"].as_str().unwrap();
+    assert!(
+        text.contains("team research reached 50% of its daily budget"),
+        "{text}"
+    );
+
+    // Exactly once: nothing more arrives, however many requests crossed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got.lock().len(), 2);
+    assert_eq!(slack.len(), 1);
+    let metrics = d.scrape();
+    assert!(
+        metrics.contains(r#"limits_alert_deliveries_total{result="delivered"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"limits_alert_deliveries_total{result="retried"} 1"#));
 }

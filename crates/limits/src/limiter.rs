@@ -529,13 +529,7 @@ impl<S: Store> Limiter<S> {
             })
             .await?;
         let scope = scoped.map_check(&mut outcome);
-        let alerts = self.publish(
-            config,
-            &secret,
-            &outcome.crossings,
-            &scoped,
-            now,
-        );
+        let alerts = self.publish(config, &secret, &outcome.crossings, &scoped, now);
         drop(scoped);
         let headers = header_values(&outcome.statuses, outcome.retry_after(), now);
         let decision = match outcome.verdict {
@@ -617,13 +611,7 @@ impl<S: Store> Limiter<S> {
             .await
             .map_err(not_found)?;
         scoped.map_statuses(&mut outcome.statuses);
-        let alerts = self.publish(
-            config,
-            &secret,
-            &outcome.crossings,
-            &scoped,
-            now,
-        );
+        let alerts = self.publish(config, &secret, &outcome.crossings, &scoped, now);
         drop(scoped);
         Ok(Recorded {
             outcome,

@@ -135,3 +135,57 @@ async fn each_crossing_is_one_event_to_every_subscriber() {
         ("ml", 0.5)
     );
 }
+
+#[test]
+fn webhooks_need_a_url_and_a_secret_from_the_environment_a_file_or_inline() {
+    let hook = |body: &str| format!("limits:\n  alerts:\n    webhooks:\n      - {body}\n");
+    assert_rejects(
+        &hook("{ secret: 0123456789abcdef }"),
+        "limits.alerts.webhooks[0].url",
+        "required",
+    );
+    assert_rejects(
+        &hook("{ url: ftp://x, secret: 0123456789abcdef }"),
+        "limits.alerts.webhooks[0].url",
+        "http:// or https://",
+    );
+    assert_rejects(
+        &hook("{ url: https://hooks.example.com/x }"),
+        "limits.alerts.webhooks[0].secret_env",
+        "a signing secret is required",
+    );
+    assert_rejects(
+        &hook("{ url: https://hooks.example.com/x, secret: short }"),
+        "limits.alerts.webhooks[0].secret",
+        "at least 16 bytes",
+    );
+    assert_rejects(
+        &hook("{ url: https://h.example.com, secret: 0123456789abcdef, secret_file: /x }"),
+        "limits.alerts.webhooks[0].secret",
+        "one of",
+    );
+    assert_rejects(
+        &hook("{ url: https://h.example.com, secret_env: LIMITS_TEST_NO_SUCH_VARIABLE }"),
+        "limits.alerts.webhooks[0].secret_env",
+        "is not set",
+    );
+    assert_rejects(
+        &hook("{ url: https://h.example.com, secret: 0123456789abcdef, format: xml }"),
+        "limits.alerts.webhooks[0].format",
+        "json or slack",
+    );
+    let file = write_temp("a-secret-read-from-a-file\n");
+    let cfg = parse(&hook(&format!(
+        "{{ url: 'https://hooks.example.com/limits', secret_file: {}, format: slack }}",
+        file.path().display()
+    )));
+    let w = &cfg.alerts.webhooks[0];
+    assert_eq!(w.url, "https://hooks.example.com/limits");
+    assert_eq!(
+        &*w.secret, b"a-secret-read-from-a-file",
+        "without the newline"
+    );
+    assert!(w.slack);
+    assert!(!format!("{w:?}").contains("a-secret"), "never shown");
+    assert_eq!(cfg.alerts.max_attempts, 8);
+}

@@ -170,6 +170,8 @@ fn every_environment_variable_sets_its_key() {
         ("limits.security.data_plane_auth", "true"),
         ("limits.admin.audit_max_events", "500"),
         ("limits.admin.sync_interval", "100ms"),
+        ("limits.alerts.max_pending", "500"),
+        ("limits.alerts.max_attempts", "3"),
     ];
     let vars: Vec<(String, String)> = env_vars().collect();
     assert_eq!(vars.len(), samples.len());

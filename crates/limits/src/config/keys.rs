@@ -70,6 +70,10 @@ pub const DEFAULT_AUDIT_MAX_EVENTS: usize = 10_000;
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// Default `logging.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default `alerts.max_pending`.
+pub const DEFAULT_ALERT_MAX_PENDING: usize = 10_000;
+/// Default `alerts.max_attempts`.
+pub const DEFAULT_ALERT_MAX_ATTEMPTS: u32 = 8;
 /// Default `metrics.identifier_cap`.
 pub const DEFAULT_IDENTIFIER_CAP: usize = 1000;
 
@@ -174,8 +178,8 @@ declare! {
         /// A request that takes any budget to this fraction is allowed with action ALERT.
         alert_threshold: Fraction = Fraction,
         /// Alert events: each budget window's crossing of each of these fractions (and of
-        /// `alert_threshold`) is reported once, to WatchAlerts streams. Without
-        /// `alert_threshold`, the lowest also sets action ALERT.
+        /// `alert_threshold`) is reported once, to WatchAlerts streams and `limits.alerts`
+        /// webhooks. Without `alert_threshold`, the lowest also sets action ALERT.
         alert_thresholds: Fractions = Fractions,
         /// `calendar`: daily, weekly and monthly budgets reset at local midnight, on
         /// `week_start` and on `month_anchor_day` in `timezone`, instead of rolling. An entry's own
@@ -315,6 +319,7 @@ declare! {
         rls: RawRls;
         security: RawSecurity;
         admin: RawAdmin;
+        alerts: RawAlerts;
     };
 
     /// `limits.enforcement`.
@@ -507,6 +512,21 @@ declare! {
         config_files: Vec<String>;
     };
 
+    /// `limits.alerts`: where alert events go besides WatchAlerts streams.
+    section RawAlerts at "alerts", expecting "a mapping of alert settings" => AlertsKeys {
+        /// Events waiting for each webhook; when it is full the oldest is dropped
+        /// (`limits_alert_deliveries_total{result="dropped"}`).
+        max_pending: Count<usize> = Count(DEFAULT_ALERT_MAX_PENDING),
+        /// Attempts per event and webhook (the first and its retries, 0.5 s doubling to 30 s
+        /// apart) before the event is given up (`result="failed"`).
+        max_attempts: Count<u32> = Count(DEFAULT_ALERT_MAX_ATTEMPTS),
+    } and {
+        /// Webhooks every alert event is POSTed to: `url`, one of `secret_env` (the variable
+        /// holding the signing secret), `secret_file` or `secret`, and `format` (`json`, or `slack`
+        /// for an incoming webhook). See README "Alerts".
+        webhooks: Vec<RawWebhook> => FieldDoc::new("list", "`[]`", "");
+    };
+
     /// `limits.logging`.
     section RawLogging at "logging", expecting "a mapping of logging settings" => LoggingKeys {
         /// Log line format (stderr).
@@ -611,6 +631,21 @@ impl RawCombined {
         };
         (budget, rate)
     }
+}
+
+/// `limits.alerts.webhooks[i]`: one receiver of alert events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a mapping with url, a secret (secret_env, secret_file or secret) and format"
+)]
+pub(crate) struct RawWebhook {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+    pub secret_env: Option<String>,
+    pub format: Option<String>,
 }
 
 /// `limits.security.tokens[i]`: one bearer token, by its SHA-256.

@@ -165,6 +165,8 @@ pub struct Config {
     pub security: SecuritySettings,
     /// The admin API's audit trail and replica sync (`limits.admin`).
     pub admin: AdminSettings,
+    /// Where alert events are delivered (`limits.alerts`).
+    pub alerts: AlertsSettings,
     /// Things the server should log at start-up, e.g. that `sqlite` is served
     /// by the sled store.
     pub warnings: Vec<String>,
@@ -188,8 +190,51 @@ impl Default for Config {
             secret: None,
             security: SecuritySettings::default(),
             admin: AdminSettings::default(),
+            alerts: AlertsSettings::default(),
             warnings: Vec::new(),
         }
+    }
+}
+
+/// Where alert events go (`limits.alerts`).
+#[derive(Clone, Debug)]
+pub struct AlertsSettings {
+    /// The receivers every event is POSTed to.
+    pub webhooks: Vec<Webhook>,
+    /// Events waiting per webhook; when full, the oldest is dropped.
+    pub max_pending: usize,
+    /// Attempts per event and webhook before it is given up.
+    pub max_attempts: u32,
+}
+
+impl Default for AlertsSettings {
+    fn default() -> AlertsSettings {
+        AlertsSettings {
+            webhooks: Vec::new(),
+            max_pending: keys::DEFAULT_ALERT_MAX_PENDING,
+            max_attempts: keys::DEFAULT_ALERT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// One receiver of alert events.
+#[derive(Clone)]
+pub struct Webhook {
+    /// Where events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The key of the HMAC-SHA256 signature of each body.
+    pub secret: std::sync::Arc<[u8]>,
+    /// `{"text": ...}` for a Slack incoming webhook, instead of the event.
+    pub slack: bool,
+}
+
+impl std::fmt::Debug for Webhook {
+    /// The secret is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("slack", &self.slack)
+            .finish_non_exhaustive()
     }
 }
 

@@ -119,6 +119,7 @@ const LIST_KEYS: &[&str] = &[
     "limits.storage.redis.nodes",
     "limits.security.tokens",
     "limits.security.clients",
+    "limits.alerts.webhooks",
 ];
 
 /// Keys whose value is a list wherever they are (the section's and each

@@ -15,8 +15,8 @@ use limits_core::{EnforcementMode, ModelPrice, Policy, Pricing, Thresholds};
 use limits_store::Secret;
 
 use super::error::{ConfigError, Result};
-use super::keys::{IdMap, RawLimits, RawPrice, RawSecurity};
-use super::{AdminSettings, Config, LoggingSettings, MetricsSettings};
+use super::keys::{IdMap, RawAlerts, RawLimits, RawPrice, RawSecurity};
+use super::{AdminSettings, AlertsSettings, Config, LoggingSettings, MetricsSettings, Webhook};
 
 pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> {
     let mut warnings = Vec::new();
@@ -73,6 +73,7 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
     let secret = build_secret(&raw.security)?;
     let security = security::build(&raw.security)?;
     let admin = raw.admin.check()?;
+    let alerts = build_alerts(&raw.alerts)?;
 
     Ok(Config {
         table,
@@ -99,7 +100,95 @@ pub(crate) fn validate(raw: RawLimits, rls_files: &[PathBuf]) -> Result<Config> 
             audit_max_events: admin.audit_max_events,
             sync_interval: admin.sync_interval,
         },
+        alerts,
         warnings,
+    })
+}
+
+/// `limits.alerts`: the webhooks, each with a URL and a signing secret
+/// from the environment, a file or (for tests) the file itself.
+fn build_alerts(raw: &RawAlerts) -> Result<AlertsSettings> {
+    let keys = raw.check()?;
+    let mut webhooks = Vec::with_capacity(raw.webhooks.len());
+    for (i, w) in raw.webhooks.iter().enumerate() {
+        let at = |k: &str| format!("limits.alerts.webhooks[{i}].{k}");
+        let url = match w.url.as_deref().map(str::trim) {
+            None | Some("") => return Err(ConfigError::new(at("url"), "required key is missing")),
+            Some(u) => u,
+        };
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        if rest
+            .is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::new(
+                at("url"),
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        let given = [
+            ("secret_env", w.secret_env.is_some()),
+            ("secret_file", w.secret_file.is_some()),
+            ("secret", w.secret.is_some()),
+        ];
+        let secret: Vec<u8> = match given.iter().filter(|(_, set)| *set).count() {
+            0 => {
+                return Err(ConfigError::new(
+                    at("secret_env"),
+                    "a signing secret is required: secret_env (a variable), secret_file or secret",
+                ));
+            }
+            1 => {
+                if let Some(name) = &w.secret_env {
+                    std::env::var(name).map(String::into_bytes).map_err(|_| {
+                        ConfigError::new(
+                            at("secret_env"),
+                            format!("the variable {name} is not set"),
+                        )
+                    })?
+                } else if let Some(path) = &w.secret_file {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError::new(at("secret_file"), format!("cannot read {path}: {e}"))
+                    })?;
+                    text.trim_end_matches(['\r', '\n']).as_bytes().to_vec()
+                } else {
+                    w.secret.clone().unwrap_or_default().into_bytes()
+                }
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    at("secret"),
+                    "give one of secret_env, secret_file and secret",
+                ));
+            }
+        };
+        if secret.len() < 16 {
+            return Err(ConfigError::new(
+                at("secret"),
+                "the signing secret must be at least 16 bytes",
+            ));
+        }
+        let slack = match w.format.as_deref() {
+            None | Some("json") => false,
+            Some("slack") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    at("format"),
+                    format!("expected json or slack, got {other:?}"),
+                ));
+            }
+        };
+        webhooks.push(Webhook {
+            url: url.to_owned(),
+            secret: secret.into(),
+            slack,
+        });
+    }
+    Ok(AlertsSettings {
+        webhooks,
+        max_pending: keys.max_pending,
+        max_attempts: keys.max_attempts,
     })
 }
 

@@ -1,0 +1,235 @@
+//! Alert delivery to webhooks (`limits.alerts.webhooks`): every alert
+//! event the limiter publishes is POSTed to each webhook, in order, signed,
+//! and retried with backoff until a 2xx answer or `max_attempts`.
+//!
+//! Each webhook has its own task and its own outbox of at most
+//! `max_pending` events, fed from the limiter's alert channel: a slow or
+//! dead receiver fills its outbox (the oldest event is dropped, and
+//! counted), never the check path, which only sends on a channel.
+//! Delivery is at least once: a receiver that answered but whose answer
+//! was lost gets the event again, with the same `X-Limits-Event-Id`.
+//!
+//! The signature is Stripe's and GitHub's scheme: `X-Limits-Signature:
+//! t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, keyed with the
+//! webhook's secret; a receiver recomputes it and rejects a stale `t`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use limits::alerts::AlertEvent;
+use limits::config::{AlertsSettings, Webhook};
+use metrics::counter;
+use serde_json::json;
+use sha2::Sha256;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The metric of deliveries by outcome: `delivered`, `retried`, `failed`,
+/// `dropped`.
+pub const DELIVERIES: &str = "limits_alert_deliveries_total";
+
+/// The first wait before a retry; each next one doubles, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one POST may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts one delivery task per webhook; they run until the channel
+/// closes (the limiter is dropped) or the task is aborted.
+pub fn spawn(
+    settings: &AlertsSettings,
+    subscribe: impl Fn() -> tokio::sync::broadcast::Receiver<Arc<AlertEvent>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if settings.webhooks.is_empty() {
+        return Vec::new();
+    }
+    let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client: alert webhooks are off");
+            return Vec::new();
+        }
+    };
+    for result in ["delivered", "retried", "failed", "dropped"] {
+        counter!(DELIVERIES, "result" => result).absolute(0);
+    }
+    settings
+        .webhooks
+        .iter()
+        .map(|w| {
+            let outbox = Outbox {
+                webhook: w.clone(),
+                client: client.clone(),
+                events: subscribe(),
+                pending: VecDeque::new(),
+                max_pending: settings.max_pending,
+                max_attempts: settings.max_attempts,
+            };
+            tokio::spawn(outbox.run())
+        })
+        .collect()
+}
+
+struct Outbox {
+    webhook: Webhook,
+    client: reqwest::Client,
+    events: tokio::sync::broadcast::Receiver<Arc<AlertEvent>>,
+    pending: VecDeque<Arc<AlertEvent>>,
+    max_pending: usize,
+    max_attempts: u32,
+}
+
+impl Outbox {
+    async fn run(mut self) {
+        loop {
+            if self.pending.is_empty() && !self.receive().await {
+                return;
+            }
+            let Some(event) = self.pending.front().cloned() else {
+                continue;
+            };
+            let body = body(&event, self.webhook.slack);
+            let mut attempt = 1;
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                match self.post(&event, &body).await {
+                    Ok(()) => {
+                        counter!(DELIVERIES, "result" => "delivered").increment(1);
+                        break;
+                    }
+                    Err(why) if attempt >= self.max_attempts => {
+                        counter!(DELIVERIES, "result" => "failed").increment(1);
+                        tracing::warn!(url = %self.webhook.url, event = %event.id, attempts = attempt, %why, "an alert could not be delivered");
+                        break;
+                    }
+                    Err(why) => {
+                        counter!(DELIVERIES, "result" => "retried").increment(1);
+                        tracing::debug!(url = %self.webhook.url, event = %event.id, attempt, %why, "alert delivery failed; retrying");
+                        // Keep taking events in while waiting, so that the
+                        // channel never overflows behind a dead receiver.
+                        let wait = tokio::time::sleep(backoff);
+                        tokio::pin!(wait);
+                        loop {
+                            tokio::select! {
+                                _ = &mut wait => break,
+                                open = self.receive() => if !open { return },
+                            }
+                        }
+                        attempt += 1;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            // The event delivered (or given up) is the front one, unless
+            // the outbox overflowed meanwhile and dropped it.
+            if self.pending.front().is_some_and(|e| Arc::ptr_eq(e, &event)) {
+                self.pending.pop_front();
+            }
+        }
+    }
+
+    /// Waits for the next event into the outbox (dropping the oldest when
+    /// full); false once the channel is closed.
+    async fn receive(&mut self) -> bool {
+        match self.events.recv().await {
+            Ok(event) => {
+                if self.pending.len() >= self.max_pending {
+                    self.pending.pop_front();
+                    counter!(DELIVERIES, "result" => "dropped").increment(1);
+                }
+                self.pending.push_back(event);
+                true
+            }
+            Err(RecvError::Lagged(missed)) => {
+                counter!(DELIVERIES, "result" => "dropped").increment(missed);
+                true
+            }
+            Err(RecvError::Closed) => false,
+        }
+    }
+
+    async fn post(&self, event: &AlertEvent, body: &str) -> Result<(), String> {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let answer = self
+            .client
+            .post(&self.webhook.url)
+            .header("content-type", "application/json")
+            .header("x-limits-event-id", &event.id)
+            .header(
+                "x-limits-signature",
+                signature(&self.webhook.secret, t, body),
+            )
+            .body(body.to_owned())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", answer.status()))
+        }
+    }
+}
+
+/// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &[u8], t: u64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The body POSTed for an event: the event as JSON, or Slack's `{"text"}`.
+pub fn body(e: &AlertEvent, slack: bool) -> String {
+    let budget = e.kind.name();
+    if slack {
+        let scope = e
+            .scope
+            .as_deref()
+            .map(|s| format!(" (models {s})"))
+            .unwrap_or_default();
+        let text = format!(
+            "limitsd: {} {} reached {:.0}% of its {budget} budget{scope}: ${:.2} of ${:.2}",
+            e.dimension.as_str(),
+            e.subject,
+            e.threshold * 100.0,
+            e.used.as_usd(),
+            e.limit.as_usd(),
+        );
+        return json!({ "text": text }).to_string();
+    }
+    json!({
+        "id": e.id,
+        "type": "budget.threshold_crossed",
+        "dimension": e.dimension.as_str(),
+        "subject": e.subject,
+        "model_scope": e.scope.as_deref(),
+        "budget": budget,
+        "period": if e.calendar { "calendar" } else { "rolling" },
+        "threshold": e.threshold,
+        "used_usd": e.used.as_usd(),
+        "limit_usd": e.limit.as_usd(),
+        "time": limits::admin::rfc3339(e.at),
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_the_time_and_body() {
+        // RFC 4231 test case 2's key and data, as "<t>.<body>".
+        let sig = signature(b"Jefe", 0, "what do ya want for nothing?");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"0.what do ya want for nothing?");
+        let expected = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(sig, format!("t=0,v1={expected}"));
+        assert_ne!(sig, signature(b"Jefe", 1, "what do ya want for nothing?"));
+    }
+}
