@@ -274,7 +274,11 @@ impl LimitsService for Baseline {
     }
 
     type WatchAlertsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::AlertEvent, Status>> + Send + 'static>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::WatchAlertsResponse, Status>>
+                + Send
+                + 'static,
+        >,
     >;
 
     /// No alerts: the workloads never watch them.

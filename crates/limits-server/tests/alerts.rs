@@ -53,7 +53,7 @@ async fn watch_alerts_streams_each_crossing_once_under_concurrency() {
             .expect("three events within 10 s")
             .expect("the stream stays open")
             .expect("an event");
-        events.push(next);
+        events.push(next.event.expect("the message carries its event"));
     }
     // Nothing more arrives: the last check changed nothing that crosses.
     let more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;

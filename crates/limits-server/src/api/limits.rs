@@ -620,7 +620,11 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
     }
 
     type WatchAlertsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::AlertEvent, Status>> + Send + 'static>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::WatchAlertsResponse, Status>>
+                + Send
+                + 'static,
+        >,
     >;
 
     #[tracing::instrument(name = "WatchAlerts", skip_all)]
@@ -632,7 +636,9 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
         use tokio_stream::wrappers::BroadcastStream;
         use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
         let events = BroadcastStream::new(self.shared.limiter.alerts()).filter_map(|e| match e {
-            Ok(event) => Some(Ok(pb_alert(&event))),
+            Ok(event) => Some(Ok(pb::WatchAlertsResponse {
+                event: Some(pb_alert(&event)),
+            })),
             // A stream that fell behind misses the oldest events; it goes on
             // with the next.
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
