@@ -432,8 +432,14 @@ impl SubjectLimits {
     /// budgets too: they follow their subject's calendar).
     pub fn set_calendar(&mut self, calendar: Option<Arc<Calendar>>) {
         self.calendar = calendar;
+        self.inherit();
+    }
+
+    /// Puts the model scopes on this subject's calendar and alert
+    /// thresholds.
+    fn inherit(&mut self) {
         if let Some(scopes) = &mut self.scopes {
-            Arc::make_mut(scopes).set_calendar(self.calendar.as_ref());
+            Arc::make_mut(scopes).inherit(self.calendar.as_ref(), self.alert_thresholds.as_ref());
         }
     }
 
@@ -446,6 +452,7 @@ impl SubjectLimits {
     /// policy's apply).
     pub fn set_alert_thresholds(&mut self, thresholds: Option<Thresholds>) {
         self.alert_thresholds = thresholds;
+        self.inherit();
     }
 
     /// The subject's own alert thresholds, if it has any.
@@ -454,11 +461,10 @@ impl SubjectLimits {
     }
 
     /// Sets or clears the subject's model scopes (empty clears them); their
-    /// budgets follow this subject's calendar.
+    /// budgets follow this subject's calendar and alert thresholds.
     pub fn set_scopes(&mut self, scopes: Option<Arc<ModelScopes>>) {
         self.scopes = scopes.filter(|s| !s.is_empty());
-        let calendar = self.calendar.clone();
-        self.set_calendar(calendar);
+        self.inherit();
     }
 
     /// Adds model scopes.

@@ -156,11 +156,19 @@ impl ModelScopes {
         Ok(ModelScopes { scopes: out })
     }
 
-    /// Puts every scope's budgets on `calendar` (their subject's).
-    pub(crate) fn set_calendar(&mut self, calendar: Option<&Arc<crate::Calendar>>) {
+    /// Puts every scope's budgets on `calendar` and `thresholds` (their
+    /// subject's).
+    pub(crate) fn inherit(
+        &mut self,
+        calendar: Option<&Arc<crate::Calendar>>,
+        thresholds: Option<&crate::Thresholds>,
+    ) {
         for scope in &mut self.scopes {
             if scope.limits.calendar() != calendar {
                 scope.limits.set_calendar(calendar.cloned());
+            }
+            if scope.limits.alert_thresholds() != thresholds {
+                scope.limits.set_alert_thresholds(thresholds.cloned());
             }
         }
     }
@@ -249,6 +257,27 @@ mod tests {
             ModelScopes::new(many).unwrap_err().1,
             ScopeError::TooMany(_)
         ));
+    }
+
+    #[test]
+    fn scopes_follow_their_subject_s_calendar_and_thresholds() {
+        let mut parent = SubjectLimits::default().with_scopes(scopes(&["gpt-4*"]));
+        let t = crate::Thresholds::new([500_000]).unwrap();
+        parent.set_alert_thresholds(Some(t.clone()));
+        let cal = Arc::new(crate::Calendar::new("Asia/Tokyo", 0, 1).unwrap());
+        parent.set_calendar(Some(Arc::clone(&cal)));
+        let scope = parent.scopes().unwrap().find("gpt-4o").unwrap();
+        assert_eq!(scope.limits().alert_thresholds(), Some(&t));
+        assert_eq!(scope.limits().calendar(), Some(&cal));
+        // Set the other way round: scopes given last take them too.
+        let mut late = SubjectLimits::default().with_calendar(Arc::clone(&cal));
+        late.set_alert_thresholds(Some(t.clone()));
+        late.set_scopes(Some(Arc::new(scopes(&["m"]))));
+        let scope = late.scopes().unwrap().get("m").unwrap();
+        assert_eq!(
+            (scope.limits().alert_thresholds(), scope.limits().calendar()),
+            (Some(&t), Some(&cal))
+        );
     }
 
     #[test]

@@ -533,6 +533,68 @@ async fn a_runtime_entry_can_hold_model_scopes() {
     assert!(admin.get(team("scoped-bad")).await.is_err());
 }
 
+/// A runtime entry may set its own alert thresholds: its crossings then
+/// stream at those, and a bad one is refused naming the field.
+#[tokio::test]
+async fn a_runtime_entry_can_set_its_alert_thresholds() {
+    let d = Limitsd::start(&config(BASE));
+    let mut admin = Admin::to(d.addr, Some(WRITE_TOKEN)).await;
+    let e = admin
+        .create(apb::SubjectLimits {
+            alert_thresholds: vec![1.5],
+            daily_usd: Some(10.0),
+            ..entry(team("thresh"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message()
+            .starts_with("subject_limits.alert_thresholds[0]"),
+        "{}",
+        e.message()
+    );
+    let created = admin
+        .create(apb::SubjectLimits {
+            alert_thresholds: vec![0.9, 0.3],
+            daily_usd: Some(10.0),
+            ..entry(team("thresh"))
+        })
+        .await
+        .expect("create");
+    assert_eq!(created.alert_thresholds, [0.3, 0.9], "ascending");
+    let mut stream = d
+        .client()
+        .await
+        .watch_alerts(pb::WatchAlertsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    d.client()
+        .await
+        .record_usage(record(vec![team("thresh")], 4.0))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+    assert_eq!((event.subject.as_str(), event.threshold), ("thresh", 0.3));
+    let cleared = admin
+        .update(
+            team("thresh"),
+            apb::SubjectLimits::default(),
+            &["alert_thresholds"],
+            &created.etag,
+        )
+        .await
+        .expect("update");
+    assert!(cleared.alert_thresholds.is_empty());
+}
+
 #[tokio::test]
 async fn a_config_reload_keeps_runtime_entries() {
     let d = Limitsd::start(&config(BASE));

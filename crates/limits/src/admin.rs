@@ -140,6 +140,8 @@ pub enum EntryField {
     Calendar,
     /// The model scopes (all of them: an update replaces the list).
     ModelScopes,
+    /// The entry's own alert thresholds.
+    AlertThresholds,
 }
 
 impl EntryField {
@@ -153,6 +155,7 @@ impl EntryField {
                 EntryField::ExpireTime,
                 EntryField::Calendar,
                 EntryField::ModelScopes,
+                EntryField::AlertThresholds,
             ])
             .collect()
     }
@@ -343,6 +346,10 @@ fn entry_json(entry: &Entry) -> String {
     }
     if let Some(c) = entry.limits.calendar() {
         out["calendar"] = crate::runtime::calendar_json(c);
+    }
+    if let Some(t) = entry.limits.alert_thresholds() {
+        let fractions: Vec<f64> = t.as_slice().iter().map(|&p| f64::from(p) / 1e6).collect();
+        out["alert_thresholds"] = json!(fractions);
     }
     if let Some(scopes) = entry.limits.scopes() {
         let models: serde_json::Map<String, serde_json::Value> = scopes
@@ -769,6 +776,9 @@ impl<S: Store> Limiter<S> {
                     EntryField::ModelScopes => entry
                         .limits
                         .set_scopes(update.spec.limits.scopes().cloned()),
+                    EntryField::AlertThresholds => entry
+                        .limits
+                        .set_alert_thresholds(update.spec.limits.alert_thresholds().cloned()),
                 }
             }
             entry.update_time = now;

@@ -196,6 +196,9 @@ struct StoredEntry {
     /// Model scopes: pattern → limit name → limit.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     models: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The entry's own alert thresholds, parts per million.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    alert_thresholds: Vec<u32>,
     create_time: u64,
     update_time: u64,
 }
@@ -235,6 +238,11 @@ impl From<&Entry> for StoredEntry {
                     (s.pattern().to_owned(), limits)
                 })
                 .collect(),
+            alert_thresholds: e
+                .limits
+                .alert_thresholds()
+                .map(|t| t.as_slice().to_vec())
+                .unwrap_or_default(),
             create_time: e.create_time.0,
             update_time: e.update_time.0,
         }
@@ -257,6 +265,11 @@ impl TryFrom<StoredEntry> for Entry {
             limits.set_scopes(Some(Arc::new(scopes)));
         }
         limits.set_alias(e.alias.map(Arc::from));
+        if !e.alert_thresholds.is_empty() {
+            let t = limits_core::Thresholds::new(e.alert_thresholds)
+                .ok_or("alert thresholds out of range")?;
+            limits.set_alert_thresholds(Some(t));
+        }
         if let Some(c) = e.calendar {
             limits.set_calendar(Some(Arc::new(Calendar::try_from(c)?)));
         }

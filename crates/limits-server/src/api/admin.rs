@@ -123,7 +123,7 @@ fn instant(field: &str, t: &prost_types::Timestamp) -> Result<Nanos, Status> {
 
 /// The field names of SubjectLimits an update mask may name, with the
 /// entry field each sets.
-const MASK_FIELDS: [(&str, EntryField); 18] = [
+const MASK_FIELDS: [(&str, EntryField); 19] = [
     ("hourly_usd", EntryField::Limit(LimitKind::BudgetHourly)),
     ("daily_usd", EntryField::Limit(LimitKind::BudgetDaily)),
     ("weekly_usd", EntryField::Limit(LimitKind::BudgetWeekly)),
@@ -172,6 +172,7 @@ const MASK_FIELDS: [(&str, EntryField); 18] = [
     ("expire_time", EntryField::ExpireTime),
     ("calendar", EntryField::Calendar),
     ("model_scopes", EntryField::ModelScopes),
+    ("alert_thresholds", EntryField::AlertThresholds),
 ];
 
 fn mask(raw: Option<prost_types::FieldMask>) -> Result<Vec<EntryField>, Status> {
@@ -296,6 +297,25 @@ fn spec(raw: &apb::SubjectLimits) -> Result<EntrySpec, Status> {
         spec.limits
             .set_calendar(Some(Arc::new(calendar(&f("calendar"), c)?)));
     }
+    if !raw.alert_thresholds.is_empty() {
+        let mut ppm = Vec::with_capacity(raw.alert_thresholds.len());
+        for (i, &t) in raw.alert_thresholds.iter().enumerate() {
+            if !t.is_finite() || t <= 0.0 || t > 1.0 {
+                return Err(invalid(
+                    &f(&format!("alert_thresholds[{i}]")),
+                    "must be a fraction greater than 0 and at most 1 (0.8 = 80 %)",
+                ));
+            }
+            ppm.push(((t * 1e6).round() as u32).max(1));
+        }
+        let t = limits_core::Thresholds::new(ppm).ok_or_else(|| {
+            invalid(
+                &f("alert_thresholds"),
+                format!("at most {} thresholds", limits_core::alerts::MAX_THRESHOLDS),
+            )
+        })?;
+        spec.limits.set_alert_thresholds(Some(t));
+    }
     if !raw.model_scopes.is_empty() {
         let mut scopes = Vec::with_capacity(raw.model_scopes.len());
         for (i, scope) in raw.model_scopes.iter().enumerate() {
@@ -328,6 +348,7 @@ fn scope_limits(at: &str, raw: &apb::ModelScope) -> Result<SubjectLimits, Status
         ("calendar", limits.calendar.is_some()),
         ("expire_time", limits.expire_time.is_some()),
         ("model_scopes", !limits.model_scopes.is_empty()),
+        ("alert_thresholds", !limits.alert_thresholds.is_empty()),
     ];
     if let Some((name, _)) = entry_only.iter().find(|(_, set)| *set) {
         return Err(invalid(
@@ -409,6 +430,10 @@ fn pb_entry(v: &EntryView) -> apb::SubjectLimits {
         update_time: Some(pb_timestamp(v.entry.update_time)),
         increases: v.increases.iter().map(pb_increase).collect(),
         calendar: l.calendar().map(|c| pb_calendar(c)),
+        alert_thresholds: l
+            .alert_thresholds()
+            .map(|t| t.as_slice().iter().map(|&p| f64::from(p) / 1e6).collect())
+            .unwrap_or_default(),
         model_scopes: l
             .scopes()
             .into_iter()
