@@ -723,3 +723,53 @@ limits:
         "states per master: {states:?}"
     );
 }
+
+/// Three replicas on one Redis, each with the same webhook: 100 reserved
+/// checks spread over them cross 50 % and 80 % of a shared budget, and the
+/// receiver gets each crossing exactly once, from whichever replica
+/// decided it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_deliver_each_crossing_once() {
+    let redis = RedisServer::start();
+    let (url, got) = receiver(vec![]).await;
+    let yaml = format!(
+        r#"
+limits:
+  budgets:
+    alert_thresholds: [0.5, 0.8]
+    by_api_key:
+      "alerted-key": {{ hourly: 50.00 }}
+  alerts:
+    webhooks:
+      - url: {url}
+        secret: {SECRET}
+  storage:
+    backend: redis
+    redis:
+      url: {redis}
+      key_prefix: e2e-alerts
+      command_timeout: 2s
+"#,
+        redis = redis.url()
+    );
+    let replicas: Vec<Limitsd> = (0..3).map(|_| Limitsd::start(&yaml)).collect();
+    let allowed = burst(&replicas, 100, "alerted-key", 0.5, true).await;
+    assert_eq!(allowed, 100, "$50 of $50");
+    let posts = wait_for(&got, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts_now = got.lock().len();
+    assert_eq!(
+        posts_now, 2,
+        "one POST per crossing for the fleet: {posts:?}"
+    );
+    let mut thresholds: Vec<f64> = posts
+        .iter()
+        .map(|p| {
+            verify(p);
+            let e: serde_json::Value = serde_json::from_str(&p.body).unwrap();
+            e["threshold"].as_f64().unwrap()
+        })
+        .collect();
+    thresholds.sort_by(f64::total_cmp);
+    assert_eq!(thresholds, [0.5, 0.8]);
+}

@@ -350,3 +350,99 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// A webhook receiver, for alert delivery.
+// ---------------------------------------------------------------------------
+
+/// What a local webhook receiver got: each request's headers and body.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// A real HTTP receiver on 127.0.0.1: answers each POST with the next
+/// status of `answers` (then 200) and keeps what it got.
+pub async fn receiver(
+    answers: Vec<u16>,
+) -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Received>>>) {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<Received>::new()));
+    let answers = std::sync::Arc::new(parking_lot::Mutex::new(answers.into_iter()));
+    let kept = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (got, answers) = (kept.clone(), answers.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (got, answers) = (got.clone(), answers.clone());
+                        async move {
+                            let headers = req.headers().clone();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            got.lock().push(Received {
+                                headers,
+                                body: String::from_utf8(body.to_vec()).unwrap(),
+                            });
+                            let status = answers.lock().next().unwrap_or(200);
+                            let mut answer = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"ok"),
+                            ));
+                            *answer.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
+/// Waits until `got` holds `n` requests, with a deadline.
+pub async fn wait_for(got: &parking_lot::Mutex<Vec<Received>>, n: usize) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = got.lock().clone();
+        if now.len() >= n {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} webhook requests within 15 s",
+            now.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub const SECRET: &str = "whsec-3c9f1e7a5b2d4c6e8a0b";
+
+/// Recomputes a request's signature with the secret, as a receiver does.
+pub fn verify(r: &Received) {
+    use hmac::Mac as _;
+    let header = r.headers["x-limits-signature"].to_str().unwrap();
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=...,v1=...");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", r.body).as_bytes());
+    mac.verify_slice(&hex::decode(v1).unwrap())
+        .expect("the signature verifies with the secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now.abs_diff(t.parse::<u64>().unwrap()) < 60,
+        "a fresh timestamp"
+    );
+}
