@@ -267,9 +267,7 @@ impl Bound {
         background.push(tokio::spawn(sync_loop(shared.clone())));
         // Alert webhooks, as configured at start-up.
         let alerts = shared.limiter.config().alerts.clone();
-        background.extend(crate::ops::webhooks::spawn(&alerts, || {
-            shared.limiter.alerts()
-        }));
+        background.extend(crate::ops::webhooks::spawn(&alerts, shared.clone()));
         if let Some(handle) = metrics {
             background.push(tokio::spawn(m::serve(metrics_listener, handle)));
         }

@@ -153,3 +153,70 @@ limits:
     );
     assert!(metrics.contains(r#"limits_alert_deliveries_total{result="retried"} 1"#));
 }
+
+/// On sled, an event not yet delivered survives `kill -9`: the receiver
+/// fails every attempt, limitsd is killed, and after the restart the event
+/// is delivered, with the same id, once.
+#[tokio::test]
+async fn the_sled_outbox_survives_kill_9() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let status = std::sync::Arc::new(AtomicU16::new(500));
+    let (url, got) = switchable_receiver(status.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+limits:
+  budgets:
+    alert_thresholds: [0.5]
+    by_team:
+      research: {{ daily: 10 }}
+  alerts:
+    max_attempts: 1000
+    webhooks:
+      - url: {url}
+        secret: {SECRET}
+  storage:
+    backend: sled
+    sled:
+      path: ./store
+"#
+        ),
+    )
+    .unwrap();
+    let mut d = Limitsd::start_in(dir.path(), &config);
+    d.client()
+        .await
+        .record_usage(record(vec![team("research")], 6.0))
+        .await
+        .unwrap();
+    let first = wait_for(&got, 1).await;
+    let id = first[0].headers["x-limits-event-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    d.signal("KILL");
+    let _ = d.wait_exit();
+
+    status.store(200, Ordering::SeqCst);
+    let seen = got.lock().len();
+    let d = Limitsd::start_in(dir.path(), &config);
+    let posts = wait_for(&got, seen + 1).await;
+    let delivered = posts.last().unwrap();
+    verify(delivered);
+    assert_eq!(delivered.headers["x-limits-event-id"].to_str().unwrap(), id);
+    // Delivered: out of the outbox, so nothing more, and a second restart
+    // delivers nothing again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got.lock().len(), seen + 1);
+    drop(d);
+    let _again = Limitsd::start_in(dir.path(), &config);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        got.lock().len(),
+        seen + 1,
+        "delivered events stay delivered"
+    );
+}

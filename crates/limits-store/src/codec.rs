@@ -71,6 +71,8 @@ pub(crate) const SECRET_KEY: &[u8] = b"m1/secret";
 pub(crate) const SECRET_FINGERPRINT_KEY: &[u8] = b"m1/secret-fp";
 pub(crate) const RECORD_PREFIX: &[u8] = b"r1/";
 pub(crate) const AUDIT_PREFIX: &[u8] = b"a1/";
+/// Alert events waiting for delivery, by their key.
+pub(crate) const OUTBOX_PREFIX: &[u8] = b"o1/";
 
 /// Why a key or value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -352,6 +354,17 @@ pub(crate) fn decode_lease(bytes: &[u8]) -> Result<(Box<[Subject]>, Nanos), Deco
 
 /// An id generator's persisted state: its prefix and a sequence number that
 /// no id handed out so far has reached.
+pub(crate) fn outbox_key(key: &str) -> Vec<u8> {
+    [OUTBOX_PREFIX, key.as_bytes()].concat()
+}
+
+pub(crate) fn decode_outbox_key(key: &[u8]) -> Result<String, DecodeError> {
+    let name = key
+        .strip_prefix(OUTBOX_PREFIX)
+        .ok_or(DecodeError::Invalid("not an outbox key"))?;
+    String::from_utf8(name.to_vec()).map_err(|_| DecodeError::Invalid("an outbox key is not UTF-8"))
+}
+
 pub(crate) fn record_key(key: &str) -> Vec<u8> {
     [RECORD_PREFIX, key.as_bytes()].concat()
 }

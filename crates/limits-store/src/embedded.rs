@@ -88,6 +88,8 @@ pub(crate) enum AdminWrite<'a> {
     Record(&'a str, Option<&'a [u8]>),
     /// An audit event now holds this (`None`: it was dropped).
     Audit(u64, Option<&'a [u8]>),
+    /// An outbox entry now holds this (`None`: it was delivered).
+    Outbox(&'a str, Option<&'a [u8]>),
 }
 
 /// How a backend makes changes outlive the process. Every hook runs in the
@@ -181,6 +183,8 @@ pub(crate) struct Admin {
     pub audit: VecDeque<AuditEntry>,
     /// The sequence number the next audit event gets.
     pub next_audit: u64,
+    /// Alert events waiting for delivery, by key.
+    pub outbox: BTreeMap<String, Vec<u8>>,
 }
 
 /// Where a lease's slots are, so ReleaseConcurrent needs only the lease id.
@@ -894,6 +898,44 @@ impl<J: Journal> Store for Embedded<J> {
             audit_seq: seq,
             version,
         })
+    }
+
+    async fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let admin = self.state.admin.lock();
+        Ok(admin
+            .outbox
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn outbox_write(&self, entries: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.journal.writable()?;
+        let wait = {
+            let mut admin = self.state.admin.lock();
+            let writes: Vec<AdminWrite<'_>> = entries
+                .iter()
+                .map(|(k, v)| AdminWrite::Outbox(k, v.as_deref()))
+                .collect();
+            let wait = self.journal.admin_write(&writes)?;
+            for (k, v) in entries {
+                match v {
+                    Some(v) => admin.outbox.insert(k.clone(), v.clone()),
+                    None => admin.outbox.remove(k),
+                };
+            }
+            wait
+        };
+        if wait {
+            // Memory is ahead of the disk until this flush: a failed flush
+            // is reported, and the next write (or recovery) writes memory
+            // out again.
+            self.journal.durable(false).await?;
+        }
+        Ok(())
     }
 
     async fn audit(

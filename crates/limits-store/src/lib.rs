@@ -353,6 +353,19 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
 
+    /// Alert events waiting for delivery (opaque values by key), in key
+    /// order. The sled store keeps them across restarts and `kill -9`, the
+    /// memory store while it runs; Redis keeps none (the replica whose
+    /// decision made an event delivers it).
+    fn outbox(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+
+    /// Keeps (`Some`) or forgets (`None`) outbox entries, all or nothing;
+    /// answered once durable where the store is durable.
+    fn outbox_write(
+        &self,
+        entries: &[(String, Option<Vec<u8>>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Whether the store can take writes now.
     fn health(&self) -> Health;
 }
@@ -420,4 +433,6 @@ forward! {
     records_version() -> u64;
     swap_record(swap: RecordSwap<'_>) -> Swapped;
     audit(before: Option<u64>, limit: usize) -> Vec<AuditEntry>;
+    outbox() -> Vec<(String, Vec<u8>)>;
+    outbox_write(entries: &[(String, Option<Vec<u8>>)]) -> ();
 }

@@ -1301,6 +1301,16 @@ impl Store for RedisStore {
             .collect()
     }
 
+    /// Redis keeps no outbox: the replica whose decision made an event
+    /// delivers it from its memory.
+    async fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn outbox_write(&self, _entries: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn health(&self) -> Health {
         // Whether Redis answers is seen call by call (UNAVAILABLE), and the
         // connection is re-made by itself: nothing to report here.

@@ -515,6 +515,10 @@ impl Embedded<SledJournal> {
                 let name = codec::decode_record_key(&key).map_err(decode_err)?;
                 let value = codec::decode_blob(&value).map_err(decode_err)?;
                 inner.admin().records.insert(name, value);
+            } else if key.starts_with(codec::OUTBOX_PREFIX) {
+                let name = codec::decode_outbox_key(&key).map_err(decode_err)?;
+                let value = codec::decode_blob(&value).map_err(decode_err)?;
+                inner.admin().outbox.insert(name, value);
             } else if key.starts_with(codec::AUDIT_PREFIX) {
                 let seq = codec::decode_audit_key(&key).map_err(decode_err)?;
                 let value = codec::decode_blob(&value).map_err(decode_err)?;
@@ -944,6 +948,22 @@ impl Shared {
                     }
                 }
             }
+            for (name, value) in &admin.outbox {
+                let key = codec::outbox_key(name);
+                let blob = codec::encode_blob(value);
+                if tree.get(&key)?.as_deref() != Some(blob.as_slice()) {
+                    tree.insert(key, blob)?;
+                }
+            }
+            for item in tree.scan_prefix(codec::OUTBOX_PREFIX) {
+                let (key, _) = item?;
+                match codec::decode_outbox_key(&key) {
+                    Ok(name) if admin.outbox.contains_key(&name) => {}
+                    _ => {
+                        tree.remove(&key)?;
+                    }
+                }
+            }
             let kept: std::collections::HashSet<u64> =
                 admin.audit.iter().map(|(seq, _)| *seq).collect();
             for (seq, value) in &admin.audit {
@@ -1122,6 +1142,9 @@ impl Journal for SledJournal {
                     codec::audit_key(seq).to_vec(),
                     value.map(codec::encode_blob),
                 ),
+                AdminWrite::Outbox(key, value) => {
+                    (codec::outbox_key(key), value.map(codec::encode_blob))
+                }
             })
             .collect::<Vec<_>>();
         let wait = !writes.is_empty();

@@ -46,6 +46,74 @@ pub struct AlertEvent {
     pub at: Nanos,
 }
 
+impl AlertEvent {
+    /// The event as the outbox keeps it (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::json!({
+            "id": self.id,
+            "dimension": self.dimension.as_str(),
+            "subject": self.subject,
+            "scope": self.scope.as_deref(),
+            "kind": self.kind.name(),
+            "calendar": self.calendar,
+            "threshold": self.threshold,
+            "used": self.used.0,
+            "limit": self.limit.0,
+            "at": self.at.0,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// An event the outbox kept; an error says what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> Result<AlertEvent, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("unreadable alert event: {e}"))?;
+        let text = |k: &str| {
+            v[k].as_str()
+                .ok_or_else(|| format!("alert event without {k}"))
+        };
+        let number = |k: &str| {
+            v[k].as_u64()
+                .ok_or_else(|| format!("alert event without {k}"))
+        };
+        let dimension = text("dimension")?;
+        let kind = text("kind")?;
+        Ok(AlertEvent {
+            id: text("id")?.to_owned(),
+            dimension: Dimension::ALL
+                .into_iter()
+                .find(|d| d.as_str() == dimension)
+                .ok_or_else(|| format!("unknown dimension {dimension:?}"))?,
+            subject: text("subject")?.to_owned(),
+            scope: v["scope"].as_str().map(Arc::from),
+            kind: LimitKind::LIMITS
+                .into_iter()
+                .find(|k| k.name() == kind && k.is_budget())
+                .ok_or_else(|| format!("unknown budget {kind:?}"))?,
+            calendar: v["calendar"].as_bool().unwrap_or(false),
+            threshold: v["threshold"]
+                .as_f64()
+                .ok_or("alert event without threshold")?,
+            used: NanoUsd(number("used")?),
+            limit: NanoUsd(number("limit")?),
+            at: Nanos(number("at")?),
+        })
+    }
+
+    /// The event's key in the outbox of the webhook at `url`: the
+    /// webhook's own prefix, then the time (so keys sort in order), then
+    /// the id.
+    pub fn outbox_key(&self, url: &str) -> String {
+        format!("{}/{:020}/{}", webhook_prefix(url), self.at.0, self.id)
+    }
+}
+
+/// The outbox prefix of a webhook's events: a digest of its URL.
+pub fn webhook_prefix(url: &str) -> String {
+    hex::encode(&blake3::hash(url.as_bytes()).as_bytes()[..8])
+}
+
 /// The events of an operation's crossings. `subject_of(i)` gives call
 /// subject `i` as the request named it, its limits and its scope.
 pub(crate) fn events<'a>(

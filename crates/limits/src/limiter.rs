@@ -338,7 +338,7 @@ impl<S: Store> Limiter<S> {
         self.alerts.subscribe()
     }
 
-    /// Makes the events of an operation's crossings and sends them.
+    /// Makes the events of an operation's crossings.
     fn publish(
         &self,
         config: &Config,
@@ -350,7 +350,7 @@ impl<S: Store> Limiter<S> {
         if crossings.is_empty() {
             return Vec::new();
         }
-        let events = crate::alerts::events(
+        crate::alerts::events(
             secret,
             crossings,
             |i| {
@@ -363,12 +363,60 @@ impl<S: Store> Limiter<S> {
                 Dimension::Team | Dimension::Org => !config.metrics.show_team_ids,
             },
             now,
-        );
-        for e in &events {
+        )
+    }
+
+    /// Keeps an operation's events in the outbox of every webhook (the
+    /// durable store keeps them across restarts until they are delivered),
+    /// then sends them to the subscribers. A failed outbox write is
+    /// logged: the events still go out from memory.
+    async fn send_alerts(&self, config: &Config, events: &[AlertEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let entries: Vec<(String, Option<Vec<u8>>)> = config
+            .alerts
+            .webhooks
+            .iter()
+            .flat_map(|w| {
+                events
+                    .iter()
+                    .map(|e| (e.outbox_key(&w.url), Some(e.encode())))
+            })
+            .collect();
+        if let Err(e) = self.store.outbox_write(&entries).await {
+            tracing::warn!(error = %e, "alert events could not be kept in the outbox; delivering from memory");
+        }
+        for e in events {
             // No subscriber is not an error: the events are also answered.
             let _ = self.alerts.send(Arc::new(e.clone()));
         }
-        events
+    }
+
+    /// The events waiting in the outbox of the webhook at `url`, oldest
+    /// first, with their keys. An entry that cannot be read is dropped
+    /// (and logged), never delivered half-read.
+    pub async fn outbox_pending(&self, url: &str) -> Result<Vec<(String, AlertEvent)>, Error> {
+        let prefix = format!("{}/", crate::alerts::webhook_prefix(url));
+        let mut out = Vec::new();
+        for (key, bytes) in self.store.outbox().await? {
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            match AlertEvent::decode(&bytes) {
+                Ok(event) => out.push((key, event)),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "an unreadable outbox entry is dropped");
+                    self.store.outbox_write(&[(key, None)]).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets an outbox entry: its event was delivered or given up.
+    pub async fn outbox_done(&self, key: &str) -> Result<(), Error> {
+        Ok(self.store.outbox_write(&[(key.to_owned(), None)]).await?)
     }
 
     /// Loads the admin API's records from the store if the store's copy
@@ -531,6 +579,7 @@ impl<S: Store> Limiter<S> {
         let scope = scoped.map_check(&mut outcome);
         let alerts = self.publish(config, &secret, &outcome.crossings, &scoped, now);
         drop(scoped);
+        self.send_alerts(config, &alerts).await;
         let headers = header_values(&outcome.statuses, outcome.retry_after(), now);
         let decision = match outcome.verdict {
             limits_core::Verdict::Allowed { reservation, .. } => Decision::Allow {
@@ -613,6 +662,7 @@ impl<S: Store> Limiter<S> {
         scoped.map_statuses(&mut outcome.statuses);
         let alerts = self.publish(config, &secret, &outcome.crossings, &scoped, now);
         drop(scoped);
+        self.send_alerts(config, &alerts).await;
         Ok(Recorded {
             outcome,
             cost,

@@ -650,6 +650,28 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
     }
 }
 
+impl<S: Store> crate::ops::webhooks::Source for Shared<S> {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<limits::alerts::AlertEvent>> {
+        self.limiter.alerts()
+    }
+
+    async fn pending(&self, url: &str) -> Vec<(String, limits::alerts::AlertEvent)> {
+        match self.limiter.outbox_pending(url).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(error = %e, "the alert outbox could not be read");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn done(&self, key: String) {
+        if let Err(e) = self.limiter.outbox_done(&key).await {
+            tracing::warn!(error = %e, "an alert could not be taken out of the outbox");
+        }
+    }
+}
+
 /// An alert event as the API gives it.
 pub fn pb_alert(e: &limits::alerts::AlertEvent) -> pb::AlertEvent {
     pb::AlertEvent {

@@ -2,18 +2,22 @@
 //! event the limiter publishes is POSTed to each webhook, in order, signed,
 //! and retried with backoff until a 2xx answer or `max_attempts`.
 //!
-//! Each webhook has its own task and its own outbox of at most
+//! Each webhook has its own task and its own queue of at most
 //! `max_pending` events, fed from the limiter's alert channel: a slow or
-//! dead receiver fills its outbox (the oldest event is dropped, and
-//! counted), never the check path, which only sends on a channel.
-//! Delivery is at least once: a receiver that answered but whose answer
-//! was lost gets the event again, with the same `X-Limits-Event-Id`.
+//! dead receiver fills its queue (the oldest event is dropped, and
+//! counted), never the check path, which only sends on a channel. The
+//! limiter also keeps each event in the store's outbox, per webhook, until
+//! the task says it is done with it: on the sled store an event not yet
+//! delivered when limitsd stops (or is killed) is delivered after the
+//! restart. Delivery is at least once: a receiver that answered but whose
+//! answer was lost gets the event again, with the same `X-Limits-Event-Id`.
 //!
 //! The signature is Stripe's and GitHub's scheme: `X-Limits-Signature:
 //! t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, keyed with the
 //! webhook's secret; a receiver recomputes it and rejects a stale `t`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,11 +39,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long one POST may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the delivery tasks get events from: the limiter's alert channel,
+/// and the store's outbox of what a webhook has not been given yet.
+pub trait Source: Send + Sync + 'static {
+    /// Every event from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<AlertEvent>>;
+    /// The events waiting for the webhook at `url`, oldest first, by key.
+    fn pending(&self, url: &str) -> impl Future<Output = Vec<(String, AlertEvent)>> + Send;
+    /// The webhook is done with the event at `key` (delivered or given up).
+    fn done(&self, key: String) -> impl Future<Output = ()> + Send;
+}
+
 /// Starts one delivery task per webhook; they run until the channel
 /// closes (the limiter is dropped) or the task is aborted.
-pub fn spawn(
+pub fn spawn<S: Source>(
     settings: &AlertsSettings,
-    subscribe: impl Fn() -> tokio::sync::broadcast::Receiver<Arc<AlertEvent>>,
+    source: Arc<S>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     if settings.webhooks.is_empty() {
         return Vec::new();
@@ -61,8 +76,10 @@ pub fn spawn(
             let outbox = Outbox {
                 webhook: w.clone(),
                 client: client.clone(),
-                events: subscribe(),
+                events: source.subscribe(),
+                source: source.clone(),
                 pending: VecDeque::new(),
+                restored: HashSet::new(),
                 max_pending: settings.max_pending,
                 max_attempts: settings.max_attempts,
             };
@@ -71,22 +88,33 @@ pub fn spawn(
         .collect()
 }
 
-struct Outbox {
+struct Outbox<S> {
     webhook: Webhook,
     client: reqwest::Client,
     events: tokio::sync::broadcast::Receiver<Arc<AlertEvent>>,
-    pending: VecDeque<Arc<AlertEvent>>,
+    source: Arc<S>,
+    /// Events to deliver, oldest first, with their outbox keys.
+    pending: VecDeque<(String, Arc<AlertEvent>)>,
+    /// Keys loaded from the outbox at start-up, so that an event also
+    /// received from the channel is not delivered twice.
+    restored: HashSet<String>,
     max_pending: usize,
     max_attempts: u32,
 }
 
-impl Outbox {
+impl<S: Source> Outbox<S> {
     async fn run(mut self) {
+        // Subscribed first, then what the outbox kept: nothing falls in
+        // between.
+        for (key, event) in self.source.pending(&self.webhook.url).await {
+            self.restored.insert(key.clone());
+            self.push(key, Arc::new(event)).await;
+        }
         loop {
             if self.pending.is_empty() && !self.receive().await {
                 return;
             }
-            let Some(event) = self.pending.front().cloned() else {
+            let Some((key, event)) = self.pending.front().cloned() else {
                 continue;
             };
             let body = body(&event, self.webhook.slack);
@@ -122,23 +150,39 @@ impl Outbox {
                 }
             }
             // The event delivered (or given up) is the front one, unless
-            // the outbox overflowed meanwhile and dropped it.
-            if self.pending.front().is_some_and(|e| Arc::ptr_eq(e, &event)) {
+            // the queue overflowed meanwhile and dropped it.
+            if self
+                .pending
+                .front()
+                .is_some_and(|(_, e)| Arc::ptr_eq(e, &event))
+            {
                 self.pending.pop_front();
+                self.restored.remove(&key);
+                self.source.done(key).await;
             }
         }
     }
 
-    /// Waits for the next event into the outbox (dropping the oldest when
-    /// full); false once the channel is closed.
+    /// Queues an event, dropping the oldest when the queue is full.
+    async fn push(&mut self, key: String, event: Arc<AlertEvent>) {
+        if self.pending.len() >= self.max_pending
+            && let Some((dropped, _)) = self.pending.pop_front()
+        {
+            counter!(DELIVERIES, "result" => "dropped").increment(1);
+            self.source.done(dropped).await;
+        }
+        self.pending.push_back((key, event));
+    }
+
+    /// Waits for the next event into the queue; false once the channel is
+    /// closed.
     async fn receive(&mut self) -> bool {
         match self.events.recv().await {
             Ok(event) => {
-                if self.pending.len() >= self.max_pending {
-                    self.pending.pop_front();
-                    counter!(DELIVERIES, "result" => "dropped").increment(1);
+                let key = event.outbox_key(&self.webhook.url);
+                if !self.restored.contains(&key) {
+                    self.push(key, event).await;
                 }
-                self.pending.push_back(event);
                 true
             }
             Err(RecvError::Lagged(missed)) => {

@@ -367,11 +367,26 @@ pub struct Received {
 pub async fn receiver(
     answers: Vec<u16>,
 ) -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Received>>>) {
+    let answers = parking_lot::Mutex::new(answers.into_iter());
+    receiver_answering(move || answers.lock().next().unwrap_or(200)).await
+}
+
+/// A receiver whose answers the test switches: each POST is answered with
+/// the status `status` holds then.
+pub async fn switchable_receiver(
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Received>>>) {
+    receiver_answering(move || status.load(std::sync::atomic::Ordering::SeqCst)).await
+}
+
+async fn receiver_answering(
+    next: impl Fn() -> u16 + Send + Sync + 'static,
+) -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Received>>>) {
     use http_body_util::BodyExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let got = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<Received>::new()));
-    let answers = std::sync::Arc::new(parking_lot::Mutex::new(answers.into_iter()));
+    let answers = std::sync::Arc::new(next);
     let kept = got.clone();
     tokio::spawn(async move {
         loop {
@@ -388,7 +403,7 @@ pub async fn receiver(
                                 headers,
                                 body: String::from_utf8(body.to_vec()).unwrap(),
                             });
-                            let status = answers.lock().next().unwrap_or(200);
+                            let status = answers();
                             let mut answer = hyper::Response::new(http_body_util::Full::new(
                                 bytes::Bytes::from_static(b"ok"),
                             ));
