@@ -783,6 +783,12 @@ mod tests {
         async fn audit(&self, _: Option<u64>, _: usize) -> Result<Vec<AuditEntry>, StoreError> {
             Err(down())
         }
+        async fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            Err(down())
+        }
+        async fn outbox_write(&self, _: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+            Err(down())
+        }
         async fn secret(&self) -> Result<Arc<limits_store::Secret>, StoreError> {
             Err(down())
         }
