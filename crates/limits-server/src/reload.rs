@@ -61,6 +61,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin.sync_interval != new.admin.sync_interval {
         changed.push("limits.admin.sync_interval");
     }
+    if old.alerts != new.alerts {
+        changed.push("limits.alerts");
+    }
     changed
 }
 
@@ -82,6 +85,9 @@ pub fn reload(shared: &Shared<AnyStore>, path: &Path, overrides: &Overrides, why
                 logging: old.logging.clone(),
                 metrics: old.metrics.clone(),
                 secret: old.secret.clone(),
+                // The webhooks' delivery tasks run from start-up; events
+                // are kept for those webhooks only.
+                alerts: old.alerts.clone(),
                 admin: limits::config::AdminSettings {
                     sync_interval: old.admin.sync_interval,
                     ..new.admin

@@ -197,7 +197,7 @@ impl Default for Config {
 }
 
 /// Where alert events go (`limits.alerts`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertsSettings {
     /// The receivers every event is POSTed to.
     pub webhooks: Vec<Webhook>,
@@ -218,7 +218,7 @@ impl Default for AlertsSettings {
 }
 
 /// One receiver of alert events.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     /// Where events are POSTed (`http://` or `https://`).
     pub url: String,
