@@ -18,6 +18,25 @@ limits:
     backend: memory
 "#;
 
+/// `n` reserved checks of `cost` for `subject` at once; how many were
+/// allowed.
+async fn reserved_checks(d: &Limitsd, subject: pb::Subject, n: usize, cost: f64) -> usize {
+    let calls = (0..n).map(|_| {
+        let mut req = check(vec![subject.clone()], cost);
+        req.reserve = true;
+        async move {
+            d.client()
+                .await
+                .check_limits(req)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    answers.iter().filter(|a| a.allowed).count()
+}
+
 #[tokio::test]
 async fn watch_alerts_streams_each_crossing_once_under_concurrency() {
     let d = Limitsd::start(CONFIG);
@@ -30,21 +49,7 @@ async fn watch_alerts_streams_each_crossing_once_under_concurrency() {
         .into_inner();
     // 200 reserved checks of $0.50 at once: $100 in all, every one fits,
     // and the budget passes 50 %, 80 % and 95 % on the way.
-    let calls = (0..200).map(|_| {
-        let d = &d;
-        async move {
-            let mut req = check(vec![key("sk-watched")], 0.5);
-            req.reserve = true;
-            d.client()
-                .await
-                .check_limits(req)
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    });
-    let answers = futures_util::future::join_all(calls).await;
-    assert!(answers.iter().all(|a| a.allowed));
+    assert_eq!(reserved_checks(&d, key("sk-watched"), 200, 0.5).await, 200);
 
     let mut events = Vec::new();
     while events.len() < 3 {
@@ -99,21 +104,7 @@ limits:
     backend: memory
 "#
     ));
-    let calls = (0..200).map(|_| {
-        let d = &d;
-        async move {
-            let mut req = check(vec![team("research")], 0.4);
-            req.reserve = true;
-            d.client()
-                .await
-                .check_limits(req)
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    });
-    let answers = futures_util::future::join_all(calls).await;
-    assert_eq!(answers.iter().filter(|a| a.allowed).count(), 200);
+    assert_eq!(reserved_checks(&d, team("research"), 200, 0.4).await, 200);
 
     // The first POST is answered 500, the retry 200: two requests, one id.
     let posts = wait_for(&got, 2).await;

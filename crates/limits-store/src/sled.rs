@@ -932,38 +932,20 @@ impl Shared {
         // Admin data, with the admin lock held, as every admin write.
         {
             let admin = inner.admin();
-            for (name, value) in &admin.records {
-                let key = codec::record_key(name);
-                let blob = codec::encode_blob(value);
-                if tree.get(&key)?.as_deref() != Some(blob.as_slice()) {
-                    tree.insert(key, blob)?;
-                }
-            }
-            for item in tree.scan_prefix(codec::RECORD_PREFIX) {
-                let (key, _) = item?;
-                match codec::decode_record_key(&key) {
-                    Ok(name) if admin.records.contains_key(&name) => {}
-                    _ => {
-                        tree.remove(&key)?;
-                    }
-                }
-            }
-            for (name, value) in &admin.outbox {
-                let key = codec::outbox_key(name);
-                let blob = codec::encode_blob(value);
-                if tree.get(&key)?.as_deref() != Some(blob.as_slice()) {
-                    tree.insert(key, blob)?;
-                }
-            }
-            for item in tree.scan_prefix(codec::OUTBOX_PREFIX) {
-                let (key, _) = item?;
-                match codec::decode_outbox_key(&key) {
-                    Ok(name) if admin.outbox.contains_key(&name) => {}
-                    _ => {
-                        tree.remove(&key)?;
-                    }
-                }
-            }
+            write_out(
+                tree,
+                &admin.records,
+                codec::RECORD_PREFIX,
+                codec::record_key,
+                codec::decode_record_key,
+            )?;
+            write_out(
+                tree,
+                &admin.outbox,
+                codec::OUTBOX_PREFIX,
+                codec::outbox_key,
+                codec::decode_outbox_key,
+            )?;
             let kept: std::collections::HashSet<u64> =
                 admin.audit.iter().map(|(seq, _)| *seq).collect();
             for (seq, value) in &admin.audit {
@@ -1155,6 +1137,34 @@ impl Journal for SledJournal {
     fn health(&self) -> Health {
         self.shared.group.health()
     }
+}
+
+/// Makes the keys of `prefix` on disk hold exactly `map` (records, the
+/// outbox): what differs is written, what memory no longer has removed.
+fn write_out(
+    tree: &::sled::Tree,
+    map: &std::collections::BTreeMap<String, Vec<u8>>,
+    prefix: &[u8],
+    key_of: fn(&str) -> Vec<u8>,
+    name_of: fn(&[u8]) -> Result<String, codec::DecodeError>,
+) -> Result<(), ::sled::Error> {
+    for (name, value) in map {
+        let key = key_of(name);
+        let blob = codec::encode_blob(value);
+        if tree.get(&key)?.as_deref() != Some(blob.as_slice()) {
+            tree.insert(key, blob)?;
+        }
+    }
+    for item in tree.scan_prefix(prefix) {
+        let (key, _) = item?;
+        match name_of(&key) {
+            Ok(name) if map.contains_key(&name) => {}
+            _ => {
+                tree.remove(&key)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A writer waiting for the flush that covers its write; `urgent` ones
