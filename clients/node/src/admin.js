@@ -30,13 +30,15 @@ const KINDS = {
 const USD = new Set(['hourlyUsd', 'dailyUsd', 'weeklyUsd', 'monthlyUsd']);
 const KIND_OF = Object.fromEntries(Object.entries(KINDS).map(([name, [, kind]]) => [kind, name]));
 // Every field of an entry a request may set: the limits, an alias, an
-// expiry, the calendar its budgets reset on, its model scopes.
+// expiry, the calendar its budgets reset on, its model scopes, its alert
+// thresholds.
 const FIELDS = {
   ...Object.fromEntries(Object.entries(KINDS).map(([name, [field]]) => [name, field])),
   alias: 'alias',
   expireTime: 'expire_time',
   calendar: 'calendar',
   modelScopes: 'model_scopes',
+  alertThresholds: 'alert_thresholds',
 };
 // The limits a model scope may hold: the budgets and the request and token
 // rates (not maxConcurrent, which belongs to the entry).
@@ -108,6 +110,12 @@ function entryMessage(subject, fields) {
     } else if (k === 'modelScopes') {
       if (!Array.isArray(v)) throw new TypeError("limitsd: modelScopes: expected a list of { model: 'gpt-4*', dailyUsd: ... }");
       msg.model_scopes = v.map(scopeMessage);
+    } else if (k === 'alertThresholds') {
+      if (!Array.isArray(v)) throw new TypeError('limitsd: alertThresholds: expected a list of fractions such as [0.5, 0.8]');
+      v.forEach((t, i) => {
+        if (typeof t !== 'number') throw new TypeError(`limitsd: alertThresholds[${i}]: expected a fraction of the budget as a number`);
+      });
+      msg.alert_thresholds = v;
     } else if (USD.has(k)) {
       if (typeof v !== 'number') throw new TypeError(`limitsd: ${k}: expected US dollars as a number`);
       msg[FIELDS[k]] = v;
@@ -168,6 +176,8 @@ function subjectLimitsOf(m) {
       : null,
     // Most specific first, as limitsd answers them.
     modelScopes: m.model_scopes.map(scopeOf),
+    // Ascending; empty when the config's apply.
+    alertThresholds: [...m.alert_thresholds],
   });
 }
 

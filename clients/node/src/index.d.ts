@@ -9,10 +9,17 @@ export { grpc };
 
 export type Dimension = 'DIMENSION_API_KEY' | 'DIMENSION_USER' | 'DIMENSION_TEAM' | 'DIMENSION_ORG';
 export type Action = 'ACTION_ALLOW' | 'ACTION_BLOCK' | 'ACTION_QUEUE' | 'ACTION_DOWNGRADE' | 'ACTION_ALERT';
+/** A budget, as an alert event names it. */
+export type BudgetKind =
+  | 'LIMIT_KIND_BUDGET_HOURLY' | 'LIMIT_KIND_BUDGET_DAILY' | 'LIMIT_KIND_BUDGET_WEEKLY' | 'LIMIT_KIND_BUDGET_MONTHLY';
 export type LimitKind =
-  | 'LIMIT_KIND_BUDGET_HOURLY' | 'LIMIT_KIND_BUDGET_DAILY' | 'LIMIT_KIND_BUDGET_MONTHLY'
+  | BudgetKind
   | 'LIMIT_KIND_REQUESTS_PER_SECOND' | 'LIMIT_KIND_REQUESTS_PER_MINUTE' | 'LIMIT_KIND_REQUESTS_PER_HOUR'
-  | 'LIMIT_KIND_TOKENS_PER_MINUTE' | 'LIMIT_KIND_TOKENS_PER_HOUR' | 'LIMIT_KIND_MAX_CONCURRENT';
+  | 'LIMIT_KIND_TOKENS_PER_MINUTE' | 'LIMIT_KIND_TOKENS_PER_HOUR'
+  | 'LIMIT_KIND_INPUT_TOKENS_PER_MINUTE' | 'LIMIT_KIND_INPUT_TOKENS_PER_HOUR'
+  | 'LIMIT_KIND_OUTPUT_TOKENS_PER_MINUTE' | 'LIMIT_KIND_OUTPUT_TOKENS_PER_HOUR'
+  | 'LIMIT_KIND_MAX_CONCURRENT';
+export type BudgetPeriod = 'BUDGET_PERIOD_UNSPECIFIED' | 'BUDGET_PERIOD_ROLLING' | 'BUDGET_PERIOD_CALENDAR';
 
 export interface Subject { dimension: Dimension; id: string }
 export interface Duration { seconds: number | string; nanos: number }
@@ -33,6 +40,8 @@ export interface LimitStatus {
   raised: number;
   /** The pattern of the subject's model scope the limit belongs to ('gpt-4*'); '' for the subject's own limits. */
   model_scope: string;
+  /** For a budget, whether it rolls or follows a calendar; BUDGET_PERIOD_UNSPECIFIED otherwise. */
+  period: BudgetPeriod;
 }
 
 export type LimitSource =
@@ -91,6 +100,35 @@ export interface GetUsageResponse {
   statuses: LimitStatus[];
   reservations: { reservation_id: string; held_cost_usd: number; held_tokens: number; expires_at: Timestamp | null }[];
   leases: { lease_id: string; expires_at: Timestamp | null }[];
+}
+
+/** A budget window's crossing of one of its alert thresholds (WatchAlerts). */
+export interface AlertEvent {
+  /** Unique to the crossing, the same on every replica and delivery: drop an id already seen. */
+  id: string;
+  dimension: Dimension;
+  /** Its alias, an API key's keyed-hash prefix (never the key), or a user's, team's or org's id. */
+  subject: string;
+  /** The model scope whose budget crossed; '' for the subject's own. */
+  model_scope: string;
+  kind: BudgetKind;
+  period: BudgetPeriod;
+  /** The threshold crossed, a fraction of the budget: 0.8 is 80 %. */
+  threshold: number;
+  /** USD spent or held in the window after the request that crossed. */
+  used_usd: number;
+  limit_usd: number;
+  /** When it was crossed. */
+  time: Timestamp | null;
+}
+
+/**
+ * An open WatchAlerts stream: `for await (const e of watch)` gets each event
+ * from the moment it opened. Leaving the loop, or close(), ends it; a stream
+ * that breaks throws a LimitsError.
+ */
+export interface AlertWatch extends AsyncIterableIterator<AlertEvent> {
+  close(): void;
 }
 
 export interface RetryPolicy {
@@ -204,6 +242,8 @@ export class LimitsClient {
   acquire(opts: { subjects: Subject[]; ttl?: number; timeoutMs?: number }): Promise<AcquireConcurrentResponse>;
   release(leaseId: string, opts?: { timeoutMs?: number }): Promise<ReleaseConcurrentResponse>;
   usage(subject: Subject, opts?: { timeoutMs?: number }): Promise<GetUsageResponse>;
+  /** Resolves once limitsd has opened the stream; `timeoutMs` bounds only that. */
+  watchAlerts(opts?: { timeoutMs?: number }): Promise<AlertWatch>;
   guard<T>(opts: GuardOptions, fn: (g: Guard) => Promise<T> | T): Promise<T>;
 }
 
@@ -314,6 +354,13 @@ export interface LimitFields {
    * or [] removes every scope.
    */
   modelScopes?: ModelScopeFields[] | null;
+  /**
+   * The entry's own alert thresholds, fractions of each budget in (0, 1]
+   * ([0.5, 0.8, 0.95]; at most 8), in place of the config's
+   * `limits.budgets.alert_thresholds`; its model scopes use them too. An
+   * update replaces the list; null or [] goes back to the config's.
+   */
+  alertThresholds?: number[] | null;
 }
 
 export interface BudgetIncrease {
@@ -354,6 +401,8 @@ export interface SubjectLimits {
   calendar: Required<BudgetCalendar> | null;
   /** Limits for some models only, most specific first. */
   modelScopes: ModelScope[];
+  /** The entry's own alert thresholds, ascending; [] when the config's apply. */
+  alertThresholds: number[];
 }
 
 /** One limit of a subject after an adjustment or a reset (an API key named by its hash). */

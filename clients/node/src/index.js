@@ -1,9 +1,10 @@
 'use strict';
 // The limitsd client for Node.js: LimitsService over @grpc/grpc-js, loaded
-// from the API's proto at run time, and a guard that runs one model call
-// inside the gateway's call sequence (slot, reserved check, settlement,
-// release); the admin API's client is in admin.js, the channel and calls
-// both share in core.js. Types: index.d.ts beside this file.
+// from the API's proto at run time, a guard that runs one model call inside
+// the gateway's call sequence (slot, reserved check, settlement, release),
+// and the stream of budget alert events (AlertWatch); the admin API's client
+// is in admin.js, the channel and calls both share in core.js. Types:
+// index.d.ts beside this file.
 
 const {
   grpc, LimitsService, LimitsError, BaseClient, CHECK_RETRY, SETTLE_RETRY, NO_RETRY,
@@ -43,6 +44,103 @@ class LimitExceeded extends Error {
 
   static fromAcquire(a) {
     return new LimitExceeded(a.reason, seconds(a.retry_after), {}, { acquire: a });
+  }
+}
+
+/**
+ * An open WatchAlerts stream: an async iterator of the alert events (the
+ * messages' `event`, keepCase) from the moment it opened, until close(). A
+ * stream that breaks makes the iteration throw a LimitsError, once.
+ */
+class AlertWatch {
+  constructor(call) {
+    this._call = call;
+    this._queue = []; // events not yet asked for
+    this._waiting = []; // next() calls waiting for an event: { resolve, reject }
+    this._failure = null; // an error not yet thrown
+    this._done = false;
+    this._closed = false;
+    this._onEnd = null;
+    call.on('data', (m) => {
+      if (this._done || !m.event) return;
+      const w = this._waiting.shift();
+      if (w) w.resolve({ value: m.event, done: false });
+      else this._queue.push(m.event);
+    });
+    // A cancellation asked for by close() is the end, not an error.
+    call.on('error', (err) => this._end(this._closed && err.code === grpc.status.CANCELLED
+      ? null : LimitsError.fromServiceError(err, 1)));
+    call.on('end', () => this._end(null));
+  }
+
+  /** Starts the call; resolves once limitsd has opened the stream (sent its headers). */
+  static open(client, timeoutMs) {
+    const call = client.client.WatchAlerts({}, client._metadata(), {});
+    const watch = new AlertWatch(call);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        watch._onEnd = null;
+        reject(new LimitsError(grpc.status.DEADLINE_EXCEEDED,
+          `the alert stream did not open within ${timeoutMs} ms`, null, 1));
+        watch.close();
+      }, timeoutMs);
+      call.once('metadata', () => {
+        clearTimeout(timer);
+        watch._onEnd = null;
+        resolve(watch);
+      });
+      // Refused (UNAUTHENTICATED, UNAVAILABLE, ...) before it opened.
+      watch._onEnd = (err) => {
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve(watch);
+      };
+    });
+  }
+
+  _end(err) {
+    if (this._done) return;
+    this._done = true;
+    if (this._onEnd) this._onEnd(err);
+    else if (err) this._failure = err;
+    for (const w of this._waiting.splice(0)) {
+      if (this._failure) {
+        w.reject(this._failure);
+        this._failure = null;
+      } else {
+        w.resolve({ value: undefined, done: true });
+      }
+    }
+  }
+
+  next() {
+    if (this._queue.length) return Promise.resolve({ value: this._queue.shift(), done: false });
+    if (this._failure) {
+      const err = this._failure;
+      this._failure = null;
+      return Promise.reject(err);
+    }
+    if (this._done) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => { this._waiting.push({ resolve, reject }); });
+  }
+
+  /** Called when a `for await` loop is left (break, return, throw): ends the stream. */
+  return() {
+    this.close();
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+
+  /** Ends the stream: events not yet read are dropped, and the iteration is over. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._queue = [];
+    this._call.cancel();
+    this._end(null);
   }
 }
 
@@ -103,6 +201,18 @@ class LimitsClient extends BaseClient {
   /** GetUsage: one subject's windows, open reservations and leases. */
   usage(subject, { timeoutMs } = {}) {
     return this._call('GetUsage', { subject }, timeoutMs, SETTLE_RETRY);
+  }
+
+  /**
+   * WatchAlerts: resolves, once limitsd has opened the stream, to an
+   * AlertWatch, an async iterator of every budget alert event from then on
+   * (each budget window's crossing of each of its alert thresholds, once).
+   * `timeoutMs` (default: the client's) bounds only the opening. Leave the
+   * `for await` loop, or call close(), to end it. A stream that breaks
+   * (limitsd restarting) throws a LimitsError and is not reopened by itself.
+   */
+  watchAlerts({ timeoutMs } = {}) {
+    return AlertWatch.open(this, timeoutMs || this.timeoutMs);
   }
 
   /**
@@ -195,6 +305,7 @@ class LimitsClient extends BaseClient {
 module.exports = {
   LimitsClient,
   AdminClient,
+  AlertWatch,
   LimitExceeded,
   LimitsError,
   apiKey,

@@ -6,6 +6,7 @@ small a scope, a stale etag, bad input) surfaced as ``LimitsError``."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -163,6 +164,79 @@ def test_a_runtime_entry_holds_model_scopes(start_secure: Start) -> None:
         with pytest.raises(TypeError, match="expected a list of ModelScope"):
             a.update_limits(subject, model_scopes=gpt4)  # type: ignore[arg-type]
         assert a.get_limits(subject).model_scopes == (), "the refused calls changed nothing"
+
+
+def test_an_entrys_own_alert_thresholds_and_their_crossings_watched(start_secure: Start) -> None:
+    s = start_secure(data_plane_auth=True)
+    subject = team("alerting-team")
+    with admin(s) as a, limits(s, token=DATA_TOKEN) as c:
+        entry = a.create_limits(subject, daily_usd=10.0, alert_thresholds=[0.9, 0.5], reason="warn early")
+        assert entry.alert_thresholds == (0.5, 0.9), "ascending"
+        assert a.get_limits(subject).alert_thresholds == (0.5, 0.9)
+        a.create_limits(KEY, daily_usd=1.0, alert_thresholds=[0.5], reason="a key's")
+
+        # The stream asks for the data plane's token, like every data-plane call.
+        with limits(s) as anonymous, pytest.raises(LimitsError) as info:
+            anonymous.watch_alerts()
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+        with c.watch_alerts() as alerts:
+            # A watchdog: if no event comes, the stream is closed and next() answers None.
+            watchdog = threading.Timer(15, alerts.close)
+            watchdog.start()
+            try:
+                c.record([subject], model="gpt-4", cost_usd=6.0)
+                first = next(alerts, None)
+                c.record([subject], model="gpt-4", cost_usd=3.5)
+                second = next(alerts, None)
+                c.record([KEY], model="gpt-4", cost_usd=0.6)
+                by_key = next(alerts, None)
+            finally:
+                watchdog.cancel()
+        assert first is not None and second is not None and by_key is not None, "an event within 15 s"
+        assert (first.threshold, first.used_usd, first.limit_usd) == (0.5, 6.0, 10.0)
+        assert (first.dimension, first.subject, first.model_scope) == (pb.DIMENSION_TEAM, "alerting-team", "")
+        assert (first.kind, first.period) == (pb.LIMIT_KIND_BUDGET_DAILY, pb.BUDGET_PERIOD_ROLLING)
+        assert len(first.id) == 32 and first.time.seconds > 0
+        assert (second.threshold, second.used_usd) == (0.9, 9.5)
+        assert second.id != first.id
+        assert (by_key.dimension, by_key.threshold) == (pb.DIMENSION_API_KEY, 0.5)
+        assert by_key.subject and KEY_ID not in str(by_key), "the key is never sent"
+        assert list(alerts) == [], "closed: the iteration is over"
+
+        # A bad fraction is refused naming the element; a wrong type, before calling.
+        with pytest.raises(LimitsError) as bad:
+            a.update_limits(subject, alert_thresholds=[0.5, 1.5], reason="typo")
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.field == "subject_limits.alert_thresholds[1]"
+        with pytest.raises(TypeError, match="expected a list of fractions"):
+            a.update_limits(subject, alert_thresholds=0.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"alert_thresholds\[0\]: expected a fraction"):
+            a.update_limits(subject, alert_thresholds=["0.5"])  # type: ignore[arg-type]
+        # An update replaces the list; other fields stay; None or [] goes back to the config's.
+        replaced = a.update_limits(subject, alert_thresholds=[0.75], reason="one threshold")
+        assert (replaced.alert_thresholds, replaced.daily_usd) == ((0.75,), 10.0)
+        cleared = a.update_limits(replaced, alert_thresholds=None, etag=replaced.etag, reason="the config's")
+        assert cleared.alert_thresholds == () and cleared.daily_usd == 10.0
+        a.update_limits(subject, alert_thresholds=[0.75])
+        assert a.update_limits(subject, alert_thresholds=[]).alert_thresholds == ()
+
+
+def test_the_asyncio_client_watches_alerts(start_secure: Start) -> None:
+    s = start_secure()
+    tls = TLS(ca_cert=s.ca.cert)
+    subject = team("async-alerting")
+    with admin(s) as a:
+        a.create_limits(subject, daily_usd=2.0, alert_thresholds=[0.25], reason="x")
+
+    async def main() -> pb.AlertEvent:
+        async with AsyncLimitsClient(s.target, tls=tls, options=OPTIONS, timeout=5) as c:
+            async with await c.watch_alerts() as alerts:
+                await c.record([subject], cost_usd=1.0)
+                return await asyncio.wait_for(alerts.__anext__(), 15)
+
+    event = asyncio.run(asyncio.wait_for(main(), 30))
+    assert (event.subject, event.threshold, event.used_usd, event.limit_usd) == ("async-alerting", 0.25, 1.0, 2.0)
 
 
 def test_the_asyncio_clients_credit_usage_back(start_secure: Start) -> None:

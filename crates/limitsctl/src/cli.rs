@@ -17,14 +17,17 @@ Examples:
   limitsctl limits set team=research --monthly 25000 --alias research
   limitsctl budget adjust api_key=sk-live-123 --usd -12.50 --reason \"refund of a failed batch\"
   limitsctl audit
+  limitsctl alerts watch
   limitsctl token new --name ops --scope write
 
 The admin commands (limits, budget, audit) need a token with the `read` scope
-to read and `write` to change; usage needs one only where limitsd asks for it
-(limits.security.data_plane_auth). See README, \"Securing limitsd\".";
+to read and `write` to change; usage, check and alerts watch need one only
+where limitsd asks for it (limits.security.data_plane_auth). See README,
+\"Securing limitsd\".";
 
 /// The operator's command line for limitsd: see a subject's usage, change
-/// its limits at runtime, adjust and raise budgets, read the audit trail.
+/// its limits at runtime, adjust and raise budgets, read the audit trail,
+/// watch budget alerts.
 #[derive(Parser)]
 #[command(name = "limitsctl", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -113,6 +116,10 @@ pub enum Command {
     /// List the admin changes made, newest first.
     #[command(after_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
+    /// Budget alerts: each budget window's crossing of each of its alert
+    /// thresholds, as it happens.
+    #[command(subcommand, after_help = ALERTS_EXAMPLES)]
+    Alerts(AlertsCommand),
     /// Make credentials for limitsd (locally; no server is called).
     #[command(subcommand, after_help = TOKEN_EXAMPLES)]
     Token(TokenCommand),
@@ -168,6 +175,7 @@ const LIMITS_EXAMPLES: &str = "\
 Examples:
   limitsctl limits set team=research --monthly 25000 --alias research
   limitsctl limits set team=research --model 'gpt-4*' --daily 50
+  limitsctl limits set team=research --alert-thresholds 0.5,0.8,0.95
   limitsctl limits get team=research
   limitsctl limits list --dimension api_key
   limitsctl limits delete team=research --reason \"back to the config\"";
@@ -237,6 +245,8 @@ Examples:
   limitsctl limits set api_key=sk-live-123 --daily 50 --rpm 600 --reason \"new customer\"
   limitsctl limits set user=alice --daily 5 --expires-in 7d --reason trial
   limitsctl limits set api_key_hash=3f2a9c0d1e4b5a6f7c8d9e0f1a2b3c4d --clear daily
+  limitsctl limits set team=research --alert-thresholds 50%,80%,95%
+  limitsctl limits set team=research --clear alert-thresholds
   limitsctl limits set team=research --model 'gpt-4*' --daily 50 --tpm 40000
   limitsctl limits set team=research --model 'gpt-4*' --clear tpm
   limitsctl limits set team=research --remove-model 'gpt-4*' --reason \"one budget again\"
@@ -244,6 +254,12 @@ Examples:
 The entry replaces the subject's config entry whole: a limit it does not set
 is no limit. Budgets are in USD. --etag makes the change only if nobody
 changed the entry since `limits get` showed that etag.
+
+--alert-thresholds gives the entry its own alert thresholds (fractions of
+each budget, 0.8 or 80%, at most 8), in place of the config's
+limits.budgets.alert_thresholds; its model scopes use them too. --clear
+alert-thresholds goes back to the config's. `limitsctl alerts watch` shows
+the crossings.
 
 With --model PATTERN (an exact model name, or a glob such as 'gpt-4*'), the
 budget and rate flags and --clear change that model scope's limits instead of
@@ -262,7 +278,7 @@ const LIMIT_FLAGS: [&str; 13] = [
 /// The fields of `limits set` that belong to the entry, not to a model
 /// scope (their argument ids): none may be given with --model or
 /// --remove-model.
-const ENTRY_FLAGS: [&str; 7] = [
+const ENTRY_FLAGS: [&str; 8] = [
     "calendar",
     "week_start",
     "month_anchor_day",
@@ -270,6 +286,7 @@ const ENTRY_FLAGS: [&str; 7] = [
     "alias",
     "expires",
     "expires_in",
+    "alert_thresholds",
 ];
 
 #[derive(Args)]
@@ -338,6 +355,17 @@ pub struct SetArgs {
     /// When the entry falls away by itself, from now (e.g. 7d, 12h).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub expires_in: Option<Duration>,
+    /// The entry's own alert thresholds, comma-separated fractions of each
+    /// budget (0.5,0.8,0.95 or 50%,80%,95%; at most 8), in place of the
+    /// config's; replaces the entry's list.
+    #[arg(
+        long,
+        value_name = "FRACTIONS",
+        value_delimiter = ',',
+        num_args = 1,
+        value_parser = parse_threshold
+    )]
+    pub alert_thresholds: Option<Vec<f64>>,
     /// Unset a field of the entry, or with --model a limit of the scope
     /// (repeatable).
     #[arg(long, value_name = "FIELD", value_enum)]
@@ -399,6 +427,8 @@ pub enum Field {
     #[value(alias = "expire_time", alias = "expires-in")]
     Expires,
     Calendar,
+    #[value(alias = "alert_thresholds")]
+    AlertThresholds,
 }
 
 impl Field {
@@ -422,6 +452,7 @@ impl Field {
             Field::Alias => "alias",
             Field::Expires => "expire_time",
             Field::Calendar => "calendar",
+            Field::AlertThresholds => "alert_thresholds",
         }
     }
 
@@ -430,7 +461,11 @@ impl Field {
     pub fn in_scope(self) -> bool {
         !matches!(
             self,
-            Field::MaxConcurrent | Field::Alias | Field::Expires | Field::Calendar
+            Field::MaxConcurrent
+                | Field::Alias
+                | Field::Expires
+                | Field::Calendar
+                | Field::AlertThresholds
         )
     }
 
@@ -582,6 +617,47 @@ pub struct AuditArgs {
     pub all: bool,
 }
 
+const ALERTS_EXAMPLES: &str = "\
+Examples:
+  limitsctl alerts watch
+  limitsctl alerts watch -o json | jq -c 'select(.threshold >= 0.8)'
+  limitsctl alerts watch --count 1";
+
+#[derive(Subcommand)]
+pub enum AlertsCommand {
+    /// Print each alert event as limitsd sends it (WatchAlerts), until
+    /// interrupted or --count events.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(WatchArgs),
+}
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  limitsctl alerts watch
+  limitsctl alerts watch -o json
+  limitsctl alerts watch --count 1 --token \"$GATEWAY_TOKEN\"
+
+One line per event, as it happens: a budget window of a subject that crossed
+one of its alert thresholds (the entry's own, else the config's
+limits.budgets.alert_thresholds), once per window and threshold. With
+-o json, one JSON object per line, shaped like the webhooks' body. The
+subject is its alias, an API key's keyed-hash prefix (never the key), or its
+id.
+
+The events are those of the replica reached, from the moment the stream
+opens (said on stderr); the webhooks get every event. --timeout bounds the
+connection and the stream's opening, never the wait for events; a stream
+that limitsd ends is an error (exit 1). Like usage and check,
+it needs a `data` token only where limitsd asks for one
+(limits.security.data_plane_auth).";
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Exit after N events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
 const TOKEN_EXAMPLES: &str = "\
 Examples:
   limitsctl token new --name ops --scope write
@@ -626,6 +702,22 @@ pub struct CompletionArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// An alert threshold: a fraction (`0.8`) or a percentage (`80%`).
+/// limitsd checks the range, naming the field.
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (number, scale) = match t.strip_suffix('%') {
+        Some(p) => (p.trim_end(), 100.0),
+        None => (t, 1.0),
+    };
+    match number.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v / scale),
+        _ => Err(format!(
+            "{s:?} is not a threshold: give fractions of the budget such as 0.5,0.8 or 50%,80%"
+        )),
+    }
+}
+
 /// An instant given as RFC 3339 in UTC (`2025-07-01T00:00:00Z`; the `Z`,
 /// the `T` and fractions are optional).
 fn parse_instant(s: &str) -> Result<SystemTime, String> {
@@ -642,5 +734,28 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reads_thresholds_as_fractions_or_percentages() {
+        assert_eq!(parse_threshold("0.8"), Ok(0.8));
+        assert_eq!(parse_threshold("95%"), Ok(0.95));
+        assert_eq!(parse_threshold(" 50 %"), Ok(0.5));
+        assert!(parse_threshold("").is_err());
+        assert!(parse_threshold("half").is_err());
+        assert!(parse_threshold("NaN").is_err());
+        let cli = Cli::try_parse_from([
+            "limitsctl",
+            "limits",
+            "set",
+            "team=t",
+            "--alert-thresholds",
+            "0.5,80%,0.95",
+        ])
+        .unwrap();
+        let Command::Limits(LimitsCommand::Set(args)) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.alert_thresholds, Some(vec![0.5, 0.8, 0.95]));
     }
 }

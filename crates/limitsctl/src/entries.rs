@@ -265,6 +265,7 @@ fn copy_field(from: &apb::SubjectLimits, to: &mut apb::SubjectLimits, f: Field) 
         Field::Alias => to.alias.clone_from(&from.alias),
         Field::Expires => to.expire_time = from.expire_time,
         Field::Calendar => to.calendar.clone_from(&from.calendar),
+        Field::AlertThresholds => to.alert_thresholds.clone_from(&from.alert_thresholds),
     }
 }
 
@@ -329,6 +330,7 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
         Field::Expires,
         args.expires.is_some() || args.expires_in.is_some(),
     );
+    put(Field::AlertThresholds, args.alert_thresholds.is_some());
     e.hourly_usd = args.hourly;
     e.daily_usd = args.daily;
     e.weekly_usd = args.weekly;
@@ -353,6 +355,7 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
         .expires
         .or_else(|| args.expires_in.map(|d| now + d))
         .map(prost_types::Timestamp::from);
+    e.alert_thresholds = args.alert_thresholds.clone().unwrap_or_default();
     if let Some(f) = args.clear.iter().find(|f| set.contains(f)) {
         return Err(Error::Usage(format!(
             "{} is both set and cleared",
@@ -387,8 +390,9 @@ fn update(args: &SetArgs, now: SystemTime) -> Result<(apb::SubjectLimits, Vec<Fi
         return Err(Error::Usage(
             "nothing to set: give at least one of --hourly, --daily, --weekly, --monthly, \
              --calendar, --rps, --rpm, --rph, --tpm, --tph, --itpm, --itph, --otpm, --otph, \
-             --max-concurrent, --alias, --expires, --expires-in or --clear; or --model \
-             PATTERN with limits for a model scope, or --remove-model PATTERN"
+             --max-concurrent, --alias, --expires, --expires-in, --alert-thresholds or \
+             --clear; or --model PATTERN with limits for a model scope, or --remove-model \
+             PATTERN"
                 .to_owned(),
         ));
     }
@@ -479,6 +483,16 @@ fn calendar_text(c: &apb::BudgetCalendar) -> String {
     )
 }
 
+/// An entry's own alert thresholds, as percentages: `50%, 80%, 95%`.
+fn thresholds_text(e: &apb::SubjectLimits) -> String {
+    let shown: Vec<String> = e
+        .alert_thresholds
+        .iter()
+        .map(|&t| render::percent(t))
+        .collect();
+    shown.join(", ")
+}
+
 fn expires_text(e: &apb::SubjectLimits, now: SystemTime) -> String {
     match &e.expire_time {
         None => "never".to_owned(),
@@ -521,6 +535,9 @@ fn one(e: &apb::SubjectLimits, output: Output) -> String {
     }
     if let Some(c) = &e.calendar {
         t.add_row(["calendar".to_owned(), calendar_text(c)]);
+    }
+    if !e.alert_thresholds.is_empty() {
+        t.add_row(["alert thresholds".to_owned(), thresholds_text(e)]);
     }
     t.add_row(["expires".to_owned(), expires_text(e, now)]);
     for i in &e.increases {
@@ -568,6 +585,8 @@ pub fn entry_json(e: &apb::SubjectLimits) -> Value {
             "week_start": c.week_start,
             "month_anchor_day": c.month_anchor_day,
         })),
+        // The entry's own thresholds, ascending; empty: the config's.
+        "alert_thresholds": e.alert_thresholds,
         "expire_time": render::when_json(e.expire_time.as_ref()),
         "etag": e.etag,
         "create_time": render::when_json(e.create_time.as_ref()),
@@ -663,6 +682,32 @@ mod tests {
         let args = set_args(&["limitsctl", "limits", "set", "user=a", "--clear", "daily"]);
         let (e, _) = update(&args, SystemTime::now()).unwrap();
         assert_eq!(e.daily_usd, None, "a cleared field is unset");
+        // The thresholds: a list set whole, or cleared (empty).
+        let args = set_args(&[
+            "limitsctl",
+            "limits",
+            "set",
+            "user=a",
+            "--alert-thresholds",
+            "0.5,0.8",
+        ]);
+        let (e, mask) = update(&args, SystemTime::now()).unwrap();
+        assert_eq!(mask, [Field::AlertThresholds]);
+        assert_eq!(e.alert_thresholds, [0.5, 0.8]);
+        let args = set_args(&[
+            "limitsctl",
+            "limits",
+            "set",
+            "user=a",
+            "--clear",
+            "alert_thresholds",
+        ]);
+        let (e, mask) = update(&args, SystemTime::now()).unwrap();
+        assert_eq!(
+            mask.iter().map(|f| f.mask()).collect::<Vec<_>>(),
+            ["alert_thresholds"]
+        );
+        assert!(e.alert_thresholds.is_empty());
     }
 
     /// The scopes after `limits set SUBJECT --model ... LINE`, from
@@ -757,6 +802,7 @@ mod tests {
             &["--max-concurrent", "2"],
             &["--calendar", "UTC"],
             &["--expires-in", "1d"],
+            &["--alert-thresholds", "0.5"],
         ] {
             let mut line = vec!["--model", "gpt-4*", "--daily", "1"];
             line.extend(entry_flag);
@@ -773,6 +819,7 @@ mod tests {
             &["--model", "m"],
             &["--clear", "daily"],
             &["--alias", "a"],
+            &["--alert-thresholds", "0.5"],
         ] {
             let mut line = vec!["--remove-model", "gpt-4*"];
             line.extend(other);

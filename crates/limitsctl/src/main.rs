@@ -2,13 +2,15 @@
 //!
 //! It speaks only gRPC to a running limitsd, with the stubs limits-server
 //! generates (`limits_server::pb`): the data plane's `GetUsage` for
-//! `usage`, and the admin API (`mercator.limits.admin.v1`) for `limits`,
+//! `usage`, `CheckLimits` for `check` and `WatchAlerts` for `alerts
+//! watch`, and the admin API (`mercator.limits.admin.v1`) for `limits`,
 //! `budget` and `audit`. `token new` and `completion` run locally.
 //!
 //! - [`cli`]: every command and option (clap derive), with examples;
 //! - [`connect`]: the address, TLS and the bearer token on every call;
 //! - [`usage`], [`entries`], [`budget`], [`audit`], [`token`]: the
-//!   commands, each turning an answer into a table or JSON;
+//!   commands, each turning an answer into a table or JSON; [`alerts`],
+//!   which prints each event of a stream as it arrives;
 //! - [`render`]: amounts, times and tables; [`kind`] and [`subject`]: the
 //!   names of limits and subjects on the command line;
 //! - [`error`]: failures, with the server's message and a hint per code.
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod audit;
 mod budget;
 mod check;
@@ -37,7 +40,7 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
-use crate::cli::{BudgetCommand, Cli, Command, LimitsCommand, TokenCommand};
+use crate::cli::{AlertsCommand, BudgetCommand, Cli, Command, LimitsCommand, TokenCommand};
 use crate::error::Error;
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ async fn run(cli: &Cli) -> Result<String, Error> {
         Command::Budget(BudgetCommand::Reset(args)) => budget::reset(g, args).await,
         Command::Budget(BudgetCommand::Raise(args)) => budget::raise(g, args).await,
         Command::Audit(args) => audit::run(g, args).await,
+        Command::Alerts(AlertsCommand::Watch(args)) => alerts::watch(g, args).await,
         Command::Token(TokenCommand::New(args)) => token::new(args, g.output),
         Command::Completion(args) => {
             let mut script = Vec::new();

@@ -60,6 +60,14 @@ pub fn amount_json(kind: Option<Kind>, v: f64) -> Value {
     }
 }
 
+/// A fraction as a percentage, with the precision it has (to 1/10000 of
+/// a percent): `80%`, `95%`, `33.3%`.
+pub fn percent(fraction: f64) -> String {
+    let text = format!("{:.4}", fraction * 100.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
 /// A count from the wire's double: whole, or (from a newer server, or a
 /// bad one) not.
 enum Count {
@@ -292,6 +300,16 @@ mod tests {
         assert_eq!(usd(25000.0), "$25000.00");
         // A double's error does not show up as a nano-dollar.
         assert_eq!(usd(0.1 + 0.2), "$0.30");
+    }
+
+    #[test]
+    fn shows_fractions_as_percentages() {
+        assert_eq!(percent(0.5), "50%");
+        // 0.95 * 100 is 94.99999999999999 in binary.
+        assert_eq!(percent(0.95), "95%");
+        assert_eq!(percent(0.333), "33.3%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(0.005), "0.5%");
     }
 
     #[test]

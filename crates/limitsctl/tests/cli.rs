@@ -633,6 +633,412 @@ fn budgets_on_a_calendar() {
     assert!(e.contains("subject_limits.calendar.time_zone"), "{e}");
 }
 
+/// `limits set --alert-thresholds` gives an entry its own thresholds,
+/// `limits get` shows them (as percentages, and as fractions in JSON),
+/// `--clear alert-thresholds` goes back to the config's; bad values are
+/// limitsd's refusals naming the element, and the flag is the entry's,
+/// not a model scope's.
+#[test]
+fn alert_thresholds_are_set_shown_and_cleared() {
+    let d = Limitsd::start(&config());
+    let ops = Some(OPS);
+    let team = "team=alerting";
+    // Given in any order, as fractions or percentages: answered ascending.
+    let set = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--daily",
+                "10",
+                "--alert-thresholds",
+                "0.95,0.5,80%",
+                "--reason",
+                "warn early",
+            ],
+        )
+        .ok();
+    assert!(
+        row(&set, "alert").trim_end().ends_with("50%, 80%, 95%"),
+        "{set}"
+    );
+    let got = d.ctl(Some(AUDITOR), &["limits", "get", team]).ok();
+    assert!(
+        row(&got, "alert").trim_end().ends_with("50%, 80%, 95%"),
+        "{got}"
+    );
+    let doc = d
+        .ctl(Some(AUDITOR), &["limits", "get", team, "-o", "json"])
+        .json();
+    assert_eq!(
+        doc["alert_thresholds"],
+        serde_json::json!([0.5, 0.8, 0.95]),
+        "{doc:#}"
+    );
+    // Another field changes alone; the thresholds stay.
+    let doc = d
+        .ctl(ops, &["limits", "set", team, "--rpm", "5", "-o", "json"])
+        .json();
+    assert_eq!(doc["alert_thresholds"], serde_json::json!([0.5, 0.8, 0.95]));
+    // A new list replaces the old one.
+    let doc = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--alert-thresholds",
+                "0.25",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(doc["alert_thresholds"], serde_json::json!([0.25]));
+
+    // limitsd refuses a fraction out of (0, 1], naming the element.
+    let err = d
+        .ctl(
+            ops,
+            &["limits", "set", team, "--alert-thresholds", "0.5,1.5"],
+        )
+        .fails(1);
+    assert!(err.contains("subject_limits.alert_thresholds[1]"), "{err}");
+    // limitsctl refuses what is not a number, and the flag with --model.
+    let err = d
+        .ctl(ops, &["limits", "set", team, "--alert-thresholds", "lots"])
+        .fails(2);
+    assert!(err.contains("is not a threshold"), "{err}");
+    let err = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--model",
+                "gpt-4*",
+                "--daily",
+                "1",
+                "--alert-thresholds",
+                "0.5",
+            ],
+        )
+        .fails(2);
+    assert!(err.contains("--alert-thresholds"), "{err}");
+    let err = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--model",
+                "gpt-4*",
+                "--clear",
+                "alert-thresholds",
+            ],
+        )
+        .fails(2);
+    assert!(err.contains("belongs to the entry"), "{err}");
+    let err = d
+        .ctl(
+            ops,
+            &[
+                "limits",
+                "set",
+                team,
+                "--alert-thresholds",
+                "0.5",
+                "--clear",
+                "alert_thresholds",
+            ],
+        )
+        .fails(2);
+    assert!(err.contains("both set and cleared"), "{err}");
+    let unchanged = d
+        .ctl(Some(AUDITOR), &["limits", "get", team, "-o", "json"])
+        .json();
+    assert_eq!(
+        unchanged["alert_thresholds"],
+        serde_json::json!([0.25]),
+        "the refused calls changed nothing"
+    );
+
+    // Cleared (by the flag's name or the field's): the config's apply, the
+    // row is gone, the list empty; the entry's limits stay.
+    for name in ["alert-thresholds", "alert_thresholds"] {
+        d.ctl(ops, &["limits", "set", team, "--alert-thresholds", "0.5"])
+            .ok();
+        let doc = d
+            .ctl(ops, &["limits", "set", team, "--clear", name, "-o", "json"])
+            .json();
+        assert_eq!(doc["alert_thresholds"], serde_json::json!([]), "{name}");
+        assert_eq!(doc["limits"]["daily"], 10.0);
+    }
+    let got = d.ctl(Some(AUDITOR), &["limits", "get", team]).ok();
+    assert!(!got.contains("alert thresholds"), "{got}");
+}
+
+/// The data token of `watch_config`'s limitsd.
+const GATEWAY: &str = "gateway-token-cli-0123456789";
+
+/// A limitsd whose data plane asks for a token: `sk-cli` has a daily $1,
+/// `ops` may change limits and `gateway` may use the data plane.
+fn watch_config() -> String {
+    format!(
+        r#"limits:
+  budgets:
+    by_api_key:
+      {KEY}: {{ daily: 1.00 }}
+  security:
+    data_plane_auth: true
+    tokens:
+      - {{ name: ops, sha256: "{ops}", scope: write }}
+      - {{ name: gateway, sha256: "{gateway}", scope: data }}
+"#,
+        ops = sha256(OPS),
+        gateway = sha256(GATEWAY),
+    )
+}
+
+/// How long a watcher may take to start, or to see an event and exit.
+const WATCH_DEADLINE: Duration = Duration::from_secs(20);
+
+/// `limitsctl alerts watch` running beside the test, killed on drop: its
+/// stdout and stderr are read line by line as they come.
+struct Watcher {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    /// The stderr lines read so far, for failure messages.
+    errors: Vec<String>,
+}
+
+/// Sends the lines of `pipe` to a channel, from a thread of their own.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Watcher {
+    /// Starts `limitsctl [args]` with the data token, and waits until it
+    /// says (on stderr) that the stream is open: limitsd has subscribed it,
+    /// so every event from then on reaches it.
+    fn start(d: &Limitsd, args: &[&str]) -> Watcher {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_limitsctl"));
+        for var in [
+            "LIMITSD_TOKEN",
+            "LIMITSD_CA_CERT",
+            "LIMITSD_CERT",
+            "LIMITSD_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd
+            .env("LIMITSD_ADDR", d.url())
+            .env("LIMITSD_TOKEN", GATEWAY)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn limitsctl alerts watch");
+        let stdout = lines_of(child.stdout.take().expect("stdout"));
+        let stderr = lines_of(child.stderr.take().expect("stderr"));
+        let mut w = Watcher {
+            child,
+            stdout,
+            stderr,
+            errors: Vec::new(),
+        };
+        let start = Instant::now();
+        loop {
+            let left = WATCH_DEADLINE.saturating_sub(start.elapsed());
+            match w.stderr.recv_timeout(left) {
+                Ok(line) if line.starts_with("limitsctl: watching alerts on ") => break,
+                Ok(line) => w.errors.push(line),
+                Err(e) => panic!(
+                    "the watcher did not open its stream ({e:?}; exit {:?}); stderr: {:?}",
+                    w.child.try_wait(),
+                    w.errors
+                ),
+            }
+        }
+        w
+    }
+
+    /// The next line printed on stdout, within the deadline.
+    fn line(&mut self) -> String {
+        self.stdout
+            .recv_timeout(WATCH_DEADLINE)
+            .unwrap_or_else(|e| {
+                let errors: Vec<String> = self.stderr.try_iter().collect();
+                panic!("no line from the watcher ({e:?}); stderr: {errors:?}")
+            })
+    }
+
+    /// Waits (within the deadline) for the watcher to exit by itself;
+    /// its exit code, and what else it printed on stdout.
+    fn exit(&mut self) -> (i32, Vec<String>) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for limitsctl") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < WATCH_DEADLINE,
+                "the watcher did not exit after its --count"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader threads end with the pipes: every line is in by then.
+        let rest = self.stdout.iter().collect();
+        self.errors.extend(self.stderr.iter());
+        (status.code().expect("exited by a signal"), rest)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records `cost` for `sk-cli` as a gateway does, with the data token.
+fn record_with_token(d: &Limitsd, cost: f64) -> pb::RecordUsageResponse {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(d.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to limitsd");
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {GATEWAY}").parse().unwrap();
+        let mut client =
+            LimitsServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            });
+        client
+            .record_usage(pb::RecordUsageRequest {
+                subjects: vec![key()],
+                cost_usd: Some(cost),
+                model: "gpt-4".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("RecordUsage")
+            .into_inner()
+    })
+}
+
+/// `alerts watch` prints each crossing as it happens, as JSON or as a
+/// line of a table, with the data plane's token; an API key is named by
+/// its hash prefix, never printed; the stream outlives --timeout; --count
+/// ends it.
+#[test]
+fn alerts_watch_prints_each_crossing_as_it_happens() {
+    let d = Limitsd::start(&watch_config());
+    let key = format!("api_key={KEY}");
+    let set = d
+        .ctl(
+            Some(OPS),
+            &[
+                "limits",
+                "set",
+                &key,
+                "--daily",
+                "1",
+                "--alert-thresholds",
+                "0.5,0.9",
+            ],
+        )
+        .ok();
+    assert!(row(&set, "alert").contains("50%, 90%"), "{set}");
+
+    // Without the data plane's token, refused with a hint, at once.
+    let err = d.ctl(None, &["alerts", "watch", "--count", "1"]).fails(1);
+    assert!(err.contains("hint: pass a token"), "{err}");
+
+    // JSON: $0.60 of the key's $1 crosses 50 %, once.
+    let mut json = Watcher::start(&d, &["alerts", "watch", "--count", "1", "-o", "json"]);
+    assert_eq!(record_with_token(&d, 0.6).cost_usd, 0.6);
+    let line = json.line();
+    let (code, rest) = json.exit();
+    assert_eq!((code, rest.len()), (0, 0), "one event, then exit 0");
+    let event: Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(event["type"], "budget.threshold_crossed");
+    assert_eq!(event["dimension"], "api_key");
+    assert_eq!(event["budget"], "daily");
+    assert_eq!(event["period"], "rolling");
+    assert_eq!(event["model_scope"], Value::Null);
+    assert_eq!(event["threshold"], 0.5);
+    assert_eq!(event["used_usd"], 0.6);
+    assert_eq!(event["limit_usd"], 1.0);
+    assert!(
+        event["id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{event}"
+    );
+    assert!(event["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let subject = event["subject"].as_str().expect("subject");
+    assert!(!subject.is_empty() && !line.contains(KEY), "{line}");
+
+    // A table, open longer than its --timeout (which bounds the connection
+    // and the stream's opening, not its events): $0.35 more crosses 90 %.
+    let mut table = Watcher::start(&d, &["--timeout", "2s", "alerts", "watch", "--count", "1"]);
+    let header: Vec<String> = table.line().split_whitespace().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "TIME",
+            "SUBJECT",
+            "MODEL",
+            "BUDGET",
+            "THRESHOLD",
+            "USED",
+            "LIMIT"
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(record_with_token(&d, 0.35).cost_usd, 0.35);
+    let line = table.line();
+    let (code, _) = table.exit();
+    assert_eq!(code, 0, "stderr: {:?}", table.errors);
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells[1..],
+        [
+            format!("api_key:{subject}").as_str(),
+            "-",
+            "daily",
+            "90%",
+            "$0.95",
+            "$1.00"
+        ],
+        "{line}"
+    );
+    assert!(cells[0].ends_with('Z') && !line.contains(KEY), "{line}");
+}
+
 #[test]
 fn runtime_limits_budgets_and_the_audit_trail() {
     let d = Limitsd::start(&config());
@@ -1245,6 +1651,8 @@ fn completion_and_help_for_every_command() {
         &["budget", "reset"],
         &["budget", "raise"],
         &["audit"],
+        &["alerts"],
+        &["alerts", "watch"],
         &["token"],
         &["token", "new"],
         &["completion"],

@@ -3,7 +3,7 @@
 ``LimitsClient`` (blocking) and ``AsyncLimitsClient`` (asyncio) speak
 ``mercator.limits.v1.LimitsService``; their ``guard`` runs one model call
 inside the gateway's call sequence (slot, reserved check, settlement,
-release). ``AdminClient`` and ``AsyncAdminClient`` speak the admin API
+release), and ``watch_alerts`` streams budget alert events. ``AdminClient`` and ``AsyncAdminClient`` speak the admin API
 (``mercator.limits.admin.v1.LimitsAdminService``: runtime limits, budget
 operations, the audit trail). ``TLS`` and ``token=`` reach a limitsd that
 serves TLS and asks for a credential. ``limitsd.pb`` holds the generated
@@ -39,8 +39,8 @@ from limitsd.admin import (
     SubjectLimits,
     api_key_hash,
 )
-from limitsd.aio import AsyncGuard, AsyncLimitsClient
-from limitsd.client import Guard, LimitsClient
+from limitsd.aio import AsyncAlertStream, AsyncGuard, AsyncLimitsClient
+from limitsd.client import AlertStream, Guard, LimitsClient
 
 __all__ = [
     "CHECK_RETRY",
@@ -48,7 +48,9 @@ __all__ = [
     "SETTLE_RETRY",
     "TLS",
     "AdminClient",
+    "AlertStream",
     "AsyncAdminClient",
+    "AsyncAlertStream",
     "AsyncGuard",
     "AsyncLimitsClient",
     "AuditEvent",

@@ -163,6 +163,11 @@ class Limits(TypedDict, total=False):
     #: (``[*entry.model_scopes, ModelScope(...)]``); None or ``[]`` removes
     #: them all.
     model_scopes: Sequence[ModelScope] | None
+    #: The entry's own alert thresholds, fractions of each budget in (0, 1]
+    #: (``[0.5, 0.8, 0.95]``; at most 8), in place of the config's
+    #: ``limits.budgets.alert_thresholds``; its model scopes use them too.
+    #: An update replaces the list; None or ``[]`` goes back to the config's.
+    alert_thresholds: Sequence[float] | None
 
 
 _USD_FIELDS = frozenset({"hourly_usd", "daily_usd", "weekly_usd", "monthly_usd"})
@@ -230,6 +235,9 @@ class SubjectLimits:
     #: Limits for some models only, most specific first (as limitsd
     #: answers them).
     model_scopes: tuple[ModelScope, ...] = ()
+    #: The entry's own alert thresholds, ascending; empty when the config's
+    #: apply.
+    alert_thresholds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -328,6 +336,8 @@ def _entry(subject: pb.Subject | None, fields: Mapping[str, Any]) -> apb.Subject
             if isinstance(value, (str, ModelScope)) or not isinstance(value, Iterable):
                 raise TypeError(f"model_scopes: expected a list of ModelScope(model, ...), got {value!r}")
             msg.model_scopes.extend(_model_scope_message(i, s) for i, s in enumerate(value))
+        elif name == "alert_thresholds":
+            msg.alert_thresholds.extend(_thresholds(value))
         elif name == "calendar":
             if not isinstance(value, Calendar):
                 raise TypeError(f"calendar: expected Calendar(time_zone=...), got {value!r}")
@@ -347,6 +357,19 @@ def _entry(subject: pb.Subject | None, fields: Mapping[str, Any]) -> apb.Subject
                 raise TypeError(f"{name}: expected a whole number, got {value!r}")
             setattr(msg, name, value)
     return msg
+
+
+def _thresholds(value: Any) -> list[float]:
+    """Alert thresholds as floats (limitsd checks their range, naming the
+    element)."""
+    if isinstance(value, (str, bytes, int, float)) or not isinstance(value, Iterable):
+        raise TypeError(f"alert_thresholds: expected a list of fractions such as [0.5, 0.8], got {value!r}")
+    out = []
+    for i, t in enumerate(value):
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"alert_thresholds[{i}]: expected a fraction of the budget as a float, got {t!r}")
+        out.append(float(t))
+    return out
 
 
 def _model_scope_message(i: int, scope: ModelScope) -> apb.ModelScope:
@@ -466,6 +489,7 @@ def _subject_limits(m: apb.SubjectLimits) -> SubjectLimits:
         increases=tuple(_increase(i) for i in m.increases),
         calendar=_calendar(m.calendar) if m.HasField("calendar") else None,
         model_scopes=tuple(_model_scope(s) for s in m.model_scopes),
+        alert_thresholds=tuple(m.alert_thresholds),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -181,6 +181,31 @@ class AsyncLimitsClient:
         """GetUsage: one subject's windows, open reservations and leases."""
         return await self._call("GetUsage", pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY, pb.GetUsageResponse)
 
+    async def watch_alerts(self, *, timeout: float | None = None) -> AsyncAlertStream:
+        """WatchAlerts; see ``LimitsClient.watch_alerts``. Resolves once
+        limitsd has opened the stream::
+
+            async with await client.watch_alerts() as alerts:
+                async for e in alerts:
+                    print(e.subject, e.threshold)
+        """
+        call = self._stub.WatchAlerts(pb.WatchAlertsRequest(), metadata=self._metadata())
+        timeout = timeout or self.timeout
+        try:
+            # limitsd sends the stream's headers once it has subscribed it.
+            await asyncio.wait_for(call.initial_metadata(), timeout)
+        except asyncio.TimeoutError:
+            call.cancel()
+            raise LimitsError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"the alert stream did not open within {timeout} s"
+            ) from None
+        if call.done():
+            try:
+                await call.read()  # raises the error that ended it
+            except grpc.RpcError as err:
+                raise LimitsError.from_rpc(err) from err
+        return AsyncAlertStream(call)
+
     def guard(
         self,
         subjects: Iterable[pb.Subject],
@@ -223,6 +248,48 @@ class AsyncLimitsClient:
             await self.release(lease)
         except LimitsError as err:
             log.warning("limitsd: releasing a concurrency slot failed (it expires by itself): %s", err)
+
+
+class AsyncAlertStream(AsyncIterator[pb.AlertEvent]):
+    """An open WatchAlerts stream: see ``AsyncLimitsClient.watch_alerts``."""
+
+    def __init__(self, call: Any):
+        self._call = call
+        self._messages: Any = call.__aiter__()
+        self._closed = False
+
+    def __aiter__(self) -> AsyncAlertStream:
+        return self
+
+    async def __anext__(self) -> pb.AlertEvent:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            try:
+                message = await self._messages.__anext__()
+            except asyncio.CancelledError:
+                # Closed by another task while this one was reading.
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise
+            except grpc.RpcError as err:
+                if self._closed and err.code() == grpc.StatusCode.CANCELLED:
+                    raise StopAsyncIteration from None
+                raise LimitsError.from_rpc(err) from err
+            assert isinstance(message, pb.WatchAlertsResponse)
+            if message.HasField("event"):
+                return message.event
+
+    def close(self) -> None:
+        """Ends the stream: the iteration stops."""
+        self._closed = True
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncAlertStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AsyncGuard(GuardBase):

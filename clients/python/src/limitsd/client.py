@@ -4,8 +4,9 @@ twin is ``limitsd.aio``)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -183,6 +184,26 @@ class LimitsClient:
         """GetUsage: one subject's windows, open reservations and leases."""
         return self._call("GetUsage", pb.GetUsageRequest(subject=subject), timeout, IDEMPOTENT_RETRY, pb.GetUsageResponse)
 
+    def watch_alerts(self, *, timeout: float | None = None) -> AlertStream:
+        """WatchAlerts: the budget alert events of the limitsd reached, as
+        they happen (each budget window's crossing of each of its alert
+        thresholds, once), as ``pb.AlertEvent`` messages.
+
+        Returns once limitsd has opened the stream, so every event from
+        then on is in it; ``timeout`` (default: the client's) bounds only
+        that opening, never the stream. Iterate the answer, from one
+        thread, and close it (or use it as a ``with`` block) to stop::
+
+            with client.watch_alerts() as alerts:
+                for e in alerts:
+                    print(e.subject, e.threshold, e.used_usd, e.limit_usd)
+
+        A refusal or a stream that breaks (limitsd restarting) raises
+        ``LimitsError``; it is not reopened by itself, and events in between
+        are missed (the webhooks get every event)."""
+        call = self._stub.WatchAlerts(pb.WatchAlertsRequest(), metadata=self._metadata())
+        return AlertStream(call, timeout or self.timeout)
+
     def guard(
         self,
         subjects: Iterable[pb.Subject],
@@ -205,6 +226,57 @@ class LimitsClient:
         """
         state = GuardState(list(subjects), model, estimated_tokens, estimated_cost_usd, provider)
         return Guard(self, state, concurrency, reservation_ttl, lease_ttl)
+
+
+class AlertStream(Iterator[pb.AlertEvent]):
+    """An open WatchAlerts stream: see ``LimitsClient.watch_alerts``."""
+
+    def __init__(self, call: Any, timeout: float):
+        self._call = call
+        self._closed = False
+        # Waits for the stream's headers: limitsd sends them once it has
+        # subscribed the stream. A stream not open within `timeout` is cancelled.
+        timer = threading.Timer(timeout, call.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            call.initial_metadata()
+        finally:
+            timer.cancel()
+        if call.done() and call.code() != grpc.StatusCode.OK:
+            if call.code() == grpc.StatusCode.CANCELLED:
+                raise LimitsError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"the alert stream did not open within {timeout} s"
+                )
+            raise LimitsError.from_rpc(call)
+
+    def __iter__(self) -> AlertStream:
+        return self
+
+    def __next__(self) -> pb.AlertEvent:
+        while True:
+            if self._closed:
+                raise StopIteration
+            try:
+                message = next(self._call)
+            except grpc.RpcError as err:
+                if self._closed and err.code() == grpc.StatusCode.CANCELLED:
+                    raise StopIteration from None
+                raise LimitsError.from_rpc(err) from err
+            assert isinstance(message, pb.WatchAlertsResponse)
+            if message.HasField("event"):
+                return message.event
+
+    def close(self) -> None:
+        """Ends the stream (from any thread): the iteration stops."""
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> AlertStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Guard(GuardBase):

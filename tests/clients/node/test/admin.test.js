@@ -186,6 +186,114 @@ describe('model scopes', () => {
   });
 });
 
+/** The next value of an async iterator, or a rejection after `ms`. */
+function nextWithin(iterator, ms, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms);
+  });
+  return Promise.race([iterator.next(), late]).finally(() => clearTimeout(timer));
+}
+
+describe('alert thresholds, and their crossings watched', () => {
+  let s;
+  before(async () => { s = await startSecure('', { dataPlaneAuth: true }); });
+  after(async () => { if (s) await s.stop(); });
+
+  test("an entry's own thresholds: each crossing streams once, as it happens", async () => {
+    const admin = adminOf(s);
+    const c = limitsOf(s, { token: DATA_TOKEN });
+    const subject = team('alerting-team');
+    let watch;
+    try {
+      const entry = await admin.createLimits(subject, { dailyUsd: 10, alertThresholds: [0.9, 0.5], reason: 'warn early' });
+      assert.deepEqual(entry.alertThresholds, [0.5, 0.9], 'ascending');
+      assert.deepEqual((await admin.getLimits(subject)).alertThresholds, [0.5, 0.9]);
+      await admin.createLimits(KEY, { dailyUsd: 1, alertThresholds: [0.5], reason: "a key's" });
+
+      // The stream asks for the data plane's token, like every data-plane call.
+      const anonymous = limitsOf(s);
+      await rejectsWith(anonymous.watchAlerts(), grpc.status.UNAUTHENTICATED);
+      anonymous.close();
+
+      watch = await c.watchAlerts();
+      await c.record({ subjects: [subject], model: 'gpt-4', costUsd: 6 });
+      const first = (await nextWithin(watch, 15_000, 'event')).value;
+      await c.record({ subjects: [subject], model: 'gpt-4', costUsd: 3.5 });
+      const second = (await nextWithin(watch, 15_000, 'event')).value;
+      await c.record({ subjects: [KEY], model: 'gpt-4', costUsd: 0.6 });
+      const byKey = (await nextWithin(watch, 15_000, 'event')).value;
+      assert.deepEqual(
+        [first.dimension, first.subject, first.model_scope, first.kind, first.period],
+        ['DIMENSION_TEAM', 'alerting-team', '', 'LIMIT_KIND_BUDGET_DAILY', 'BUDGET_PERIOD_ROLLING'],
+      );
+      assert.deepEqual([first.threshold, first.used_usd, first.limit_usd], [0.5, 6, 10]);
+      assert.match(first.id, /^[0-9a-f]{32}$/);
+      assert.ok(Number(first.time.seconds) > 0);
+      assert.deepEqual([second.threshold, second.used_usd], [0.9, 9.5]);
+      assert.notEqual(second.id, first.id);
+      assert.deepEqual([byKey.dimension, byKey.threshold], ['DIMENSION_API_KEY', 0.5]);
+      assert.ok(byKey.subject && !JSON.stringify(byKey).includes(KEY_ID), 'the key is never sent');
+      watch.close();
+      assert.deepEqual(await nextWithin(watch, 5000, 'the end'), { value: undefined, done: true });
+
+      // A for-await loop left with break ends its stream.
+      const loop = team('loop-team');
+      await admin.createLimits(loop, { dailyUsd: 2, alertThresholds: [0.25] });
+      const seen = [];
+      const looped = await c.watchAlerts();
+      const recorded = c.record({ subjects: [loop], model: 'gpt-4', costUsd: 1 });
+      const timer = setTimeout(() => looped.close(), 15_000);
+      for await (const e of looped) {
+        seen.push([e.subject, e.threshold]);
+        break;
+      }
+      clearTimeout(timer);
+      await recorded;
+      assert.deepEqual(seen, [['loop-team', 0.25]]);
+      assert.equal((await looped.next()).done, true);
+
+      // A bad fraction is refused naming the element; a wrong type, before calling.
+      await rejectsWith(
+        admin.updateLimits(subject, { alertThresholds: [0.5, 1.5], reason: 'typo' }),
+        grpc.status.INVALID_ARGUMENT,
+        (err) => err.field === 'subject_limits.alert_thresholds[1]',
+      );
+      await assert.rejects(admin.updateLimits(subject, { alertThresholds: 0.5 }), /alertThresholds: expected a list/);
+      await assert.rejects(admin.updateLimits(subject, { alertThresholds: ['50%'] }), /alertThresholds\[0\]: expected a fraction/);
+      // An update replaces the list, other fields stay; null or [] goes back to the config's.
+      const replaced = await admin.updateLimits(subject, { alertThresholds: [0.75], reason: 'one threshold' });
+      assert.deepEqual([replaced.alertThresholds, replaced.dailyUsd], [[0.75], 10]);
+      const cleared = await admin.updateLimits(replaced, { alertThresholds: null, etag: replaced.etag });
+      assert.deepEqual([cleared.alertThresholds, cleared.dailyUsd], [[], 10]);
+      await admin.updateLimits(subject, { alertThresholds: [0.75] });
+      assert.deepEqual((await admin.updateLimits(subject, { alertThresholds: [] })).alertThresholds, []);
+    } finally {
+      if (watch) watch.close();
+      admin.close();
+      c.close();
+    }
+  });
+
+  test('a stream that cannot open in time is DEADLINE_EXCEEDED', async () => {
+    // A listener that never speaks HTTP/2: the stream never opens.
+    const net = require('node:net');
+    const sockets = new Set();
+    const mute = net.createServer((socket) => sockets.add(socket)).listen(0, '127.0.0.1');
+    await new Promise((resolve) => { mute.once('listening', resolve); });
+    const c = new LimitsClient(`127.0.0.1:${mute.address().port}`, { channelOptions: NO_PROXY });
+    try {
+      const started = Date.now();
+      await rejectsWith(c.watchAlerts({ timeoutMs: 300 }), grpc.status.DEADLINE_EXCEEDED);
+      assert.ok(Date.now() - started < 5000);
+    } finally {
+      c.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => { mute.close(resolve); });
+    }
+  });
+});
+
 describe('the admin client', () => {
   let s;
   let admin;

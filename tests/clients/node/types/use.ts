@@ -1,7 +1,8 @@
 // A typed use of the limitsd package: `tsc --noEmit` must accept it
 // (test/client.test.js runs it), and the @ts-expect-error lines must fail.
 import {
-  AdminClient, AuditEvent, LimitExceeded, LimitsClient, LimitsError, SubjectLimits, apiKey, apiKeyHash, grpc, team, user,
+  AdminClient, AlertEvent, AlertWatch, AuditEvent, LimitExceeded, LimitsClient, LimitsError, SubjectLimits, apiKey, apiKeyHash,
+  grpc, team, user,
 } from 'limitsd';
 
 async function handle(client: LimitsClient, key: string): Promise<{ status: number; body: unknown }> {
@@ -81,3 +82,29 @@ void new AdminClient('x').adjustUsage(apiKey('k'), { usd: 1 });
 void new AdminClient('x').raiseBudget(apiKey('k'), { kind: 'dailyUsd', amount: 1, reason: 'r' });
 // @ts-expect-error: not a kind
 void new AdminClient('x').resetUsage(apiKey('k'), { kinds: ['daily'], reason: 'r' });
+
+// An entry's own alert thresholds, and the stream of crossings.
+async function watch(limits: LimitsClient, admin: AdminClient): Promise<string[]> {
+  const entry = await admin.updateLimits(team('t'), { dailyUsd: 10, alertThresholds: [0.5, 0.8], allowMissing: true });
+  const thresholds: number[] = entry.alertThresholds;
+  await admin.updateLimits(entry, { alertThresholds: null, etag: entry.etag });
+  const seen: string[] = [];
+  const alerts: AlertWatch = await limits.watchAlerts({ timeoutMs: 2000 });
+  for await (const e of alerts) {
+    const event: AlertEvent = e;
+    const scope: string = event.model_scope;
+    seen.push(`${event.dimension} ${event.subject} ${scope} ${event.kind} ${event.period} ${event.threshold} ${event.used_usd}/${event.limit_usd}`);
+    if (seen.length >= thresholds.length) break;
+  }
+  alerts.close();
+  return seen;
+}
+void watch(secure, new AdminClient('x'));
+// @ts-expect-error: thresholds are fractions, as numbers
+void new AdminClient('x').updateLimits(team('t'), { alertThresholds: ['50%'] });
+void secure.watchAlerts().then(async (w) => {
+  for await (const e of w) {
+    // @ts-expect-error: an alert names a budget, never a rate
+    if (e.kind === 'LIMIT_KIND_REQUESTS_PER_MINUTE') w.close();
+  }
+});
