@@ -194,6 +194,8 @@ impl Baseline {
                 budget: check.budget.clone(),
                 alert: false,
                 duplicate: false,
+                may_continue: true,
+                reason: String::new(),
             },
             acquire: pb::AcquireConcurrentResponse {
                 acquired: true,

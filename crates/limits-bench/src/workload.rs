@@ -131,6 +131,8 @@ fn record_request(subjects: Vec<pb::Subject>, reservation_id: String) -> pb::Rec
         cost_usd: Some(0.008),
         provider: "openai".into(),
         model: "gpt-4".into(),
+        progress: false,
+        sequence: 0,
     }
 }
 

@@ -134,16 +134,42 @@ pub struct RecordRequest {
     /// The actual output (completion) tokens, charged to output token
     /// limits.
     pub output: u64,
+    /// Set for a progress record of a streamed request: the amounts are the
+    /// usage so far, and the reservation stays open.
+    pub progress: Option<Progress>,
+    /// The record's number in its reservation's sequence (1, 2, ...), or 0:
+    /// a record numbered no higher than one applied before is a duplicate.
+    pub sequence: u32,
+}
+
+/// What a progress record adds to a usage record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The reservation's holds last at least until then: each progress
+    /// record renews them.
+    pub hold_until: Nanos,
+    /// The reservation's tag, for the holds of a stream whose holds had
+    /// lapsed (see [`record`]).
+    pub tag: u32,
 }
 
 /// The result of recording usage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordOutcome {
-    /// The reservation had already been settled: nothing was charged.
+    /// The reservation had already been settled, or a record with the same
+    /// or a later number applied: nothing was charged.
     pub duplicate: bool,
-    /// The estimate the settled reservation held, when this record settled
-    /// one that was still held.
-    pub settled: Option<Held>,
+    /// The reservation's hold as it was before this record (from its first
+    /// subject that has one), so that the record can be undone.
+    pub prior: Option<Hold>,
+    /// What this record charged to the windows: with a reservation, the
+    /// usage it reports less what earlier records of it charged.
+    pub charged: Held,
+    /// A progress record whose usage went past what its reservation held,
+    /// into a limit that has no room for it (marked exceeded in
+    /// `statuses`): the request should stop. Once set it stays set for the
+    /// reservation. Never set in alert mode.
+    pub stop: bool,
     /// Every limit of every subject after the record.
     pub statuses: Vec<LimitStatus>,
     /// A budget reached the alert threshold (counting this record).
@@ -326,25 +352,30 @@ fn commit(
             continue;
         }
         state.charge(lim, Resource::Requests, now, 1);
-        if let Some(r) = reserve {
-            let holds_anything = lim
-                .windowed()
-                .any(|(k, _)| !matches!(k.resource(), Resource::Requests));
-            if holds_anything {
-                state.push_hold(Hold {
-                    id: r.id,
-                    cost: attempt.cost.0,
-                    tokens: attempt.tokens,
-                    input: attempt.input,
-                    output: attempt.output,
-                    expires_at: r.expires_at,
-                    settled: false,
-                    tag: r.tag,
-                });
-            }
+        if let Some(r) = reserve
+            && holds_anything(lim)
+        {
+            state.push_hold(Hold {
+                id: r.id,
+                cost: attempt.cost.0,
+                tokens: attempt.tokens,
+                input: attempt.input,
+                output: attempt.output,
+                expires_at: r.expires_at,
+                tag: r.tag,
+                ..Hold::default()
+            });
         }
     }
     reserve.map(|r| r.id)
+}
+
+/// Whether a subject with these limits keeps a reservation's hold: it has a
+/// budget or a token limit.
+fn holds_anything(limits: &SubjectLimits) -> bool {
+    limits
+        .windowed()
+        .any(|(k, _)| !matches!(k.resource(), Resource::Requests))
 }
 
 /// Whether an attempt's `skip` mask leaves out subject `i`.
@@ -604,9 +635,27 @@ pub fn check(
     }
 }
 
-/// Accounts for what a request consumed. With a reservation, the actual
-/// replaces the held estimate (larger or smaller); recording the same
-/// reservation twice charges once. Usage is never denied: it happened.
+/// Accounts for what a request consumed. Usage is never denied: it
+/// happened.
+///
+/// With a reservation, a record reports the request's usage so far (a
+/// progress record, `progress` set) or in total (a final one), and charges
+/// what earlier records of the reservation have not: the hold holds the
+/// rest of the estimate while the request runs, and a final record settles
+/// it, holding nothing. Recording the same usage again charges nothing, and
+/// so does a numbered record whose number is not above the last one
+/// applied, or any record once the reservation is settled.
+///
+/// A progress record that goes past what the hold held must fit every
+/// budget and token limit of every subject it goes past on (the hold is
+/// extended by the overshoot): if one has no room, the usage is charged
+/// all the same and [`RecordOutcome::stop`] tells the caller to stop the
+/// request, so a limit is overshot by at most the last progress step.
+///
+/// A progress record for a reservation with no hold left (its holds lapsed
+/// because no record came within their time to live) charges all it
+/// reports and holds the reservation again, so that later records charge
+/// only what is new.
 pub fn record(
     states: &mut [&mut SubjectState],
     limits: &[&SubjectLimits],
@@ -615,29 +664,87 @@ pub fn record(
     now: Nanos,
 ) -> RecordOutcome {
     expire_all(states, limits, now);
-    let duplicate = req.reservation.is_some_and(|id| {
+    let prior = req.reservation.and_then(|id| {
         states
-            .iter_mut()
-            .any(|s| s.hold_mut(id).is_some_and(|h| h.settled))
+            .iter()
+            .find_map(|s| s.holds().iter().find(|h| h.id == id))
+            .cloned()
     });
-    let mut settled = None;
+    let duplicate = prior
+        .as_ref()
+        .is_some_and(|h| h.settled || (req.sequence != 0 && req.sequence <= h.seq));
+    let mut charged = Held::default();
+    let mut overshoot = Held::default();
     if !duplicate {
+        let total = Held {
+            cost: req.cost.0,
+            tokens: req.tokens,
+            input: req.input,
+            output: req.output,
+        };
+        let (before, held) = prior
+            .as_ref()
+            .map_or_else(Default::default, |h| (h.charged, h.estimate()));
+        charged = total.saturating_sub(before);
+        overshoot = charged.saturating_sub(held);
         for (state, lim) in states.iter_mut().zip(limits) {
-            if let Some(h) = req.reservation.and_then(|id| state.hold_mut(id)) {
-                settled.get_or_insert(h.estimate());
-                h.settled = true;
-                h.cost = 0;
-                h.tokens = 0;
-                h.input = 0;
-                h.output = 0;
+            match req.reservation.and_then(|id| state.hold_mut(id)) {
+                Some(h) => {
+                    h.charged = h.charged.saturating_add(charged);
+                    h.seq = h.seq.max(req.sequence);
+                    match req.progress {
+                        Some(p) => {
+                            h.set_estimate(h.estimate().saturating_sub(charged));
+                            h.expires_at = h.expires_at.max(p.hold_until);
+                        }
+                        None => {
+                            h.set_estimate(Held::default());
+                            h.settled = true;
+                        }
+                    }
+                }
+                None => {
+                    if let (Some(id), Some(p), None) = (req.reservation, req.progress, &prior)
+                        && holds_anything(lim)
+                    {
+                        state.push_hold(Hold {
+                            id,
+                            expires_at: p.hold_until,
+                            tag: p.tag,
+                            charged,
+                            seq: req.sequence,
+                            ..Hold::default()
+                        });
+                    }
+                }
             }
-            state.charge(lim, Resource::Cost, now, req.cost.0);
-            state.charge(lim, Resource::Tokens, now, req.tokens);
-            state.charge(lim, Resource::InputTokens, now, req.input);
-            state.charge(lim, Resource::OutputTokens, now, req.output);
+            state.charge(lim, Resource::Cost, now, charged.cost);
+            state.charge(lim, Resource::Tokens, now, charged.tokens);
+            state.charge(lim, Resource::InputTokens, now, charged.input);
+            state.charge(lim, Resource::OutputTokens, now, charged.output);
         }
     }
-    let statuses = statuses(states, limits, &[], now);
+    let mut statuses = statuses(states, limits, &[], now);
+    let mut stop = false;
+    if req.progress.is_some() {
+        stop = prior.as_ref().is_some_and(|h| h.stopped);
+        if !duplicate && !overshoot.is_zero() {
+            for s in statuses.iter_mut() {
+                if overshoot.of(s.kind.resource()) > 0 && s.used > s.limit {
+                    s.exceeded = true;
+                    stop = true;
+                }
+            }
+        }
+        stop &= policy.mode != EnforcementMode::Alert;
+        if stop && !duplicate {
+            for state in states.iter_mut() {
+                if let Some(h) = req.reservation.and_then(|id| state.hold_mut(id)) {
+                    h.stopped = true;
+                }
+            }
+        }
+    }
     let alert = alert_flag(policy, &statuses, 0);
     let crossings = if duplicate {
         Vec::new()
@@ -646,7 +753,9 @@ pub fn record(
     };
     RecordOutcome {
         duplicate,
-        settled,
+        prior,
+        charged,
+        stop,
         statuses,
         alert,
         crossings,

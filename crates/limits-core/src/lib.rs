@@ -30,8 +30,8 @@ pub use alerts::{Crossing, Fired, Thresholds};
 pub use calendar::{Calendar, CalendarError, Period};
 pub use enforcement::{Action, Attempt, EnforcementMode, ModelPrice, Policy, Pricing, queue_wait};
 pub use engine::{
-    AcquireOutcome, Admission, CheckOutcome, CheckRequest, Denial, RecordOutcome, RecordRequest,
-    Verdict, acquire, check, record, release, usage,
+    AcquireOutcome, Admission, CheckOutcome, CheckRequest, Denial, Progress, RecordOutcome,
+    RecordRequest, Verdict, acquire, check, record, release, usage,
 };
 pub use limits::{
     DIMENSIONS, Dimension, LimitKind, LimitStatus, LimitTable, Resource, SLOTS, Subject,

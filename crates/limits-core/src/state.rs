@@ -9,6 +9,11 @@ use crate::window_set::{ByKind, WindowSet, Windows};
 
 /// An estimate held against a subject's budgets and token limits by a
 /// reserved check, until it is settled or expires.
+///
+/// A streamed request's progress records charge the usage so far and take
+/// it off what the hold holds; `charged` remembers how much, so that each
+/// record (which reports usage so far, not an increment) charges only what
+/// is new.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hold {
     /// The reservation's id.
@@ -30,6 +35,13 @@ pub struct Hold {
     /// the caller can rebuild what it handed out (limitsd: a digest of the
     /// subjects the reservation was made for, part of its id).
     pub tag: u32,
+    /// What the reservation's records have charged so far.
+    pub charged: Held,
+    /// The number of the last numbered record applied (0: none).
+    pub seq: u32,
+    /// A progress record went past the hold into a limit with no room
+    /// left: the request was told to stop, and stays told.
+    pub stopped: bool,
 }
 
 impl Hold {
@@ -47,6 +59,14 @@ impl Hold {
             output: self.output,
         }
     }
+
+    /// Sets what the hold holds.
+    pub(crate) fn set_estimate(&mut self, held: Held) {
+        self.cost = held.cost;
+        self.tokens = held.tokens;
+        self.input = held.input;
+        self.output = held.output;
+    }
 }
 
 /// What a subject's open holds hold, per resource.
@@ -63,6 +83,31 @@ pub struct Held {
 }
 
 impl Held {
+    /// Each resource of `self` less that of `other`, or zero.
+    pub fn saturating_sub(self, other: Held) -> Held {
+        Held {
+            cost: self.cost.saturating_sub(other.cost),
+            tokens: self.tokens.saturating_sub(other.tokens),
+            input: self.input.saturating_sub(other.input),
+            output: self.output.saturating_sub(other.output),
+        }
+    }
+
+    /// Each resource of `self` plus that of `other`, saturating.
+    pub fn saturating_add(self, other: Held) -> Held {
+        Held {
+            cost: self.cost.saturating_add(other.cost),
+            tokens: self.tokens.saturating_add(other.tokens),
+            input: self.input.saturating_add(other.input),
+            output: self.output.saturating_add(other.output),
+        }
+    }
+
+    /// Whether every resource is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Held::default()
+    }
+
     /// What is held of a resource (nothing of requests or leases).
     #[inline(always)]
     pub fn of(&self, resource: Resource) -> u64 {

@@ -38,8 +38,9 @@ pub fn undo_check(states: &mut [&mut SubjectState], out: &CheckOutcome, at: Nano
     }
 }
 
-/// Undoes a [`record`](crate::record): the usage charged, and the
-/// settlement of its reservation, which holds its estimate again.
+/// Undoes a [`record`](crate::record): the usage charged, and what it did
+/// to its reservation's hold (which holds what it held before again, or,
+/// if the record made it, goes).
 pub fn undo_record(
     states: &mut [&mut SubjectState],
     limits: &[&SubjectLimits],
@@ -51,19 +52,24 @@ pub fn undo_record(
     if out.duplicate {
         return;
     }
+    let charged = out.charged;
     for (state, lim) in states.iter_mut().zip(limits) {
-        state.uncharge(lim, Resource::Cost, at, now, req.cost.0);
-        state.uncharge(lim, Resource::Tokens, at, now, req.tokens);
-        state.uncharge(lim, Resource::InputTokens, at, now, req.input);
-        state.uncharge(lim, Resource::OutputTokens, at, now, req.output);
-        if let (Some(id), Some(held)) = (req.reservation, out.settled)
-            && let Some(h) = state.hold_mut(id)
-        {
-            h.settled = false;
-            h.cost = held.cost;
-            h.tokens = held.tokens;
-            h.input = held.input;
-            h.output = held.output;
+        state.uncharge(lim, Resource::Cost, at, now, charged.cost);
+        state.uncharge(lim, Resource::Tokens, at, now, charged.tokens);
+        state.uncharge(lim, Resource::InputTokens, at, now, charged.input);
+        state.uncharge(lim, Resource::OutputTokens, at, now, charged.output);
+        let Some(id) = req.reservation else {
+            continue;
+        };
+        match &out.prior {
+            Some(prior) => {
+                if let Some(h) = state.hold_mut(id) {
+                    *h = prior.clone();
+                }
+            }
+            None => {
+                state.remove_hold(id);
+            }
         }
     }
 }
@@ -212,7 +218,10 @@ mod tests {
             ..Default::default()
         };
         let out = engine::record(&mut [&mut s], &[&lim], &rec, &policy, at);
-        assert_eq!(out.settled.map(|h| (h.cost, h.tokens)), Some((10, 5)));
+        assert_eq!(
+            out.prior.as_ref().map(|h| (h.cost, h.tokens)),
+            Some((10, 5))
+        );
         undo_record(&mut [&mut s], &[&lim], &rec, &out, at, now);
         assert_eq!(s, before, "the hold holds its estimate again");
         // ...so that the retry settles it.

@@ -62,6 +62,7 @@ fn each_part_of_an_estimate_is_held_and_settled_against_its_own_limits() {
         tokens: 1_300,
         input: 700,
         output: 600,
+        ..RecordRequest::default()
     };
     let rec = g.record_with_request(&req, at);
     assert!(!rec.duplicate);

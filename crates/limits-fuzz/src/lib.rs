@@ -568,6 +568,8 @@ pub fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     cost_usd: Some(0.04),
                     provider: "openai".into(),
                     model: "gpt-4".into(),
+                    progress: false,
+                    sequence: 0,
                 }
                 .encode_to_vec(),
             ),
@@ -822,6 +824,12 @@ fn generate_request(rng: &mut StdRng, issued: &[String]) -> Vec<u8> {
             cost_usd: rng.random_bool(0.7).then(|| usd(rng)),
             provider: "p".into(),
             model: model(rng),
+            progress: rng.random_bool(0.3),
+            sequence: if rng.random_bool(0.3) {
+                rng.random_range(0..5)
+            } else {
+                0
+            },
         }
         .encode_to_vec(),
         2 => pb::AcquireConcurrentRequest {

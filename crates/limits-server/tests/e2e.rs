@@ -964,6 +964,8 @@ async fn input_and_output_token_limits_hold_and_charge_each_part() {
             cost_usd: Some(0.0),
             provider: String::new(),
             model: "gpt-4".into(),
+            progress: false,
+            sequence: 0,
         })
         .await
         .unwrap()
@@ -1092,6 +1094,8 @@ async fn model_scopes_are_checked_held_charged_and_named() {
             cost_usd: Some(0.4),
             provider: String::new(),
             model: "gpt-4o".into(),
+            progress: false,
+            sequence: 0,
         })
         .await
         .unwrap()

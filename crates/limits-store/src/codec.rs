@@ -23,8 +23,8 @@
 //! Every value starts with its format version byte; a reader rejects a
 //! version it does not know instead of guessing. Subject states are at
 //! [`STATE_VERSION`] (versions 1 and 2 lacked the holds' tags and their
-//! input and output tokens, and versions 1 to 3 the fired alert
-//! thresholds; all are still read);
+//! input and output tokens, versions 1 to 3 the fired alert thresholds, and
+//! versions 1 to 4 a streamed request's progress; all are still read);
 //! everything else is at [`VERSION`].
 //!
 //! Format 1 stored API-key subjects under their raw ids; format 2 stores
@@ -40,8 +40,11 @@
 //! the first bucket's `varint index` and `varint amount`, then each later
 //! bucket as `varint index delta (>= 1)` and `varint amount`), holds (`varint
 //! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
-//! expires_at`, `settled byte`, from version 2 `u32 tag` and from version 3
-//! `varint input` and `varint output` tokens) and leases (`varint count`, then per lease
+//! expires_at`, `settled byte` (from version 5 a flags byte: 1 settled, 2
+//! stopped), from version 2 `u32 tag`, from version 3
+//! `varint input` and `varint output` tokens, and from version 5 what its
+//! records charged as `varint cost`, `varint tokens`, `varint input`,
+//! `varint output`, then `u32` the last record's number) and leases (`varint count`, then per lease
 //! `u64 id`, `u64 expires_at`), and from version 4 the fired alert
 //! thresholds (`varint count`, then per budget window its `kind byte`, a
 //! `bits byte` and `u64 period`). Ids and instants are fixed-width because they
@@ -60,7 +63,7 @@ pub(crate) const FORMAT_RAW_KEYS: u8 = 1;
 /// The version byte of every value but subject states.
 pub(crate) const VERSION: u8 = 1;
 /// The version byte of a subject state.
-pub(crate) const STATE_VERSION: u8 = 4;
+pub(crate) const STATE_VERSION: u8 = 5;
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const SUBJECT_PREFIX: &[u8] = b"s1/";
@@ -216,10 +219,15 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
         put_varint(out, h.cost);
         put_varint(out, h.tokens);
         put_u64(out, h.expires_at.0);
-        out.push(u8::from(h.settled));
+        out.push(u8::from(h.settled) | (u8::from(h.stopped) << 1));
         put_u32(out, h.tag);
         put_varint(out, h.input);
         put_varint(out, h.output);
+        put_varint(out, h.charged.cost);
+        put_varint(out, h.charged.tokens);
+        put_varint(out, h.charged.input);
+        put_varint(out, h.charged.output);
+        put_u32(out, h.seq);
     }
     put_varint(out, state.leases().len() as u64);
     for l in state.leases() {
@@ -270,13 +278,32 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
     let mut holds = Vec::with_capacity(count);
     for _ in 0..count {
         let (id, cost, tokens) = (r.u64()?, r.varint()?, r.varint()?);
-        let (expires_at, settled) = (Nanos(r.u64()?), r.flag()?);
+        let expires_at = Nanos(r.u64()?);
+        let (settled, stopped) = if version >= 5 {
+            match r.byte()? {
+                flags @ 0..=3 => (flags & 1 != 0, flags & 2 != 0),
+                _ => return Err(DecodeError::Invalid("unknown hold flags")),
+            }
+        } else {
+            (r.flag()?, false)
+        };
         let tag = if version >= 2 { r.u32()? } else { 0 };
         // Before version 3 a hold had no split: its tokens could be either.
         let (input, output) = if version >= 3 {
             (r.varint()?, r.varint()?)
         } else {
             (tokens, tokens)
+        };
+        let (charged, seq) = if version >= 5 {
+            let charged = limits_core::Held {
+                cost: r.varint()?,
+                tokens: r.varint()?,
+                input: r.varint()?,
+                output: r.varint()?,
+            };
+            (charged, r.u32()?)
+        } else {
+            (limits_core::Held::default(), 0)
         };
         holds.push(Hold {
             id,
@@ -287,6 +314,9 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
             expires_at,
             settled,
             tag,
+            charged,
+            seq,
+            stopped,
         });
     }
     let count = r.len()?;
@@ -538,6 +568,14 @@ mod tests {
                 expires_at: Nanos(1 << 60),
                 settled: false,
                 tag: 0xdead_beef,
+                charged: limits_core::Held {
+                    cost: 300,
+                    tokens: 2,
+                    input: 0,
+                    output: 1 << 40,
+                },
+                seq: 17,
+                stopped: true,
             }],
             vec![LeaseSlot {
                 id: 9 << 32 | 1,
@@ -594,6 +632,37 @@ mod tests {
         assert!(window_kind(13).is_err());
         assert_eq!(window_kind(64), Ok(LimitKind::CalendarDaily));
         assert_eq!(window_kind(8), Ok(LimitKind::BudgetWeekly));
+    }
+
+    #[test]
+    fn version_4_holds_load_with_nothing_charged_yet() {
+        // Version 4: no windows, one hold (id, cost 5, tokens 6, expiry,
+        // settled, tag 9, input 2, output 3), no leases, nothing fired.
+        let mut v4 = vec![4, 0, 1];
+        v4.extend_from_slice(&11u64.to_le_bytes());
+        v4.extend_from_slice(&[5, 6]);
+        v4.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        v4.push(1);
+        v4.extend_from_slice(&9u32.to_le_bytes());
+        v4.extend_from_slice(&[2, 3, 0, 0]);
+        let state = decode_state(&v4).unwrap();
+        let h = &state.holds()[0];
+        assert_eq!(
+            (h.id, h.cost, h.tokens, h.input, h.output),
+            (11, 5, 6, 2, 3)
+        );
+        assert!(h.settled && !h.stopped);
+        assert_eq!((h.charged, h.seq), (limits_core::Held::default(), 0));
+        // The same bytes as version 5 lack the charged amounts.
+        v4[0] = 5;
+        assert!(decode_state(&v4).is_err());
+        // Flags this build does not know are refused, not guessed at.
+        let mut buf = Vec::new();
+        assert!(encode_state(&state, &mut buf));
+        let flags_at = 1 + 1 + 1 + 8 + 2 + 8;
+        assert_eq!(buf[flags_at], 1);
+        buf[flags_at] = 4;
+        assert!(decode_state(&buf).is_err());
     }
 
     #[test]

@@ -575,6 +575,8 @@ impl<J: Journal> Store for Embedded<J> {
             tokens: op.tokens,
             input: op.input,
             output: op.output,
+            progress: op.progress,
+            sequence: op.sequence,
         };
         let (out, written) = state.shards.with_states_then(
             &stored,

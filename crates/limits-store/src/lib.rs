@@ -86,6 +86,12 @@ pub struct RecordOp<'a> {
     /// The actual output (completion) tokens, charged to output token
     /// limits.
     pub output: u64,
+    /// Set for a progress record of a streamed request: the amounts are the
+    /// usage so far and the reservation stays open (see
+    /// [`limits_core::record`]).
+    pub progress: Option<limits_core::Progress>,
+    /// The record's number in its reservation's sequence, or 0.
+    pub sequence: u32,
     /// Grace and policy for the windows charged.
     pub policy: &'a Policy,
 }

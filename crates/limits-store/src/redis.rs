@@ -640,6 +640,8 @@ impl RedisStore {
                 tokens: op.tokens,
                 input: op.input,
                 output: op.output,
+                progress: op.progress,
+                sequence: op.sequence,
             },
             policy: policy_for_decision(op.policy),
         };

@@ -74,6 +74,7 @@ macro_rules! on_spread_redis {
 
 on_spread_redis!(
     request_rate_limits_allow_then_deny,
+    streamed_records_charge_progress_extend_and_stop,
     budgets_allow_then_deny,
     calendar_budgets_reset_at_the_boundary,
     input_and_output_tokens_are_held_and_charged_apart,
@@ -94,6 +95,7 @@ on_spread_redis!(
 
 for_every_backend!(
     request_rate_limits_allow_then_deny,
+    streamed_records_charge_progress_extend_and_stop,
     budgets_allow_then_deny,
     calendar_budgets_reset_at_the_boundary,
     input_and_output_tokens_are_held_and_charged_apart,
@@ -471,6 +473,8 @@ async fn alert_thresholds_fire_once_per_crossing<S: Store>(make: impl Fn(usize) 
                         tokens: 0,
                         input: 0,
                         output: 0,
+                        progress: None,
+                        sequence: 0,
                         policy,
                     },
                     now,
@@ -699,6 +703,126 @@ async fn reservations_hold_settle_and_expire<S: Store>(make: impl Fn(usize) -> S
         .unwrap();
     assert!(!late.duplicate);
     assert_eq!(used(&store, &s, &l, daily, at(13)).await, usd(8));
+}
+
+/// A streamed response: progress records charge the usage so far against
+/// the reservation on every subject, a duplicate charges nothing, usage past
+/// the hold is charged while the budget has room and told to stop when it
+/// has not, and the final record settles. A cancelled stream frees its hold.
+async fn streamed_records_charge_progress_extend_and_stop<S: Store>(make: impl Fn(usize) -> S) {
+    let store = make(ROOMY);
+    let daily = LimitKind::BudgetDaily;
+    let tpm = LimitKind::TokensPerMinute;
+    let kl = limits(&[(daily, usd(10))]);
+    let tl = limits(&[(tpm, 100_000)]);
+    let (k, t) = (key("stream"), team("stream"));
+    let r = Req::new(&[(k.clone(), &kl), (t.clone(), &tl)]);
+    let ttl = Some(Nanos::MINUTE);
+    let renew = Some(T0.saturating_add(Nanos::MINUTE));
+    // Another request has spent $7 of the $10.
+    r.record(&store, None, usd(7), 0, T0).await.unwrap();
+    let id = r
+        .check(&store, usd(2), 1_000, ttl, T0)
+        .await
+        .unwrap()
+        .reservation()
+        .expect("a reservation");
+    let held = |view: &limits_store::UsageView| view.holds.iter().map(|h| h.cost).sum::<u64>();
+
+    // Within the hold: usage moves from held to charged.
+    let p1 = r
+        .record_stream(&store, id, (usd(1), 400), renew, 1, T0)
+        .await
+        .unwrap();
+    assert!(!p1.duplicate && !p1.stop);
+    assert_eq!(used(&store, &k, &kl, daily, T0).await, usd(9));
+    assert_eq!(held(&store.usage(&k, &kl, T0).await.unwrap()), usd(1));
+    assert_eq!(
+        used(&store, &t, &tl, tpm, T0).await,
+        1_000,
+        "400 charged, 600 held"
+    );
+    // The same record again charges nothing.
+    let dup = r
+        .record_stream(&store, id, (usd(1), 400), renew, 1, T0)
+        .await
+        .unwrap();
+    assert!(dup.duplicate && !dup.stop);
+    assert_eq!(used(&store, &k, &kl, daily, T0).await, usd(9));
+
+    // Past the $2 estimate, with room: the hold is extended.
+    let p2 = r
+        .record_stream(&store, id, (2_500_000_000, 900), renew, 2, T0)
+        .await
+        .unwrap();
+    assert!(!p2.stop);
+    assert_eq!(used(&store, &k, &kl, daily, T0).await, 9_500_000_000);
+    assert_eq!(held(&store.usage(&k, &kl, T0).await.unwrap()), 0);
+
+    // Past the budget: charged (it happened) and told to stop, over by no
+    // more than the step.
+    let p3 = r
+        .record_stream(&store, id, (3_500_000_000, 1_400), renew, 3, T0)
+        .await
+        .unwrap();
+    assert!(p3.stop);
+    let exceeded: Vec<_> = p3
+        .statuses
+        .iter()
+        .filter(|s| s.exceeded)
+        .map(|s| (s.subject, s.kind))
+        .collect();
+    assert_eq!(exceeded, vec![(0, daily)]);
+    assert_eq!(used(&store, &k, &kl, daily, T0).await, 10_500_000_000);
+    // Told once, told every time after.
+    let p4 = r
+        .record_stream(&store, id, (3_600_000_000, 1_450), renew, 4, T0)
+        .await
+        .unwrap();
+    assert!(p4.stop && !p4.duplicate);
+
+    // The final record settles: nothing held, what was used charged once.
+    let fin = r
+        .record_stream(&store, id, (3_600_000_000, 1_500), None, 5, at(1))
+        .await
+        .unwrap();
+    assert!(!fin.duplicate && !fin.stop);
+    assert_eq!(used(&store, &k, &kl, daily, at(1)).await, 10_600_000_000);
+    assert_eq!(used(&store, &t, &tl, tpm, at(1)).await, 1_500);
+    let again = r
+        .record_stream(&store, id, (3_600_000_000, 1_500), None, 6, at(1))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(used(&store, &k, &kl, daily, at(1)).await, 10_600_000_000);
+
+    // A cancelled stream: a final record of nothing frees the hold at once.
+    let c = key("cancel");
+    let cr = Req::new(&[(c.clone(), &kl)]);
+    let id = cr
+        .check(&store, usd(8), 0, ttl, T0)
+        .await
+        .unwrap()
+        .reservation()
+        .unwrap();
+    assert!(
+        !cr.check(&store, usd(5), 0, None, T0)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    let out = cr
+        .record_stream(&store, id, (0, 0), None, 0, T0)
+        .await
+        .unwrap();
+    assert!(!out.duplicate);
+    assert_eq!(used(&store, &c, &kl, daily, T0).await, 0);
+    assert!(
+        cr.check(&store, usd(5), 0, None, T0)
+            .await
+            .unwrap()
+            .allowed()
+    );
 }
 
 async fn leases_acquire_release_and_expire<S: Store>(make: impl Fn(usize) -> S) {

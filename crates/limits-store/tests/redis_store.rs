@@ -235,6 +235,8 @@ async fn differential(seed: u64, server: &RedisServer, shards: u16) {
                     tokens,
                     input: tokens / 3,
                     output: tokens - tokens / 3,
+                    progress: None,
+                    sequence: 0,
                     policy: &policy,
                 };
                 (

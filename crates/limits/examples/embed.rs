@@ -65,6 +65,8 @@ async fn call_model(limiter: &Limiter, key: &[Subject]) -> Result<bool, limits::
                         total_tokens: 0,
                         cost: Some(limits::usd(0.05)?),
                         model: "gpt-4o",
+                        progress: false,
+                        sequence: 0,
                     },
                 )
                 .await?;

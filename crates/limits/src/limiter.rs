@@ -83,6 +83,15 @@ pub struct RecordRequest<'a> {
     pub cost: Option<NanoUsd>,
     /// The model that served the call (prices the tokens without a cost).
     pub model: &'a str,
+    /// A progress record of a streamed response: the usage is the usage so
+    /// far, the reservation stays open (and its hold is renewed for
+    /// `enforcement.reservation_ttl`), and [`Recorded::stop`] says whether
+    /// the stream may go on. Needs a reservation.
+    pub progress: bool,
+    /// The record's number in its reservation's sequence (1, 2, ...), or 0:
+    /// a record numbered no higher than one already applied charges
+    /// nothing. Needs a reservation.
+    pub sequence: u32,
 }
 
 /// What a check decided: a denial carries the limit that decided it, and an
@@ -143,6 +152,17 @@ pub struct Recorded<'a> {
     /// The alert thresholds this record took a budget across (also sent to
     /// every [`Limiter::alerts`] subscriber).
     pub alerts: Vec<AlertEvent>,
+    /// When a progress record's usage went past its reservation into a
+    /// limit with no room left: which limit, for the stream's caller.
+    pub reason: String,
+}
+
+impl Recorded<'_> {
+    /// Whether a streamed request should stop: its usage so far went past
+    /// what its reservation held, into a limit with no room left.
+    pub fn stop(&self) -> bool {
+        self.outcome.stop
+    }
 }
 
 /// The outcome of an acquire.
@@ -272,6 +292,8 @@ impl Check<'_> {
 ///         total_tokens: 0,
 ///         cost: Some(limits::usd(0.35)?),
 ///         model: "gpt-4",
+///         progress: false,
+///         sequence: 0,
 ///     })
 ///     .await?;
 /// let usage = limiter.usage(&config, &key[0]).await?;
@@ -627,6 +649,21 @@ impl<S: Store> Limiter<S> {
             .filter(|id| !id.is_empty())
             .map(|id| ids::parse_reservation_id(&secret, id, req.subjects))
             .transpose()?;
+        if reservation.is_none() {
+            if req.progress {
+                return Err(Error::invalid(
+                    "reservation_id",
+                    "is required for a progress record: progress is charged against \
+                     the reservation of the request's CheckLimits",
+                ));
+            }
+            if req.sequence != 0 {
+                return Err(Error::invalid(
+                    "sequence",
+                    "numbers the records of a reservation: it needs a reservation_id",
+                ));
+            }
+        }
         let tokens =
             validate::total_tokens(req.request_tokens, req.response_tokens, req.total_tokens)?;
         let cost = match req.cost {
@@ -641,12 +678,18 @@ impl<S: Store> Limiter<S> {
         let now = now();
         let limits = self.limits_of(config, &secret, req.subjects, now);
         let scoped = Scoped::record(req.subjects, &limits, req.model);
+        let progress = req.progress.then(|| limits_core::Progress {
+            hold_until: now.saturating_add(Nanos::from(config.reservation_ttl)),
+            tag: secret.subjects_tag(req.subjects),
+        });
         let op = RecordOp {
             reservation,
             cost,
             tokens,
             input: req.request_tokens,
             output: req.response_tokens,
+            progress,
+            sequence: req.sequence,
             policy: &config.policy,
         };
         let mut outcome = self
@@ -663,12 +706,34 @@ impl<S: Store> Limiter<S> {
         let alerts = self.publish(config, &secret, &outcome.crossings, &scoped, now);
         drop(scoped);
         self.send_alerts(config, &alerts).await;
+        let reason = match outcome.statuses.iter().find(|s| s.exceeded) {
+            Some(s) if outcome.stop => {
+                let names = Names {
+                    subjects: req.subjects,
+                    secret,
+                    show_users: config.metrics.show_user_ids,
+                    show_teams: config.metrics.show_team_ids,
+                };
+                let mut r = format!(
+                    "{} would be overshot for {}",
+                    s.kind.describe(),
+                    names.show(s.subject, &limits[s.subject])
+                );
+                if let Some(pattern) = &s.scope {
+                    r.push_str(&format!(" in model scope '{pattern}'"));
+                }
+                r.push_str(": stop the stream");
+                r
+            }
+            _ => String::new(),
+        };
         Ok(Recorded {
             outcome,
             cost,
             tokens,
             limits,
             alerts,
+            reason,
         })
     }
 

@@ -28,6 +28,8 @@ fn record<'a>(subjects: &'a [Subject], cost: f64) -> RecordRequest<'a> {
         total_tokens: 0,
         cost: Some(usd(cost).unwrap()),
         model: "gpt-4o",
+        progress: false,
+        sequence: 0,
     }
 }
 

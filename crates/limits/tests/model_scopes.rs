@@ -119,6 +119,8 @@ async fn a_spent_scope_denies_its_models_and_leaves_the_others_alone() {
                 total_tokens: 0,
                 cost: Some(usd(4.0).unwrap()),
                 model: "gpt-4o",
+                progress: false,
+                sequence: 0,
             },
         )
         .await

@@ -81,6 +81,7 @@ pub fn actual() -> RecordRequest {
         tokens: 600,
         input: 400,
         output: 200,
+        ..RecordRequest::default()
     }
 }
 

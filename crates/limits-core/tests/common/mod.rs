@@ -192,6 +192,7 @@ impl Group {
             tokens: input.saturating_add(output),
             input,
             output,
+            ..Default::default()
         };
         record(&mut states, &limits, &req, &Policy::default(), now)
     }

@@ -445,6 +445,8 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                     total_tokens: req.total_tokens,
                     cost,
                     model: &req.model,
+                    progress: req.progress,
+                    sequence: req.sequence,
                 },
             )
             .await
@@ -474,6 +476,8 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
             budget: pb_budget(&outcome.statuses, &subjects),
             alert: outcome.alert,
             duplicate: outcome.duplicate,
+            may_continue: !recorded.stop(),
+            reason: recorded.reason.clone(),
         }))
     }
 

@@ -269,6 +269,8 @@ pub fn record(subjects: Vec<pb::Subject>, cost: f64) -> pb::RecordUsageRequest {
         cost_usd: Some(cost),
         provider: "openai".into(),
         model: "gpt-4".into(),
+        progress: false,
+        sequence: 0,
     }
 }
 

@@ -159,6 +159,40 @@ impl<'a> Req<'a> {
             tokens,
             input,
             output,
+            progress: None,
+            sequence: 0,
+            policy: &policy,
+        };
+        store
+            .record(Call {
+                subjects: &self.subjects,
+                limits: &self.limits,
+                op,
+                now,
+            })
+            .await
+    }
+
+    /// A record of a streamed request: with `hold_until`, a progress
+    /// record of the usage so far; without, the final one.
+    pub async fn record_stream<S: Store>(
+        &self,
+        store: &S,
+        reservation: u64,
+        (cost, tokens): (u64, u64),
+        hold_until: Option<Nanos>,
+        sequence: u32,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
+        let policy = policy();
+        let op = RecordOp {
+            reservation: Some(reservation),
+            cost: NanoUsd(cost),
+            tokens,
+            input: 0,
+            output: tokens,
+            progress: hold_until.map(|hold_until| limits_core::Progress { hold_until, tag: 0 }),
+            sequence,
             policy: &policy,
         };
         store
