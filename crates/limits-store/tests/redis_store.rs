@@ -73,6 +73,12 @@ impl Ids {
                 }
                 Outcome::Acquire(r)
             }
+            (Outcome::Record(_), Outcome::Record(mut r)) => {
+                if let Some(h) = &mut r.prior {
+                    h.id = self.map(h.id);
+                }
+                Outcome::Record(r)
+            }
             (_, r) => r,
         }
     }
@@ -229,14 +235,28 @@ async fn differential(seed: u64, server: &RedisServer, shards: u16) {
                 };
                 let cost = NanoUsd(rng.random_range(0..40));
                 let tokens = rng.random_range(0..60);
+                // A third are progress records of a streamed response,
+                // some numbered.
+                let progress = (reservation.is_some() && rng.random_bool(0.35)).then(|| {
+                    limits_core::Progress {
+                        hold_until: now
+                            .saturating_add(Nanos::from_millis(rng.random_range(1..60_000))),
+                        tag: 0,
+                    }
+                });
+                let sequence = if reservation.is_some() && rng.random_bool(0.3) {
+                    rng.random_range(1..5)
+                } else {
+                    0
+                };
                 let op = |reservation| RecordOp {
                     reservation,
                     cost,
                     tokens,
                     input: tokens / 3,
                     output: tokens - tokens / 3,
-                    progress: None,
-                    sequence: 0,
+                    progress,
+                    sequence,
                     policy: &policy,
                 };
                 (
