@@ -84,6 +84,9 @@ const SETTLE_RETRY = Object.freeze({
   attempts: 3, codes: [grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED], initialBackoffMs: 50, maxBackoffMs: 1000,
 });
 const NO_RETRY = Object.freeze({ attempts: 1, codes: [], initialBackoffMs: 0, maxBackoffMs: 0 });
+// A progress record of a streamed response reports the usage so far and is
+// numbered: a retry of one that did arrive charges nothing more.
+const PROGRESS_RETRY = SETTLE_RETRY;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -177,5 +180,6 @@ module.exports = {
   BaseClient,
   CHECK_RETRY,
   SETTLE_RETRY,
+  PROGRESS_RETRY,
   NO_RETRY,
 };

@@ -80,7 +80,17 @@ export interface RecordUsageResponse {
   statuses: LimitStatus[];
   budget: BudgetSummary | null;
   alert: boolean;
+  /** Nothing was charged: the reservation was settled, or a record numbered as high was applied. */
   duplicate: boolean;
+  /**
+   * False when a progress record's usage went past what its reservation held
+   * into a budget or token limit with no room left: stop the stream and send
+   * the final record. Once false, false for the reservation's later progress
+   * records; true for every other record.
+   */
+  may_continue: boolean;
+  /** Why `may_continue` is false: the limit and its subject. */
+  reason: string;
 }
 
 export interface AcquireConcurrentResponse {
@@ -140,6 +150,8 @@ export interface RetryPolicy {
 
 export const CHECK_RETRY: RetryPolicy;
 export const SETTLE_RETRY: RetryPolicy;
+/** A progress record's: the same as a settlement's (it reports usage so far, and is numbered). */
+export const PROGRESS_RETRY: RetryPolicy;
 export const NO_RETRY: RetryPolicy;
 
 /** A PEM file: its path, or its contents. */
@@ -204,6 +216,14 @@ export interface RecordOptions extends Usage {
   reservationId?: string;
   model?: string;
   provider?: string;
+  /**
+   * A progress record of a streamed response: the usage is the usage so far
+   * (not an increment), the reservation stays open, and `may_continue` says
+   * whether the stream may go on. Needs a `reservationId`.
+   */
+  progress?: boolean;
+  /** The record's number among its reservation's records (1, 2, ...). Needs a `reservationId`. */
+  sequence?: number;
   timeoutMs?: number;
 }
 
@@ -230,8 +250,19 @@ export interface Guard {
   readonly decision: CheckLimitsResponse;
   /** The settlement's answer, once the guarded function has finished. */
   readonly settlement: RecordUsageResponse | null;
-  /** Sets the usage recorded when the guarded function finishes (the last call wins). */
+  /** The answer to the last `progress` record (null before the first). */
+  readonly lastProgress: RecordUsageResponse | null;
+  /** Sets the usage recorded when the guarded function finishes (the last call wins, `progress` included). */
   record(usage: Usage): void;
+  /**
+   * Reports a streamed response's usage so far (from its start, not an
+   * increment) as the next numbered progress record of the reservation, and
+   * resolves to `may_continue`: false when the usage went past the hold into
+   * a limit with no room left (`lastProgress.reason` says which), and the
+   * stream should stop. The usage becomes what the guard records when the
+   * function finishes, unless `record` sets another.
+   */
+  progress(usage?: Usage): Promise<boolean>;
 }
 
 export class LimitsClient {

@@ -7,7 +7,7 @@
 // index.d.ts beside this file.
 
 const {
-  grpc, LimitsService, LimitsError, BaseClient, CHECK_RETRY, SETTLE_RETRY, NO_RETRY,
+  grpc, LimitsService, LimitsError, BaseClient, CHECK_RETRY, SETTLE_RETRY, PROGRESS_RETRY, NO_RETRY,
 } = require('./core');
 const { AdminClient, apiKeyHash } = require('./admin');
 
@@ -173,17 +173,27 @@ class LimitsClient extends BaseClient {
     return this._call('CheckLimits', req, timeoutMs, this.checkRetry);
   }
 
-  /** RecordUsage; retried only when it settles a reservation (charged once however often). */
+  /**
+   * RecordUsage; retried only when it records for a reservation (charged
+   * once however often). `progress: true` makes it a progress record of a
+   * streamed response: the usage so far (not an increment), the reservation
+   * stays open, and the answer's `may_continue` says whether the stream may
+   * go on. `sequence` numbers the reservation's records (1, 2, ...): one
+   * numbered no higher than one already applied charges nothing
+   * (`duplicate`). Both need a `reservationId`.
+   */
   record({
     subjects, reservationId = '', promptTokens = 0, completionTokens = 0, totalTokens = 0, costUsd, model = '',
-    provider = '', timeoutMs,
+    provider = '', progress = false, sequence = 0, timeoutMs,
   }) {
     const req = {
       subjects, reservation_id: reservationId, request_tokens: promptTokens, response_tokens: completionTokens,
-      total_tokens: totalTokens, model, provider,
+      total_tokens: totalTokens, model, provider, progress, sequence,
     };
     if (costUsd != null) req.cost_usd = costUsd;
-    return this._call('RecordUsage', req, timeoutMs, reservationId ? SETTLE_RETRY : NO_RETRY);
+    let policy = NO_RETRY;
+    if (reservationId) policy = progress ? PROGRESS_RETRY : SETTLE_RETRY;
+    return this._call('RecordUsage', req, timeoutMs, policy);
   }
 
   /** AcquireConcurrent: a slot on every subject with max_concurrent. */
@@ -219,8 +229,9 @@ class LimitsClient extends BaseClient {
    * Runs `fn(g)` as one guarded model call and resolves to its result.
    * Before: a concurrency slot (unless `concurrency: false`) and a reserved
    * check; a refusal rejects with LimitExceeded and `fn` never runs. After:
-   * the usage set with `g.record(...)` is recorded (the estimate when none
-   * was set); if `fn` rejects (an upstream error, an aborted request) the
+   * the usage set with `g.record(...)`, or the last `g.progress(...)` of a
+   * streamed response, is recorded (the estimate when none was set); if
+   * `fn` rejects (an upstream error, an aborted request) before either, the
    * reservation is settled at zero; the slot is released in every case.
    */
   async guard(opts, fn) {
@@ -260,24 +271,43 @@ class LimitsClient extends BaseClient {
     }
     const served = decision.downgrade_to || model;
     let usage = null;
+    let sequence = 0; // the number of the last record sent for the reservation
+    let settled = false;
     const g = {
       model: served,
       downgraded: Boolean(decision.downgrade_to),
       headers: { ...decision.headers },
       decision,
       settlement: null,
+      lastProgress: null,
       record({ promptTokens = 0, completionTokens = 0, totalTokens = 0, costUsd } = {}) {
         usage = { promptTokens, completionTokens, totalTokens, costUsd };
       },
+      progress: async ({ promptTokens = 0, completionTokens = 0, totalTokens = 0, costUsd } = {}) => {
+        if (!decision.reservation_id) {
+          throw new Error('limitsd: progress() needs a reservation, and limitsd reserved nothing for this guard');
+        }
+        if (settled) throw new Error('limitsd: progress() after the guard settled its reservation');
+        // Kept even if the call fails: the tokens were streamed all the same.
+        usage = { promptTokens, completionTokens, totalTokens, costUsd };
+        sequence += 1;
+        g.lastProgress = await this.record({
+          subjects, reservationId: decision.reservation_id, model: served, provider, ...usage, progress: true, sequence,
+        });
+        return g.lastProgress.may_continue;
+      },
     };
     const settle = async (failed) => {
-      if (!decision.reservation_id) return;
+      if (!decision.reservation_id || settled) return;
+      settled = true;
       let u = usage;
       if (!u) {
         u = failed ? { costUsd: 0 } : { promptTokens: estimatedTokens, costUsd: decision.estimated_cost_usd };
       }
+      // Numbered after the progress records, so that one arriving late is a duplicate.
+      sequence += 1;
       g.settlement = await this.record({
-        subjects, reservationId: decision.reservation_id, model: served, provider, ...u,
+        subjects, reservationId: decision.reservation_id, model: served, provider, ...u, sequence,
       });
     };
     let result;
@@ -316,5 +346,6 @@ module.exports = {
   grpc,
   CHECK_RETRY,
   SETTLE_RETRY,
+  PROGRESS_RETRY,
   NO_RETRY,
 };

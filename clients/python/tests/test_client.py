@@ -23,6 +23,7 @@ limits:
     by_api_key:
       "guard-key": { daily: 10.00 }
       "tiny-key": { daily: 0.05 }
+      "stream-key": { daily: 1.00 }
   rate_limits:
     by_api_key:
       "guard-key": { max_concurrent: 2 }
@@ -35,6 +36,7 @@ limits:
 
 KEY = limitsd.api_key("guard-key")
 TINY = limitsd.api_key("tiny-key")
+STREAM = limitsd.api_key("stream-key")  # $1.00 a day, no concurrency limit
 OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
@@ -58,6 +60,11 @@ def holds(c: LimitsClient, subject: pb.Subject = KEY) -> tuple[int, int]:
     """(open reservations, live leases) of a subject."""
     u = c.usage(subject)
     return len(u.reservations), len(u.leases)
+
+
+def held_usd(c: LimitsClient, subject: pb.Subject = KEY) -> list[float]:
+    """What each open reservation of a subject still holds, in USD."""
+    return [r.held_cost_usd for r in c.usage(subject).reservations]
 
 
 # ---- the blocking guard ------------------------------------------------------
@@ -249,12 +256,14 @@ class Faults(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         self.calls = 0
         self.sent = 0
         self.metadata: list[dict[str, str]] = []
+        self.requests: list[Any] = []
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         if not details.method.endswith("/" + self.method):
             return continuation(details, request)
         self.calls += 1
         self.metadata.append(dict(details.metadata or ()))
+        self.requests.append(request)
         if self.before > 0:
             self.before -= 1
             raise Unavailable(self.code)
@@ -337,6 +346,132 @@ def test_invalid_argument_names_the_field(client: LimitsClient) -> None:
         client.check([], model="m")
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.field == "subjects"
+
+
+# ---- streamed responses ----------------------------------------------------------
+
+
+def test_streamed_request_within_its_hold(server: Limitsd, client: LimitsClient) -> None:
+    faults = Faults("RecordUsage")  # sees every record, fails none
+    c = faulty_client(server, faults)
+    with c.guard([KEY], model="gpt-4", estimated_cost_usd=1.0) as g:
+        assert g.last_progress is None
+        for step, cost in enumerate([0.2, 0.4, 0.6], start=1):
+            assert g.progress(100, 50 * step, cost_usd=cost) is True
+            assert g.last_progress is not None and g.last_progress.may_continue and not g.last_progress.reason
+            assert not g.last_progress.duplicate
+            # Each record charges what the ones before did not: the hold holds the rest.
+            assert held_usd(client) == [pytest.approx(1.0 - cost)]
+            assert daily_used(client) == pytest.approx(1.0), "charged so far plus held: the estimate"
+    assert g.settlement is not None and not g.settlement.duplicate and g.settlement.may_continue
+    assert g.settlement.cost_usd == pytest.approx(0.6), "the exit records the last progress"
+    assert g.settlement.total_tokens == 250
+    assert [(r.progress, r.sequence) for r in faults.requests] == [(True, 1), (True, 2), (True, 3), (False, 4)]
+    assert daily_used(client) == pytest.approx(0.6)
+    assert holds(client) == (0, 0)
+
+
+def test_record_after_progress_is_what_the_exit_records(client: LimitsClient) -> None:
+    with client.guard([KEY], model="gpt-4", estimated_cost_usd=1.0) as g:
+        assert g.progress(10, 10, cost_usd=0.3)
+        g.record(10, 40, cost_usd=0.45)  # the stream's last chunk carried the provider's totals
+    assert g.settlement is not None and g.settlement.cost_usd == pytest.approx(0.45)
+    assert daily_used(client) == pytest.approx(0.45)
+    assert holds(client) == (0, 0)
+
+
+def test_streamed_request_past_a_spent_budget_is_told_to_stop(client: LimitsClient) -> None:
+    client.record([STREAM], cost_usd=0.7)  # $0.30 of $1.00 left
+    steps = [0.1, 0.2, 0.3, 0.45, 0.6]
+    answers: list[bool] = []
+    with client.guard([STREAM], model="gpt-4", estimated_cost_usd=0.2) as g:
+        for cost in steps:
+            answers.append(g.progress(0, 10, cost_usd=cost))
+            if not answers[-1]:
+                break
+        # $0.30 reaches the budget without passing it; $0.45 passes it.
+        assert answers == [True, True, True, False]
+        assert g.last_progress is not None and not g.last_progress.may_continue
+        assert "daily budget" in g.last_progress.reason and "stream-key" not in g.last_progress.reason
+        assert any(s.exceeded and s.kind == pb.LIMIT_KIND_BUDGET_DAILY for s in g.last_progress.statuses)
+        # Told once, told for good: the same usage again charges nothing and still says stop.
+        assert g.progress(0, 10, cost_usd=0.45) is False
+        assert not g.last_progress.duplicate and daily_used(client, STREAM) == pytest.approx(1.15)
+    assert g.settlement is not None and not g.settlement.duplicate
+    assert g.settlement.may_continue, "a final record always answers true"
+    used = daily_used(client, STREAM)
+    assert used == pytest.approx(0.7 + 0.45), "the usage streamed is charged all the same"
+    assert 1.0 < used <= 1.0 + (0.45 - 0.3) + 1e-9, "over the budget by no more than the last step"
+    assert holds(client, STREAM) == (0, 0)
+    assert not client.check([STREAM], model="gpt-4", estimated_cost_usd=0.01).allowed
+
+
+def test_duplicate_progress_record_charges_once(client: LimitsClient) -> None:
+    d = client.check([KEY], model="gpt-4", estimated_cost_usd=1.0, reserve=True)
+    rid = d.reservation_id
+    first = client.record([KEY], reservation_id=rid, prompt_tokens=5, cost_usd=0.3, progress=True, sequence=1)
+    assert not first.duplicate and first.may_continue
+    assert held_usd(client) == [pytest.approx(0.7)]
+    again = client.record([KEY], reservation_id=rid, prompt_tokens=5, cost_usd=0.3, progress=True, sequence=1)
+    assert again.duplicate and again.may_continue
+    stale = client.record([KEY], reservation_id=rid, prompt_tokens=5, cost_usd=0.9, progress=True, sequence=1)
+    assert stale.duplicate, "numbered no higher than one applied: nothing charged, whatever it says"
+    assert held_usd(client) == [pytest.approx(0.7)] and daily_used(client) == pytest.approx(1.0)
+    final = client.record([KEY], reservation_id=rid, prompt_tokens=5, cost_usd=0.3, sequence=2)
+    assert not final.duplicate
+    assert daily_used(client) == pytest.approx(0.3), "charged once"
+    assert holds(client) == (0, 0)
+
+
+def test_progress_retry_never_charges_twice(server: Limitsd, client: LimitsClient) -> None:
+    faults = Faults("RecordUsage", after=1, code=grpc.StatusCode.DEADLINE_EXCEEDED)
+    c = faulty_client(server, faults)
+    with c.guard([KEY], model="m", estimated_cost_usd=1.0) as g:
+        assert g.progress(10, 10, cost_usd=0.4)
+        assert faults.sent == 2, "the lost answer was retried"
+        assert g.last_progress is not None and g.last_progress.duplicate, "the retry was numbered as the first"
+        assert held_usd(client) == [pytest.approx(0.6)]
+    assert [r.sequence for r in faults.requests] == [1, 1, 2]
+    assert daily_used(client) == pytest.approx(0.4)
+    assert holds(client) == (0, 0)
+
+
+def test_cancelled_stream_frees_its_hold(client: LimitsClient) -> None:
+    d = client.check([STREAM], model="gpt-4", estimated_cost_usd=0.8, reserve=True)
+    assert d.allowed
+    assert not client.check([STREAM], model="gpt-4", estimated_cost_usd=0.5).allowed, "$0.80 is held"
+    final = client.record([STREAM], reservation_id=d.reservation_id, cost_usd=0.0, sequence=1)
+    assert not final.duplicate
+    assert holds(client, STREAM) == (0, 0)
+    assert daily_used(client, STREAM) == 0.0
+    assert client.check([STREAM], model="gpt-4", estimated_cost_usd=0.5).allowed
+
+
+def test_guard_stream_that_raises_charges_its_progress_and_frees_the_rest(client: LimitsClient) -> None:
+    with pytest.raises(ConnectionError):
+        with client.guard([STREAM], model="gpt-4", estimated_cost_usd=0.8) as g:
+            assert g.progress(0, 20, cost_usd=0.1)
+            assert not client.check([STREAM], model="gpt-4", estimated_cost_usd=0.5).allowed
+            raise ConnectionError("the HTTP client went away")
+    assert g.settlement is not None and g.settlement.cost_usd == pytest.approx(0.1)
+    assert holds(client, STREAM) == (0, 0)
+    assert daily_used(client, STREAM) == pytest.approx(0.1)
+    assert client.check([STREAM], model="gpt-4", estimated_cost_usd=0.5).allowed
+
+
+def test_progress_needs_a_reservation(client: LimitsClient) -> None:
+    g = client.guard([KEY], model="gpt-4", estimated_cost_usd=0.1)
+    with pytest.raises(RuntimeError, match="entered guard"):
+        g.progress(1, 1)
+    with g:
+        pass
+    with pytest.raises(RuntimeError, match="settled"):
+        g.progress(1, 1)
+    for kw, field in (({"progress": True}, "reservation_id"), ({"sequence": 1}, "sequence")):
+        with pytest.raises(LimitsError) as info:
+            client.record([KEY], cost_usd=0.1, **kw)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.field == field
+        assert info.value.attempts == 1
 
 
 # ---- the asyncio guard ---------------------------------------------------------
@@ -436,3 +571,88 @@ def test_async_denial(server: Limitsd, client: LimitsClient) -> None:
 
     run(main())
     assert holds(client, TINY) == (0, 0)
+
+
+def test_async_streamed_request_within_its_hold(server: Limitsd, client: LimitsClient) -> None:
+    async def main() -> Any:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            async with c.guard([KEY], model="gpt-4", estimated_cost_usd=1.0) as g:
+                for step, cost in enumerate([0.25, 0.5], start=1):
+                    assert await g.progress(100, 50 * step, cost_usd=cost) is True
+                    assert g.last_progress is not None and not g.last_progress.duplicate
+                    u = await c.usage(KEY)
+                    assert [r.held_cost_usd for r in u.reservations] == [pytest.approx(1.0 - cost)]
+            return g
+
+    g = run(main())
+    assert g.settlement is not None and not g.settlement.duplicate
+    assert g.settlement.cost_usd == pytest.approx(0.5) and g.settlement.total_tokens == 200
+    assert daily_used(client) == pytest.approx(0.5)
+    assert holds(client) == (0, 0)
+
+
+def test_async_stream_past_a_spent_budget_is_told_to_stop(server: Limitsd, client: LimitsClient) -> None:
+    client.record([STREAM], cost_usd=0.9)  # $0.10 of $1.00 left
+
+    async def main() -> Any:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            async with c.guard([STREAM], model="gpt-4", estimated_cost_usd=0.05) as g:
+                assert await g.progress(0, 10, cost_usd=0.05) is True
+                assert await g.progress(0, 20, cost_usd=0.1) is True, "reaching the budget is not passing it"
+                assert await g.progress(0, 30, cost_usd=0.2) is False
+                assert g.last_progress is not None and "daily budget" in g.last_progress.reason
+            return g
+
+    g = run(main())
+    assert g.settlement is not None and not g.settlement.duplicate
+    used = daily_used(client, STREAM)
+    assert used == pytest.approx(1.1)
+    assert used - 1.0 <= 0.2 - 0.1 + 1e-9, "over the budget by no more than the last step"
+    assert holds(client, STREAM) == (0, 0)
+
+
+def test_async_duplicate_progress_record_charges_once(server: Limitsd, client: LimitsClient) -> None:
+    async def main() -> None:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            d = await c.check([KEY], model="gpt-4", estimated_cost_usd=1.0, reserve=True)
+            kw: dict[str, Any] = {"reservation_id": d.reservation_id, "cost_usd": 0.4, "progress": True, "sequence": 1}
+            assert not (await c.record([KEY], **kw)).duplicate
+            assert (await c.record([KEY], **kw)).duplicate
+            final = await c.record([KEY], reservation_id=d.reservation_id, cost_usd=0.4, sequence=2)
+            assert not final.duplicate
+
+    run(main())
+    assert daily_used(client) == pytest.approx(0.4)
+    assert holds(client) == (0, 0)
+
+
+def test_async_cancelled_stream_frees_its_hold(server: Limitsd, client: LimitsClient) -> None:
+    async def main() -> None:
+        async with AsyncLimitsClient(server.grpc_addr, options=OPTIONS, timeout=5) as c:
+            # Cancelled before any token: a final record of zero frees all of the hold.
+            d = await c.check([STREAM], model="gpt-4", estimated_cost_usd=0.8, reserve=True)
+            assert not (await c.check([STREAM], model="gpt-4", estimated_cost_usd=0.5)).allowed
+            await c.record([STREAM], reservation_id=d.reservation_id, cost_usd=0.0, sequence=1)
+            assert (await c.check([STREAM], model="gpt-4", estimated_cost_usd=0.5)).allowed
+            assert daily_used(client, STREAM) == 0.0
+
+            # Cancelled mid-stream: what streamed is charged, the rest of the hold is freed.
+            inside = asyncio.Event()
+
+            async def stream() -> None:
+                async with c.guard([STREAM], model="gpt-4", estimated_cost_usd=0.8) as g:
+                    assert await g.progress(0, 10, cost_usd=0.1)
+                    inside.set()
+                    await asyncio.Event().wait()  # a stream that never ends
+
+            task = asyncio.create_task(stream())
+            await inside.wait()
+            assert not (await c.check([STREAM], model="gpt-4", estimated_cost_usd=0.5)).allowed
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(wait_for, "the hold to go", lambda: holds(client, STREAM) == (0, 0))
+            assert daily_used(client, STREAM) == pytest.approx(0.1)
+            assert (await c.check([STREAM], model="gpt-4", estimated_cost_usd=0.5)).allowed
+
+    run(main())

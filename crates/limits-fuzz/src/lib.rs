@@ -64,16 +64,25 @@ impl Target {
 }
 
 /// The config requests are decided under: every kind of limit, on every
-/// dimension, with downgrades and pricing, and the Envoy path mapped.
+/// dimension, with model scopes, calendar budgets, several alert
+/// thresholds, downgrades and pricing, and the Envoy path mapped.
 const CONFIG: &str = r#"
 limits:
   security:
     secret: "fuzzing secret, not for production"
   budgets:
     alert_threshold: 0.5
+    alert_thresholds: [0.25, 0.9]
     by_api_key:
-      k1: { hourly: 1, daily: 5, monthly: 50, alias: one }
-      default: { daily: 2 }
+      k1:
+        hourly: 1
+        daily: 5
+        monthly: 50
+        alias: one
+        models:
+          "gpt-4*": { daily: 1, tokens_per_minute: 2000 }
+          gpt-3.5-turbo: { hourly: 0.2 }
+      default: { daily: 2, period: calendar, timezone: Europe/Paris }
     by_user:
       default: { hourly: 0.5 }
     by_team:

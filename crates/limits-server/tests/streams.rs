@@ -153,6 +153,15 @@ async fn streams_are_charged_as_they_go(replicas: &[Limitsd]) {
         spent > 10.0 && spent <= 10.0 + 1.0,
         "over by at most the last step: {spent}"
     );
+    // Told again, with a reason, however the record is retried.
+    for seq in [3, 0] {
+        let again = next()
+            .record_usage(step("stream-key", &id, 3.5, true, seq))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!again.may_continue && !again.reason.is_empty(), "{again:?}");
+    }
     // The gateway stops and settles; a retried final charges nothing.
     let fin = next()
         .record_usage(step("stream-key", &id, 3.5, false, 4))

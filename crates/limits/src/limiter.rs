@@ -725,6 +725,10 @@ impl<S: Store> Limiter<S> {
                 r.push_str(": stop the stream");
                 r
             }
+            // Told before, and told again.
+            None if outcome.stop => "an earlier progress record of this reservation went past \
+                                     a limit with no room left: stop the stream"
+                .to_owned(),
             _ => String::new(),
         };
         Ok(Recorded {

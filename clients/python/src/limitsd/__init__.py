@@ -14,6 +14,7 @@ proxy.
 from limitsd._common import (
     CHECK_RETRY,
     NO_RETRY,
+    PROGRESS_RETRY,
     SETTLE_RETRY,
     LimitExceeded,
     LimitsError,
@@ -45,6 +46,7 @@ from limitsd.client import AlertStream, Guard, LimitsClient
 __all__ = [
     "CHECK_RETRY",
     "NO_RETRY",
+    "PROGRESS_RETRY",
     "SETTLE_RETRY",
     "TLS",
     "AdminClient",

@@ -183,6 +183,10 @@ SETTLE_RETRY = RetryPolicy(codes=frozenset({grpc.StatusCode.UNAVAILABLE, grpc.St
 #: A record without a reservation is never retried: if the first attempt
 #: reached the service, a second would charge twice.
 NO_RETRY = RetryPolicy(attempts=1)
+#: A progress record of a streamed response reports the usage so far (not an
+#: increment) and is numbered, so a retry of one that did arrive charges
+#: nothing more: it is retried like a settlement.
+PROGRESS_RETRY = SETTLE_RETRY
 #: Releasing twice is harmless and reading changes nothing.
 IDEMPOTENT_RETRY = SETTLE_RETRY
 
@@ -223,6 +227,8 @@ def record_request(
     cost_usd: float | None,
     model: str,
     provider: str,
+    progress: bool = False,
+    sequence: int = 0,
 ) -> pb.RecordUsageRequest:
     req = pb.RecordUsageRequest(
         subjects=list(subjects),
@@ -232,10 +238,21 @@ def record_request(
         total_tokens=total_tokens,
         model=model,
         provider=provider,
+        progress=progress,
+        sequence=sequence,
     )
     if cost_usd is not None:
         req.cost_usd = cost_usd
     return req
+
+
+def record_retry(req: pb.RecordUsageRequest) -> RetryPolicy:
+    """The retries of a RecordUsage: a record of a reservation (a
+    settlement, or a progress record) is charged once however often it
+    arrives; a record without one never is retried."""
+    if not req.reservation_id:
+        return NO_RETRY
+    return PROGRESS_RETRY if req.progress else SETTLE_RETRY
 
 
 def acquire_request(subjects: Iterable[pb.Subject], ttl: float | None) -> pb.AcquireConcurrentRequest:
@@ -248,7 +265,8 @@ def acquire_request(subjects: Iterable[pb.Subject], ttl: float | None) -> pb.Acq
 
 @dataclass
 class Usage:
-    """What a guarded call actually used, set with ``Guard.record``."""
+    """What a guarded call actually used, set with ``Guard.record`` (or, so
+    far, with ``Guard.progress``)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -270,7 +288,40 @@ class GuardState:
     lease_id: str = ""
     usage: Usage | None = None
     settlement: pb.RecordUsageResponse | None = None
+    #: The answer to the last progress record.
+    last_progress: pb.RecordUsageResponse | None = None
+    #: The number of the last record sent for the reservation (0: none).
+    sequence: int = 0
     _settled: bool = field(default=False, repr=False)
+
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+    def progress_request(self, usage: Usage) -> pb.RecordUsageRequest:
+        """The progress record of ``usage``, the usage so far of a streamed
+        response, numbered after the records sent before it. ``usage``
+        becomes what the exit records (unless ``record`` sets another)."""
+        if self.decision is None:
+            raise RuntimeError("limitsd: progress() needs an entered guard: use it inside the guard's block")
+        if not self.decision.reservation_id:
+            raise RuntimeError("limitsd: progress() needs a reservation, and limitsd reserved nothing for this guard")
+        if self._settled:
+            raise RuntimeError("limitsd: progress() after the guard settled its reservation")
+        # Kept even if the call fails: the tokens were streamed all the same.
+        self.usage = usage
+        return record_request(
+            self.subjects,
+            reservation_id=self.decision.reservation_id,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cost_usd=usage.cost_usd,
+            model=self.effective_model,
+            provider=self.provider,
+            progress=True,
+            sequence=self.next_sequence(),
+        )
 
     def settle_request(self, failed: bool) -> pb.RecordUsageRequest | None:
         """The RecordUsage to send on exit, or None when there is nothing to
@@ -282,11 +333,16 @@ class GuardState:
           its hold is released now rather than at its expiry;
         - otherwise (the block finished without saying what it used) the
           estimate that was checked is charged: never less than was held.
+
+        The usage of the last ``progress`` counts as set with ``record``.
+        The settlement is numbered after the progress records, so that one
+        of them arriving late is a duplicate.
         """
         if self._settled or self.decision is None or not self.decision.reservation_id:
             return None
         self._settled = True
         rid = self.decision.reservation_id
+        seq = self.next_sequence()
         if self.usage is not None:
             u = self.usage
             return record_request(
@@ -298,6 +354,7 @@ class GuardState:
                 cost_usd=u.cost_usd,
                 model=self.effective_model,
                 provider=self.provider,
+                sequence=seq,
             )
         if failed:
             return record_request(
@@ -309,6 +366,7 @@ class GuardState:
                 cost_usd=0.0,
                 model=self.effective_model,
                 provider=self.provider,
+                sequence=seq,
             )
         return record_request(
             self.subjects,
@@ -319,6 +377,7 @@ class GuardState:
             cost_usd=self.decision.estimated_cost_usd,
             model=self.effective_model,
             provider=self.provider,
+            sequence=seq,
         )
 
     @property
@@ -361,6 +420,12 @@ class GuardBase:
         """The RecordUsage answer sent on exit (after the block)."""
         return self._state.settlement
 
+    @property
+    def last_progress(self) -> pb.RecordUsageResponse | None:
+        """The answer to the last ``progress`` record (``None`` before the
+        first): ``may_continue``, and ``reason`` when it is false."""
+        return self._state.last_progress
+
     def record(
         self,
         prompt_tokens: int = 0,
@@ -369,6 +434,7 @@ class GuardBase:
         cost_usd: float | None = None,
         total_tokens: int = 0,
     ) -> None:
-        """Sets the usage the exit records (the last call wins). Without
-        ``cost_usd``, limitsd prices the tokens from its pricing table."""
+        """Sets the usage the exit records (the last call wins, ``progress``
+        included). Without ``cost_usd``, limitsd prices the tokens from its
+        pricing table."""
         self._state.usage = Usage(prompt_tokens, completion_tokens, total_tokens, cost_usd)

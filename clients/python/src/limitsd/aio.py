@@ -17,7 +17,7 @@ from limitsd._channel import TLS, Token, aio_channel, call_metadata
 from limitsd._common import (
     CHECK_RETRY,
     IDEMPOTENT_RETRY,
-    NO_RETRY,
+    PROGRESS_RETRY,
     SETTLE_RETRY,
     GuardBase,
     GuardState,
@@ -25,9 +25,11 @@ from limitsd._common import (
     LimitsError,
     Metadata,
     RetryPolicy,
+    Usage,
     acquire_request,
     check_request,
     record_request,
+    record_retry,
 )
 from limitsd._proto import limits_pb2 as pb
 from limitsd._proto import limits_pb2_grpc as pb_grpc
@@ -151,8 +153,11 @@ class AsyncLimitsClient:
         model: str = "",
         provider: str = "",
         timeout: float | None = None,
+        progress: bool = False,
+        sequence: int = 0,
     ) -> pb.RecordUsageResponse:
-        """RecordUsage; retried only when it settles a reservation."""
+        """RecordUsage; retried only when it records for a reservation.
+        ``progress`` and ``sequence``: see ``LimitsClient.record``."""
         req = record_request(
             subjects,
             reservation_id=reservation_id,
@@ -162,8 +167,10 @@ class AsyncLimitsClient:
             cost_usd=cost_usd,
             model=model,
             provider=provider,
+            progress=progress,
+            sequence=sequence,
         )
-        return await self._call("RecordUsage", req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY, pb.RecordUsageResponse)
+        return await self._call("RecordUsage", req, timeout, record_retry(req), pb.RecordUsageResponse)
 
     async def acquire(
         self, subjects: Iterable[pb.Subject], *, ttl: float | None = None, timeout: float | None = None
@@ -333,6 +340,24 @@ class AsyncGuard(GuardBase):
             raise LimitExceeded.from_check(d)
         s.decision = d
         return self
+
+    async def progress(
+        self,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        *,
+        cost_usd: float | None = None,
+        total_tokens: int = 0,
+    ) -> bool:
+        """Reports a streamed response's usage so far and returns
+        ``may_continue``; see ``Guard.progress``. A progress record that a
+        cancellation interrupts is harmless: the exit's settlement is
+        numbered after it and records this usage."""
+        s = self._state
+        req = s.progress_request(Usage(prompt_tokens, completion_tokens, total_tokens, cost_usd))
+        answer = await self._client._call("RecordUsage", req, None, PROGRESS_RETRY, pb.RecordUsageResponse)
+        s.last_progress = answer
+        return answer.may_continue
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

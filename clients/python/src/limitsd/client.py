@@ -16,7 +16,7 @@ from limitsd._channel import TLS, Token, call_metadata, sync_channel
 from limitsd._common import (
     CHECK_RETRY,
     IDEMPOTENT_RETRY,
-    NO_RETRY,
+    PROGRESS_RETRY,
     SETTLE_RETRY,
     GuardBase,
     GuardState,
@@ -24,9 +24,11 @@ from limitsd._common import (
     LimitsError,
     Metadata,
     RetryPolicy,
+    Usage,
     acquire_request,
     check_request,
     record_request,
+    record_retry,
 )
 from limitsd._proto import limits_pb2 as pb
 from limitsd._proto import limits_pb2_grpc as pb_grpc
@@ -153,9 +155,18 @@ class LimitsClient:
         model: str = "",
         provider: str = "",
         timeout: float | None = None,
+        progress: bool = False,
+        sequence: int = 0,
     ) -> pb.RecordUsageResponse:
-        """RecordUsage. Retried only when it settles a reservation (the
-        service charges a reservation once, however often it is settled)."""
+        """RecordUsage. Retried only when it records for a reservation (the
+        service charges a reservation once, however often it is settled).
+
+        ``progress=True`` makes it a progress record of a streamed response:
+        the usage is the usage so far (not an increment), the reservation
+        stays open, and the answer's ``may_continue`` says whether the stream
+        may go on. ``sequence`` numbers the reservation's records (1, 2,
+        ...): one numbered no higher than one already applied charges
+        nothing (``duplicate``). Both need a ``reservation_id``."""
         req = record_request(
             subjects,
             reservation_id=reservation_id,
@@ -165,8 +176,10 @@ class LimitsClient:
             cost_usd=cost_usd,
             model=model,
             provider=provider,
+            progress=progress,
+            sequence=sequence,
         )
-        return self._call("RecordUsage", req, timeout, SETTLE_RETRY if reservation_id else NO_RETRY, pb.RecordUsageResponse)
+        return self._call("RecordUsage", req, timeout, record_retry(req), pb.RecordUsageResponse)
 
     def acquire(
         self, subjects: Iterable[pb.Subject], *, ttl: float | None = None, timeout: float | None = None
@@ -221,8 +234,9 @@ class LimitsClient:
         Entering takes a concurrency slot (unless ``concurrency`` is false;
         subjects without ``max_concurrent`` need none) and checks with a
         reservation, raising ``LimitExceeded`` when either is refused.
-        Leaving records the usage set with ``g.record(...)``, settles zero
-        when the block raised, and always releases the slot.
+        Leaving records the usage set with ``g.record(...)`` (or the last
+        ``g.progress(...)`` of a streamed response), settles zero when the
+        block raised before either, and always releases the slot.
         """
         state = GuardState(list(subjects), model, estimated_tokens, estimated_cost_usd, provider)
         return Guard(self, state, concurrency, reservation_ttl, lease_ttl)
@@ -320,6 +334,31 @@ class Guard(GuardBase):
             raise LimitExceeded.from_check(d)
         s.decision = d
         return self
+
+    def progress(
+        self,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        *,
+        cost_usd: float | None = None,
+        total_tokens: int = 0,
+    ) -> bool:
+        """Reports a streamed response's usage so far (counted from its
+        start, not an increment) as a progress record of the guard's
+        reservation, numbered after the ones before it, and returns
+        ``may_continue``: false when the usage went past what the
+        reservation held into a budget or token limit with no room left
+        (``last_progress.reason`` says which). Then stop the stream; the
+        exit records this usage, unless ``record`` sets another.
+
+        Retried like a settlement (it charges only what earlier records did
+        not); a ``LimitsError`` is raised as it is. A guard not entered, or
+        without a reservation, raises ``RuntimeError``."""
+        s = self._state
+        req = s.progress_request(Usage(prompt_tokens, completion_tokens, total_tokens, cost_usd))
+        answer = self._client._call("RecordUsage", req, None, PROGRESS_RETRY, pb.RecordUsageResponse)
+        s.last_progress = answer
+        return answer.may_continue
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -35,6 +35,29 @@ const client = new LimitsClient('127.0.0.1:50051', {
 void handle(client, 'sk-1');
 void client.check({ subjects: [apiKey('k')], reserve: true }).then((d) => d.reservation_id.length);
 
+// A streamed response: progress reports the usage so far, and says whether to go on.
+async function stream(limits: LimitsClient, chunks: AsyncIterable<string>): Promise<string> {
+  return limits.guard({ subjects: [apiKey('k')], model: 'gpt-4', estimatedTokens: 2000 }, async (g) => {
+    let text = '';
+    for await (const chunk of chunks) {
+      text += chunk;
+      const goOn: boolean = await g.progress({ promptTokens: 1200, completionTokens: text.length, costUsd: 0.01 });
+      if (!goOn) {
+        const reason: string = g.lastProgress ? g.lastProgress.reason : '';
+        return `${text} [stopped: ${reason}]`;
+      }
+    }
+    return text;
+  });
+}
+void stream(client, (async function* chunks() { yield 'a'; })());
+void client.record({ subjects: [apiKey('k')], reservationId: 'r', costUsd: 0.1, progress: true, sequence: 2 })
+  .then((r) => (r.may_continue ? r.duplicate : r.reason.length));
+// @ts-expect-error: progress takes the usage so far as an object
+void client.guard({ subjects: [apiKey('k')], model: 'm' }, (g) => g.progress(10, 20));
+// @ts-expect-error: a sequence is a number
+void client.record({ subjects: [apiKey('k')], reservationId: 'r', sequence: '1' });
+
 // @ts-expect-error: a subject needs a known dimension
 void client.check({ subjects: [{ dimension: 'DIMENSION_REGION', id: 'x' }] });
 // @ts-expect-error: the guard needs a model
