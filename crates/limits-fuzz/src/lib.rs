@@ -80,7 +80,7 @@ limits:
         monthly: 50
         alias: one
         models:
-          "gpt-4*": { daily: 1, tokens_per_minute: 2000 }
+          "gpt-4*": { daily: 1 }
           gpt-3.5-turbo: { hourly: 0.2 }
       default: { daily: 2, period: calendar, timezone: Europe/Paris }
     by_user:
@@ -89,7 +89,12 @@ limits:
       t1: { monthly: 10 }
   rate_limits:
     by_api_key:
-      k1: { requests_per_second: 5, requests_per_minute: 20, tokens_per_minute: 5000, max_concurrent: 2 }
+      k1:
+        requests_per_second: 5
+        requests_per_minute: 20
+        tokens_per_minute: 5000
+        max_concurrent: 2
+        models: { "gpt-4*": { tokens_per_minute: 2000 } }
       default: { requests_per_hour: 100, tokens_per_hour: 100000, max_concurrent: 3 }
     by_team:
       t1: { requests_per_minute: 50, max_concurrent: 4 }

@@ -41,10 +41,11 @@
 //! bucket as `varint index delta (>= 1)` and `varint amount`), holds (`varint
 //! count`, then per hold `u64 id`, `varint cost`, `varint tokens`, `u64
 //! expires_at`, `settled byte` (from version 5 a flags byte: 1 settled, 2
-//! stopped), from version 2 `u32 tag`, from version 3
-//! `varint input` and `varint output` tokens, and from version 5 what its
-//! records charged as `varint cost`, `varint tokens`, `varint input`,
-//! `varint output`, then `u32` the last record's number) and leases (`varint count`, then per lease
+//! stopped, 4 progress follows), from version 2 `u32 tag`, from version 3
+//! `varint input` and `varint output` tokens, and from version 5, when the
+//! progress flag is set (a reservation some record charged or numbered),
+//! what its records charged as `varint cost`, `varint tokens`, `varint
+//! input`, `varint output`, then `u32` the last record's number) and leases (`varint count`, then per lease
 //! `u64 id`, `u64 expires_at`), and from version 4 the fired alert
 //! thresholds (`varint count`, then per budget window its `kind byte`, a
 //! `bits byte` and `u64 period`). Ids and instants are fixed-width because they
@@ -219,15 +220,19 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
         put_varint(out, h.cost);
         put_varint(out, h.tokens);
         put_u64(out, h.expires_at.0);
-        out.push(u8::from(h.settled) | (u8::from(h.stopped) << 1));
+        // Most holds never see a progress record: theirs is one bit.
+        let progress = !h.charged.is_zero() || h.seq != 0;
+        out.push(u8::from(h.settled) | u8::from(h.stopped) << 1 | u8::from(progress) << 2);
         put_u32(out, h.tag);
         put_varint(out, h.input);
         put_varint(out, h.output);
-        put_varint(out, h.charged.cost);
-        put_varint(out, h.charged.tokens);
-        put_varint(out, h.charged.input);
-        put_varint(out, h.charged.output);
-        put_u32(out, h.seq);
+        if progress {
+            put_varint(out, h.charged.cost);
+            put_varint(out, h.charged.tokens);
+            put_varint(out, h.charged.input);
+            put_varint(out, h.charged.output);
+            put_u32(out, h.seq);
+        }
     }
     put_varint(out, state.leases().len() as u64);
     for l in state.leases() {
@@ -279,13 +284,13 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
     for _ in 0..count {
         let (id, cost, tokens) = (r.u64()?, r.varint()?, r.varint()?);
         let expires_at = Nanos(r.u64()?);
-        let (settled, stopped) = if version >= 5 {
+        let (settled, stopped, progress) = if version >= 5 {
             match r.byte()? {
-                flags @ 0..=3 => (flags & 1 != 0, flags & 2 != 0),
+                flags @ 0..=7 => (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0),
                 _ => return Err(DecodeError::Invalid("unknown hold flags")),
             }
         } else {
-            (r.flag()?, false)
+            (r.flag()?, false, false)
         };
         let tag = if version >= 2 { r.u32()? } else { 0 };
         // Before version 3 a hold had no split: its tokens could be either.
@@ -294,7 +299,7 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
         } else {
             (tokens, tokens)
         };
-        let (charged, seq) = if version >= 5 {
+        let (charged, seq) = if progress {
             let charged = limits_core::Held {
                 cost: r.varint()?,
                 tokens: r.varint()?,
@@ -653,15 +658,17 @@ mod tests {
         );
         assert!(h.settled && !h.stopped);
         assert_eq!((h.charged, h.seq), (limits_core::Held::default(), 0));
-        // The same bytes as version 5 lack the charged amounts.
-        v4[0] = 5;
-        assert!(decode_state(&v4).is_err());
-        // Flags this build does not know are refused, not guessed at.
+        // A hold no record has charged is written as version 4 wrote it.
         let mut buf = Vec::new();
         assert!(encode_state(&state, &mut buf));
+        assert_eq!(buf[1..], v4[1..]);
+        // With the progress flag, the charged amounts must follow.
         let flags_at = 1 + 1 + 1 + 8 + 2 + 8;
         assert_eq!(buf[flags_at], 1);
-        buf[flags_at] = 4;
+        buf[flags_at] = 1 | 4;
+        assert!(decode_state(&buf).is_err());
+        // Flags this build does not know are refused, not guessed at.
+        buf[flags_at] = 8;
         assert!(decode_state(&buf).is_err());
     }
 
