@@ -89,6 +89,25 @@ fn main() {
     c.bench_function("check_record_3_subjects_100k_scoped_calendar", |b| {
         run(b, &mut scoped, true, cpu)
     });
+
+    // A busy shared subject (a team at 100 requests a second with the
+    // default 10-minute reservation TTL) in its steady state: it remembers
+    // 60 000 settled reservations, and each iteration is one more request's
+    // reserved check and its settlement, 10 ms of fake time later.
+    let mut team = BusyTeam::new(60_000);
+    c.bench_function("reserve_settle_busy_team_60k_settled", |b| {
+        if cpu {
+            b.iter_custom(|iters| {
+                let start = thread_cpu_time();
+                for _ in 0..iters {
+                    black_box(team.step());
+                }
+                thread_cpu_time() - start
+            });
+        } else {
+            b.iter(|| black_box(team.step()));
+        }
+    });
     c.final_summary();
 
     // Shown after the run, so the figures are for state that has been used.
@@ -99,4 +118,62 @@ fn main() {
         (scoped.now.0 - common::START.0) as f64 / 1e9,
         if cpu { "thread CPU time" } else { "wall clock" }
     );
+}
+
+/// One subject with a daily budget and a token rate that settles a
+/// reservation every 10 ms of fake time, each held for ten minutes.
+struct BusyTeam {
+    state: limits_core::SubjectState,
+    limits: limits_core::SubjectLimits,
+    policy: limits_core::Policy,
+    now: limits_core::Nanos,
+    next: u64,
+}
+
+impl BusyTeam {
+    const TTL: limits_core::Nanos = limits_core::Nanos::from_secs(600);
+    const EVERY: limits_core::Nanos = limits_core::Nanos::from_millis(10);
+
+    fn new(settled: u64) -> BusyTeam {
+        let mut team = BusyTeam {
+            state: limits_core::SubjectState::new(),
+            limits: common::subject_limits(),
+            policy: limits_core::Policy::default(),
+            now: common::START,
+            next: 1,
+        };
+        for _ in 0..settled {
+            team.step();
+        }
+        team
+    }
+
+    /// One request: a reserved check, then its settlement.
+    fn step(&mut self) -> bool {
+        use limits_core::engine::Reserve;
+        self.now = self.now.saturating_add(Self::EVERY);
+        let id = self.next;
+        self.next += 1;
+        let attempts = common::estimate();
+        let req = limits_core::CheckRequest {
+            attempts: &attempts,
+            reserve: Some(Reserve {
+                id,
+                expires_at: self.now.saturating_add(Self::TTL),
+                tag: 0,
+            }),
+            policy: &self.policy,
+        };
+        let out = limits_core::check(&mut [&mut self.state], &[&self.limits], &req, self.now);
+        let mut actual = common::actual();
+        actual.reservation = Some(id);
+        let rec = limits_core::record(
+            &mut [&mut self.state],
+            &[&self.limits],
+            &actual,
+            &self.policy,
+            self.now,
+        );
+        out.allowed() && !rec.duplicate
+    }
 }

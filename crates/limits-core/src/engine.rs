@@ -9,7 +9,7 @@ use crate::alerts::{Crossing, crossings};
 use crate::enforcement::{Action, Attempt, EnforcementMode, Policy};
 use crate::limits::{LimitKind, LimitStatus, Resource, SubjectLimits};
 use crate::money::NanoUsd;
-use crate::state::{Held, Hold, LeaseSlot, SubjectState};
+use crate::state::{Held, Hold, LeaseSlot, Settled, SubjectState};
 use crate::time::Nanos;
 use crate::window::WindowRef;
 
@@ -160,8 +160,12 @@ pub struct RecordOutcome {
     /// or a later number applied: nothing was charged.
     pub duplicate: bool,
     /// The reservation's hold as it was before this record (from its first
-    /// subject that has one), so that the record can be undone.
+    /// subject that has one; a settled reservation's, when it is settled),
+    /// so that the record can be undone.
     pub prior: Option<Hold>,
+    /// The subjects (bit `i` for subject `i`) whose hold this record
+    /// changed, settled or made.
+    pub held_on: u16,
     /// What this record charged to the windows: with a reservation, the
     /// usage it reports less what earlier records of it charged.
     pub charged: Held,
@@ -665,16 +669,26 @@ pub fn record(
 ) -> RecordOutcome {
     expire_all(states, limits, now);
     let prior = req.reservation.and_then(|id| {
-        states
+        let open = states
             .iter()
             .find_map(|s| s.holds().iter().find(|h| h.id == id))
-            .cloned()
+            .cloned();
+        open.or_else(|| {
+            let settled = states.iter().find_map(|s| s.find_settled(id))?;
+            Some(Hold {
+                id,
+                expires_at: settled.expires_at,
+                settled: true,
+                ..Hold::default()
+            })
+        })
     });
     let duplicate = prior
         .as_ref()
         .is_some_and(|h| h.settled || (req.sequence != 0 && req.sequence <= h.seq));
     let mut charged = Held::default();
     let mut overshoot = Held::default();
+    let mut held_on = 0u16;
     if !duplicate {
         let total = Held {
             cost: req.cost.0,
@@ -687,19 +701,26 @@ pub fn record(
             .map_or_else(Default::default, |h| (h.charged, h.estimate()));
         charged = total.saturating_sub(before);
         overshoot = charged.saturating_sub(held);
-        for (state, lim) in states.iter_mut().zip(limits) {
+        for (i, (state, lim)) in states.iter_mut().zip(limits).enumerate() {
+            let bit = if i < 16 { 1 << i } else { 0 };
             match req.reservation.and_then(|id| state.hold_mut(id)) {
                 Some(h) => {
-                    h.charged = h.charged.saturating_add(charged);
-                    h.seq = h.seq.max(req.sequence);
+                    held_on |= bit;
                     match req.progress {
                         Some(p) => {
+                            h.charged = h.charged.saturating_add(charged);
+                            h.seq = h.seq.max(req.sequence);
                             h.set_estimate(h.estimate().saturating_sub(charged));
                             h.expires_at = h.expires_at.max(p.hold_until);
                         }
                         None => {
-                            h.set_estimate(Held::default());
-                            h.settled = true;
+                            // Settled: the first subject remembers it, until
+                            // the hold would have expired.
+                            let (id, expires_at) = (h.id, h.expires_at);
+                            state.remove_hold(id);
+                            if held_on == bit {
+                                state.push_settled(Settled { id, expires_at });
+                            }
                         }
                     }
                 }
@@ -707,6 +728,7 @@ pub fn record(
                     if let (Some(id), Some(p), None) = (req.reservation, req.progress, &prior)
                         && holds_anything(lim)
                     {
+                        held_on |= bit;
                         state.push_hold(Hold {
                             id,
                             expires_at: p.hold_until,
@@ -754,6 +776,7 @@ pub fn record(
     RecordOutcome {
         duplicate,
         prior,
+        held_on,
         charged,
         stop,
         statuses,

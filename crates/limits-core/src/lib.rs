@@ -39,7 +39,7 @@ pub use limits::{
 };
 pub use money::{MoneyError, NanoUsd};
 pub use scope::{ModelScope, ModelScopes, ScopeError};
-pub use state::{Held, Hold, LeaseSlot, SubjectState};
+pub use state::{Held, Hold, LeaseSlot, Settled, SubjectState};
 pub use time::Nanos;
 pub use window::{BUCKETS, RollingWindow, WindowRef};
 pub use window_set::Windows;

@@ -1,6 +1,8 @@
 //! The mutable state of one subject: its window counters, the reservations
 //! held against it and the concurrency leases it has out.
 
+use std::collections::VecDeque;
+
 use crate::alerts::Fired;
 use crate::limits::{LimitKind, Resource, SubjectLimits, WINDOW_KINDS};
 use crate::time::Nanos;
@@ -121,6 +123,18 @@ impl Held {
     }
 }
 
+/// A settled reservation, remembered until its hold would have expired so
+/// that a retried record of it charges nothing. Kept apart from the open
+/// holds, on one subject of the reservation only, so that a busy subject's
+/// settled reservations cost its checks nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    /// The reservation's id.
+    pub id: u64,
+    /// When it may be forgotten.
+    pub expires_at: Nanos,
+}
+
 /// One concurrency slot held by a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseSlot {
@@ -144,7 +158,11 @@ pub struct SubjectState {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Extra {
+    /// Reservations not settled yet (open, or lapsed and not yet dropped).
     holds: Vec<Hold>,
+    /// Settled reservations, in order of expiry: they expire from the
+    /// front, one at a time on a busy subject, without moving the rest.
+    settled: VecDeque<Settled>,
     leases: Vec<LeaseSlot>,
     /// The alert thresholds that have fired, per budget window.
     fired: Vec<Fired>,
@@ -152,7 +170,10 @@ struct Extra {
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.holds.is_empty() && self.leases.is_empty() && self.fired.is_empty()
+        self.holds.is_empty()
+            && self.settled.is_empty()
+            && self.leases.is_empty()
+            && self.fired.is_empty()
     }
 }
 
@@ -164,19 +185,31 @@ impl SubjectState {
 
     /// Rebuilds state from its parts, e.g. when a store decodes it.
     /// Windows of a kind given twice keep the first; the concurrency kind,
-    /// which has no window, is ignored.
+    /// which has no window, is ignored. Settled holds are kept as
+    /// [`Settled`] reservations.
     pub fn from_parts(
         windows: Vec<(LimitKind, RollingWindow)>,
         holds: Vec<Hold>,
         leases: Vec<LeaseSlot>,
     ) -> SubjectState {
-        let extra = (!holds.is_empty() || !leases.is_empty()).then(|| {
-            Box::new(Extra {
-                holds,
-                leases,
-                fired: Vec::new(),
+        let (settled, mut holds): (Vec<Hold>, Vec<Hold>) =
+            holds.into_iter().partition(|h| h.settled);
+        holds.sort_by_key(|h| h.id);
+        let mut settled: Vec<Settled> = settled
+            .into_iter()
+            .map(|h| Settled {
+                id: h.id,
+                expires_at: h.expires_at,
             })
-        });
+            .collect();
+        settled.sort_by_key(|s| s.expires_at);
+        let extra = Extra {
+            holds,
+            settled: settled.into(),
+            leases,
+            fired: Vec::new(),
+        };
+        let extra = (!extra.is_empty()).then(|| Box::new(extra));
         SubjectState {
             windows: WindowSet::from_windows(windows.iter().map(|(k, w)| (*k, w.buckets()))),
             extra,
@@ -188,9 +221,16 @@ impl SubjectState {
         self.windows.iter()
     }
 
-    /// The reservations held or recently settled.
+    /// The reservations not settled yet.
     pub fn holds(&self) -> &[Hold] {
         self.extra.as_ref().map_or(&[], |e| &e.holds)
+    }
+
+    /// The reservations settled recently (see [`Settled`]), in order of
+    /// expiry.
+    pub fn settled(&self) -> std::collections::vec_deque::Iter<'_, Settled> {
+        static NONE: VecDeque<Settled> = VecDeque::new();
+        self.extra.as_ref().map_or(&NONE, |e| &e.settled).iter()
     }
 
     /// The concurrency slots held.
@@ -264,6 +304,10 @@ impl SubjectState {
         self.windows.expire(limits, now);
         if let Some(extra) = &mut self.extra {
             extra.holds.retain(|h| h.expires_at > now);
+            // In order of expiry: only the expired prefix is looked at.
+            while extra.settled.front().is_some_and(|s| s.expires_at <= now) {
+                extra.settled.pop_front();
+            }
             extra.leases.retain(|l| l.expires_at > now);
             // What has fired is kept until a decision sees the window below
             // its re-arm level (or in a new period): open holds count too,
@@ -278,7 +322,10 @@ impl SubjectState {
     /// Whether nothing is left that must be remembered: no spend, no holds,
     /// no leases. Such a subject may be dropped by a store.
     pub fn is_idle(&self) -> bool {
-        self.windows.is_idle() && self.holds().is_empty() && self.leases().is_empty()
+        self.windows.is_idle()
+            && self.holds().is_empty()
+            && self.settled().len() == 0
+            && self.leases().is_empty()
     }
 
     /// The instant from which nothing in this state counts any more: its
@@ -291,8 +338,9 @@ impl SubjectState {
             Some(Span::of(kind.lifetime()?).expiry(newest))
         });
         let holds = self.holds().iter().map(|h| h.expires_at);
+        let settled = self.settled().next_back().map(|s| s.expires_at);
         let leases = self.leases().iter().map(|l| l.expires_at);
-        windows.chain(holds).chain(leases).max()
+        windows.chain(holds).chain(settled).chain(leases).max()
     }
 
     /// What a window holds, including open holds for cost and token windows.
@@ -500,18 +548,51 @@ impl SubjectState {
         let before = extra.holds.len();
         extra.holds.retain(|h| h.id != id);
         let removed = extra.holds.len() != before;
-        if extra.holds.is_empty() && extra.leases.is_empty() {
+        if extra.is_empty() {
             self.extra = None;
         }
         removed
     }
 
+    /// Remembers a settled reservation, in order of expiry.
+    pub(crate) fn push_settled(&mut self, settled: Settled) {
+        let list = &mut self.extra_mut().settled;
+        let at = list.partition_point(|s| s.expires_at <= settled.expires_at);
+        list.insert(at, settled);
+    }
+
+    /// Whether a reservation is remembered as settled here.
+    pub(crate) fn find_settled(&self, id: u64) -> Option<Settled> {
+        self.settled().find(|s| s.id == id).copied()
+    }
+
+    /// Forgets a settled reservation; true if it was there.
+    pub(crate) fn remove_settled(&mut self, id: u64) -> bool {
+        let Some(extra) = &mut self.extra else {
+            return false;
+        };
+        let Some(at) = extra.settled.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        extra.settled.remove(at);
+        if extra.is_empty() {
+            self.extra = None;
+        }
+        true
+    }
+
+    /// Adds a hold, in order of id (so that a hold taken back and put
+    /// again is where it was).
     pub(crate) fn push_hold(&mut self, hold: Hold) {
-        self.extra_mut().holds.push(hold);
+        let holds = &mut self.extra_mut().holds;
+        let at = holds.partition_point(|h| h.id < hold.id);
+        holds.insert(at, hold);
     }
 
     pub(crate) fn hold_mut(&mut self, id: u64) -> Option<&mut Hold> {
-        self.extra.as_mut()?.holds.iter_mut().find(|h| h.id == id)
+        let holds = &mut self.extra.as_mut()?.holds;
+        let at = holds.binary_search_by_key(&id, |h| h.id).ok()?;
+        Some(&mut holds[at])
     }
 
     pub(crate) fn push_lease(&mut self, lease: LeaseSlot) {
@@ -527,7 +608,7 @@ impl SubjectState {
             return false;
         };
         let live = extra.leases.swap_remove(pos).expires_at > now;
-        if extra.holds.is_empty() && extra.leases.is_empty() {
+        if extra.is_empty() {
             self.extra = None;
         }
         live
@@ -540,7 +621,9 @@ impl SubjectState {
             + self.extra.as_ref().map_or(0, |e| {
                 std::mem::size_of::<Extra>()
                     + e.holds.capacity() * std::mem::size_of::<Hold>()
+                    + e.settled.capacity() * std::mem::size_of::<Settled>()
                     + e.leases.capacity() * std::mem::size_of::<LeaseSlot>()
+                    + e.fired.capacity() * std::mem::size_of::<Fired>()
             })
     }
 }

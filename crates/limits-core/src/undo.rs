@@ -53,7 +53,7 @@ pub fn undo_record(
         return;
     }
     let charged = out.charged;
-    for (state, lim) in states.iter_mut().zip(limits) {
+    for (i, (state, lim)) in states.iter_mut().zip(limits).enumerate() {
         state.uncharge(lim, Resource::Cost, at, now, charged.cost);
         state.uncharge(lim, Resource::Tokens, at, now, charged.tokens);
         state.uncharge(lim, Resource::InputTokens, at, now, charged.input);
@@ -61,12 +61,20 @@ pub fn undo_record(
         let Some(id) = req.reservation else {
             continue;
         };
+        let had = i < 16 && out.held_on & (1 << i) != 0;
         match &out.prior {
+            // The hold was open: as it was, where it was (a settlement
+            // removed it, and remembered the reservation as settled).
             Some(prior) => {
-                if let Some(h) = state.hold_mut(id) {
-                    *h = prior.clone();
+                state.remove_settled(id);
+                if had {
+                    match state.hold_mut(id) {
+                        Some(h) => *h = prior.clone(),
+                        None => state.push_hold(prior.clone()),
+                    }
                 }
             }
+            // The record held a lapsed stream again.
             None => {
                 state.remove_hold(id);
             }

@@ -58,7 +58,8 @@ fn settling_with_a_larger_actual_charges_the_actual() {
     assert_eq!(g.used(0, DAILY, clock.now()), usd(3.5).0);
     assert_eq!(g.used(0, TPM, clock.now()), 1_800);
     assert_eq!(g.states[0].held(clock.now()), limits_core::Held::default());
-    assert!(g.states[0].holds()[0].settled);
+    assert!(g.states[0].holds().is_empty());
+    assert_eq!(g.states[0].settled().len(), 1, "remembered as settled");
 }
 
 #[test]
@@ -127,4 +128,54 @@ fn a_reservation_on_subjects_without_budgets_holds_nothing() {
     assert!(out.allowed());
     assert!(g.states[0].holds().is_empty());
     assert_eq!(g.used(0, LimitKind::RequestsPerMinute, T0), 1);
+}
+
+/// A busy shared subject (a team) settles a reservation per request; each
+/// settled one is remembered until its hold would have expired, so that a
+/// retried record charges once. They are kept apart from the open holds, on
+/// the request's first subject only: the team's state carries none, and a
+/// check reads only open holds however many settled ones there are.
+#[test]
+fn settled_reservations_are_remembered_once_and_apart_from_open_holds() {
+    let mut g = Group::new(vec![
+        limits(&[(DAILY, usd(1_000.0).0)]),
+        limits(&[(DAILY, usd(1_000.0).0), (TPM, 1_000_000)]),
+    ]);
+    let mut clock = Clock::start();
+    let ttl = secs(600);
+    for id in 1..=500 {
+        let now = clock.advance(Nanos::from_millis(10));
+        assert!(
+            g.reserve(id, 1_000, 10, now.saturating_add(ttl), now)
+                .allowed()
+        );
+        assert!(!g.settle(id, 900, 9, now).duplicate);
+    }
+    assert_eq!(g.states[0].settled().len(), 500);
+    assert!(
+        g.states[1].settled().len() == 0,
+        "the second subject keeps none"
+    );
+    assert!(g.states.iter().all(|s| s.holds().is_empty()));
+    // Every one of them is still a duplicate, whichever it is.
+    for id in [1, 250, 500] {
+        assert!(g.settle(id, 900, 9, clock.now()).duplicate);
+    }
+    // One open hold among them is what a check sees held.
+    let now = clock.advance(secs(1));
+    g.reserve(501, 7_000, 70, now.saturating_add(ttl), now);
+    assert_eq!(g.states[1].held(now).cost, 7_000);
+    assert_eq!(g.states[1].holds().len(), 1);
+    // They are forgotten with their holds' expiry, oldest first.
+    let later = T0
+        .saturating_add(ttl)
+        .saturating_add(Nanos::from_millis(2_505));
+    g.check(0, 0, later);
+    let left: Vec<_> = g.states[0].settled().copied().collect();
+    assert_eq!(left.len(), 250, "those settled 2.5 s in or later are kept");
+    assert!(left.windows(2).all(|w| w[0].expires_at <= w[1].expires_at));
+    assert!(
+        !g.settle(1, 900, 9, later).duplicate,
+        "forgotten: charged as a late record"
+    );
 }

@@ -72,7 +72,7 @@ fn progress_within_the_hold_moves_usage_from_held_to_charged() {
     assert_eq!((out.charged.cost, out.charged.tokens), (usd(0.5).0, 500));
     assert_eq!(g.used(0, DAILY, now), usd(3.5).0);
     assert_eq!(held(&g, now), Held::default());
-    assert!(g.states[0].holds()[0].settled);
+    assert!(g.states[0].holds().is_empty() && g.states[0].settled().len() == 1);
 }
 
 #[test]

@@ -197,6 +197,7 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
     let count = windows().count();
     if count == 0
         && state.holds().is_empty()
+        && state.settled().len() == 0
         && state.leases().is_empty()
         && state.fired().is_empty()
     {
@@ -214,8 +215,15 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
             prev = Some(index);
         }
     }
-    put_varint(out, state.holds().len() as u64);
-    for h in state.holds() {
+    // Settled reservations are written as settled holds of nothing.
+    let settled = state.settled().map(|s| Hold {
+        id: s.id,
+        expires_at: s.expires_at,
+        settled: true,
+        ..Hold::default()
+    });
+    put_varint(out, (state.holds().len() + state.settled().len()) as u64);
+    for h in state.holds().iter().cloned().chain(settled) {
         put_u64(out, h.id);
         put_varint(out, h.cost);
         put_varint(out, h.tokens);
@@ -564,24 +572,32 @@ mod tests {
                     RollingWindow::from_buckets(vec![(1_790_000_000_000_000_000, 9)]),
                 ),
             ],
-            vec![Hold {
-                id: 7 << 32 | 3,
-                cost: 1_000_000,
-                tokens: 10,
-                input: 7,
-                output: 4,
-                expires_at: Nanos(1 << 60),
-                settled: false,
-                tag: 0xdead_beef,
-                charged: limits_core::Held {
-                    cost: 300,
-                    tokens: 2,
-                    input: 0,
-                    output: 1 << 40,
+            vec![
+                Hold {
+                    id: 7 << 32 | 3,
+                    cost: 1_000_000,
+                    tokens: 10,
+                    input: 7,
+                    output: 4,
+                    expires_at: Nanos(1 << 60),
+                    settled: false,
+                    tag: 0xdead_beef,
+                    charged: limits_core::Held {
+                        cost: 300,
+                        tokens: 2,
+                        input: 0,
+                        output: 1 << 40,
+                    },
+                    seq: 17,
+                    stopped: true,
                 },
-                seq: 17,
-                stopped: true,
-            }],
+                Hold {
+                    id: 5,
+                    expires_at: Nanos(77),
+                    settled: true,
+                    ..Hold::default()
+                },
+            ],
             vec![LeaseSlot {
                 id: 9 << 32 | 1,
                 expires_at: Nanos(42),
@@ -594,6 +610,16 @@ mod tests {
         let mut buf = Vec::new();
         assert!(encode_state(&sample(), &mut buf));
         assert_eq!(decode_state(&buf).unwrap(), sample());
+        // A settled hold is remembered as a settled reservation.
+        let settled: Vec<_> = sample().settled().copied().collect();
+        assert_eq!(
+            settled
+                .iter()
+                .map(|s| (s.id, s.expires_at))
+                .collect::<Vec<_>>(),
+            [(5, Nanos(77))]
+        );
+        assert_eq!(sample().holds().len(), 1);
         let kinds: Vec<_> = sample().windows().map(|(k, _)| k).collect();
         assert!(kinds.contains(&LimitKind::CalendarMonthly), "{kinds:?}");
     }
@@ -642,12 +668,12 @@ mod tests {
     #[test]
     fn version_4_holds_load_with_nothing_charged_yet() {
         // Version 4: no windows, one hold (id, cost 5, tokens 6, expiry,
-        // settled, tag 9, input 2, output 3), no leases, nothing fired.
+        // not settled, tag 9, input 2, output 3), no leases, nothing fired.
         let mut v4 = vec![4, 0, 1];
         v4.extend_from_slice(&11u64.to_le_bytes());
         v4.extend_from_slice(&[5, 6]);
         v4.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        v4.push(1);
+        v4.push(0);
         v4.extend_from_slice(&9u32.to_le_bytes());
         v4.extend_from_slice(&[2, 3, 0, 0]);
         let state = decode_state(&v4).unwrap();
@@ -656,7 +682,7 @@ mod tests {
             (h.id, h.cost, h.tokens, h.input, h.output),
             (11, 5, 6, 2, 3)
         );
-        assert!(h.settled && !h.stopped);
+        assert!(!h.settled && !h.stopped);
         assert_eq!((h.charged, h.seq), (limits_core::Held::default(), 0));
         // A hold no record has charged is written as version 4 wrote it.
         let mut buf = Vec::new();
@@ -664,8 +690,8 @@ mod tests {
         assert_eq!(buf[1..], v4[1..]);
         // With the progress flag, the charged amounts must follow.
         let flags_at = 1 + 1 + 1 + 8 + 2 + 8;
-        assert_eq!(buf[flags_at], 1);
-        buf[flags_at] = 1 | 4;
+        assert_eq!(buf[flags_at], 0);
+        buf[flags_at] = 4;
         assert!(decode_state(&buf).is_err());
         // Flags this build does not know are refused, not guessed at.
         buf[flags_at] = 8;
