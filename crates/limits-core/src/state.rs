@@ -247,6 +247,18 @@ impl SubjectState {
         self.extra.as_ref().map_or(&[], |e| &e.fired)
     }
 
+    /// Adds settled reservations (when a store decodes the state), kept in
+    /// order of expiry.
+    pub fn with_settled(mut self, mut settled: Vec<Settled>) -> SubjectState {
+        if !settled.is_empty() {
+            let list = &mut self.extra_mut().settled;
+            settled.extend(list.drain(..));
+            settled.sort_by_key(|s| s.expires_at);
+            *list = settled.into();
+        }
+        self
+    }
+
     /// Adds fired alert thresholds (when a store decodes the state).
     pub fn with_fired(mut self, fired: Vec<Fired>) -> SubjectState {
         if !fired.is_empty() {

@@ -24,7 +24,8 @@
 //! version it does not know instead of guessing. Subject states are at
 //! [`STATE_VERSION`] (versions 1 and 2 lacked the holds' tags and their
 //! input and output tokens, versions 1 to 3 the fired alert thresholds, and
-//! versions 1 to 4 a streamed request's progress; all are still read);
+//! versions 1 to 4 a streamed request's progress, and versions 1 to 5
+//! kept settled reservations as settled holds; all are still read);
 //! everything else is at [`VERSION`].
 //!
 //! Format 1 stored API-key subjects under their raw ids; format 2 stores
@@ -48,7 +49,11 @@
 //! input`, `varint output`, then `u32` the last record's number) and leases (`varint count`, then per lease
 //! `u64 id`, `u64 expires_at`), and from version 4 the fired alert
 //! thresholds (`varint count`, then per budget window its `kind byte`, a
-//! `bits byte` and `u64 period`). Ids and instants are fixed-width because they
+//! `bits byte` and `u64 period`), and from version 6 the settled
+//! reservations (`varint count`, then, in order of expiry, each one's id as
+//! a zigzag `varint` difference from the one before (from 0) and its expiry
+//! as a `varint` difference from the one before (from 0)): a busy subject
+//! keeps thousands, a few bytes each. Ids and instants are fixed-width because they
 //! are large; counts and amounts are varints because they are mostly small.
 
 // The Redis store uses the state and lease encodings only.
@@ -64,7 +69,7 @@ pub(crate) const FORMAT_RAW_KEYS: u8 = 1;
 /// The version byte of every value but subject states.
 pub(crate) const VERSION: u8 = 1;
 /// The version byte of a subject state.
-pub(crate) const STATE_VERSION: u8 = 5;
+pub(crate) const STATE_VERSION: u8 = 6;
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const SUBJECT_PREFIX: &[u8] = b"s1/";
@@ -166,6 +171,15 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Maps a signed difference to an unsigned one, small either way.
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -215,15 +229,8 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
             prev = Some(index);
         }
     }
-    // Settled reservations are written as settled holds of nothing.
-    let settled = state.settled().map(|s| Hold {
-        id: s.id,
-        expires_at: s.expires_at,
-        settled: true,
-        ..Hold::default()
-    });
-    put_varint(out, (state.holds().len() + state.settled().len()) as u64);
-    for h in state.holds().iter().cloned().chain(settled) {
+    put_varint(out, state.holds().len() as u64);
+    for h in state.holds() {
         put_u64(out, h.id);
         put_varint(out, h.cost);
         put_varint(out, h.tokens);
@@ -252,6 +259,14 @@ fn encode_state_with(state: &SubjectState, out: &mut Vec<u8>, keep: fn(LimitKind
         out.push(window_code(f.slot));
         out.push(f.bits);
         put_u64(out, f.period);
+    }
+    put_varint(out, state.settled().len() as u64);
+    let (mut id, mut at) = (0u64, 0u64);
+    for s in state.settled() {
+        put_varint(out, zigzag(s.id.wrapping_sub(id) as i64));
+        let later = s.expires_at.0.checked_sub(at);
+        put_varint(out, later.expect("settled reservations in order of expiry"));
+        (id, at) = (s.id, s.expires_at.0);
     }
     true
 }
@@ -357,8 +372,26 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<SubjectState, DecodeError> {
             });
         }
     }
+    let mut settled = Vec::new();
+    if version >= 6 {
+        let count = r.len()?;
+        settled.reserve(count);
+        let (mut id, mut at) = (0u64, 0u64);
+        for _ in 0..count {
+            id = id.wrapping_add(unzigzag(r.varint()?) as u64);
+            at = at
+                .checked_add(r.varint()?)
+                .ok_or(DecodeError::Invalid("settled reservation expiry overflows"))?;
+            settled.push(limits_core::Settled {
+                id,
+                expires_at: Nanos(at),
+            });
+        }
+    }
     r.finish()?;
-    Ok(SubjectState::from_parts(windows, holds, leases).with_fired(fired))
+    Ok(SubjectState::from_parts(windows, holds, leases)
+        .with_fired(fired)
+        .with_settled(settled))
 }
 
 /// A lease index entry: its expiry, then its subjects (`varint count`, then
@@ -648,7 +681,8 @@ mod tests {
         let alone = SubjectState::new().with_fired(fired[..1].to_vec());
         assert!(encode_state(&alone, &mut buf));
         // The fired entry's kind byte, turned into a request window's.
-        let at = buf.len() - 10;
+        // (after it: the empty list of settled reservations)
+        let at = buf.len() - 11;
         assert_eq!(buf[at], window_code(LimitKind::BudgetDaily));
         buf[at] = window_code(LimitKind::RequestsPerMinute);
         assert!(decode_state(&buf).is_err());
@@ -663,6 +697,25 @@ mod tests {
         assert!(window_kind(13).is_err());
         assert_eq!(window_kind(64), Ok(LimitKind::CalendarDaily));
         assert_eq!(window_kind(8), Ok(LimitKind::BudgetWeekly));
+    }
+
+    #[test]
+    fn settled_reservations_take_a_few_bytes_each() {
+        // A busy subject: a reservation settled every 10 ms for ten
+        // minutes, ids in blocks as replicas take them.
+        let settled: Vec<_> = (0..60_000u64)
+            .map(|i| limits_core::Settled {
+                id: (i / 64 % 3) << 40 | i,
+                expires_at: Nanos(1 << 60).saturating_add(Nanos::from_millis(10 * i)),
+            })
+            .collect();
+        let state = SubjectState::new().with_settled(settled.clone());
+        let mut buf = Vec::new();
+        assert!(encode_state(&state, &mut buf));
+        assert!(buf.len() < 60_000 * 6, "{} bytes", buf.len());
+        let back = decode_state(&buf).unwrap();
+        assert_eq!(back.settled().copied().collect::<Vec<_>>(), settled);
+        assert_eq!(back, state);
     }
 
     #[test]
@@ -684,10 +737,12 @@ mod tests {
         );
         assert!(!h.settled && !h.stopped);
         assert_eq!((h.charged, h.seq), (limits_core::Held::default(), 0));
-        // A hold no record has charged is written as version 4 wrote it.
+        // A hold no record has charged is written as version 4 wrote it,
+        // followed by an empty list of settled reservations.
         let mut buf = Vec::new();
         assert!(encode_state(&state, &mut buf));
-        assert_eq!(buf[1..], v4[1..]);
+        assert_eq!(buf[1..buf.len() - 1], v4[1..]);
+        assert_eq!(buf.last(), Some(&0));
         // With the progress flag, the charged amounts must follow.
         let flags_at = 1 + 1 + 1 + 8 + 2 + 8;
         assert_eq!(buf[flags_at], 0);
