@@ -310,6 +310,12 @@ class GuardState:
             raise RuntimeError("limitsd: progress() after the guard settled its reservation")
         # Kept even if the call fails: the tokens were streamed all the same.
         self.usage = usage
+        return self._numbered_record(usage, progress=True)
+
+    def _numbered_record(self, usage: Usage, *, progress: bool) -> pb.RecordUsageRequest:
+        """The next record of the guard's reservation: ``usage``, numbered
+        after the records sent before it."""
+        assert self.decision is not None
         return record_request(
             self.subjects,
             reservation_id=self.decision.reservation_id,
@@ -319,7 +325,7 @@ class GuardState:
             cost_usd=usage.cost_usd,
             model=self.effective_model,
             provider=self.provider,
-            progress=True,
+            progress=progress,
             sequence=self.next_sequence(),
         )
 
@@ -341,44 +347,13 @@ class GuardState:
         if self._settled or self.decision is None or not self.decision.reservation_id:
             return None
         self._settled = True
-        rid = self.decision.reservation_id
-        seq = self.next_sequence()
         if self.usage is not None:
-            u = self.usage
-            return record_request(
-                self.subjects,
-                reservation_id=rid,
-                prompt_tokens=u.prompt_tokens,
-                completion_tokens=u.completion_tokens,
-                total_tokens=u.total_tokens,
-                cost_usd=u.cost_usd,
-                model=self.effective_model,
-                provider=self.provider,
-                sequence=seq,
-            )
-        if failed:
-            return record_request(
-                self.subjects,
-                reservation_id=rid,
-                prompt_tokens=0,
-                completion_tokens=0,
-                total_tokens=0,
-                cost_usd=0.0,
-                model=self.effective_model,
-                provider=self.provider,
-                sequence=seq,
-            )
-        return record_request(
-            self.subjects,
-            reservation_id=rid,
-            prompt_tokens=self.estimated_tokens,
-            completion_tokens=0,
-            total_tokens=0,
-            cost_usd=self.decision.estimated_cost_usd,
-            model=self.effective_model,
-            provider=self.provider,
-            sequence=seq,
-        )
+            usage = self.usage
+        elif failed:
+            usage = Usage(cost_usd=0.0)
+        else:
+            usage = Usage(prompt_tokens=self.estimated_tokens, cost_usd=self.decision.estimated_cost_usd)
+        return self._numbered_record(usage, progress=False)
 
     @property
     def effective_model(self) -> str:

@@ -153,24 +153,21 @@ impl<'a> Req<'a> {
         now: Nanos,
     ) -> Result<RecordOutcome, StoreError> {
         let policy = policy();
-        let op = RecordOp {
-            reservation,
-            cost: NanoUsd(cost),
-            tokens,
-            input,
-            output,
-            progress: None,
-            sequence: 0,
-            policy: &policy,
-        };
-        store
-            .record(Call {
-                subjects: &self.subjects,
-                limits: &self.limits,
-                op,
-                now,
-            })
-            .await
+        self.send_record(
+            store,
+            RecordOp {
+                reservation,
+                cost: NanoUsd(cost),
+                tokens,
+                input,
+                output,
+                progress: None,
+                sequence: 0,
+                policy: &policy,
+            },
+            now,
+        )
+        .await
     }
 
     /// A record of a streamed request: with `hold_until`, a progress
@@ -185,16 +182,30 @@ impl<'a> Req<'a> {
         now: Nanos,
     ) -> Result<RecordOutcome, StoreError> {
         let policy = policy();
-        let op = RecordOp {
-            reservation: Some(reservation),
-            cost: NanoUsd(cost),
-            tokens,
-            input: 0,
-            output: tokens,
-            progress: hold_until.map(|hold_until| limits_core::Progress { hold_until, tag: 0 }),
-            sequence,
-            policy: &policy,
-        };
+        let progress = hold_until.map(|hold_until| limits_core::Progress { hold_until, tag: 0 });
+        self.send_record(
+            store,
+            RecordOp {
+                reservation: Some(reservation),
+                cost: NanoUsd(cost),
+                tokens,
+                input: 0,
+                output: tokens,
+                progress,
+                sequence,
+                policy: &policy,
+            },
+            now,
+        )
+        .await
+    }
+
+    async fn send_record<S: Store>(
+        &self,
+        store: &S,
+        op: RecordOp<'_>,
+        now: Nanos,
+    ) -> Result<RecordOutcome, StoreError> {
         store
             .record(Call {
                 subjects: &self.subjects,
