@@ -709,6 +709,31 @@ mod tests {
     }
 
     #[test]
+    fn removing_the_last_hold_or_lease_keeps_fired_alert_thresholds() {
+        // A budget past a threshold (fired), with a reservation and a lease
+        // out: settling and releasing them must not forget what fired, or
+        // the next decision above the threshold would alert again.
+        let mut s = SubjectState::new();
+        s.fired_mut(LimitKind::BudgetDaily).bits = 0b1;
+        s.push_hold(hold(2, 10, 0, T.saturating_add(Nanos::SECOND)));
+        s.push_lease(LeaseSlot {
+            id: 1,
+            expires_at: T.saturating_add(Nanos::SECOND),
+        });
+        assert!(s.remove_hold(2));
+        assert!(s.remove_lease(1, T));
+        assert_eq!(s.fired().len(), 1);
+        assert_eq!(s.fired()[0].bits, 0b1);
+        // A settled reservation forgotten leaves them too.
+        s.push_settled(Settled {
+            id: 3,
+            expires_at: T.saturating_add(Nanos::SECOND),
+        });
+        assert!(s.remove_settled(3));
+        assert_eq!(s.fired()[0].bits, 0b1);
+    }
+
+    #[test]
     fn an_empty_state_is_idle_and_costs_only_its_inline_size() {
         let s = SubjectState::new();
         assert!(s.is_idle());
