@@ -78,13 +78,23 @@ class AlertWatch {
     const call = client.client.WatchAlerts({}, client._metadata(), {});
     const watch = new AlertWatch(call);
     return new Promise((resolve, reject) => {
+      // Headers without `limits-alert-stream` are a refusal's, whose status
+      // follows (or an older limitsd's open stream: taken as open at the
+      // timeout).
+      let sawHeaders = false;
       const timer = setTimeout(() => {
         watch._onEnd = null;
+        if (sawHeaders) {
+          resolve(watch);
+          return;
+        }
         reject(new LimitsError(grpc.status.DEADLINE_EXCEEDED,
           `the alert stream did not open within ${timeoutMs} ms`, null, 1));
         watch.close();
       }, timeoutMs);
-      call.once('metadata', () => {
+      call.once('metadata', (headers) => {
+        sawHeaders = true;
+        if (headers.get('limits-alert-stream').length === 0) return;
         clearTimeout(timer);
         watch._onEnd = null;
         resolve(watch);

@@ -200,12 +200,19 @@ class AsyncLimitsClient:
         timeout = timeout or self.timeout
         try:
             # limitsd sends the stream's headers once it has subscribed it.
-            await asyncio.wait_for(call.initial_metadata(), timeout)
+            headers = await asyncio.wait_for(call.initial_metadata(), timeout) or ()
         except asyncio.TimeoutError:
             call.cancel()
             raise LimitsError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"the alert stream did not open within {timeout} s"
             ) from None
+        if not any(key == "limits-alert-stream" for key, _ in headers):
+            # Not opened: a refusal, whose status may land a moment after its
+            # (empty) headers (see LimitsClient.watch_alerts).
+            try:
+                await asyncio.wait_for(asyncio.shield(call.code()), timeout)
+            except asyncio.TimeoutError:
+                pass
         if call.done():
             try:
                 await call.read()  # raises the error that ended it

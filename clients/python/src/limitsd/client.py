@@ -254,9 +254,16 @@ class AlertStream(Iterator[pb.AlertEvent]):
         timer.daemon = True
         timer.start()
         try:
-            call.initial_metadata()
+            headers = call.initial_metadata() or ()
         finally:
             timer.cancel()
+        if not any(key == "limits-alert-stream" for key, _ in headers):
+            # Not opened: a refusal, whose status may land a moment after
+            # its (empty) headers. (A limitsd older than the header opens
+            # streams without it: after `timeout`, the stream is taken as open.)
+            finished = threading.Event()
+            call.add_done_callback(lambda _: finished.set())
+            finished.wait(timeout)
         if call.done() and call.code() != grpc.StatusCode.OK:
             if call.code() == grpc.StatusCode.CANCELLED:
                 raise LimitsError(

@@ -650,9 +650,20 @@ impl<S: Store> pb::limits_service_server::LimitsService for LimitsSvc<S> {
                 None
             }
         });
-        Ok(Response::new(Box::pin(events)))
+        let mut response = Response::new(Box::pin(events) as Self::WatchAlertsStream);
+        // Tells a client the stream is open: a refusal has no headers of
+        // its own (its status comes alone), so a client cannot mistake one
+        // for the other.
+        response.metadata_mut().insert(
+            ALERT_STREAM_OPEN,
+            tonic::metadata::MetadataValue::from_static("open"),
+        );
+        Ok(response)
     }
 }
+
+/// The header of an alert stream that limitsd has opened.
+const ALERT_STREAM_OPEN: &str = "limits-alert-stream";
 
 impl<S: Store> crate::ops::webhooks::Source for Shared<S> {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<limits::alerts::AlertEvent>> {
