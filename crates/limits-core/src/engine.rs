@@ -669,10 +669,7 @@ pub fn record(
 ) -> RecordOutcome {
     expire_all(states, limits, now);
     let prior = req.reservation.and_then(|id| {
-        let open = states
-            .iter()
-            .find_map(|s| s.holds().iter().find(|h| h.id == id))
-            .cloned();
+        let open = states.iter().find_map(|s| s.hold(id)).cloned();
         open.or_else(|| {
             let settled = states.iter().find_map(|s| s.find_settled(id))?;
             Some(Hold {

@@ -601,6 +601,13 @@ impl SubjectState {
         holds.insert(at, hold);
     }
 
+    /// The unsettled hold of a reservation, if this subject has one.
+    pub fn hold(&self, id: u64) -> Option<&Hold> {
+        let holds = self.holds();
+        let at = holds.binary_search_by_key(&id, |h| h.id).ok()?;
+        Some(&holds[at])
+    }
+
     pub(crate) fn hold_mut(&mut self, id: u64) -> Option<&mut Hold> {
         let holds = &mut self.extra.as_mut()?.holds;
         let at = holds.binary_search_by_key(&id, |h| h.id).ok()?;

@@ -428,28 +428,48 @@ pub(crate) fn decode_lease(bytes: &[u8]) -> Result<(Box<[Subject]>, Nanos), Deco
     Ok((subjects.into(), expires_at))
 }
 
-/// An id generator's persisted state: its prefix and a sequence number that
-/// no id handed out so far has reached.
+/// An alert outbox entry's key: the prefix, then the entry's own key.
 pub(crate) fn outbox_key(key: &str) -> Vec<u8> {
-    [OUTBOX_PREFIX, key.as_bytes()].concat()
+    named_key(OUTBOX_PREFIX, key)
 }
 
 pub(crate) fn decode_outbox_key(key: &[u8]) -> Result<String, DecodeError> {
-    let name = key
-        .strip_prefix(OUTBOX_PREFIX)
-        .ok_or(DecodeError::Invalid("not an outbox key"))?;
-    String::from_utf8(name.to_vec()).map_err(|_| DecodeError::Invalid("an outbox key is not UTF-8"))
+    decode_named_key(
+        OUTBOX_PREFIX,
+        key,
+        "not an outbox key",
+        "an outbox key is not UTF-8",
+    )
 }
 
+/// An admin record's key: the prefix, then the record's own key.
 pub(crate) fn record_key(key: &str) -> Vec<u8> {
-    [RECORD_PREFIX, key.as_bytes()].concat()
+    named_key(RECORD_PREFIX, key)
 }
 
 pub(crate) fn decode_record_key(key: &[u8]) -> Result<String, DecodeError> {
-    let rest = key
-        .strip_prefix(RECORD_PREFIX)
-        .ok_or(DecodeError::Invalid("not a record key"))?;
-    String::from_utf8(rest.to_vec()).map_err(|_| DecodeError::Invalid("record key is not UTF-8"))
+    decode_named_key(
+        RECORD_PREFIX,
+        key,
+        "not a record key",
+        "record key is not UTF-8",
+    )
+}
+
+fn named_key(prefix: &[u8], key: &str) -> Vec<u8> {
+    [prefix, key.as_bytes()].concat()
+}
+
+fn decode_named_key(
+    prefix: &[u8],
+    key: &[u8],
+    not_ours: &'static str,
+    not_utf8: &'static str,
+) -> Result<String, DecodeError> {
+    let name = key
+        .strip_prefix(prefix)
+        .ok_or(DecodeError::Invalid(not_ours))?;
+    String::from_utf8(name.to_vec()).map_err(|_| DecodeError::Invalid(not_utf8))
 }
 
 pub(crate) fn audit_key(seq: u64) -> [u8; 11] {
@@ -485,6 +505,8 @@ pub(crate) fn decode_blob(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
     }
 }
 
+/// An id generator's persisted state: its prefix and a sequence number that
+/// no id handed out so far has reached.
 pub(crate) fn encode_ids(prefix: u64, high_water: u64) -> [u8; 17] {
     let mut out = [0u8; 17];
     out[0] = VERSION;

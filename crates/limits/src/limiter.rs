@@ -203,7 +203,17 @@ struct Names<'a> {
     show_teams: bool,
 }
 
-impl Names<'_> {
+impl<'a> Names<'a> {
+    /// How `subjects` are shown, as the config's metrics settings say.
+    fn new(config: &Config, subjects: &'a [Subject], secret: Arc<Secret>) -> Names<'a> {
+        Names {
+            subjects,
+            secret,
+            show_users: config.metrics.show_user_ids,
+            show_teams: config.metrics.show_team_ids,
+        }
+    }
+
     fn show(&self, i: usize, limits: &SubjectLimits) -> String {
         let subject = &self.subjects[i];
         let hide = match subject.dimension {
@@ -621,12 +631,7 @@ impl<S: Store> Limiter<S> {
             estimated_cost: attempts[outcome.attempt].cost,
             headers,
             limits,
-            names: Names {
-                subjects: req.subjects,
-                secret,
-                show_users: config.metrics.show_user_ids,
-                show_teams: config.metrics.show_team_ids,
-            },
+            names: Names::new(config, req.subjects, secret),
             attempts,
             outcome,
             scope,
@@ -708,12 +713,7 @@ impl<S: Store> Limiter<S> {
         self.send_alerts(config, &alerts).await;
         let reason = match outcome.statuses.iter().find(|s| s.exceeded) {
             Some(s) if outcome.stop => {
-                let names = Names {
-                    subjects: req.subjects,
-                    secret,
-                    show_users: config.metrics.show_user_ids,
-                    show_teams: config.metrics.show_team_ids,
-                };
+                let names = Names::new(config, req.subjects, secret);
                 let mut r = format!(
                     "{} would be overshot for {}",
                     s.kind.describe(),
@@ -766,12 +766,7 @@ impl<S: Store> Limiter<S> {
             .await?;
         let reason = match outcome.denial() {
             Some(d) => {
-                let names = Names {
-                    subjects,
-                    secret: secret.clone(),
-                    show_users: config.metrics.show_user_ids,
-                    show_teams: config.metrics.show_team_ids,
-                };
+                let names = Names::new(config, subjects, secret.clone());
                 let max = limits[d.subject]
                     .get(limits_core::LimitKind::MaxConcurrent)
                     .unwrap_or(0);
